@@ -1,0 +1,50 @@
+"""Export the benchmark models, torchvision's resnet18 and mobilenet_v2, to benchmarks/models/.
+
+The files are large (47 MB and 14 MB) and not committed; make them before benchmarking. torch is
+never a dependency of relaycomp, so this runs in a separate virtual environment, from the
+repository root:
+
+    python -m venv /work/benchenv
+    /work/benchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 onnx numpy
+    /work/benchenv/bin/python benchmarks/export_torchvision.py
+
+Weights are random (``weights=None``: nothing is downloaded) but seeded; speed does not depend
+on their values. Each model is exported in eval mode with a static 1x3x224x224 input named
+"input", output "logits", opset 17, by the legacy TorchScript exporter with its default
+constant folding, the form most deployed ONNX files have (BatchNorm folded into the convs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+import torchvision
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODEL_NAMES = ("resnet18", "mobilenet_v2")
+OPSET = 17
+
+
+def export(name: str) -> Path:
+    """Export torchvision's ``name`` with random seeded weights; returns the file written."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    path = MODELS_DIR / f"{name}.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False,
+                      opset_version=OPSET, input_names=["input"], output_names=["logits"])
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def main() -> None:
+    """Export every benchmark model."""
+    MODELS_DIR.mkdir(exist_ok=True)
+    for name in MODEL_NAMES:
+        path = export(name)
+        print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Helpers shared by the CPU schedule rules of ``schedule_cpu_loops``.
+
+Target facts (vector lanes, register budget, cores), static-extent queries, block access
+analysis and the one loop-nest recipe every rule uses for data-parallel blocks
+(:func:`schedule_spatial_block`: fuse the outer loops into one parallel loop, vectorize the
+innermost one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+from tvm.target import codegen
+
+# Below this many output elements a parallel loop costs more (thread-pool wake-up) than it saves.
+MIN_PARALLEL_ELEMENTS = 1 << 14
+
+
+@dataclass(frozen=True)
+class CpuFacts:
+    """What the rules need to know about the CPU: SIMD width, registers and cores."""
+
+    vector_bits: int
+    accumulator_budget: int
+    num_cores: int
+
+    def lanes(self, dtype: str) -> int:
+        """SIMD lanes for ``dtype`` (8 for float32 on AVX2, 16 on AVX-512, 4 on NEON/SSE)."""
+        return max(self.vector_bits // tvm.DataType(dtype).bits, 1)
+
+    @property
+    def parallel(self) -> bool:
+        """Whether loops should be parallelized at all."""
+        return self.num_cores != 1
+
+
+def cpu_facts(target: Target) -> CpuFacts:
+    """Read SIMD width, accumulator register budget and ``num-cores`` off an llvm target.
+
+    ``codegen.llvm_get_vector_width`` answers 512 for every x86 CPU in TVM 0.27, so on x86 the
+    width is derived from the CPU features implied by ``mcpu``/``mattr`` instead.
+    """
+    num_cores = int(target.attrs.get("num-cores", 0) or 0)
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    try:
+        if triple.startswith(("x86_64", "i386", "i686")):
+            if codegen.llvm_cpu_has_features(["avx512f"], target):
+                return CpuFacts(512, 24, num_cores)
+            bits = 256 if codegen.llvm_cpu_has_features(["avx"], target) else 128
+            return CpuFacts(bits, 12, num_cores)
+        bits = int(codegen.llvm_get_vector_width(target))
+    except Exception:  # noqa: BLE001 - an unknown CPU must not fail the build
+        bits = -1
+    # AArch64/RISC-V have 32 vector registers; 128 bits is a safe width for anything unknown.
+    return CpuFacts(bits if bits >= 64 else 128, 24, num_cores)
+
+
+def static_int(expr) -> int | None:
+    """The value of a constant integer expression, ``None`` for a symbolic one."""
+    return int(expr.value) if isinstance(expr, tirx.IntImm) else None
+
+
+def loop_extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:
+    """Static extent of ``loop`` or ``None`` when it is symbolic."""
+    return static_int(sch.get(loop).extent)
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    """Largest divisor of ``n`` that is at most ``limit`` (at least 1)."""
+    return max(d for d in range(1, max(min(n, limit), 1) + 1) if n % d == 0)
+
+
+def buffer_size(buffer: tirx.Buffer) -> int | None:
+    """Number of elements of a statically shaped buffer, ``None`` otherwise."""
+    size = 1
+    for dim in buffer.shape:
+        value = static_int(dim)
+        if value is None:
+            return None
+        size *= value
+    return size
+
+
+def collect_loads(stmt) -> list[tvm.ir.TensorLoad]:
+    """Every ``BufferLoad`` in ``stmt`` (pre-order)."""
+    loads: list[tvm.ir.TensorLoad] = []
+    tvm_ffi.structural_walk(stmt, (tvm.ir.TensorLoad, loads.append), order="pre")
+    return loads
+
+
+def uses_var(expr, var: tirx.Var) -> bool:
+    """Whether ``var`` occurs in ``expr``."""
+    found: list[tirx.Var] = []
+    tvm_ffi.structural_walk(expr, (tirx.Var, lambda v: found.append(v) if v.same_as(var) else None))
+    return bool(found)
+
+
+def is_unit_stride(indices, var: tirx.Var) -> bool:
+    """Whether ``var`` moves the access by exactly one element: last index only, coefficient 1."""
+    if any(uses_var(index, var) for index in indices[:-1]):
+        return False
+    coefficients = tvm.sym.detect_linear_equation(indices[-1], [var])
+    return len(coefficients) == 2 and static_int(coefficients[0]) == 1
+
+
+def schedule_spatial_block(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, facts: CpuFacts
+) -> None:
+    """Parallelize and vectorize a data-parallel block sitting at the root of the function.
+
+    The innermost loop is split by the vector width when it divides evenly (a short innermost
+    loop is vectorized whole); all other loops are fused into one loop that is made parallel when
+    the block is large enough to repay waking the thread pool. Symbolic extents stay scalar.
+    """
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    written = sch.get(block).writes
+    lanes = facts.lanes(written[0].source.dtype) if written else 4
+    inner_extent = loop_extent(sch, loops[-1])
+    vector_loop = None
+    if inner_extent is not None and inner_extent >= 2:
+        if inner_extent % lanes == 0 and inner_extent > lanes:
+            loops[-1:] = sch.split(loops[-1], factors=[None, lanes])
+            vector_loop = loops[-1]
+        elif inner_extent <= 2 * lanes:
+            vector_loop = loops[-1]
+    outer = loops[:-1] if vector_loop is not None else loops
+    if not outer:
+        sch.vectorize(vector_loop)
+        return
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    total = loop_extent(sch, fused)
+    if facts.parallel and (total is None or total * (inner_extent or 1) >= MIN_PARALLEL_ELEMENTS):
+        sch.parallel(fused)
+    if vector_loop is not None:
+        sch.vectorize(vector_loop)
+
+
+class CpuRule(ScheduleRule):
+    """A dlight ``ScheduleRule`` for llvm CPU targets that never raises.
+
+    Subclasses implement :meth:`schedule`, which may raise anything (a ``ScheduleError`` when a
+    primitive does not apply, an assertion on an unexpected shape): ``apply`` turns every failure
+    into ``None`` - "rule not applicable" - so the function is left for the next rule.
+    """
+
+    name = "cpu_rule"
+
+    def is_target_available(self, target: Target) -> bool:
+        """Only llvm (CPU) targets."""
+        return target.kind.name == "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule ``func`` for ``target``; ``None`` when the rule does not apply."""
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self.schedule(s_tir.Schedule(func), cpu_facts(target))
+        except Exception:  # noqa: BLE001 - any failure means "not applicable"
+            return None
+
+    def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
+        """Schedule in place and return ``sch``, or return ``None`` if the rule does not apply."""
+        raise NotImplementedError

@@ -1,0 +1,129 @@
+"""Compile: ONNX → Relax → staged pipeline → VM executable → exported artifact + manifest.
+
+Guarantees: either the artifact and its manifest are both written, or neither is (temporary files
+are removed on any failure); the toolchain and the output path are checked before the long
+compile starts. A ``.so`` output is a shared library linked with the target's toolchain; a
+``.tar`` output is an object-file archive the device can link itself (no cross compiler needed).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import tvm
+
+from . import __version__, ir
+from .errors import BuildError, RelaycompError, last_line
+from .examples import resolve_model_path
+from .frontend import ImportedModel, import_onnx, load_onnx
+from .manifest import Manifest, file_digest, write_manifest
+from .pipeline import PipelineReport, Stage, default_stages, run_stages
+from .targets import TargetSpec, resolve
+
+ARTIFACT_FORMATS = {".so": "shared-library", ".tar": "object-archive"}
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """How to compile: target name/triple/preset, pinned input shapes and target overrides."""
+
+    target: str = "host"
+    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    mcpu: str | None = None
+    arch: str | None = None
+    num_cores: int | None = None
+    stages: tuple[Stage, ...] | None = None  # None: the target kind's default pipeline
+
+    def __post_init__(self):
+        if self.num_cores is not None and self.num_cores < 1:
+            raise RelaycompError(f"num_cores must be at least 1, got {self.num_cores}")
+
+
+@dataclass
+class Artifact:
+    """A built artifact: its path, manifest and what the pipeline did."""
+
+    path: Path
+    manifest: Manifest
+    pipeline: PipelineReport
+
+
+def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike,
+                  config: CompileConfig | None = None) -> Artifact:
+    """Compile ``model`` (a path, ``example:NAME`` or a ModelProto) into ``output``."""
+    config = config or CompileConfig()
+    output = Path(output)
+    artifact_format = _artifact_format(output)
+    _check_writable(output)
+    spec = resolve(config.target, mcpu=config.mcpu, arch=config.arch, num_cores=config.num_cores)
+    fcompile = spec.toolchain.fcompile() if artifact_format == "shared-library" else None
+
+    source = {}
+    if not isinstance(model, onnx.ModelProto):
+        path = resolve_model_path(model)
+        source = {"file": str(path), "sha256": file_digest(path) if path.is_file() else None}
+        model = load_onnx(path)
+    imported = import_onnx(model, config.input_shapes)
+    stages = list(config.stages or default_stages(spec.kind))
+    mod, report = run_stages(imported.mod, stages, spec.tvm_target())
+    try:
+        executable = ir.build_executable(mod, spec.tvm_target())
+    except Exception as err:
+        raise BuildError(f"code generation for {spec.name} failed: {err}") from err
+
+    manifest = _manifest(imported, spec, report, artifact_format, source)
+    _export(executable, output, fcompile, manifest)
+    return Artifact(output, manifest, report)
+
+
+def _artifact_format(output: Path) -> str:
+    try:
+        return ARTIFACT_FORMATS[output.suffix]
+    except KeyError:
+        raise BuildError(f"cannot tell the artifact format from '{output.name}'",
+                         hint="name the output *.so (shared library) or *.tar (object archive "
+                              "to link on the device)") from None
+
+
+def _check_writable(output: Path) -> None:
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise BuildError(f"cannot write {output}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise BuildError(f"cannot write {output}: permission denied")
+
+
+def _export(executable, output: Path, fcompile, manifest: Manifest) -> None:
+    """Export to a temporary name, then move the artifact and manifest into place together."""
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=output.suffix)
+    os.close(fd)
+    try:
+        kwargs = {"fcompile": fcompile} if fcompile is not None else {}
+        try:
+            executable.export_library(tmp, **kwargs)
+        except RelaycompError:
+            raise
+        except Exception as err:
+            raise BuildError(f"exporting {output.name} failed: {last_line(err)}") from err
+        write_manifest(manifest, output)
+        os.replace(tmp, output)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _manifest(imported: ImportedModel, spec: TargetSpec, report: PipelineReport,
+              artifact_format: str, source: dict) -> Manifest:
+    kernels = report.records[-1].funcs_after["tir"] if report.records else None
+    return Manifest(
+        inputs=imported.inputs, outputs=imported.outputs, target=spec.to_json(),
+        artifact_format=artifact_format, passes=report.passes_applied, source=source,
+        versions={"relaycomp": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__},
+        report={"import": imported.report, "kernels": kernels,
+                "seconds_by_stage": report.seconds_by_stage()},
+    )
+

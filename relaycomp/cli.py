@@ -1,0 +1,262 @@
+"""The ``relaycomp`` command line: compile, run, inspect, targets, passes, demo.
+
+User mistakes print one ``error:`` line (plus a ``hint:``) on stderr and exit 1; ``--debug`` shows
+the traceback instead. Anything else is reported as an internal error (exit 70).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputSpecError, RelaycompError
+
+EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
+
+
+def _add_shape_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", action="append", default=[], metavar="NAME:DIMS",
+                        help="pin an input's shape, e.g. x:1,3,224,224 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (one sub-command per task)."""
+    parser = argparse.ArgumentParser(
+        prog="relaycomp", description="ONNX in, optimized deployable library out (Apache TVM).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compile_ = sub.add_parser("compile", help="compile an ONNX model into a library")
+    compile_.add_argument("model", help="ONNX file, or example:NAME for a bundled model")
+    compile_.add_argument("-o", "--output", help="artifact: *.so (default: MODEL.so) or *.tar")
+    compile_.add_argument("--target", default="host", help="triple, preset or .toml (see targets)")
+    compile_.add_argument("--mcpu", help="override the target CPU (e.g. cortex-a72)")
+    compile_.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
+    compile_.add_argument("--num-cores", type=int, help="threads the library will use")
+    _add_shape_options(compile_)
+
+    run = sub.add_parser("run", help="run a compiled artifact on this machine")
+    run.add_argument("artifact", help="a .so built by `relaycomp compile`")
+    run.add_argument("--inputs", help=".npz keyed by input name (default: seeded random data)")
+    run.add_argument("--outputs", help="write outputs to this .npz, keyed by ONNX output name")
+    run.add_argument("--check", metavar="MODEL", help="compare with the ONNX model's reference run")
+    run.add_argument("--repeat", type=int, default=0, help="also time N runs")
+
+    inspect = sub.add_parser("inspect", help="ops, shapes, params, MACs, unsupported ops")
+    inspect.add_argument("model", help="ONNX file, or example:NAME")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_shape_options(inspect)
+
+    sub.add_parser("targets", help="list known target triples and board presets")
+    passes = sub.add_parser("passes", help="list the pipeline's stages and passes")
+    passes.add_argument("--target", default="host", help="whose pipeline to show")
+    sub.add_parser("demo", help="compile and run the bundled digits example end to end")
+    return parser
+
+
+def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    from .frontend import parse_input_spec
+
+    shapes = {}
+    for text in specs:
+        name, shape = parse_input_spec(text)
+        if name in shapes:
+            raise InputSpecError(f"--input '{name}' given twice")
+        shapes[name] = shape
+    return shapes
+
+
+def cmd_compile(args) -> int:
+    """``relaycomp compile``."""
+    from .build import CompileConfig, compile_model
+
+    output = args.output or f"{Path(args.model.removeprefix('example:')).stem}.so"
+    config = CompileConfig(target=args.target, input_shapes=_input_shapes(args.input),
+                           mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores)
+    artifact = compile_model(args.model, output, config)
+    manifest = artifact.manifest
+    for note in manifest.report["import"]["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    seconds = sum(r.seconds for r in artifact.pipeline.records)
+    print(f"compiled {args.model} for {manifest.target['name']} ({manifest.target['triple']}) "
+          f"-> {artifact.path}")
+    print(f"  inputs:  {_signature(manifest.inputs)}")
+    print(f"  outputs: {_signature(manifest.outputs)}")
+    print(f"  {len(manifest.passes)} passes in {seconds:.1f} s, {manifest.report['kernels']} kernels")
+    return 0
+
+
+def _signature(specs) -> str:
+    return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs)
+
+
+def _read_inputs(path: str | None, model) -> dict[str, np.ndarray]:
+    specs = model.manifest.inputs
+    if path is None:
+        print("note: no --inputs given; running on seeded random data", file=sys.stderr)
+        return random_inputs(specs)
+    from .examples import get_example, is_example
+
+    if is_example(path):
+        data = get_example(path).samples()
+    else:
+        try:
+            with np.load(path) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as err:
+            raise InputSpecError(f"cannot read --inputs {path}: {err}") from None
+    missing = [s.name for s in specs if s.name not in data]
+    if missing:
+        raise InputSpecError(f"{path} lacks input(s) {missing}",
+                             hint=f"it holds: {sorted(data)}; the model takes: {_signature(specs)}")
+    return {s.name: data[s.name] for s in specs}
+
+
+def random_inputs(specs, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs matching ``specs`` (floats in [0,1), ints in [0,10), random bools)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in specs:
+        if spec.dtype == "bool":
+            arrays[spec.name] = rng.random(spec.shape) < 0.5
+        elif spec.dtype.startswith(("int", "uint")):
+            arrays[spec.name] = rng.integers(0, 10, spec.shape).astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.random(spec.shape).astype(spec.dtype)
+    return arrays
+
+
+def cmd_run(args) -> int:
+    """``relaycomp run``."""
+    from .runtime import load
+
+    model = load(args.artifact)
+    inputs = _read_inputs(args.inputs, model)
+    outputs = model.run(inputs)
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype}{list(value.shape)}")
+    if args.outputs:
+        from .manifest import write_atomically
+
+        buffer = _npz_bytes(outputs)
+        write_atomically(Path(args.outputs), buffer)
+        print(f"wrote {args.outputs}")
+    if args.repeat:
+        timing = model.time(inputs, repeat=args.repeat)
+        print(f"latency: median {timing.median_ms:.3f} ms, min {timing.min_ms:.3f} ms "
+              f"over {timing.runs} runs")
+    if args.check:
+        return _check(args.check, inputs, outputs)
+    return 0
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _check(model_ref: str, inputs, outputs, rtol: float = 1e-3) -> int:
+    from .examples import resolve_model_path
+    from .frontend import load_onnx
+    from .reference import compare, run_reference
+
+    expected, runtime = run_reference(load_onnx(resolve_model_path(model_ref)), inputs)
+    errors = compare(outputs, expected)
+    worst = max((e["max_rel"] for e in errors.values()), default=0.0)
+    for name, err in errors.items():
+        print(f"check vs {runtime}: {name}: max abs error {err['max_abs']:.3g}, "
+              f"relative {err['max_rel']:.3g}")
+    if worst > rtol:
+        print(f"error: outputs differ from {runtime} by more than {rtol:g}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    """``relaycomp inspect``."""
+    from .examples import resolve_model_path
+    from .frontend import load_onnx
+    from .model_info import model_info
+
+    info = model_info(load_onnx(resolve_model_path(args.model)), _input_shapes(args.input))
+    if args.json:
+        print(json.dumps(info.to_json(), indent=2))
+        return 0
+    print(f"opset {info.opset}; inputs: {_signature(info.inputs)}; outputs: {info.outputs}")
+    print(f"params: {info.params:,} ({info.param_bytes / 2**20:.2f} MiB); "
+          f"MACs: {info.macs:,} at these input shapes")
+    print("ops: " + ", ".join(f"{op} x{n}" for op, n in info.op_counts.items()))
+    if info.unsupported:
+        print("unsupported: " + "; ".join(info.unsupported))
+        return EXIT_USER_ERROR
+    print("unsupported: none")
+    return 0
+
+
+def cmd_targets(args) -> int:
+    """``relaycomp targets``."""
+    from .targets import known_targets
+
+    for spec in known_targets():
+        print(f"{spec.name:28} {spec.triple:26} {spec.description}")
+    return 0
+
+
+def cmd_passes(args) -> int:
+    """``relaycomp passes``."""
+    from .pipeline import default_stages
+    from .registry import PASSES
+    from .targets import resolve
+
+    for stage in default_stages(resolve(args.target).kind):
+        print(f"{stage.name}:")
+        for name in stage.passes:
+            print(f"  {name:30} {PASSES.get(name).description}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """``relaycomp demo``: the bundled digits CNN, compiled for this machine and checked."""
+    from .demo import run_demo
+
+    return run_demo()
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect,
+            "targets": cmd_targets, "passes": cmd_passes, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``relaycomp`` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RelaycompError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"relaycomp: error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"  hint: {err.hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("relaycomp: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the last line of defence for the user
+        if args.debug:
+            traceback.print_exc()
+        print(f"relaycomp: internal error: {type(err).__name__}: {err}".splitlines()[0],
+              file=sys.stderr)
+        print("  hint: rerun with --debug and report the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

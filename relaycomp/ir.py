@@ -1,0 +1,112 @@
+"""The one place that touches version-sensitive TVM APIs (written against apache-tvm 0.27).
+
+Everything else in relaycomp calls these helpers, so a TVM upgrade is a change to this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import onnx_frontend
+
+from .errors import OnnxImportError, last_line
+
+
+def supported_onnx_ops() -> frozenset[str]:
+    """ONNX op types the Relax importer can translate (default domain)."""
+    return frozenset(onnx_frontend._get_convert_map()) | {"If", "Constant"}
+
+
+class _NamingImporter(onnx_frontend.ONNXGraphImporter):
+    """The stock importer, except that a failing node is named in the error."""
+
+    def _convert_operator(self, op_name, inputs, attrs, opset):
+        try:
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+        except Exception as err:
+            node = attrs.get("tvm_custom", {}).get("name", "?")
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise OnnxImportError(
+                f"cannot import node '{node}' (op {op_name}, opset {opset}): {reason}",
+                hint="run `relaycomp inspect` on the model; pin dynamic inputs with --input",
+            ) from err
+
+
+def import_onnx_graph(model, shapes: dict[str, Sequence[int]], opset: int) -> tvm.IRModule:
+    """Translate an ONNX ModelProto into a Relax IRModule with ``main`` (weights as constants).
+
+    The stock importer prints a wall of text on failure; it is captured and replaced with an
+    :class:`OnnxImportError` naming the node.
+    """
+    importer = _NamingImporter({k: list(v) for k, v in shapes.items()}, "float32",
+                               keep_params_in_input=False, sanitize=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return importer.from_onnx(model.graph, opset)
+        except OnnxImportError:
+            raise
+        except Exception as err:
+            raise OnnxImportError(f"cannot import the model: {err}") from err
+
+
+def tensor_types(expr_type) -> list[tuple[tuple[int, ...], str]]:
+    """(shape, dtype) of each tensor in a Relax type (a tensor or a tuple of tensors)."""
+    if isinstance(expr_type, relax.TupleType):
+        return [t for field in expr_type.fields for t in tensor_types(field)]
+    shape = tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in expr_type.shape)
+    return [(shape, str(expr_type.dtype))]
+
+
+def main_output_types(mod: tvm.IRModule) -> list[tuple[tuple[int, ...], str]]:
+    """(shape, dtype) of every output of ``main``, flattened in order."""
+    return tensor_types(mod["main"].ret_ty)
+
+
+def well_formedness_problem(mod: tvm.IRModule) -> str | None:
+    """Why ``mod`` is not well-formed (variables defined once, types consistent, ...), or None."""
+    try:
+        relax.analysis.well_formed(mod)
+    except Exception as err:  # noqa: BLE001 - TVM raises its own error types here
+        return last_line(err)
+    return None
+
+
+def build_executable(mod: tvm.IRModule, target: tvm.target.Target):
+    """Lower an already-optimized module to a VM executable (relax passes were run by us)."""
+    return tvm.compile(mod, target, relax_pipeline=None)
+
+
+def load_vm(path: str, device_kind: str = "cpu"):
+    """Load an exported library and wrap it in a Relax VM on device 0 of ``device_kind``."""
+    lib = tvm.runtime.load_module(path)
+    device = tvm.device(device_kind, 0)
+    return relax.VirtualMachine(lib, device), device
+
+
+def to_device(array: np.ndarray, device):
+    """Copy a numpy array to a TVM device tensor."""
+    return tvm.runtime.tensor(array, device)
+
+
+def to_numpy(value) -> list[np.ndarray]:
+    """Flatten a VM result (tensor or nested tuple) into numpy arrays, in order."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ in ("Array", "ArrayObj"):
+        return [a for item in value for a in to_numpy(item)]
+    return [value.numpy()]
+
+
+def signature_of(mod: tvm.IRModule) -> list[str]:
+    """``main``'s parameter and return types as text, to detect a pass that changes them."""
+    main = mod["main"]
+    return [str(p.ty) for p in main.params] + [str(main.ret_ty)]
+
+
+def function_counts(mod: tvm.IRModule) -> dict[str, int]:
+    """How many Relax functions and TIR PrimFuncs (kernels) the module holds."""
+    prim = sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
+    return {"relax": len(mod.functions) - prim, "tir": prim}

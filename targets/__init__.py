@@ -1,0 +1,40 @@
+"""Target triples and board presets → TVM target + toolchain.
+
+::
+
+    from relaycomp.targets import resolve, elf_machine
+
+    spec = resolve("raspberry-pi-4")            # or "host", "aarch64-linux-gnu", "cuda", "my.toml"
+    ex = tvm.compile(mod, spec.tvm_target())
+    ex.export_library("model.so", fcompile=spec.toolchain.fcompile())
+    elf_machine("model.so")                     # "aarch64"
+
+Triples live in ``TRIPLES`` (``triples.py``), boards in ``presets/*.toml`` (``PRESETS``), and what
+differs between TVM kinds (llvm, cuda) in ``KINDS``.
+"""
+
+from .elf import elf_machine, machine_of_triple
+from .host import host_triple
+from .kinds import KINDS, Kind
+from .presets import PRESETS, Preset, load_preset
+from .resolve import known_targets, resolve
+from .spec import TargetSpec
+from .toolchain import Toolchain
+from .triples import TRIPLES, Triple
+
+__all__ = [
+    "KINDS",
+    "PRESETS",
+    "TRIPLES",
+    "Kind",
+    "Preset",
+    "TargetSpec",
+    "Toolchain",
+    "Triple",
+    "elf_machine",
+    "host_triple",
+    "known_targets",
+    "load_preset",
+    "machine_of_triple",
+    "resolve",
+]
