@@ -248,8 +248,10 @@ def dynamic_reshape_net() -> onnx.ModelProto:
     """What the TorchScript exporter emits for ``x.view(x.size(0), -1)`` with a dynamic batch.
 
     Input "x" ["N",3,16,16] → "logits" ["N",10]. The target shape is computed at run time:
-    Shape → Gather(0) → Unsqueeze → Concat([-1]) → Reshape, with Constant nodes as torch
-    writes them. Stock TVM 0.27 imports and compiles it once "N" is pinned in shape_dict.
+    Shape → Gather(0) → Unsqueeze → Concat([-1]) → Reshape, node for node (Constant nodes
+    included) what torch 2.14's legacy exporter writes. Stock TVM 0.27's Relax importer
+    handles it, with "N" pinned in shape_dict or left symbolic: no "Reshape requires the input
+    new shape to be Shape" and no dynamic-shape error. Kept as a regression guard.
     """
     g = _Graph(seed=6)
     y = g.op("Relu", [g.conv("x", 3, 4)])  # [N,4,16,16]
@@ -269,6 +271,12 @@ def shape_subgraph_net() -> onnx.ModelProto:
 
     Input "x" ["N",4,8,8] → "out" ["N",4,128]. Shape → Slice → Div/Mul/ReduceProd → Concat
     feeds a Reshape, an Expand of a positional table and a ConstantOfShape bias.
+
+    Stock TVM 0.27 rejects it because of the ReduceProd over a shape slice; Div and Mul on
+    shape slices alone import fine. With "N" pinned: ``TypeError: Reshape requires the input
+    new shape to be Shape. However, the given one is relax.TensorType``; with "N" symbolic:
+    ``relax.concat ... expects the input to be a Tuple of Tensors. However, the given input
+    is T.Tuple(R.Shape([N]), R.Tensor((T.int64(1),), ...), ...)``.
     """
     g = _Graph(seed=7)
     y = g.op("Relu", [g.conv("x", 4, 8)])  # [N,8,8,8]
@@ -308,7 +316,9 @@ def unsupported_op_net() -> onnx.ModelProto:
     """An audio front end whose DFT node TVM's Relax ONNX importer has no converter for.
 
     Input "signal" [1,64] → "features" [1,8]. Unsqueeze → DFT (node "spectrum_dft", onesided)
-    → power spectrum (Mul, ReduceSum) → MatMul+Add. onnxruntime runs it.
+    → power spectrum (Mul, ReduceSum) → MatMul+Add. onnxruntime runs it; stock TVM 0.27
+    raises ``tvm.error.OpNotImplemented: The following operators are not supported for
+    frontend ONNX: DFT``, naming neither the node nor the opset.
     """
     g = _Graph(seed=9)
     frames = g.op("Unsqueeze", ["signal", g.ints(-1)])  # [1,64,1], a real signal
