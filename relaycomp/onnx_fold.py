@@ -127,9 +127,14 @@ def remove_dead_nodes(model: onnx.ModelProto) -> int:
     removed = len(graph.node) - len(live)
     del graph.node[:]
     graph.node.extend(reversed(live))
+    dead_inits = {init.name for init in graph.initializer if init.name not in needed}
     inits = [init for init in graph.initializer if init.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(inits)
+    # Old exporters list initializers as graph inputs too; a dead one must not become an input.
+    inputs = [value for value in graph.input if value.name not in dead_inits]
+    del graph.input[:]
+    graph.input.extend(inputs)
     return removed
 
 
