@@ -142,8 +142,9 @@ def _tvm_runner(model: onnx.ModelProto, target, pipeline):
 def _pipelines(target):
     """The cpu_generic pipeline, without (fused) and with (scheduled) the schedule pass."""
     import tvm
-    from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops
     from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops
 
     def build(extra):
         @tvm.transform.module_pass(opt_level=0, name="bench_cpu_pipeline")

@@ -53,8 +53,8 @@ def stock_tvm_ms(model_path: Path, inputs: dict, target) -> float:
 
 def main() -> None:
     import relaycomp
-    from relaycomp.cli import random_inputs
     from relaycomp.frontend import graph_inputs, pin_input_shapes
+    from relaycomp.runtime import random_inputs
 
     print(f"threads: {THREADS}; ratios are latency / onnxruntime latency (lower is better)")
     for name, path in benchmark_models().items():

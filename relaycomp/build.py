@@ -110,8 +110,12 @@ def _export(executable, output: Path, fcompile, manifest: Manifest) -> None:
             raise
         except Exception as err:
             raise BuildError(f"exporting {output.name} failed: {last_line(err)}") from err
-        write_manifest(manifest, output)
         os.replace(tmp, output)
+        try:
+            write_manifest(manifest, output)
+        except BaseException:
+            output.unlink(missing_ok=True)  # an artifact without its manifest is useless
+            raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 

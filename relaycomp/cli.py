@@ -96,6 +96,8 @@ def _signature(specs) -> str:
 
 
 def _read_inputs(path: str | None, model) -> dict[str, np.ndarray]:
+    from .runtime import random_inputs
+
     specs = model.manifest.inputs
     if path is None:
         print("note: no --inputs given; running on seeded random data", file=sys.stderr)
@@ -115,20 +117,6 @@ def _read_inputs(path: str | None, model) -> dict[str, np.ndarray]:
         raise InputSpecError(f"{path} lacks input(s) {missing}",
                              hint=f"it holds: {sorted(data)}; the model takes: {_signature(specs)}")
     return {s.name: data[s.name] for s in specs}
-
-
-def random_inputs(specs, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs matching ``specs`` (floats in [0,1), ints in [0,10), random bools)."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in specs:
-        if spec.dtype == "bool":
-            arrays[spec.name] = rng.random(spec.shape) < 0.5
-        elif spec.dtype.startswith(("int", "uint")):
-            arrays[spec.name] = rng.integers(0, 10, spec.shape).astype(spec.dtype)
-        else:
-            arrays[spec.name] = rng.random(spec.shape).astype(spec.dtype)
-    return arrays
 
 
 def cmd_run(args) -> int:

@@ -107,6 +107,20 @@ class LoadedModel:
         return arrays
 
 
+def random_inputs(specs, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs matching ``specs`` (floats in [0,1), ints in [0,10), random bools)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in specs:
+        if spec.dtype == "bool":
+            arrays[spec.name] = rng.random(spec.shape) < 0.5
+        elif spec.dtype.startswith(("int", "uint")):
+            arrays[spec.name] = rng.integers(0, 10, spec.shape).astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.random(spec.shape).astype(spec.dtype)
+    return arrays
+
+
 def describe(specs) -> str:
     """``name:dtype[dims]`` list for messages."""
     return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs)
