@@ -224,6 +224,7 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: _Plan, epilogue: list, facts: Cpu
         sch.parallel(outer)
 
     write_back = sch.cache_write(block_rv, 0, "local")
+    _accumulate_along_lanes(sch, block_rv, block.iter_vars[plan.vector_iter].var)
     for producer in epilogue[:-1]:
         if not _try(sch.compute_inline, producer):
             schedule_spatial_block(sch, producer, facts)
@@ -236,6 +237,19 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: _Plan, epilogue: list, facts: Cpu
         sch.unroll(register_inner)
     init = sch.decompose_reduction(block_rv, reduction[0])
     _vectorize_tile(sch, init, outer)
+
+
+def _accumulate_along_lanes(sch: s_tir.Schedule, block_rv, vector_var) -> None:
+    """Lay the local accumulator out with the vector axis last: whole-vector loads and stores
+    that LLVM keeps in registers, rather than strided lanes it spills."""
+    indices = sch.get(block_rv).body.indices
+    dims = [d for d, index in enumerate(indices) if uses_var(index, vector_var)]
+    if len(dims) != 1 or dims[0] == len(indices) - 1:
+        return
+    (dim,) = dims
+    sch.transform_layout(
+        block_rv, ("write", 0), lambda *axes: [*axes[:dim], *axes[dim + 1 :], axes[dim]]
+    )
 
 
 def _vectorize_tile(sch: s_tir.Schedule, block_rv, outer) -> None:

@@ -110,3 +110,20 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     result = run_cli("--debug", "compile", tmp_path / "absent.onnx")
     assert result.returncode == 1
     assert "Traceback" in result.stderr
+
+
+def test_inspect_names_unsupported_ops_and_fails(tmp_path):
+    from models import unsupported_op_net
+
+    path = tmp_path / "dft.onnx"
+    onnx.save(unsupported_op_net(), path)
+    result = run_cli("inspect", path)
+    assert result.returncode == 1
+    assert "DFT (node 'spectrum_dft')" in result.stdout
+
+
+def test_demo_compiles_and_checks_the_bundled_example(tmp_path):
+    result = run_cli("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "held-out accuracy: 100.0%" in result.stdout or "held-out accuracy: 9" in result.stdout
+    assert (tmp_path / "relaycomp-demo" / "digits.so").is_file()
