@@ -1,5 +1,7 @@
 """The command line as a user meets it: every bad input gives one clear line and exit 1."""
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -125,5 +127,6 @@ def test_inspect_names_unsupported_ops_and_fails(tmp_path):
 def test_demo_compiles_and_checks_the_bundled_example(tmp_path):
     result = run_cli("demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "held-out accuracy: 100.0%" in result.stdout or "held-out accuracy: 9" in result.stdout
+    accuracy = float(re.search(r"held-out accuracy: ([\d.]+)%", result.stdout).group(1))
+    assert accuracy >= 97.0, "the bundled CNN scores 99% on held-out digits"
     assert (tmp_path / "relaycomp-demo" / "digits.so").is_file()
