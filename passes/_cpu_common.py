@@ -50,7 +50,7 @@ def cpu_facts(target: Target) -> CpuFacts:
     try:
         if triple.startswith(("x86_64", "i386", "i686")):
             if codegen.llvm_cpu_has_features(["avx512f"], target):
-                return CpuFacts(512, 24, num_cores)
+                return CpuFacts(512, 12, num_cores)
             bits = 256 if codegen.llvm_cpu_has_features(["avx"], target) else 128
             return CpuFacts(bits, 12, num_cores)
         bits = int(codegen.llvm_get_vector_width(target))
@@ -122,24 +122,30 @@ def schedule_spatial_block(
         return
     written = sch.get(block).writes
     lanes = facts.lanes(written[0].source.dtype) if written else 4
-    inner_extent = loop_extent(sch, loops[-1])
-    vector_loop = None
-    if inner_extent is not None and inner_extent >= 2:
-        if inner_extent % lanes == 0 and inner_extent > lanes:
-            loops[-1:] = sch.split(loops[-1], factors=[None, lanes])
-            vector_loop = loops[-1]
-        elif inner_extent <= 2 * lanes:
-            vector_loop = loops[-1]
-    outer = loops[:-1] if vector_loop is not None else loops
-    if not outer:
-        sch.vectorize(vector_loop)
+    total = _static_product([loop_extent(sch, loop) for loop in loops])
+    inner, inner_extent = loops[-1], loop_extent(sch, loops[-1])
+    outer = loops[:-1]
+    if inner_extent is not None and inner_extent % lanes == 0 and inner_extent > lanes:
+        row, inner = sch.split(inner, factors=[None, lanes])
+        outer.append(row)
+    if inner_extent is not None and 2 <= loop_extent(sch, inner) <= 2 * lanes:
+        sch.vectorize(inner)
+    # A longer odd-sized innermost loop stays a plain loop: LLVM vectorizes it with a remainder,
+    # which beats fusing it into the outer loops and paying a div/mod per element.
+    if not outer or not facts.parallel:
         return
-    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    total = loop_extent(sch, fused)
-    if facts.parallel and (total is None or total * (inner_extent or 1) >= MIN_PARALLEL_ELEMENTS):
-        sch.parallel(fused)
-    if vector_loop is not None:
-        sch.vectorize(vector_loop)
+    if total is not None and total < MIN_PARALLEL_ELEMENTS:
+        return
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _static_product(extents) -> int | None:
+    product = 1
+    for extent in extents:
+        if extent is None:
+            return None
+        product *= extent
+    return product
 
 
 class CpuRule(ScheduleRule):

@@ -31,13 +31,14 @@ Reports: :func:`schedule_report` - PrimFuncs scheduled, by rule, and left unsche
 from __future__ import annotations
 
 import tvm
-from tvm import tirx
+from tvm import relax, tirx
 from tvm.s_tir.dlight import cpu as dlight_cpu
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from ._cpu_contraction import ContractionRule
 from ._cpu_elementwise import GuardedRule, InjectiveRule, ParallelOuterRule
+from ._cpu_reduction import InnerReductionRule
 
 IS_SCHEDULED = "tirx.is_scheduled"
 RULE_ATTR = "relaycomp.cpu_schedule_rule"
@@ -45,6 +46,7 @@ RULE_ATTR = "relaycomp.cpu_schedule_rule"
 # Tried in order; the first rule returning a schedule wins. Specific before general.
 RULES: tuple[ScheduleRule, ...] = (
     ContractionRule(),
+    InnerReductionRule(),
     GuardedRule("reduction", dlight_cpu.Reduction()),
     GuardedRule("gemv", dlight_cpu.GEMV()),
     InjectiveRule(),
@@ -52,12 +54,16 @@ RULES: tuple[ScheduleRule, ...] = (
 )
 
 
-def schedule_cpu_loops(target: Target | None = None) -> tvm.transform.Pass:
+def schedule_cpu_loops(
+    target: Target | None = None, *, prepack_weights: bool = True
+) -> tvm.transform.Pass:
     """The module pass described in this module's docstring.
 
     ``target`` must be an llvm target (``None``: ``Target.current()`` when the pass runs); for
     any other target kind the module is returned unchanged. A PrimFunc carrying its own
-    ``target`` attribute is scheduled for that target.
+    ``target`` attribute is scheduled for that target. ``prepack_weights`` lets the Relax
+    function pass constant weights to the scheduled kernels already repacked (folded at compile
+    time) instead of repacking them in every call.
 
     Example::
 
@@ -86,7 +92,7 @@ def schedule_cpu_loops(target: Target | None = None) -> tvm.transform.Pass:
         mod = mod.clone()
         for gvar, func in updates.items():
             mod[gvar] = func
-        return mod
+        return _prepack_constant_weights(mod) if prepack_weights else mod
 
     return _schedule
 
@@ -116,6 +122,28 @@ def schedule_report(mod: tvm.IRModule) -> dict:
 
 def _is_scheduled(func: tirx.PrimFunc) -> bool:
     return func.attrs is not None and bool(func.attrs.get(IS_SCHEDULED, False))
+
+
+def _prepack_constant_weights(mod: tvm.IRModule) -> tvm.IRModule:
+    """Move each weight repack (blocks marked ``meta_schedule.layout_rewrite_preproc``) out of
+    its kernel into a function of its own, fold it on constant weights and drop what is left
+    unused. On any failure the module keeps the repack inside the kernels (still correct)."""
+    try:
+        packed = tvm.transform.Sequential(
+            [
+                relax.transform.SplitLayoutRewritePreproc(),
+                relax.transform.FoldConstant(),
+                relax.transform.DeadCodeElimination(),
+            ]
+        )(mod)
+    except Exception:  # noqa: BLE001 - prepacking is an optimization, never a failure
+        return mod
+    # A repack left in the Relax function (a weight that is an input, not a constant) is now a
+    # kernel of its own, named "<kernel>_weight_prepack" by SplitLayoutRewritePreproc.
+    for gvar, func in packed.functions_items():
+        if gvar.name_hint.endswith("_weight_prepack") and isinstance(func, tirx.PrimFunc):
+            packed[gvar] = func.with_attr(RULE_ATTR, "weight_prepack")
+    return packed
 
 
 def _apply_first(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc | None:

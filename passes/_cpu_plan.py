@@ -1,0 +1,183 @@
+"""Access analysis for the contraction rule: where the SIMD lanes and the register tile go.
+
+GEMM view of a reduction block ``out[S] (+)= f(operand_1[...], operand_2[...])``: each operand
+has *exclusive* spatial iterators, used by no other operand (NCHW conv: the weight owns ``f``, the
+input owns ``n, y, x``; dense: ``A`` owns ``m``, ``B`` owns ``n``).
+
+- With reuse: the vector axis ``v`` is an exclusive iterator of the smallest operand that walks
+  it with unit stride or is cheap to repack (a copy ``[.., F, ..] -> [F/t, .., t]``, small next to
+  the multiply-adds); the register axis ``u`` is the innermost exclusive iterator of another
+  operand, so each loaded vector is reused ``u_tile`` times from registers.
+- Without (depthwise conv, pooling): ``v`` is the innermost output iterator and ``u`` the one
+  before it (independent accumulators hide the multiply-add latency). When an operand walks ``v``
+  with a constant stride ``s > 1`` (strided depthwise conv or pooling) the ``v`` loop is left
+  whole, with the (small) reduction unrolled inside it, for LLVM's loop vectorizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tvm
+from tvm import tirx
+
+from ._cpu_common import (
+    CpuFacts,
+    buffer_size,
+    collect_loads,
+    is_unit_stride,
+    largest_divisor,
+    static_int,
+    uses_var,
+)
+
+# Repacking an operand is "free" below 1/64 of the multiply-adds and allowed up to 1/8.
+FREE_PACK_RATIO = 64
+MAX_PACK_RATIO = 8
+
+
+@dataclass(frozen=True)
+class Relayout:
+    """Give operand ``read`` (an index into the block's reads) the layout ``index_map``.
+
+    ``packs_weight`` marks a repacked operand (a candidate for packing once, at compile time).
+    """
+
+    read: int
+    index_map: Callable
+    packs_weight: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the lanes and the unrolled register tile go (indices into the block's iter_vars)."""
+
+    vector_iter: int
+    vector_tile: int
+    register_iter: int | None
+    register_tile: int
+    relayouts: tuple[Relayout, ...]
+
+
+def plan_contraction(block, facts: CpuFacts) -> Plan | None:
+    """Plan the register tile of ``block`` (an ``SBlock``), or ``None`` if it does not fit.
+
+    ``vector_tile == 0`` means "keep the whole ``v`` loop, do not vectorize it in TVM"."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore):
+        return None
+    lanes = facts.lanes(store.buffer.dtype)
+    iters = list(block.iter_vars)
+    operands = [ld for ld in collect_loads(store.value) if not ld.source.same_as(store.buffer)]
+    # Symbolic extents (a dynamic batch) may only sit on outer spatial loops.
+    extents = [static_int(it.dom.extent) for it in iters]
+    spatial = [i for i, it in enumerate(iters) if it.iter_type == tirx.IterVar.DataPar]
+    if not operands or any(extents[i] is None for i in range(len(iters)) if i not in spatial):
+        return None
+    used = [{i for i in spatial if _uses(op, iters[i].var)} for op in operands]
+    exclusive = [own - set().union(*(used[:k] + used[k + 1 :])) for k, own in enumerate(used)]
+    reads = [str(region.source.name) for region in block.reads]
+    macs = 1
+    for extent in extents:
+        macs *= extent or 1
+
+    # Cost ranks: 0 walks the operand as is (dense B[k, n]); 1 repacks it for free (a conv
+    # weight); 2 walks a sliding window (conv input x + rx: unaligned, overlapping loads, and
+    # the extent rarely divides into whole vectors); a costly repack ranks by its size.
+    candidates = []  # (cost, operand size, -iterator, operand, iterator, packed dim)
+    for k, load in enumerate(operands):
+        size = buffer_size(load.source)
+        for i in exclusive[k]:
+            if size is None or extents[i] is None or extents[i] % lanes:
+                continue
+            if is_unit_stride(load.indices, iters[i].var):
+                cost = 0 if load.indices[-1].same_as(iters[i].var) else 2
+                candidates.append((cost, size, -i, k, i, None))
+                continue
+            dim = _sole_dim(load.indices, iters[i].var)
+            if dim is not None and size * MAX_PACK_RATIO <= macs:
+                cost = 1 if size * FREE_PACK_RATIO <= macs else max(size, 3)
+                candidates.append((cost, size, -i, k, i, dim))
+    if candidates:
+        _, _, _, k, vector_iter, dim = min(candidates)
+        others = sorted(set(spatial) - used[k] - {vector_iter}, reverse=True)
+        register_iter = next(
+            (i for i in others if extents[i] and any(i in own for own in exclusive)), None
+        )
+        vectors, register_tile = _register_tile(extents, lanes, facts, vector_iter, register_iter)
+        relayouts = ()
+        if dim is not None:
+            name = str(operands[k].source.name)
+            if reads.count(name) != 1:
+                return None
+            pack = _blocked(dim, vectors * lanes)
+            relayouts = (Relayout(reads.index(name), pack, packs_weight=True),)
+        return Plan(vector_iter, vectors * lanes, register_iter, register_tile, relayouts)
+    return _plan_without_reuse(operands, iters, extents, spatial, lanes, facts)
+
+
+def _plan_without_reuse(operands, iters, extents, spatial, lanes, facts) -> Plan | None:
+    vector_iter = spatial[-1]
+    if extents[vector_iter] is None:
+        return None
+    var = iters[vector_iter].var
+    strides = [_last_dim_stride(load, var) for load in operands if _uses(load, var)]
+    if None in strides:
+        return None
+    if any(stride != 1 for stride in strides):
+        # Strided lanes (strided depthwise conv / pooling): TVM would gather them one by one,
+        # LLVM's loop vectorizer loads whole vectors and shuffles - leave that loop to LLVM.
+        return Plan(vector_iter, 0, None, 1, ())
+    vector_tile = largest_divisor(extents[vector_iter], lanes)
+    if vector_tile < 2:
+        return None
+    # Independent accumulators along the next output axis hide the FMA latency.
+    register_iter = next((i for i in reversed(spatial[:-1]) if (extents[i] or 1) > 1), None)
+    register_tile = 1 if register_iter is None else largest_divisor(
+        extents[register_iter], facts.accumulator_budget
+    )
+    return Plan(vector_iter, vector_tile, register_iter, register_tile, ())
+
+
+def _register_tile(extents, lanes, facts, vector_iter, register_iter) -> tuple[int, int]:
+    """``(vectors, register_tile)``: the most accumulators (independent FMA chains) the register
+    budget holds, then the fewest loads per multiply-add (vectors + register_tile)."""
+    u_extent = 1 if register_iter is None else extents[register_iter]
+    # Without a register axis (matrix-vector) the chains can only come from more vectors.
+    most_vectors = 2 if u_extent > 1 else facts.accumulator_budget
+    best = (0, 0, 0, 1, 1)
+    for vectors in range(1, most_vectors + 1):
+        if extents[vector_iter] % (vectors * lanes) == 0:
+            tile = largest_divisor(u_extent, facts.accumulator_budget // vectors)
+            best = max(best, (tile * vectors, -(tile + vectors), -vectors, vectors, tile))
+    return best[3], best[4]
+
+
+def _uses(load, var) -> bool:
+    return any(uses_var(index, var) for index in load.indices)
+
+
+def _sole_dim(indices, var) -> int | None:
+    """The dimension whose index is exactly ``var`` when no other dimension mentions it."""
+    dims = [d for d, index in enumerate(indices) if uses_var(index, var)]
+    if len(dims) == 1 and isinstance(indices[dims[0]], tirx.Var):
+        return dims[0] if indices[dims[0]].same_as(var) else None
+    return None
+
+
+def _last_dim_stride(load, var) -> int | None:
+    """The constant coefficient of ``var`` when it only appears, linearly, in the last index."""
+    if any(uses_var(index, var) for index in load.indices[:-1]):
+        return None
+    coefficients = tvm.sym.detect_linear_equation(load.indices[-1], [var])
+    return static_int(coefficients[0]) if len(coefficients) == 2 else None
+
+
+def _blocked(dim: int, tile: int) -> Callable:
+    """``[.., d, ..] -> [.., d // tile, .., d % tile]``: ``tile`` consecutive ``d`` contiguous."""
+
+    def index_map(*axes):
+        return [*axes[:dim], axes[dim] // tile, *axes[dim + 1 :], axes[dim] % tile]
+
+    return index_map

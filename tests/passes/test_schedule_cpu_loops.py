@@ -1,0 +1,230 @@
+"""schedule_cpu_loops: every fused PrimFunc gets a parallel, vectorized CPU schedule; numerics stay.
+
+Each numeric test builds one small Relax function, compiles it through the cpu_generic pipeline
+with and without the pass, runs both and compares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from tvm import relax, tirx
+from tvm.relax.backend.cpu_generic import pipeline as cpu
+from tvm.s_tir.dlight.base import ScheduleRule
+
+from relaycomp.passes._cpu_elementwise import GuardedRule
+from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops, schedule_report
+
+R = relax.op
+TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+
+
+def _function(inputs: dict[str, tuple], body) -> tvm.IRModule:
+    """A Relax module whose ``main`` takes float32 ``inputs`` and returns ``body(*vars)``."""
+    builder = relax.BlockBuilder()
+    params = [relax.Var(name, relax.TensorType(shape, "float32")) for name, shape in inputs.items()]
+    with builder.function("main", params):
+        with builder.dataflow():
+            output = builder.emit_output(body(*params))
+        builder.emit_func_output(output)
+    return builder.get()
+
+
+def _legalized(mod: tvm.IRModule, scheduled: bool) -> tvm.IRModule:
+    passes = cpu.library_dispatch_passes(TARGET) + cpu.legalize_passes(TARGET)
+    passes += [schedule_cpu_loops(TARGET)] if scheduled else []
+    with TARGET:
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def _run(mod: tvm.IRModule, arrays: list[np.ndarray], scheduled: bool) -> np.ndarray:
+    mod = _legalized(mod, scheduled)
+    with TARGET:
+        mod = tvm.transform.Sequential(
+            cpu.dataflow_lower_passes(TARGET) + cpu.finalize_passes(TARGET)
+        )(mod)
+    vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=None), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
+
+
+def _assert_schedule_keeps_numerics(inputs: dict[str, tuple], body, shapes=None) -> None:
+    """Scheduled and unscheduled builds agree to fp32 rounding on random data."""
+    rng = np.random.default_rng(0)
+    shapes = shapes or inputs
+    arrays = [rng.standard_normal(shape).astype("float32") for shape in shapes.values()]
+    mod = _function(inputs, body)
+    expected = _run(mod, arrays, scheduled=False)
+    actual = _run(mod, arrays, scheduled=True)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def _is_prim(func) -> bool:
+    return isinstance(func, tirx.PrimFunc)
+
+
+def _rule(func) -> str | None:
+    return str(func.attrs.get(RULE_ATTR, "")) if _is_prim(func) and func.attrs else None
+
+
+def _loop_kinds(func: tirx.PrimFunc) -> set:
+    kinds = set()
+    tvm_ffi.structural_walk(func.body, (tirx.For, lambda loop: kinds.add(loop.kind)))
+    return kinds
+
+
+def _conv(x, w, stride=1, padding=1, groups=1):
+    return R.nn.conv2d(x, w, strides=stride, padding=padding, groups=groups)
+
+
+CONV_CASES = {
+    "3x3_pad1_stride2": ({"x": (1, 8, 10, 10), "w": (16, 8, 3, 3)}, lambda x, w: _conv(x, w, 2)),
+    "1x1": ({"x": (1, 8, 6, 6), "w": (16, 8, 1, 1)}, lambda x, w: _conv(x, w, padding=0)),
+    "depthwise": ({"x": (1, 16, 9, 9), "w": (16, 1, 3, 3)}, lambda x, w: _conv(x, w, groups=16)),
+    "depthwise_stride2": (
+        {"x": (1, 16, 10, 10), "w": (16, 1, 3, 3)},
+        lambda x, w: _conv(x, w, 2, groups=16),
+    ),
+    "grouped": ({"x": (1, 16, 8, 8), "w": (16, 4, 3, 3)}, lambda x, w: _conv(x, w, groups=4)),
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=list(CONV_CASES))
+def test_conv2d_keeps_numerics(case):
+    _assert_schedule_keeps_numerics(*CONV_CASES[case])
+
+
+def test_conv_bias_relu_epilogue_keeps_numerics():
+    _assert_schedule_keeps_numerics(
+        {"x": (1, 8, 12, 12), "w": (16, 8, 3, 3), "b": (1, 16, 1, 1)},
+        lambda x, w, b: R.nn.relu(R.add(_conv(x, w), b)),
+    )
+
+
+def test_conv_residual_add_keeps_numerics():
+    _assert_schedule_keeps_numerics(
+        {"x": (1, 16, 8, 8), "w": (16, 16, 3, 3)},
+        lambda x, w: R.nn.relu(R.add(_conv(x, w), x)),
+    )
+
+
+@pytest.mark.parametrize("transpose_b", [False, True], ids=["B[k,n]", "B[n,k]"])
+def test_dense_bias_keeps_numerics(transpose_b):
+    _assert_schedule_keeps_numerics(
+        {"a": (4, 32), "b": (24, 32) if transpose_b else (32, 24), "bias": (24,)},
+        lambda a, b, bias: R.add(R.matmul(a, R.permute_dims(b) if transpose_b else b), bias),
+    )
+
+
+def test_batch_matmul_keeps_numerics():
+    _assert_schedule_keeps_numerics(
+        {"a": (3, 5, 16), "b": (3, 16, 24)}, lambda a, b: R.matmul(a, b)
+    )
+
+
+POOL_CASES = {
+    "max_pool": lambda x: R.nn.max_pool2d(x, pool_size=3, strides=2, padding=1),
+    "avg_pool": lambda x: R.nn.avg_pool2d(x, pool_size=2, strides=2),
+    "global_avg_pool": lambda x: R.mean(x, axis=[2, 3], keepdims=True),
+}
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=list(POOL_CASES))
+def test_pooling_keeps_numerics(case):
+    _assert_schedule_keeps_numerics({"x": (1, 8, 16, 16)}, POOL_CASES[case])
+
+
+def test_softmax_keeps_numerics():
+    _assert_schedule_keeps_numerics({"x": (6, 40)}, lambda x: R.nn.softmax(x, axis=-1))
+
+
+def test_transpose_and_reshape_keep_numerics():
+    _assert_schedule_keeps_numerics(
+        {"x": (2, 3, 8, 5)}, lambda x: R.reshape(R.permute_dims(x, [0, 2, 3, 1]), (2, 120))
+    )
+
+
+def test_symbolic_batch_dense_keeps_numerics():
+    n = tirx.Var("n", "int64")
+    _assert_schedule_keeps_numerics(
+        {"x": (n, 32), "w": (32, 16)},
+        lambda x, w: R.nn.relu(R.matmul(x, w)),
+        shapes={"x": (3, 32), "w": (32, 16)},
+    )
+
+
+def test_symbolic_batch_conv_is_scheduled_and_keeps_numerics():
+    n = tirx.Var("n", "int64")
+    inputs, body = {"x": (n, 4, 8, 8), "w": (8, 4, 3, 3)}, lambda x, w: R.nn.relu(_conv(x, w))
+    _assert_schedule_keeps_numerics(inputs, body, shapes={"x": (2, 4, 8, 8), "w": (8, 4, 3, 3)})
+    report = schedule_report(_legalized(_function(inputs, body), scheduled=True))
+    assert report["by_rule"].get("contraction") == 1
+
+
+@pytest.mark.parametrize(
+    "inputs, body",
+    [
+        ({"x": (1, 8, 12, 12), "w": (16, 8, 3, 3)}, lambda x, w: R.nn.relu(_conv(x, w))),
+        ({"a": (8, 32), "b": (32, 64)}, lambda a, b: R.matmul(a, b)),
+    ],
+    ids=["conv2d", "dense"],
+)
+def test_contraction_gets_parallel_and_vectorized_loops(inputs, body):
+    mod = _legalized(_function(inputs, body), scheduled=True)
+    (func,) = [f for _, f in mod.functions_items() if _rule(f) == "contraction"]
+    assert {tirx.ForKind.PARALLEL, tirx.ForKind.VECTORIZED} <= _loop_kinds(func)
+
+
+def test_report_counts_every_prim_func():
+    mod = _function(
+        {"x": (1, 8, 12, 12)},
+        lambda x: R.nn.softmax(R.reshape(R.nn.relu(R.nn.max_pool2d(x, 2, 2)), (8, 36)), axis=-1),
+    )
+    unscheduled = _legalized(mod, scheduled=False)
+    names = sorted(g.name_hint for g, f in unscheduled.functions_items() if _is_prim(f))
+    assert schedule_report(unscheduled) == {
+        "scheduled": 0, "unscheduled": len(names), "by_rule": {}, "unscheduled_funcs": names
+    }
+    report = schedule_report(_legalized(mod, scheduled=True))
+    assert (report["scheduled"], report["unscheduled"]) == (len(names), 0)
+    assert sum(report["by_rule"].values()) == len(names)
+
+
+def test_constant_weight_is_repacked_at_compile_time():
+    weight = relax.const(np.ones((16, 8, 3, 3), "float32"))
+    mod = _legalized(_function({"x": (1, 8, 12, 12)}, lambda x: _conv(x, weight)), True)
+    assert schedule_report(mod)["by_rule"] == {"contraction": 1}
+
+
+def test_input_weight_is_repacked_by_a_kernel_of_its_own():
+    mod = _function({"x": (1, 8, 12, 12), "w": (16, 8, 3, 3)}, lambda x, w: _conv(x, w))
+    report = schedule_report(_legalized(mod, scheduled=True))
+    assert report["by_rule"] == {"contraction": 1, "weight_prepack": 1}
+
+
+def test_non_cpu_target_leaves_module_unchanged():
+    mod = _legalized(_function({"x": (4, 8)}, lambda x: R.nn.relu(x)), scheduled=False)
+    after = schedule_cpu_loops(tvm.target.Target("c"))(mod)
+    tvm.ir.assert_structural_equal(after, mod)
+
+
+def test_already_scheduled_function_is_left_alone():
+    mod = _legalized(_function({"x": (4, 8)}, lambda x: R.nn.relu(x)), scheduled=False)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            mod[gvar] = func.with_attr("tirx.is_scheduled", True)
+    with TARGET:
+        after = schedule_cpu_loops(TARGET)(mod)
+    tvm.ir.assert_structural_equal(after, mod)
+    assert schedule_report(after)["by_rule"] == {"external": 1}
+
+
+def test_a_rule_that_raises_counts_as_not_applicable():
+    class Broken(ScheduleRule):
+        def apply(self, func, target, tunable):
+            raise RuntimeError("broken rule")
+
+    mod = _legalized(_function({"x": (4, 8)}, lambda x: R.nn.relu(x)), scheduled=False)
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert GuardedRule("broken", Broken()).apply(func, TARGET, False) is None
