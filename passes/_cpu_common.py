@@ -14,8 +14,7 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target import Target
-from tvm.target import codegen
+from tvm.target import Target, codegen
 
 # Below this many output elements a parallel loop costs more (thread-pool wake-up) than it saves.
 MIN_PARALLEL_ELEMENTS = 1 << 14
