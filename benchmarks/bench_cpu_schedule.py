@@ -6,7 +6,8 @@ frontend and times four builds side by side, all on the same number of threads:
 - ``stock``:     ``tvm.compile(mod, target)`` (the default Relax pipeline, nothing scheduled);
 - ``fused``:     the cpu_generic pipeline (LegalizeOps … FuseTIR), still unscheduled;
 - ``scheduled``: the cpu_generic pipeline with ``schedule_cpu_loops`` right after FuseTIR;
-- ``sched+bn``:  the same after ``DecomposeOpsForInference`` (BatchNorm then fuses into the conv);
+- ``sched+bn``:  the same after relaycomp's "simplify" stage (DecomposeOpsForInference,
+  CanonicalizeBindings, FoldConstant): BatchNorm and Clip then fuse into the conv epilogue;
 - ``ort``:       onnxruntime with ``intra_op_num_threads`` = threads.
 
 Prints median latencies and their ratio to onnxruntime. Run::
@@ -157,7 +158,12 @@ def _pipelines(target):
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops
+    from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops, schedule_report
+
+    @tvm.transform.module_pass(opt_level=0, name="print_schedule_report")
+    def print_report(mod, _ctx):
+        print(f"    schedule report: {schedule_report(mod)}", file=sys.stderr)
+        return mod
 
     def build(extra, graph=()):
         @tvm.transform.module_pass(opt_level=0, name="bench_cpu_pipeline")
@@ -170,13 +176,14 @@ def _pipelines(target):
 
         return _pipeline
 
-    # "+bn": inference BatchNorm decomposed into elementwise ops first (what a graph-level
-    # BN-folding pass gives), so that it fuses into the conv epilogue instead of running alone.
-    decompose_bn = [relax.transform.DecomposeOpsForInference(), relax.transform.FoldConstant()]
+    # "+bn": the project pipeline's "simplify" stage first: inference BatchNorm decomposed into
+    # elementwise ops, so that it fuses into the conv epilogue instead of running on its own.
+    decompose_bn = [relax.transform.DecomposeOpsForInference(),
+                    relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant()]
     return {
         "fused": build([]),
-        "scheduled": build([schedule_cpu_loops(target)]),
-        "sched+bn": build([schedule_cpu_loops(target)], decompose_bn),
+        "scheduled": build([schedule_cpu_loops(target), print_report]),
+        "sched+bn": build([schedule_cpu_loops(target), print_report], decompose_bn),
     }
 
 

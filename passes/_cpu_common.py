@@ -48,6 +48,8 @@ def cpu_facts(target: Target) -> CpuFacts:
     triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
     try:
         if triple.startswith(("x86_64", "i386", "i686")):
+            # 16 vector registers (AVX2): 12 accumulators + operands. AVX-512 has 32, but a
+            # 24 x 64-byte tile would pass the 1 KB under which TVM puts a buffer on the stack.
             if codegen.llvm_cpu_has_features(["avx512f"], target):
                 return CpuFacts(512, 12, num_cores)
             bits = 256 if codegen.llvm_cpu_has_features(["avx"], target) else 128
@@ -56,7 +58,8 @@ def cpu_facts(target: Target) -> CpuFacts:
     except Exception:  # noqa: BLE001 - an unknown CPU must not fail the build
         bits = -1
     # AArch64/RISC-V have 32 vector registers; 128 bits is a safe width for anything unknown.
-    return CpuFacts(bits if bits >= 64 else 128, 24, num_cores)
+    bits = bits if bits >= 64 else 128
+    return CpuFacts(bits, min(24, 1000 // (bits // 8)), num_cores)
 
 
 def static_int(expr) -> int | None:

@@ -1,11 +1,16 @@
 """The contraction rule of ``schedule_cpu_loops``: conv2d, dense/matmul, batch matmul, pooling.
 
-Matches a PrimFunc with exactly one reduction block ("main"), all of whose iterators have static
-extents, surrounded by injective blocks (padding before it, an elementwise epilogue after it).
+Matches a PrimFunc with exactly one reduction block ("main") - its iterators of static extent but
+for outer spatial ones (a dynamic batch) - surrounded by injective blocks (padding before it, an
+elementwise epilogue after it).
 
 Schedule (``_cpu_plan`` picks the vector axis ``v`` and the register axis ``u``)::
 
     parallel(fused outer spatial loops) / reduction loops / unroll(u_inner) / vectorize(v_inner)
+
+or, when ``v`` is walked with a stride (strided depthwise conv, pooling)::
+
+    parallel(fused outer spatial loops) / v (for LLVM to vectorize) / unrolled reduction
 
 The ``u_inner x v_inner`` output tile accumulates in a small stack buffer laid out with ``v``
 last, which LLVM keeps in registers (cache_write + decompose_reduction); the epilogue (bias,
@@ -26,6 +31,7 @@ from ._cpu_common import CpuFacts, CpuRule, loop_extent, schedule_spatial_block,
 from ._cpu_plan import Plan, plan_contraction
 
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
+MAX_UNROLLED_WINDOW = 64  # reduction steps unrolled inside a row (a 7x7 window at most)
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
 
 
@@ -71,12 +77,12 @@ def _try(primitive, *args) -> bool:
 
 
 def _relayout(sch: s_tir.Schedule, block_rv, relayout, params, facts: CpuFacts) -> None:
-    """Change an operand's layout: in place for a temporary, through a copy for a parameter."""
+    """Change an operand's layout: in place for a temporary, through a copy for a parameter
+    (marked as a layout-rewrite preprocessing step: for a weight, a compile-time candidate)."""
     buffer = sch.get(block_rv).reads[relayout.read].source
     if any(param.same_as(buffer) for param in params):
         copy = sch.cache_read(block_rv, relayout.read, "global")
-        if relayout.packs_weight:
-            sch.annotate(copy, LAYOUT_REWRITE_PREPROC, True)
+        sch.annotate(copy, LAYOUT_REWRITE_PREPROC, True)
         sch.transform_layout(block_rv, ("read", relayout.read), relayout.index_map)
         schedule_spatial_block(sch, copy, facts)
     else:
@@ -139,8 +145,12 @@ def _tile_rows(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts:
     write_back = sch.cache_write(block_rv, 0, "global")
     _fuse_epilogue(sch, epilogue, facts)
     sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
+    window = 1
     for loop in reduction:
-        sch.unroll(loop)
+        window *= loop_extent(sch, loop)
+    if window <= MAX_UNROLLED_WINDOW:  # a straight-line body lets LLVM vectorize the row loop
+        for loop in reduction:
+            sch.unroll(loop)
     sch.decompose_reduction(block_rv, reduction[0])
 
 

@@ -5,7 +5,7 @@
   possible; every remaining block gets fused-outer-parallel / vectorized-inner loops.
 - :class:`ParallelOuterRule`: anything else with leading spatial loops (reductions no other rule
   took, symbolic shapes): those loops are fused and made parallel, injective blocks vectorized.
-- :class:`GuardedRule`: runs a TVM dlight rule (``dlight.cpu.Reduction``, ``dlight.cpu.GEMV``)
+- :class:`GuardedRule`: runs a TVM dlight rule (e.g. ``dlight.cpu.Reduction``)
   so that an exception inside it means "not applicable" instead of a failed build.
 """
 

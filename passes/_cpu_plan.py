@@ -4,10 +4,11 @@ GEMM view of a reduction block ``out[S] (+)= f(operand_1[...], operand_2[...])``
 has *exclusive* spatial iterators, used by no other operand (NCHW conv: the weight owns ``f``, the
 input owns ``n, y, x``; dense: ``A`` owns ``m``, ``B`` owns ``n``).
 
-- With reuse: the vector axis ``v`` is an exclusive iterator of the smallest operand that walks
-  it with unit stride or is cheap to repack (a copy ``[.., F, ..] -> [F/t, .., t]``, small next to
-  the multiply-adds); the register axis ``u`` is the innermost exclusive iterator of another
-  operand, so each loaded vector is reused ``u_tile`` times from registers.
+- With reuse: the vector axis ``v`` is an exclusive iterator of an operand that walks it with
+  unit stride or is cheap to repack (a copy ``[.., F, ..] -> [F/t, .., t]``, small next to the
+  multiply-adds); the register axis ``u`` is the innermost exclusive iterator of another operand,
+  so each loaded vector is reused ``u_tile`` times from registers. Among the candidates wins the
+  most multiply-adds per load, then the cheapest (no copy, free copy, sliding window, costly copy).
 - Without (depthwise conv, pooling): ``v`` is the innermost output iterator and ``u`` the one
   before it (independent accumulators hide the multiply-add latency). When an operand walks ``v``
   with a constant stride ``s > 1`` (strided depthwise conv or pooling) the ``v`` loop is left
@@ -39,14 +40,10 @@ MAX_PACK_RATIO = 8
 
 @dataclass(frozen=True)
 class Relayout:
-    """Give operand ``read`` (an index into the block's reads) the layout ``index_map``.
-
-    ``packs_weight`` marks a repacked operand (a candidate for packing once, at compile time).
-    """
+    """Give operand ``read`` (an index into the block's reads) the layout ``index_map``."""
 
     read: int
     index_map: Callable
-    packs_weight: bool
 
 
 @dataclass(frozen=True)
@@ -82,37 +79,43 @@ def plan_contraction(block, facts: CpuFacts) -> Plan | None:
     for extent in extents:
         macs *= extent or 1
 
-    # Cost ranks: 0 walks the operand as is (dense B[k, n]); 1 repacks it for free (a conv
-    # weight); 2 walks a sliding window (conv input x + rx: unaligned, overlapping loads, and
-    # the extent rarely divides into whole vectors); a costly repack ranks by its size.
-    candidates = []  # (cost, operand size, -iterator, operand, iterator, packed dim)
+    # Each candidate: the register tile it allows, scored by multiply-adds per load (vector
+    # loads of the vector operand + broadcast loads along the register axis), then by cost:
+    # 0 walks the operand as is (dense B[k, n]); 1 repacks it for free (a conv weight); 2 walks a
+    # sliding window (conv input x + rx: unaligned, overlapping loads); a costly repack ranks
+    # by its size.
+    best = None
     for k, load in enumerate(operands):
         size = buffer_size(load.source)
-        for i in exclusive[k]:
-            if size is None or extents[i] is None or extents[i] % lanes:
-                continue
-            if is_unit_stride(load.indices, iters[i].var):
-                cost = 0 if load.indices[-1].same_as(iters[i].var) else 2
-                candidates.append((cost, size, -i, k, i, None))
-                continue
-            dim = _sole_dim(load.indices, iters[i].var)
-            if dim is not None and size * MAX_PACK_RATIO <= macs:
-                cost = 1 if size * FREE_PACK_RATIO <= macs else max(size, 3)
-                candidates.append((cost, size, -i, k, i, dim))
-    if candidates:
-        _, _, _, k, vector_iter, dim = min(candidates)
-        others = sorted(set(spatial) - used[k] - {vector_iter}, reverse=True)
+        others = sorted(set(spatial) - used[k], reverse=True)
         register_iter = next(
             (i for i in others if extents[i] and any(i in own for own in exclusive)), None
         )
-        vectors, register_tile = _register_tile(extents, lanes, facts, vector_iter, register_iter)
+        for i in exclusive[k]:
+            if size is None or extents[i] is None or extents[i] % lanes:
+                continue
+            dim = None
+            if is_unit_stride(load.indices, iters[i].var):
+                cost = 0 if load.indices[-1].same_as(iters[i].var) else 2
+            else:
+                dim = _sole_dim(load.indices, iters[i].var)
+                if dim is None or size * MAX_PACK_RATIO > macs:
+                    continue
+                cost = 1 if size * FREE_PACK_RATIO <= macs else max(size, 3)
+            vectors, tile = _register_tile(extents, lanes, facts, i, register_iter)
+            per_load = round(vectors * tile / (vectors + tile), 2)
+            key = (-per_load, cost, size, -i)
+            if best is None or key < best[0]:
+                best = (key, k, i, dim, register_iter, vectors, tile)
+    if best is not None:
+        _, k, vector_iter, dim, register_iter, vectors, register_tile = best
         relayouts = ()
         if dim is not None:
             name = str(operands[k].source.name)
             if reads.count(name) != 1:
                 return None
             pack = _blocked(dim, vectors * lanes)
-            relayouts = (Relayout(reads.index(name), pack, packs_weight=True),)
+            relayouts = (Relayout(reads.index(name), pack),)
         return Plan(vector_iter, vectors * lanes, register_iter, register_tile, relayouts)
     return _plan_without_reuse(operands, iters, extents, spatial, lanes, facts)
 
@@ -128,14 +131,16 @@ def _plan_without_reuse(operands, iters, extents, spatial, lanes, facts) -> Plan
     if any(stride != 1 for stride in strides):
         # Strided lanes (strided depthwise conv / pooling): TVM would gather them one by one,
         # LLVM's loop vectorizer loads whole vectors and shuffles - leave that loop to LLVM.
-        return Plan(vector_iter, 0, None, 1, ())
+        return Plan(vector_iter, 0, None, 1, ()) if len(spatial) > 1 else None
     vector_tile = largest_divisor(extents[vector_iter], lanes)
     if vector_tile < 2:
         return None
     # Independent accumulators along the next output axis hide the FMA latency.
     register_iter = next((i for i in reversed(spatial[:-1]) if (extents[i] or 1) > 1), None)
-    register_tile = 1 if register_iter is None else largest_divisor(
-        extents[register_iter], facts.accumulator_budget
+    register_tile = (
+        1
+        if register_iter is None
+        else largest_divisor(extents[register_iter], facts.accumulator_budget)
     )
     return Plan(vector_iter, vector_tile, register_iter, register_tile, ())
 

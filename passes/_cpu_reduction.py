@@ -104,7 +104,7 @@ def _vector_width(block, spatial_count: int, facts: CpuFacts) -> int | None:
         dims = list(load.source.shape)[len(load.indices) - len(iters) :]
         if len(tail) != len(iters):
             return None
-        for index, dim, it in zip(tail, dims, iters):
+        for index, dim, it in zip(tail, dims, iters, strict=True):
             if not index.same_as(it.var) or static_int(dim) != static_int(it.dom.extent):
                 return None
     lanes = facts.lanes(store.buffer.dtype)

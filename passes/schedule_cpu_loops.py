@@ -1,31 +1,38 @@
 """Give every unscheduled PrimFunc a heuristic (untuned) CPU loop schedule.
 
-Matches: each ``tirx.PrimFunc`` of the IRModule not yet marked ``tirx.is_scheduled`` (e.g. the
-fused functions FuseTIR makes: pad + conv2d + bias + relu, matmul + bias, pooling, softmax,
-elementwise, reshape/transpose/layout transforms), for an llvm (CPU) target.
-Produces: the same functions, each rewritten by the first rule of :data:`RULES` that applies and
-marked ``tirx.is_scheduled`` and ``relaycomp.cpu_schedule_rule`` (the rule name):
+Matches: each ``tirx.PrimFunc`` of the IRModule not yet marked ``tirx.is_scheduled`` - the fused
+kernels FuseTIR makes (pad + conv2d + bias/BN + add + relu, matmul + bias, pooling, softmax,
+elementwise, reshape/transpose/layout transforms) - for an llvm (CPU) target.
+Produces: each such function rewritten by the first rule of :data:`RULES` that applies, marked
+``tirx.is_scheduled`` and ``relaycomp.cpu_schedule_rule`` = the rule's name:
 
-- ``contraction`` - conv2d (NCHW, strided, grouped, depthwise), dense/matmul, batch matmul,
-  pooling: outer spatial loops fused and parallel, a register tile of accumulators in a "local"
-  buffer (vectorized along the innermost contiguous - or repacked - axis, unrolled along
-  another), epilogue (bias, BN, residual add, relu) written from the tile, padding a parallel
-  stage of its own. See ``_cpu_contraction``.
-- ``reduction`` - TVM's ``dlight.cpu.Reduction`` (softmax, layer/RMS norm, mean).
-- ``gemv`` - TVM's ``dlight.cpu.GEMV`` (matrix-vector with an inner reduction).
-- ``injective`` - elementwise/broadcast/layout functions: inlined, parallel, vectorized.
-- ``parallel_outer`` - fallback for anything else (symbolic shapes included): leading spatial
-  loops fused and parallel.
+- ``contraction`` (``_cpu_contraction``, ``_cpu_plan``): conv1d/2d/3d (NCHW; strided, dilated,
+  grouped, depthwise, transposed), dense/matmul, batch matmul, pooling. Outer spatial loops fused
+  into one parallel loop; a register tile of accumulators (vectorized along a unit-stride or
+  repacked axis - output channels for conv, N for dense -, unrolled along another) in a small
+  stack buffer; the epilogue applied as the tile is written back; padding its own parallel stage.
+- ``inner_reduction`` (``_cpu_reduction``): sum/mean/max over contiguous trailing axes (global
+  average pooling, GEMV with a [N, K] weight): vector partial sums (rfactor), parallel outputs.
+- ``reduction``: TVM's ``dlight.cpu.Reduction`` (softmax, layer/group norm, variance, argmax).
+- ``injective`` (``_cpu_elementwise``): inlined, outer loops parallel, innermost vectorized.
+- ``parallel_outer``: anything else (e.g. a symbolic reduction extent): leading spatial loops
+  fused and parallel.
 
-A function no rule can schedule - or whose scheduling raises - is left exactly as it was; the pass
-never fails the build. Functions are scheduled independently, without measurement.
-Keeps: numerics (loops are only split, reordered, fused, cached, parallelized and vectorized;
-each output element's reduction order is unchanged, so results match the unscheduled build up to
-fp32 contraction/rounding), every function signature and the Relax functions.
-Runs: after FuseTIR (the cpu_generic ``legalize_passes``), before ``dataflow_lower_passes``;
-targets without ``num-cores`` or with ``num-cores`` > 1 get parallel loops (the TVM runtime thread
-pool, sized by ``TVM_NUM_THREADS``, runs them).
-Reports: :func:`schedule_report` - PrimFuncs scheduled, by rule, and left unscheduled.
+With ``prepack_weights`` a kernel whose weight is repacked gets that weight already packed:
+``SplitLayoutRewritePreproc`` moves the repack into a kernel of its own
+(``<kernel>_weight_prepack``, reported as ``weight_prepack``) and ``FoldConstant`` evaluates it at
+compile time when the weight is a constant.
+
+Keeps: numerics - loops are split, reordered, fused, parallelized, vectorized and unrolled, and
+each output's reduction order is kept, except in ``inner_reduction``, which adds vector-wide
+partial sums: results match the unscheduled build to fp32 rounding. Function signatures and the
+Relax functions are unchanged, apart from the prepacked weights above. A function no rule can
+schedule - or whose scheduling raises - is left exactly as it was: the pass never fails a build.
+Runs: after FuseTIR (the end of the cpu_generic ``legalize_passes``) and before
+``dataflow_lower_passes``. Parallel loops (unless the target says ``num-cores`` = 1) run on the
+TVM runtime thread pool, sized by ``TVM_NUM_THREADS`` - by default half the logical CPUs on x86,
+i.e. a single thread on a 2-vCPU machine.
+Reports: :func:`schedule_report` - PrimFuncs scheduled (in total and by rule) and left unscheduled.
 """
 
 from __future__ import annotations
@@ -48,7 +55,6 @@ RULES: tuple[ScheduleRule, ...] = (
     ContractionRule(),
     InnerReductionRule(),
     GuardedRule("reduction", dlight_cpu.Reduction()),
-    GuardedRule("gemv", dlight_cpu.GEMV()),
     InjectiveRule(),
     ParallelOuterRule(),
 )
@@ -67,11 +73,17 @@ def schedule_cpu_loops(
 
     Example::
 
+        from tvm.relax.backend.cpu_generic import pipeline as cpu
+
         with target:
             mod = tvm.transform.Sequential(
-                legalize_passes(target) + [schedule_cpu_loops(target)]
-                + dataflow_lower_passes(target) + finalize_passes(target))(mod)
+                cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+                + [schedule_cpu_loops(target)])(mod)
         schedule_report(mod)  # {'scheduled': 9, 'unscheduled': 0, 'by_rule': {...}, ...}
+        with target:  # then lower and build as usual
+            mod = tvm.transform.Sequential(
+                cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+        executable = tvm.compile(mod, target, relax_pipeline=None)
     """
 
     @tvm.transform.module_pass(opt_level=0, name="schedule_cpu_loops")

@@ -176,6 +176,17 @@ def test_contraction_gets_parallel_and_vectorized_loops(inputs, body):
     assert {tirx.ForKind.PARALLEL, tirx.ForKind.VECTORIZED} <= _loop_kinds(func)
 
 
+def test_single_core_target_gets_no_parallel_loops():
+    single_core = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    mod = _function({"x": (1, 8, 12, 12), "w": (16, 8, 3, 3)}, lambda x, w: _conv(x, w))
+    with single_core:
+        mod = tvm.transform.Sequential(
+            cpu.legalize_passes(single_core) + [schedule_cpu_loops(single_core)]
+        )(mod)
+    kinds = set().union(*(_loop_kinds(f) for _, f in mod.functions_items() if _is_prim(f)))
+    assert tirx.ForKind.VECTORIZED in kinds and tirx.ForKind.PARALLEL not in kinds
+
+
 def test_report_counts_every_prim_func():
     mod = _function(
         {"x": (1, 8, 12, 12)},
