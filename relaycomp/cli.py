@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--outputs", help="write outputs to this .npz, keyed by ONNX output name")
     run.add_argument("--check", metavar="MODEL", help="compare with the ONNX model's reference run")
     run.add_argument("--repeat", type=int, default=0, help="also time N runs")
+    run.add_argument("--threads", type=int, help="CPU threads (default: the target's num-cores)")
 
     inspect = sub.add_parser("inspect", help="ops, shapes, params, MACs, unsupported ops")
     inspect.add_argument("model", help="ONNX file, or example:NAME")
@@ -124,7 +125,9 @@ def cmd_run(args) -> int:
     """``relaycomp run``."""
     from .runtime import load
 
-    model = load(args.artifact)
+    if args.threads is not None and args.threads < 1:
+        raise InputSpecError(f"--threads must be at least 1, got {args.threads}")
+    model = load(args.artifact, threads=args.threads)
     inputs = _read_inputs(args.inputs, model)
     outputs = model.run(inputs)
     for name, value in outputs.items():

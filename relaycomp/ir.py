@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -110,3 +111,14 @@ def function_counts(mod: tvm.IRModule) -> dict[str, int]:
     """How many Relax functions and TIR PrimFuncs (kernels) the module holds."""
     prim = sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
     return {"relax": len(mod.functions) - prim, "tir": prim}
+
+
+def request_threads(count: int) -> None:
+    """Ask TVM's CPU thread pool for ``count`` threads.
+
+    TVM sizes its pool from TVM_NUM_THREADS when the first parallel kernel runs (its default on
+    x86 is half the logical CPUs: 1 thread on a 2-vCPU machine), and the target's ``num-cores``
+    does not change that. A value the user exported is respected; once the pool has started in
+    this process, the request has no effect.
+    """
+    os.environ.setdefault("TVM_NUM_THREADS", str(count))

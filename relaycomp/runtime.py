@@ -33,15 +33,21 @@ class Timing:
 
 
 class LoadedModel:
-    """A compiled model ready to run: ``outputs = model.run({"x": array})``."""
+    """A compiled model ready to run: ``outputs = model.run({"x": array})``.
 
-    def __init__(self, path: str | os.PathLike):
+    CPU kernels run on ``threads`` threads (default: the target's ``num-cores``), unless
+    TVM_NUM_THREADS is set or TVM's thread pool already started in this process.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"no such artifact: {self.path}")
         self.manifest: Manifest = read_manifest(self.path)
         self.target = TargetSpec.from_json(self.manifest.target)
         self._check_runnable_here()
+        if self.target.kind == "llvm":
+            ir.request_threads(threads or self.target.target.get("num-cores") or os.cpu_count())
         try:
             self._vm, self._device = ir.load_vm(str(self.path), self._device_kind())
         except Exception as err:
@@ -132,6 +138,6 @@ def elf_machine_of_this_process() -> str:
     return elf_machine(os.path.realpath(exe))
 
 
-def load(path: str | os.PathLike) -> LoadedModel:
-    """Load an artifact built by :func:`relaycomp.compile`."""
-    return LoadedModel(path)
+def load(path: str | os.PathLike, threads: int | None = None) -> LoadedModel:
+    """Load an artifact built by :func:`relaycomp.compile` (see :class:`LoadedModel`)."""
+    return LoadedModel(path, threads)
