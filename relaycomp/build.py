@@ -22,7 +22,14 @@ from .errors import BuildError, RelaycompError, last_line
 from .examples import resolve_model_path
 from .frontend import ImportedModel, import_onnx, load_onnx
 from .manifest import Manifest, file_digest, write_manifest
-from .pipeline import PipelineReport, Stage, default_stages, run_stages
+from .pipeline import (
+    PipelineReport,
+    Placement,
+    Stage,
+    default_stages,
+    run_stages,
+    with_passes,
+)
 from .targets import TargetSpec, resolve
 
 ARTIFACT_FORMATS = {".so": "shared-library", ".tar": "object-archive"}
@@ -38,6 +45,9 @@ class CompileConfig:
     arch: str | None = None
     num_cores: int | None = None
     stages: tuple[Stage, ...] | None = None  # None: the target kind's default pipeline
+    extra_passes: tuple[Placement, ...] = ()  # user passes, inserted into ``stages``
+    dump_ir: Path | None = None  # write the IR before/after every pass into this folder
+    prune: object | None = None  # a relaycomp.prune.PruneConfig: prune channels before import
 
     def __post_init__(self):
         if self.num_cores is not None and self.num_cores < 1:
@@ -68,15 +78,23 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
         path = resolve_model_path(model)
         source = {"file": str(path), "sha256": file_digest(path) if path.is_file() else None}
         model = load_onnx(path)
+    prune_report = None
+    if config.prune is not None:
+        from .prune import prune_for_compile
+
+        model, prune_report = prune_for_compile(model, config.prune, config.input_shapes)
     imported = import_onnx(model, config.input_shapes)
-    stages = list(config.stages or default_stages(spec.kind))
-    mod, report = run_stages(imported.mod, stages, spec.tvm_target())
+    stages = with_passes(config.stages or default_stages(spec.kind), config.extra_passes)
+    mod, report = run_stages(imported.mod, stages, spec.tvm_target(), dump_ir=config.dump_ir)
     try:
         executable = ir.build_executable(mod, spec.tvm_target())
     except Exception as err:
         raise BuildError(f"code generation for {spec.name} failed: {err}") from err
 
     manifest = _manifest(imported, spec, report, artifact_format, source)
+    if prune_report is not None:  # pruning ran on the ONNX graph, before the Relax pipeline
+        manifest.passes.insert(0, "prune/prune_channels")
+        manifest.report["prune"] = prune_report.to_json()
     _export(executable, output, fcompile, manifest)
     return Artifact(output, manifest, report)
 
@@ -127,7 +145,7 @@ def _manifest(imported: ImportedModel, spec: TargetSpec, report: PipelineReport,
         inputs=imported.inputs, outputs=imported.outputs, target=spec.to_json(),
         artifact_format=artifact_format, passes=report.passes_applied, source=source,
         versions={"relaycomp": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__},
-        report={"import": imported.report, "kernels": kernels,
+        report={"import": imported.report, "kernels": kernels, "fusion": report.fusion(),
                 "seconds_by_stage": report.seconds_by_stage()},
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputSpecError, RelaycompError
+from .prune_cli import add_compile_option, add_prune_parser
 
 EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
 
@@ -40,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
     compile_.add_argument("--num-cores", type=int, help="threads the library will use")
     _add_shape_options(compile_)
+    add_compile_option(compile_)
+    compile_.add_argument("--pass", dest="passes", action="append", default=[],
+                          metavar="SOURCE:NAME[@STAGE]",
+                          help="add a pass: file.py:name, module:name or a registered name; "
+                               "@STAGE, @before:STAGE or @after:STAGE places it (repeatable)")
+    compile_.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass here")
+    compile_.add_argument("--time-passes", action="store_true", help="print time per pass")
 
     run = sub.add_parser("run", help="run a compiled artifact on this machine")
     run.add_argument("artifact", help="a .so built by `relaycomp compile`")
@@ -54,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     _add_shape_options(inspect)
 
+    add_prune_parser(sub)
     sub.add_parser("targets", help="list known target triples and board presets")
     passes = sub.add_parser("passes", help="list the pipeline's stages and passes")
     passes.add_argument("--target", default="host", help="whose pipeline to show")
@@ -76,10 +85,17 @@ def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
 def cmd_compile(args) -> int:
     """``relaycomp compile``."""
     from .build import CompileConfig, compile_model
+    from .prune_cli import prune_option
 
     output = args.output or f"{Path(args.model.removeprefix('example:')).stem}.so"
+    from .plugins import load_entry_points, load_pass_spec
+
+    load_entry_points()
     config = CompileConfig(target=args.target, input_shapes=_input_shapes(args.input),
-                           mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores)
+                           mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores,
+                           prune=prune_option(args.prune),
+                           extra_passes=tuple(load_pass_spec(spec) for spec in args.passes),
+                           dump_ir=Path(args.dump_ir) if args.dump_ir else None)
     artifact = compile_model(args.model, output, config)
     manifest = artifact.manifest
     for note in manifest.report["import"]["notes"]:
@@ -90,7 +106,26 @@ def cmd_compile(args) -> int:
     print(f"  inputs:  {_signature(manifest.inputs)}")
     print(f"  outputs: {_signature(manifest.outputs)}")
     print(f"  {len(manifest.passes)} passes in {seconds:.1f} s, {manifest.report['kernels']} kernels")
+    if "prune" in manifest.report:
+        before, after = manifest.report["prune"]["before"], manifest.report["prune"]["after"]
+        print(f"  pruned: MACs {before['macs']:,} -> {after['macs']:,}, "
+              f"params {before['params']:,} -> {after['params']:,}")
+    fusion = manifest.report.get("fusion")
+    if fusion:
+        print(f"  fusion: {fusion['kernels_before']} -> {fusion['kernels_after']} kernels, "
+              f"intermediate tensors {fusion['intermediate_bytes_before'] / 1024:.1f} -> "
+              f"{fusion['intermediate_bytes_after'] / 1024:.1f} KiB")
+    if args.time_passes:
+        print_pass_times(artifact.pipeline)
     return 0
+
+
+def print_pass_times(report) -> None:
+    """One line per pass: stage, name, milliseconds and the Relax ops it changed."""
+    print(f"  {'stage':10} {'pass':32} {'ms':>9}  ops changed")
+    for record in report.records:
+        changed = ", ".join(f"{op} {delta:+d}" for op, delta in record.ops_changed.items())
+        print(f"  {record.stage:10} {record.name:32} {record.seconds * 1e3:9.2f}  {changed}")
 
 
 def _signature(specs) -> str:
@@ -205,13 +240,22 @@ def cmd_targets(args) -> int:
 def cmd_passes(args) -> int:
     """``relaycomp passes``."""
     from .pipeline import default_stages
+    from .plugins import load_entry_points
     from .registry import PASSES
     from .targets import resolve
 
-    for stage in default_stages(resolve(args.target).kind):
+    load_entry_points()
+    stages = default_stages(resolve(args.target).kind)
+    in_pipeline = {name for stage in stages for name in stage.passes}
+    for stage in stages:
         print(f"{stage.name}:")
         for name in stage.passes:
             print(f"  {name:30} {PASSES.get(name).description}")
+    extra = [PASSES.get(name) for name in PASSES.names() if name not in in_pipeline]
+    if extra:
+        print("available with --pass NAME:")
+        for info in extra:
+            print(f"  {info.name:30} [{info.stage}] {info.description}")
     return 0
 
 
@@ -222,7 +266,14 @@ def cmd_demo(args) -> int:
     return run_demo()
 
 
-COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect,
+def cmd_prune(args) -> int:
+    """``relaycomp prune``."""
+    from .prune_cli import run_prune
+
+    return run_prune(args, _input_shapes(args.input))
+
+
+COMMANDS = {"compile": cmd_compile, "prune": cmd_prune, "run": cmd_run, "inspect": cmd_inspect,
             "targets": cmd_targets, "passes": cmd_passes, "demo": cmd_demo}
 
 

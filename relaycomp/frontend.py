@@ -201,7 +201,8 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike,
     names = [o.name for o in model.graph.output]
     outputs = [TensorSpec(name, shape, dtype) for name, (shape, dtype) in zip(names, output_types)]
     report = {"onnx_nodes": len(model.graph.node), "shape_nodes_folded": fold.folded,
-              "dead_nodes_removed": fold.removed, "notes": notes}
+              "dead_nodes_removed": fold.removed, "pads_folded_into_conv": fold.pads_folded,
+              "notes": notes}
     return ImportedModel(mod, inputs, outputs, model, report)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -83,8 +85,15 @@ def build_executable(mod: tvm.IRModule, target: tvm.target.Target):
 
 
 def load_vm(path: str, device_kind: str = "cpu"):
-    """Load an exported library and wrap it in a Relax VM on device 0 of ``device_kind``."""
-    lib = tvm.runtime.load_module(path)
+    """Load an exported library and wrap it in a Relax VM on device 0 of ``device_kind``.
+
+    The library is loaded from a private copy: dlopen returns the already-loaded handle for a
+    path it has seen, so a library rebuilt at the same path would otherwise run the old code.
+    """
+    with tempfile.TemporaryDirectory(prefix="relaycomp-load-") as folder:
+        private = os.path.join(folder, os.path.basename(path))
+        shutil.copyfile(path, private)
+        lib = tvm.runtime.load_module(private)  # stays mapped after the copy is deleted
     device = tvm.device(device_kind, 0)
     return relax.VirtualMachine(lib, device), device
 
@@ -122,3 +131,60 @@ def request_threads(count: int) -> None:
     this process, the request has no effect.
     """
     os.environ.setdefault("TVM_NUM_THREADS", str(count))
+
+
+def op_counts(mod: tvm.IRModule) -> dict[str, int]:
+    """Relax op name (``nn.conv2d``, ``call_tir`` …) → number of calls, over all Relax functions."""
+    counts: dict[str, int] = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            name = expr.op.name.removeprefix("relax.")
+            counts[name] = counts.get(name, 0) + 1
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return counts
+
+
+def as_script(mod: tvm.IRModule) -> str:
+    """TVMScript text of a module (for --dump-ir)."""
+    return mod.script(show_meta=False)
+
+
+def structural_key(mod: tvm.IRModule) -> str:
+    """A structural hash of ``mod`` as text: equal for structurally equal modules, in any process.
+
+    Used to key tuning workloads (TVM 0.27 keeps ``structural_hash`` in ``tvm_ffi``).
+    """
+    import tvm_ffi
+
+    return str(tvm_ffi.structural_hash(mod))
+
+
+def _tensor_bytes(value_type) -> int:
+    if isinstance(value_type, relax.TupleType):
+        return sum(_tensor_bytes(field) for field in value_type.fields)
+    if not isinstance(value_type, relax.TensorType) or value_type.shape is None:
+        return 0
+    dims = [d for d in value_type.shape]
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return 0
+    return int(np.prod([int(d) for d in dims])) * np.dtype(str(value_type.dtype)).itemsize
+
+
+def kernel_traffic(mod: tvm.IRModule) -> dict[str, int]:
+    """Kernels launched by ``main`` (``call_tir`` calls) and bytes of the intermediate tensors
+    they hand to each other (every kernel output except what ``main`` returns)."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    main = mod["main"]
+    kernels, produced = 0, 0
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op.same_as(call_tir):
+                kernels += 1
+                produced += _tensor_bytes(binding.var.ty)
+    returned = _tensor_bytes(main.ret_ty)
+    return {"kernels": kernels, "intermediate_bytes": max(produced - returned, 0)}

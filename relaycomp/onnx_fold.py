@@ -20,6 +20,8 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
+from relaycomp.passes.fold_pad_into_conv import fold_pad_into_conv
+
 # Results larger than this stay in the graph: folding them would only copy weights around.
 MAX_FOLDED_ELEMENTS = 4096
 NEVER_FOLDED = frozenset({
@@ -31,10 +33,11 @@ NEVER_FOLDED = frozenset({
 
 @dataclass
 class FoldReport:
-    """What folding did: nodes replaced by constants and dead nodes removed."""
+    """What folding did: nodes replaced by constants, dead nodes removed, pads folded into convs."""
 
     folded: int = 0
     removed: int = 0
+    pads_folded: int = 0
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -147,5 +150,6 @@ def fold_shape_subgraphs(model: onnx.ModelProto, opset: int) -> tuple[onnx.Model
             break
         del model.graph.value_info[:]
         model = infer_shapes(model)
+    report.pads_folded = fold_pad_into_conv(model)
     report.removed = remove_dead_nodes(model)
     return model, report

@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import tvm
 from tvm import relax
 
-from . import ir
+from . import ir, passes  # noqa: F401 - importing registers the built-in passes
 from .errors import PassError, RelaycompError, last_line
 from .registry import PASSES, register_pass
 
@@ -51,7 +52,9 @@ _LOWER = ["rewrite_dataflow_reshape", "to_non_dataflow", "remove_purity_checking
           "kill_after_last_use", "lower_runtime_builtin", "compute_prim_value", "vm_shape_lower",
           "attach_global_symbol"]
 _FRONT = [
-    ("simplify", ["decompose_ops_for_inference", "canonicalize_bindings", "fold_constant"]),
+    ("simplify", ["fold_batchnorm", "remove_noop_ops", "merge_parallel_matmuls",
+                  "decompose_ops_for_inference",
+                  "canonicalize_bindings", "fold_constant", "fuse_by_pattern"]),
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["legalize_ops", "annotate_op_pattern", "fold_constant"]),
     ("fuse", ["fuse_ops", "fuse_tir"]),
@@ -73,15 +76,33 @@ class Stage:
     passes: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where an added pass runs: at the ``position`` ("start"/"end") of ``stage``."""
+
+    name: str
+    stage: str
+    position: str = "end"
+
+
 @dataclass
 class PassRecord:
-    """One pass run: where, how long, and the module's size before/after."""
+    """One pass run: where, how long, the module's size and Relax op counts before/after."""
 
     name: str
     stage: str
     seconds: float
     funcs_before: dict
     funcs_after: dict
+    ops_before: dict = field(default_factory=dict)
+    ops_after: dict = field(default_factory=dict)
+
+    @property
+    def ops_changed(self) -> dict[str, int]:
+        """Relax op → change in count (only ops whose count changed)."""
+        names = set(self.ops_before) | set(self.ops_after)
+        deltas = {n: self.ops_after.get(n, 0) - self.ops_before.get(n, 0) for n in names}
+        return {n: d for n, d in sorted(deltas.items()) if d}
 
 
 @dataclass
@@ -89,6 +110,16 @@ class PipelineReport:
     """Every pass run, in order."""
 
     records: list[PassRecord] = field(default_factory=list)
+    after_stage: dict[str, dict] = field(default_factory=dict)  # stage -> ir.kernel_traffic
+
+    def fusion(self) -> dict[str, int] | None:
+        """Kernels and intermediate bytes before (after ``legalize``) and after ``fuse``."""
+        before, after = self.after_stage.get("legalize"), self.after_stage.get("fuse")
+        if before is None or after is None:
+            return None
+        return {"kernels_before": before["kernels"], "kernels_after": after["kernels"],
+                "intermediate_bytes_before": before["intermediate_bytes"],
+                "intermediate_bytes_after": after["intermediate_bytes"]}
 
     @property
     def passes_applied(self) -> list[str]:
@@ -113,21 +144,61 @@ def stage_names(stages: Sequence[Stage]) -> list[str]:
     return [stage.name for stage in stages]
 
 
+def placement_of(name: str) -> Placement:
+    """A registered pass's own placement (its ``stage`` and ``position``)."""
+    info = PASSES.get(name)
+    return Placement(name, info.stage, info.position)
+
+
+def with_passes(stages: Sequence[Stage], placements: Sequence[Placement]) -> list[Stage]:
+    """``stages`` with each placed pass inserted at the start or end of its stage, in order."""
+    result = list(stages)
+    names = stage_names(result)
+    for placement in placements:
+        PASSES.get(placement.name)  # an unknown pass fails here, listing the known ones
+        if placement.stage not in names:
+            raise PassError(placement.name, placement.stage, "no such stage in this pipeline",
+                            hint=f"stages: {', '.join(names)}")
+        index = names.index(placement.stage)
+        passes = result[index].passes
+        passes = ((placement.name,) + passes if placement.position == "start"
+                  else passes + (placement.name,))
+        result[index] = Stage(placement.stage, passes)
+    return result
+
+
 def run_stages(mod: tvm.IRModule, stages: Sequence[Stage], target: tvm.target.Target,
-               ) -> tuple[tvm.IRModule, PipelineReport]:
-    """Run every pass of every stage under ``target``; returns the module and the report."""
+               dump_ir: Path | None = None) -> tuple[tvm.IRModule, PipelineReport]:
+    """Run every pass of every stage under ``target``; returns the module and the report.
+
+    With ``dump_ir``, the module is written there as TVMScript before the first pass
+    (``000_input.py``) and after each pass (``NNN_<stage>_<pass>.py``).
+    """
     report = PipelineReport()
     signature = ir.signature_of(mod)
+    if dump_ir is not None:
+        dump_ir.mkdir(parents=True, exist_ok=True)
+        (dump_ir / "000_input.py").write_text(ir.as_script(mod))
     with target, tvm.transform.PassContext(opt_level=3):
         for stage in stages:
             for name in stage.passes:
                 mod = _run_one(mod, name, stage.name, target, signature, report)
+                if dump_ir is not None:
+                    index = len(report.records)
+                    path = dump_ir / f"{index:03d}_{stage.name}_{name}.py"
+                    path.write_text(ir.as_script(mod))
+            if stage.name in ("legalize", "fuse"):
+                report.after_stage[stage.name] = ir.kernel_traffic(mod)
     return mod, report
 
 
 def _run_one(mod, name, stage, target, signature, report) -> tvm.IRModule:
     info = PASSES.get(name)
+    if target.kind.name not in info.kinds:
+        raise PassError(name, stage, f"does not apply to {target.kind.name} targets",
+                        hint=f"it applies to: {', '.join(info.kinds)}")
     before = ir.function_counts(mod)
+    ops_before = ir.op_counts(mod)
     start = time.perf_counter()
     try:
         result = info.factory(target)(mod)
@@ -144,6 +215,7 @@ def _run_one(mod, name, stage, target, signature, report) -> tvm.IRModule:
             raise PassError(name, stage, f"the resulting module is not well-formed: {problem}")
         if ir.signature_of(result) != signature:
             raise PassError(name, stage, "the pass changed the signature of 'main'")
-    report.records.append(PassRecord(name, stage, seconds, before, ir.function_counts(result)))
+    report.records.append(PassRecord(name, stage, seconds, before, ir.function_counts(result),
+                                     ops_before, ir.op_counts(result)))
     return result
 

@@ -83,8 +83,8 @@ class Registry(Generic[T]):
 class PassInfo:
     """A registered pass: ``factory(target)`` builds the ``tvm.transform.Pass`` for a target.
 
-    ``stage`` is where the pass runs unless a pipeline places it explicitly; ``kinds`` are the
-    target kinds ("llvm", "cuda") it applies to.
+    ``stage`` is where the pass runs when added to a pipeline by name (``position`` "start" or
+    "end" of that stage); ``kinds`` are the target kinds ("llvm", "cuda") it applies to.
     """
 
     name: str
@@ -92,29 +92,66 @@ class PassInfo:
     factory: Callable
     kinds: tuple[str, ...] = ("llvm", "cuda")
     description: str = ""
+    position: str = "end"
 
 
 PASSES: Registry[PassInfo] = Registry("pass")
+POSITIONS = ("start", "end")
 
 
 def register_pass(name: str, stage: str, kinds: tuple[str, ...] = ("llvm", "cuda"),
-                  description: str = "") -> Callable:
-    """Register a pass factory ``(target) -> tvm.transform.Pass`` (or a ready Pass) by name::
+                  description: str = "", position: str = "end") -> Callable:
+    """Register a pass by name, to run at the ``position`` ("start"/"end") of ``stage``.
 
-        @register_pass("schedule_cpu_loops", stage="schedule", kinds=("llvm",))
-        def schedule_cpu_loops(target): ...
+    The decorated object may be a ready ``tvm.transform.Pass``, a factory
+    ``(target) -> tvm.transform.Pass``, or a plain function ``(mod: IRModule) -> IRModule``
+    (recognised by a first parameter named ``mod``/``module`` or annotated ``IRModule``)::
+
+        @register_pass("drop_debug_names", stage="simplify")
+        def drop_debug_names(mod: tvm.IRModule) -> tvm.IRModule: ...
     """
+    if position not in POSITIONS:
+        raise RegistryError(f"pass '{name}': position must be one of {POSITIONS}")
 
     def decorate(obj):
-        factory = (lambda target: obj) if _is_tvm_pass(obj) else obj
         doc = description or (obj.__doc__ or "").strip().split("\n")[0]
-        PASSES.add(name, PassInfo(name, stage, factory, tuple(kinds), doc))
+        PASSES.add(name, PassInfo(name, stage, as_pass_factory(name, obj), tuple(kinds), doc,
+                                  position))
         return obj
 
     return decorate
 
 
-def _is_tvm_pass(obj) -> bool:
+def as_pass_factory(name: str, obj) -> Callable:
+    """Normalise a Pass, a pass factory or a plain module function into a factory."""
+    import inspect
+
     import tvm  # local: keeps the registry importable without loading TVM
 
-    return isinstance(obj, tvm.transform.Pass)
+    if isinstance(obj, tvm.transform.Pass):
+        return lambda target: obj
+    if not callable(obj):
+        raise RegistryError(f"pass '{name}' is a {type(obj).__name__}, not a pass or function")
+    try:
+        params = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    required = [p for p in params if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise RegistryError(
+            f"pass '{name}' takes {len(required)} arguments",
+            hint="a pass is a function (mod: IRModule) -> IRModule or a factory (target) -> Pass")
+    first = params[0] if params else None
+    takes_module = first is not None and (
+        first.name in ("mod", "module") or "IRModule" in str(first.annotation))
+    if takes_module:
+        def run(mod, ctx):
+            result = obj(mod)
+            if not isinstance(result, tvm.IRModule):
+                raise TypeError(f"returned {type(result).__name__}, not an IRModule")
+            return result
+
+        module_pass = tvm.transform.module_pass(run, opt_level=0, name=name)
+        return lambda target: module_pass
+    return obj

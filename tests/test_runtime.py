@@ -58,3 +58,15 @@ def test_repeated_runs_give_identical_outputs(conv_artifact):
     inputs = random_inputs(conv_net())
     first, second = model.run(inputs), model.run(inputs)
     assert all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_rebuilding_at_the_same_path_runs_the_new_library(tmp_path):
+    from models import mlp
+
+    path = tmp_path / "same.so"
+    relaycomp.compile(conv_net(), path)
+    first = relaycomp.load(path).run(random_inputs(conv_net()))
+    relaycomp.compile(mlp(), path)
+    second = relaycomp.load(path).run(random_inputs(mlp()))
+    assert list(first) == ["logits"] and list(second) == ["probs"]
+    assert second["probs"].shape == (4, 10)

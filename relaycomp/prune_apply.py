@@ -1,0 +1,91 @@
+"""Rewrite an ONNX model to a pruning plan: slice constants, fix node attributes.
+
+:func:`apply_plan` is the mechanical half of pruning: given the :class:`ChannelGraph` and the kept
+channels of each group, it slices every recorded constant (``TensorCut``) and edits the nodes
+whose attributes count channels (depthwise ``group``, ``Split`` sizes, ``Reshape`` targets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .prune_graph import ChannelGraph
+
+
+def apply_plan(model: onnx.ModelProto, graph: ChannelGraph,
+               keep: Mapping[int, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` with group ``g`` reduced to channels ``keep[g]``."""
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    if not keep:
+        return out
+    by_space = {s: np.asarray(idx) for gid, idx in keep.items()
+                for s in graph.groups[gid].spaces}
+    values = {}
+    done = set()
+    for cut in graph.cuts:
+        if (cut.tensor, cut.axis) in done:
+            continue
+        done.add((cut.tensor, cut.axis))
+        value = values.get(cut.tensor, graph.constant(cut.tensor))
+        indices = cut.kept_indices(by_space)
+        if len(indices) != value.shape[cut.axis]:
+            values[cut.tensor] = np.take(value, indices, axis=cut.axis)
+    _write_constants(out, values)
+    nodes = {n.name or n.output[0]: n for n in out.graph.node}
+    for kind, node, payload in graph.edits:
+        _edit_node(out, nodes[node.name or node.output[0]], kind, payload, by_space)
+    del out.graph.value_info[:]  # inferred shapes of pruned tensors are stale
+    return out
+
+
+def _kept_width(segments, by_space) -> int:
+    return sum((len(by_space[s.space]) if s.space in by_space else s.size) * s.repeat
+               for s in segments)
+
+
+def _write_constants(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> None:
+    for init in model.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(values[init.name], init.name))
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] in values:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    attr.t.CopyFrom(numpy_helper.from_array(values[node.output[0]], attr.t.name))
+
+
+def _edit_node(model, node, kind: str, payload, by_space) -> None:
+    if kind == "group":
+        _set_attr(node, "group", _kept_width(payload, by_space))
+    elif kind == "split":
+        sizes = np.array([_kept_width(p, by_space) for p in payload], dtype=np.int64)
+        opset = {o.domain: o.version for o in model.opset_import}.get("", 13)
+        if opset < 13 or any(a.name == "split" for a in node.attribute):  # an attribute
+            _set_attr(node, "split", [int(s) for s in sizes])
+        else:
+            for i, attr in enumerate(node.attribute):
+                if attr.name == "num_outputs":  # opset 18: exclusive with explicit sizes
+                    del node.attribute[i]
+                    break
+            name = f"{node.name or node.output[0]}_pruned_split"
+            model.graph.initializer.append(numpy_helper.from_array(sizes, name))
+            while len(node.input) < 2:
+                node.input.append("")
+            node.input[1] = name
+    elif kind == "reshape":  # [N, C*H*W] with a literal size: let -1 infer the pruned width
+        name = f"{node.name or node.output[0]}_pruned_shape"
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array([0, -1], dtype=np.int64), name))
+        node.input[1] = name
+
+
+def _set_attr(node, name: str, value) -> None:
+    for i, attr in enumerate(node.attribute):
+        if attr.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))

@@ -1,0 +1,248 @@
+"""Auto-tuning: MetaSchedule with the XGBoost cost model, against relaycomp's heuristic schedule.
+
+::
+
+    report = relaycomp.tune("model.onnx", TuneConfig(target="host", trials=256,
+                                                     tuning_db="~/.cache/relaycomp/tuning"))
+    print(report.table())
+    relaycomp.compile_model("model.onnx", "model.so", CompileConfig(tuning_db=...))
+
+Tasks are the kernels of the module after the ``fuse`` stage (before ``schedule``, which marks
+kernels scheduled and so hides them from MetaSchedule). Each task is first measured with the
+heuristic schedule of the ``schedule`` stage; that is its baseline. The trial budget is shared
+out by each task's share of the model's heuristic latency (kernel time x occurrences), and a
+tuned record is applied only where it beats the baseline. Finished work is never redone: a task
+whose budget a run finished, or whose records already reach it, is not tuned again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from . import ir
+from .errors import TuningError, last_line
+from .examples import resolve_model_path
+from .frontend import import_onnx, load_onnx
+from .registry import PASSES
+from .pipeline import Stage, default_stages, run_stages
+from .targets import TargetSpec, resolve
+from .tune_apply import before_schedule, schedule_stage, with_tuning
+from .tune_db import FAILED_SECONDS, TuningDatabase, workload_key
+from .tune_measure import Device, Progress, make_builder, make_runner, measure_modules, \
+    progress_callback
+
+DEFAULT_DB = Path("~/.cache/relaycomp/tuning")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """What to tune for, how long, where to keep the records and where to measure."""
+
+    target: str = "host"
+    trials: int = 64                      # total candidates measured for the model
+    tuning_db: str | os.PathLike = DEFAULT_DB
+    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    mcpu: str | None = None
+    arch: str | None = None
+    num_cores: int | None = None
+    rpc: str | None = None                # "HOST:PORT" of a TVM RPC tracker
+    key: str | None = None                # the device key at that tracker
+    trials_per_iter: int = 16             # candidates per batch: XGBoost refits between batches
+    seed: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.trials < 0:
+            raise TuningError(f"trials must be at least 0, got {self.trials}")
+        if self.trials_per_iter < 1:
+            raise TuningError(f"trials_per_iter must be at least 1, got {self.trials_per_iter}")
+        Device(self.rpc, self.key)  # validates the pair
+
+
+@dataclass
+class TaskReport:
+    """One kernel: its share of the model's latency, heuristic and tuned time."""
+
+    name: str
+    weight: int
+    share: float
+    heuristic_ms: float
+    tuned_ms: float | None
+    trials: int
+    new_trials: int
+
+    @property
+    def applied_ms(self) -> float:
+        """What the build uses: the tuned time if it wins, else the heuristic one."""
+        if self.tuned_ms is not None and self.tuned_ms < self.heuristic_ms:
+            return self.tuned_ms
+        return self.heuristic_ms
+
+
+@dataclass
+class TuneReport:
+    """What a tuning session did, task by task."""
+
+    target: str
+    database: Path
+    tasks: list[TaskReport]
+    seconds: float = 0.0
+
+    @property
+    def new_trials(self) -> int:
+        """Candidates measured by this session (0 when the database already had everything)."""
+        return sum(t.new_trials for t in self.tasks)
+
+    def model_ms(self, tuned: bool = True) -> float:
+        """Estimated model latency: kernel times x occurrences (heuristic or as built)."""
+        return sum(t.weight * (t.applied_ms if tuned else t.heuristic_ms) for t in self.tasks)
+
+    def table(self) -> str:
+        """The final table: task, share of latency, heuristic ms -> tuned ms."""
+        lines = [f"{'task':44} {'share':>6} {'trials':>6}  heuristic ms -> tuned ms"]
+        for t in sorted(self.tasks, key=lambda t: -t.share):
+            tuned = f"{t.tuned_ms:.4f}" if t.tuned_ms is not None else "-"
+            mark = " *" if t.applied_ms < t.heuristic_ms else ""
+            lines.append(f"{t.name[:44]:44} {t.share:6.1%} {t.trials:6d}  "
+                         f"{t.heuristic_ms:12.4f} -> {tuned}{mark}")
+        lines.append(f"model (kernel sum): {self.model_ms(False):.3f} ms -> "
+                     f"{self.model_ms(True):.3f} ms; {self.new_trials} new trials in "
+                     f"{self.seconds:.0f} s; * = tuned schedule applied")
+        return "\n".join(lines)
+
+
+def tune(model: str | os.PathLike | onnx.ModelProto, config: TuneConfig | None = None,
+         ) -> TuneReport:
+    """Tune ``model``'s kernels into ``config.tuning_db``; returns the per-task report."""
+    import time
+
+    config = config or TuneConfig()
+    started = time.perf_counter()
+    spec = resolve(config.target, mcpu=config.mcpu, arch=config.arch, num_cores=config.num_cores)
+    if not isinstance(model, onnx.ModelProto):
+        model = load_onnx(resolve_model_path(model))
+    mod = import_onnx(model, config.input_shapes).mod
+    report = tune_module(mod, spec, default_stages(spec.kind), config)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def tuning_database(config_db: str | os.PathLike, spec: TargetSpec) -> TuningDatabase:
+    """The database for ``spec``'s target under ``config_db``, loaded."""
+    return TuningDatabase(Path(config_db).expanduser(), spec.tvm_target()).load()
+
+
+def compile_stages(stages: Sequence[Stage]) -> list[Stage]:
+    """The compile pipeline with the tuned schedules applied (see :mod:`relaycomp.tune_apply`)."""
+    return with_tuning(stages)
+
+
+def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
+                config: TuneConfig) -> TuneReport:
+    """Tune an imported module's kernels (the pipeline runs up to the schedule stage)."""
+    target = spec.tvm_target()
+    if spec.kind == "llvm":
+        ir.request_threads(target.attrs.get("num-cores") or os.cpu_count())
+    fused, _ = run_stages(mod, before_schedule(stages), target)
+    tasks = [t for t in ms.relax_integration.extract_tasks(fused, target)
+             if not t.dispatched[0].attrs or not t.dispatched[0].attrs.get("tirx.is_scheduled")]
+    if not tasks:
+        raise TuningError("the model has no kernels to tune")
+    database = tuning_database(config.tuning_db, spec)
+    builder = make_builder()
+    runner = make_runner(Device(config.rpc, config.key), spec.kind)
+    run = None
+    keys = [workload_key(t.dispatched[0]) for t in tasks]
+
+    missing = [i for i, key in enumerate(keys) if database.state(key).baseline_seconds is None]
+    if missing:
+        run = run or database.new_run()
+        heuristic = [_heuristic(tasks[i].dispatched[0], stages, target) for i in missing]
+        for i, seconds in zip(missing, measure_modules(heuristic, target, builder, runner)):
+            database.state(keys[i]).baseline_seconds = seconds
+            run.note(keys[i], baseline_seconds=seconds)
+    budgets = _budgets(tasks, [database.state(k).baseline_seconds for k in keys], config.trials)
+    todo = {i: budgets[i] - max(database.state(k).trials, database.state(k).budget_done)
+            for i, k in enumerate(keys)}
+    todo = {i: left for i, left in todo.items() if left > 0}
+    new_trials = dict.fromkeys(range(len(tasks)), 0)
+    if todo:
+        run = run or database.new_run()
+        new_trials.update(_search(tasks, keys, todo, budgets, database, run, builder, runner,
+                                  config))
+        database.load()
+    return _report(spec, database, tasks, keys, new_trials)
+
+
+def _heuristic(task_mod: tvm.IRModule, stages, target) -> tvm.IRModule:
+    """The task's kernel as an untuned build schedules it (the schedule stage's passes)."""
+    with target, tvm.transform.PassContext(opt_level=3):
+        for stage in schedule_stage(stages):
+            for name in stage.passes:
+                task_mod = PASSES.get(name).factory(target)(task_mod)
+    return task_mod
+
+
+def _budgets(tasks, baselines: list[float], trials: int) -> list[int]:
+    """Trials per task, by share of the model's heuristic latency (failed baselines count 1 ms)."""
+    costs = [t.weight * (b if b < FAILED_SECONDS else 1e-3) for t, b in zip(tasks, baselines)]
+    total = sum(costs) or 1.0
+    return [int(round(trials * c / total)) for c in costs]
+
+
+def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, runner,
+            config: TuneConfig) -> dict[int, int]:
+    """Run MetaSchedule on each task with work left, largest share first; trials per task."""
+    target = tasks[0].target
+    json_db = run.json_database()
+    cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=os.cpu_count() or 1)
+    progress = Progress(sum(todo.values()), lambda: "", enabled=config.progress)
+    done = {}
+    # The console handler MetaSchedule installs takes the package logger's level: keep it to
+    # warnings (the full log still goes to the run folder's logs/), our progress line says more.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    population = min(512, max(64, 8 * max(todo.values())))
+    strategy = ms.search_strategy.EvolutionarySearch(
+        population_size=population, init_min_unmeasured=min(50, population // 2))
+    contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        [tasks[i] for i in todo], str(run.path), strategy=strategy, seed=config.seed)
+    for context, (i, left) in zip(contexts, todo.items()):
+        baseline_ms = database.state(keys[i]).baseline_seconds * 1e3
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
+                     progress_callback(progress, tasks[i].task_name, left, baseline_ms)]
+        try:
+            ms.tune.tune_tasks(
+                tasks=[context], task_weights=[float(tasks[i].weight)], work_dir=str(run.path),
+                max_trials_global=left, max_trials_per_task=left,
+                num_trials_per_iter=min(config.trials_per_iter, left), builder=builder,
+                runner=runner, database=json_db, cost_model=cost_model,
+                measure_callbacks=callbacks, task_scheduler="round-robin")
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - one task's failure must not end the session
+            raise TuningError(f"tuning {tasks[i].task_name} failed: {last_line(err)}") from err
+        done[i] = progress.done - sum(done.values())
+        run.note(keys[i], budget_done=budgets[i])
+    return done
+
+
+def _report(spec, database, tasks, keys, new_trials) -> TuneReport:
+    rows = []
+    costs = [t.weight * min(database.state(k).baseline_seconds or 0, FAILED_SECONDS)
+             for t, k in zip(tasks, keys)]
+    total = sum(costs) or 1.0
+    for i, (task, key) in enumerate(zip(tasks, keys)):
+        state = database.state(key)
+        tuned = state.best_seconds * 1e3 if state.best_seconds < FAILED_SECONDS else None
+        rows.append(TaskReport(task.task_name, task.weight, costs[i] / total,
+                               (state.baseline_seconds or 0) * 1e3, tuned, state.trials,
+                               new_trials[i]))
+    return TuneReport(spec.name, database.path, rows)

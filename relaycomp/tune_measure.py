@@ -1,0 +1,229 @@
+"""Measuring kernels: the builder and runner (local or through a TVM RPC tracker), the heuristic
+baseline of each task, and the progress line printed after every measured batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+from .errors import TuningError, last_line
+from .tune_db import FAILED_SECONDS
+
+RUN_TIMEOUT_SECONDS = 30
+BUILD_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where candidates run: this machine, or devices under ``key`` at an RPC tracker."""
+
+    rpc: str | None = None      # "HOST:PORT" of a TVM RPC tracker
+    key: str | None = None
+    timeout_sec: int = RUN_TIMEOUT_SECONDS
+
+    def __post_init__(self):
+        if (self.rpc is None) != (self.key is None):
+            raise TuningError("--rpc HOST:PORT and --key KEY go together",
+                              hint="give both to tune on a device, neither to tune here")
+        if self.rpc is not None:
+            host, _, port = self.rpc.rpartition(":")
+            if not host or not port.isdigit():
+                raise TuningError(f"--rpc expects HOST:PORT, got '{self.rpc}'")
+
+    @property
+    def tracker(self) -> tuple[str, int]:
+        """(host, port) of the tracker."""
+        host, _, port = self.rpc.rpartition(":")
+        return host, int(port)
+
+
+@derived_object
+class PooledBuilder(ms.builder.PyBuilder):
+    """MetaSchedule's LocalBuilder, but its worker processes live for the whole session.
+
+    The stock builder starts a fresh pool for every batch (each worker imports TVM: ~10 s on a
+    busy 2-core machine, often more than the build timeout); this one restarts its pool only
+    every ``batches_per_pool`` batches, which keeps the workers' slow memory growth in check.
+    """
+
+    def __init__(self, max_workers: int | None = None, timeout_sec: float = BUILD_TIMEOUT_SECONDS,
+                 batches_per_pool: int = 16):
+        super().__init__()
+        self.max_workers = max_workers or os.cpu_count() or 1
+        self.timeout_sec = timeout_sec
+        self.batches_per_pool = batches_per_pool
+        self._pool = None
+        self._batches = 0
+
+    def build(self, build_inputs):
+        """Build each input in the pool; a timeout or exception becomes that input's error."""
+        if self._pool is None or self._batches >= self.batches_per_pool:
+            self.close()
+            self._pool = PopenPoolExecutor(max_workers=self.max_workers,
+                                           timeout=self.timeout_sec)
+        self._batches += 1
+        jobs = [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
+        results = []
+        for outcome in self._pool.map_with_error_catching(lambda job: _worker_func(*job), jobs):
+            if outcome.status == StatusKind.COMPLETE:
+                results.append(ms.builder.BuilderResult(outcome.value, None))
+            elif outcome.status == StatusKind.TIMEOUT:
+                results.append(ms.builder.BuilderResult(
+                    None, f"build timed out after {self.timeout_sec} s"))
+            else:
+                results.append(ms.builder.BuilderResult(None, f"build failed: {outcome.value}"))
+        return results
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+            self._batches = 0
+
+
+def make_builder() -> ms.builder.Builder:
+    """Compiles candidates in long-lived worker processes on this machine."""
+    return PooledBuilder()
+
+
+def make_runner(device: Device, kind: str) -> ms.runner.Runner:
+    """A runner for ``device``; an unreachable tracker or a key without devices is an error."""
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
+                                          enable_cpu_cache_flush=False)
+    if device.rpc is None:
+        if kind == "cuda" and not tvm.cuda(0).exist:
+            raise TuningError("no CUDA GPU on this machine to measure the tuning candidates on",
+                              hint="tune on the GPU machine, or measure there over "
+                                   "--rpc HOST:PORT --key KEY")
+        return ms.runner.LocalRunner(timeout_sec=device.timeout_sec, evaluator_config=evaluator)
+    host, port = device.tracker
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device.key,
+                                 session_timeout_sec=device.timeout_sec)
+    servers = count_devices(config)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
+                               max_workers=servers)
+
+
+def count_devices(config) -> int:
+    """Devices free or busy under the key; raises TuningError when there are none."""
+    try:
+        summary = config.connect_tracker().summary()
+    except Exception as err:  # noqa: BLE001 - connection errors come in many types
+        raise TuningError(f"cannot reach the RPC tracker at {config.tracker_host}:"
+                          f"{config.tracker_port}: {last_line(err)}",
+                          hint="start it with `python -m tvm.exec.rpc_tracker`") from None
+    queue = summary.get("queue_info", {}).get(config.tracker_key, {})
+    count = int(queue.get("free", 0)) + int(queue.get("pending", 0))
+    servers = [s for s in summary.get("server_info", [])
+               if str(s.get("key", "")).split(":")[-1] == config.tracker_key]
+    count = max(count, len(servers))
+    if count == 0:
+        known = sorted(summary.get("queue_info", {})) or ["none"]
+        raise TuningError(f"no device is registered under key '{config.tracker_key}' at the "
+                          f"tracker {config.tracker_host}:{config.tracker_port}",
+                          hint=f"keys the tracker knows: {', '.join(known)}")
+    return count
+
+
+def measure_modules(mods: Sequence[tvm.IRModule], target, builder, runner) -> list[float]:
+    """Build and run each (already scheduled) single-kernel module; seconds, or FAILED_SECONDS."""
+    inputs = [ms.builder.BuilderInput(mod, target) for mod in mods]
+    results = builder.build(inputs)
+    seconds = [FAILED_SECONDS] * len(mods)
+    runnable = [(i, r) for i, r in enumerate(results) if r.error_msg is None]
+    runner_inputs = [
+        ms.runner.RunnerInput(r.artifact_path, target.kind.name,
+                              ms.arg_info.ArgInfo.from_prim_func(_main(mods[i])))
+        for i, r in runnable]
+    futures = runner.run(runner_inputs) if runner_inputs else []
+    for (i, _), future in zip(runnable, futures):
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            values = [float(v) for v in result.run_secs]
+            seconds[i] = sum(values) / len(values)
+    return seconds
+
+
+def _main(mod: tvm.IRModule):
+    return mod["main"] if "main" in [g.name_hint for g in mod.get_global_vars()] else \
+        next(iter(mod.functions.values()))
+
+
+@dataclass
+class Progress:
+    """Live progress over a whole tuning session: trials, best per task and for the model, ETA."""
+
+    total_trials: int
+    describe: Callable[[], str]   # the model-level estimate, e.g. "model ≈ 12.3 ms"
+    stream: object = None
+    enabled: bool = True
+    done: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def batch(self, task_name: str, task_done: int, task_total: int, best_ms: float,
+              baseline_ms: float, measured: int, failed: int) -> None:
+        """Record one measured batch and print the progress line."""
+        self.done += measured
+        self.failed += failed
+        if failed and failed == measured:
+            warnings.warn(f"all {measured} candidates of {task_name} failed to build or run "
+                          "(device lost?); tuning goes on with what it has", stacklevel=2)
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.started
+        left = max(self.total_trials - self.done, 0)
+        eta = elapsed / self.done * left if self.done else math.nan
+        best = f"{best_ms:.4f} ms" if best_ms < FAILED_SECONDS else "none yet"
+        bar = _bar(self.done, self.total_trials)
+        print(f"{bar} {self.done}/{self.total_trials} trials | {task_name}: {task_done}/"
+              f"{task_total}, best {best} (heuristic {baseline_ms:.4f} ms) | "
+              f"{self.describe()} | ETA {_duration(eta)}",
+              file=self.stream or sys.stdout, flush=True)
+
+
+def progress_callback(progress: Progress, task_name: str, task_total: int, baseline_ms: float):
+    """A MetaSchedule measure callback feeding ``progress`` after each batch of one task."""
+    state = {"done": 0, "best": float("inf")}
+
+    @derived_object
+    class _Callback(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            failed = 0
+            for built, ran in zip(builder_results, runner_results):
+                if built.error_msg is not None or ran.error_msg is not None or not ran.run_secs:
+                    failed += 1
+                    continue
+                values = [float(v) for v in ran.run_secs]
+                state["best"] = min(state["best"], sum(values) / len(values))
+            state["done"] += len(runner_results)
+            progress.batch(task_name, state["done"], task_total, state["best"] * 1e3,
+                           baseline_ms, len(runner_results), failed)
+
+    return _Callback()
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(width * min(done / total, 1.0)) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
