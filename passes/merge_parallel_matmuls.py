@@ -1,21 +1,36 @@
-"""Merge sibling matmuls that read the same tensor (Q/K/V projections) into one wider matmul.
+"""Merge sibling matmuls that read the same tensor (separate Q/K/V projections) into one.
 
-Matches: two or more ``matmul(x, W_i)`` with the same left operand ``x`` (with identical bias /
-activation epilogues, if any). Produces: ``matmul(x, concat(W_i))`` followed by slices, via TVM's
-``CombineParallelMatmul``. Keeps: numerics and the signature. Runs: stage ``simplify``, before
-``fold_constant`` (which folds the weight concatenation away). Reports: the pipeline's op counts
-(``matmul`` drops, ``strided_slice``/``split`` appear).
+Matches: two or more ``matmul(x, W_i)`` in one dataflow block with the same left operand ``x``
+and constant 2-D weights ``[K, N_i]`` of one dtype. Produces: ``matmul(x, concat(W_i, axis=1))``
+split along the last axis into the original values: one kernel streams ``x`` once. (TVM's own
+``CombineParallelMatmul`` does not merge constant weights, which is what imported models have.)
+Keeps: numerics (each output column's sum is unchanged) and the signature. Runs: stage
+``simplify``, after ``fold_constant`` (which turns transposed Gemm weights into constants).
+Reports: matmuls merged and groups formed, via :data:`LAST_REPORT`.
 """
 
 from __future__ import annotations
 
 import tvm
-from tvm import relax
 
 from relaycomp.registry import register_pass
+
+from ._parallel_merge import Sibling, constant_weight, merge_pass
+
+LAST_REPORT: dict[str, int] = {}
+
+
+def _matmul_key(call):
+    weight = constant_weight(call)
+    if weight is None or len(weight.ty.shape) != 2:
+        return None
+    return (call.args[0], int(weight.ty.shape[0]), str(weight.ty.dtype), str(call.attrs.out_dtype))
+
+
+MATMUL = Sibling("relax.matmul", _matmul_key, weight_axis=1, output_axis=-1)
 
 
 @register_pass("merge_parallel_matmuls", stage="simplify")
 def merge_parallel_matmuls(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """TVM's CombineParallelMatmul (see the module docstring)."""
-    return relax.transform.CombineParallelMatmul()
+    """Merge sibling matmuls reading one tensor (see the module docstring)."""
+    return merge_pass("merge_parallel_matmuls", MATMUL, LAST_REPORT)

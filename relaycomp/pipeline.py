@@ -15,7 +15,8 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from . import ir, passes  # noqa: F401 - importing registers the built-in passes
+from . import ir
+from . import passes as _builtin_passes  # noqa: F401 - importing registers them
 from .errors import PassError, RelaycompError, last_line
 from .registry import PASSES, register_pass
 
@@ -52,9 +53,9 @@ _LOWER = ["rewrite_dataflow_reshape", "to_non_dataflow", "remove_purity_checking
           "kill_after_last_use", "lower_runtime_builtin", "compute_prim_value", "vm_shape_lower",
           "attach_global_symbol"]
 _FRONT = [
-    ("simplify", ["fold_batchnorm", "remove_noop_ops", "merge_parallel_matmuls",
-                  "decompose_ops_for_inference",
-                  "canonicalize_bindings", "fold_constant", "fuse_by_pattern"]),
+    ("simplify", ["fold_batchnorm", "remove_noop_ops", "decompose_ops_for_inference",
+                  "canonicalize_bindings", "fold_constant", "merge_parallel_matmuls",
+                  "fuse_by_pattern"]),
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["legalize_ops", "annotate_op_pattern", "fold_constant"]),
     ("fuse", ["fuse_ops", "fuse_tir"]),

@@ -76,6 +76,15 @@ def _edit_node(model, node, kind: str, payload, by_space) -> None:
             while len(node.input) < 2:
                 node.input.append("")
             node.input[1] = name
+    elif kind == "slice":  # move the bounds on the channel axis to the pruned offsets
+        before, piece, position, starts, ends = payload
+        start = _kept_width(before, by_space)
+        starts, ends = starts.copy(), ends.copy()
+        starts[position], ends[position] = start, start + _kept_width(piece, by_space)
+        for index, value in [(1, starts), (2, ends)]:
+            name = f"{node.name or node.output[0]}_pruned_{'starts' if index == 1 else 'ends'}"
+            model.graph.initializer.append(numpy_helper.from_array(value, name))
+            node.input[index] = name
     elif kind == "reshape":  # [N, C*H*W] with a literal size: let -1 infer the pruned width
         name = f"{node.name or node.output[0]}_pruned_shape"
         model.graph.initializer.append(

@@ -11,7 +11,9 @@ not change) repeated ``repeat`` times per channel (``Flatten`` of ``[N, C, H, W]
   depthwise Conv (group == channels) passes its input's channels through;
 - residual Add/Sum/Mul… join all operands' spaces into one group (union-find); per-channel
   constants (``[C,1,1]``) are sliced along;
-- Concat on the channel axis concatenates layouts (offsets); Split on it cuts them;
+- Concat on the channel axis concatenates layouts (offsets); Split/Slice on it take segments -
+  when a bound falls inside one producer's channels, the analysis is rerun with that producer's
+  output cut into pieces there (YOLO's C2f, ShuffleNet's channel split);
 - Flatten/Reshape to ``[N, C*H*W]`` scales the repeat, so a following Gemm loses whole blocks.
 
 Spaces joined this way form a :class:`Group`, pruned as a unit. A group is *blocked* (left exactly

@@ -118,7 +118,8 @@ class Activation:
             raise CalibrationError("the activation criterion needs calibration inputs",
                                    hint="pass calib={input name: array} (a batch of samples)")
         self.calib = dict(calib)
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._graph: ChannelGraph | None = None  # the graph the cached activations are of
+        self._values: dict[str, np.ndarray] = {}
 
     def __call__(self, group: Group, graph: ChannelGraph) -> np.ndarray:
         activations = self._activations(graph)
@@ -138,10 +139,11 @@ class Activation:
         return scores if found else L2()(group, graph)
 
     def _activations(self, graph: ChannelGraph) -> dict[str, np.ndarray]:
-        if id(graph) not in self._cache:
+        if self._graph is not graph:
             names = sorted({c.activation for c in graph.cuts if c.activation})
-            self._cache = {id(graph): run_with_intermediates(graph.model, self.calib, names)}
-        return self._cache[id(graph)]
+            self._values = run_with_intermediates(graph.model, self.calib, names)
+            self._graph = graph
+        return self._values
 
 
 def run_with_intermediates(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray],

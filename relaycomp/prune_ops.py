@@ -7,11 +7,10 @@ An op without a handler blocks every space that reaches it, so unknown ops are n
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import helper
 
-from .prune_graph import ChannelGraph, Layout, Segment
+from .prune_graph import ChannelGraph, Layout
 from .registry import Registry
 
 HANDLERS: Registry = Registry("channel handler")

@@ -61,8 +61,10 @@ def _split(graph, node, attrs) -> None:
         for name in node.output:
             graph.layouts[name] = x
         return
-    sizes = graph.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-    sizes = attrs.get("split", sizes)
+    has_input = len(node.input) > 1 and bool(node.input[1])
+    sizes = attrs.get("split", graph.constant(node.input[1]) if has_input else None)
+    if sizes is None and has_input:
+        return _unknown(graph, node, f"{_where(node)} splits at computed sizes")
     if sizes is None:
         sizes = [x.width // len(node.output)] * len(node.output)
     pieces, start = [], 0
@@ -150,3 +152,124 @@ def _softmax(graph, node, attrs) -> None:
 
 for _op in ("Softmax", "LogSoftmax"):
     HANDLERS.add(_op, _softmax)
+
+
+@HANDLERS.register("Slice")
+def _slice(graph, node, attrs) -> None:
+    x, rank = graph.layouts.get(node.input[0]), graph.rank(node.input[0])
+    if x is None:
+        return _untracked(graph, node)
+    def constant_input(index: int):
+        has = len(node.input) > index and node.input[index]
+        return graph.constant(node.input[index]) if has else None
+
+    starts, ends, axes, steps = (constant_input(i) for i in range(1, 5))
+    if starts is None or ends is None or rank is None:  # includes opset < 10 attribute form
+        return _unknown(graph, node, f"{_where(node)} slices with computed bounds")
+    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in axes]
+    if x.axis not in axes:
+        return _pass_through(graph, node)
+    position = axes.index(x.axis)
+    if steps is not None and int(steps[position]) != 1:
+        return _unknown(graph, node, f"{_where(node)} slices channels with a step")
+    start, end = (int(np.clip(v if v >= 0 else v + x.width, 0, x.width))
+                  for v in (int(starts[position]), int(ends[position])))
+    piece = _piece(graph, node, x, start, end)
+    if piece is not None:
+        graph.layouts[node.output[0]] = Layout(x.axis, x.segments[piece[0]:piece[1]])
+        graph.edits.append(("slice", node, (x.segments[:piece[0]],
+                                            x.segments[piece[0]:piece[1]], position,
+                                            np.array(starts), np.array(ends))))
+
+
+def _piece(graph, node, x: Layout, start: int, end: int) -> tuple[int, int] | None:
+    """Segment indices ``[first, last)`` spanning channels ``[start, end)``, if aligned."""
+    bounds = np.cumsum([0] + [s.width for s in x.segments])
+    first, last = np.searchsorted(bounds, [start, end])
+    if first < len(bounds) and last < len(bounds) and bounds[first] == start \
+            and bounds[last] == end:
+        return int(first), int(last)
+    graph.request_cuts(x, [start, end])  # the next round cuts the producers here
+    graph.block(x, f"{_where(node)} takes part of one layer's channels")
+    _untracked(graph, node)
+    return None
+
+
+def _axes(graph, node, attrs) -> list[int] | None:
+    if "axes" in attrs:
+        return list(attrs["axes"])
+    if len(node.input) > 1 and node.input[1]:
+        value = graph.constant(node.input[1])
+        return None if value is None else [int(a) for a in np.atleast_1d(value)]
+    return None
+
+
+@HANDLERS.register("Squeeze")
+def _squeeze(graph, node, attrs) -> None:
+    x, rank = graph.layouts.get(node.input[0]), graph.rank(node.input[0])
+    if x is None:
+        return _untracked(graph, node)
+    axes = _axes(graph, node, attrs)
+    if axes is None or rank is None:
+        return _unknown(graph, node, f"{_where(node)} squeezes unknown axes")
+    axes = [a % rank for a in axes]
+    if x.axis in axes:
+        return _unknown(graph, node, f"{_where(node)} squeezes the channel axis")
+    graph.layouts[node.output[0]] = Layout(x.axis - sum(a < x.axis for a in axes), x.segments)
+
+
+@HANDLERS.register("Unsqueeze")
+def _unsqueeze(graph, node, attrs) -> None:
+    x, rank = graph.layouts.get(node.input[0]), graph.rank(node.input[0])
+    if x is None:
+        return _untracked(graph, node)
+    axes = _axes(graph, node, attrs)
+    if axes is None or rank is None:
+        return _unknown(graph, node, f"{_where(node)} inserts unknown axes")
+    out_rank = rank + len(axes)
+    inserted = {a % out_rank for a in axes}
+    kept = [i for i in range(out_rank) if i not in inserted]
+    graph.layouts[node.output[0]] = Layout(kept[x.axis], x.segments)
+
+
+@HANDLERS.register("Pad")
+def _pad(graph, node, attrs) -> None:
+    x, rank = graph.layouts.get(node.input[0]), graph.rank(node.input[0])
+    if x is None:
+        return _untracked(graph, node)
+    pads = attrs.get("pads")
+    if pads is None and len(node.input) > 1:
+        pads = graph.constant(node.input[1])
+    has_axes = len(node.input) > 3 and node.input[3]
+    if pads is None or rank is None or has_axes or pads[x.axis] or pads[x.axis + rank]:
+        return _unknown(graph, node, f"{_where(node)} may pad the channel axis")
+    _pass_through(graph, node)
+
+
+@HANDLERS.register("Resize")
+def _resize(graph, node, attrs) -> None:
+    x = graph.layouts.get(node.input[0])
+    if x is None:
+        return _untracked(graph, node)
+    scales = graph.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    sized = len(node.input) > 3 and bool(node.input[3])
+    if sized or (scales is not None and scales.size and scales[x.axis] != 1):
+        return _unknown(graph, node, f"{_where(node)} resizes to sizes that name channels")
+    _pass_through(graph, node)
+
+
+@HANDLERS.register("ConvTranspose")
+def _conv_transpose(graph, node, attrs) -> None:
+    x, weight = graph.layouts.get(node.input[0]), graph.constant(node.input[1])
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if weight is None or attrs.get("group", 1) != 1 or (bias and graph.constant(bias) is None):
+        return _unknown(graph, node, f"{_where(node)} is grouped or has non-constant weights")
+    if _unit(x) and x.axis == 1 and x.width == weight.shape[0]:
+        graph.cut(node.input[1], 0, x.segments, "in", node, activation=node.input[0])
+    else:
+        graph.block(x, f"{_where(node)} reads channels it cannot follow")
+    out = _fresh(graph, node, weight.shape[1], 1)
+    graph.cut(node.input[1], 1, out.segments, "out", node)
+    if bias:
+        graph.cut(bias, 0, out.segments, "param", node)
+    graph.layouts[node.output[0]] = out

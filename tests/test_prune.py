@@ -83,13 +83,33 @@ def c2f_net() -> onnx.ModelProto:
                    {"logits": _float_output([1, 10])})
 
 
+def decoder_net() -> onnx.ModelProto:
+    """Channel Slices of one conv (added back together), spatial Pad, a ConvTranspose up and a
+    Resize down, Squeeze/Unsqueeze around the head: the ops of FPN/U-Net style decoders."""
+    g = _Graph(seed=15)
+    y = g.op("Relu", [g.conv("x", 3, 16)])
+    low = g.op("Slice", [y, g.ints(0), g.ints(8), g.ints(1)])
+    high = g.op("Slice", [y, g.ints(8), g.ints(16), g.ints(1)])
+    y = g.op("Pad", [g.op("Add", [low, high]), g.ints(0, 0, 1, 1, 0, 0, 1, 1)])  # [1,8,10,10]
+    y = g.op("Relu", [g.conv(y, 8, 8)])
+    up = g.op("ConvTranspose", [y, g.weight((8, 8, 2, 2), 32), g.const(np.zeros(8, np.float32))],
+              kernel_shape=[2, 2], strides=[2, 2])  # [1,8,20,20]
+    scales = g.const(np.array([1, 1, 0.5, 0.5], np.float32))
+    y = g.op("Resize", [g.op("Relu", [up]), "", scales], mode="nearest")  # [1,8,10,10]
+    y = g.op("Squeeze", [g.op("GlobalAveragePool", [y]), g.ints(2, 3)])  # [1,8]
+    y = g.op("Unsqueeze", [y, g.ints(0)])  # [1,1,8]
+    logits = g.op("MatMul", [y, g.weight((8, 10), 8)])
+    return g.model("decoder_net", [_float_input("x", [1, 3, 8, 8])], {"logits": logits},
+                   {"logits": _float_output([1, 1, 10])})
+
+
 def digits_model() -> onnx.ModelProto:
     """The bundled digits CNN (conv-BN-ReLU x3, GAP, Gemm)."""
     return load_onnx(get_example("digits").model_path)
 
 
 BUILDERS = {"resnet": resnet_block_net, "mobilenet": mobilenet_style_net, "concat": concat_net,
-            "c2f": c2f_net, "mlp": mlp, "flatten": flatten_net, "digits": digits_model}
+            "c2f": c2f_net, "decoder": decoder_net, "mlp": mlp, "flatten": flatten_net, "digits": digits_model}
 
 
 def _feed(model):
@@ -193,6 +213,19 @@ def test_a_split_inside_one_conv_cuts_it_into_separately_pruned_pieces():
     split = next(n for n in pruned.graph.node if n.op_type == "Split")
     assert list(_initializer(pruned, split.input[1])) == [4, 4]
     assert _initializer(pruned, "w_3").shape == (8, 12, 1, 1)  # 4 + 4 + 4 concatenated
+
+
+def test_slices_pads_transposed_convs_resizes_and_squeezes_are_followed():
+    graph = ChannelGraph.build(decoder_net())
+    assert sorted(g.name for g in graph.groups if g.prunable) == [
+        "conv_1[0:8]+conv_1[8:16]", "conv_2", "convtranspose_1"]
+    pruned, _ = prune(decoder_net(), PruneConfig(ratio=0.5, round_to=1))
+    slices = [n for n in pruned.graph.node if n.op_type == "Slice"]
+    bounds = [(int(_initializer(pruned, n.input[1])[0]), int(_initializer(pruned, n.input[2])[0]))
+              for n in slices]
+    assert bounds == [(0, 4), (4, 8)]
+    assert _initializer(pruned, "w_1").shape == (8, 3, 3, 3)
+    assert _initializer(pruned, "w_4").shape == (4, 10)
 
 
 def test_flatten_and_reshape_remove_whole_spatial_blocks():

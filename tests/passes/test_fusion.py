@@ -115,7 +115,7 @@ def test_sibling_convs_are_merged_into_one_and_still_match_ort(tmp_path):
     model = inception_style_net()
     mod = import_onnx(model).mod
     merged = merge_parallel_convs.merge_parallel_convs()(fold_batchnorm.fold_batchnorm()(mod))
-    assert merge_parallel_convs.LAST_REPORT == {"convs_merged": 3, "groups": 1}
+    assert merge_parallel_convs.LAST_REPORT == {"merged": 3, "groups": 1}
     assert op_counts(merged)["nn.conv2d"] == op_counts(mod)["nn.conv2d"] - 2
     config = CompileConfig(extra_passes=(load_pass_spec("merge_parallel_convs@simplify"),))
     artifact = compile_model(model, tmp_path / "merged.so", config)
@@ -139,3 +139,31 @@ def test_user_pattern_fuses_into_one_kernel(tmp_path):
         artifact = relaycomp.compile(mlp(), tmp_path / "with_pattern.so")
     plain = relaycomp.compile(mlp(), tmp_path / "plain.so")
     assert artifact.manifest.report["kernels"] < plain.manifest.report["kernels"]
+
+
+def qkv_attention() -> onnx.ModelProto:
+    """Single-head attention with separate Q, K and V projections of one input (BERT-style)."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 32)) * 0.2).astype(np.float32), n)
+             for n in ("wq", "wk", "wv")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_separate_qkv_projections_are_merged_into_fewer_kernels(tmp_path):
+    model = qkv_attention()
+    inputs = random_inputs(model)
+    assert_matches_ort(model, inputs, tmp_path)
+    artifact = relaycomp.compile(model, tmp_path / "qkv.so")
+    assert artifact.manifest.report["fusion"]["kernels_after"] < stock_kernels(model, {})
