@@ -61,5 +61,5 @@ RULES = (Rule("fold_batchnorm", PATTERN, _fold, _foldable),)
 
 @register_pass("fold_batchnorm", stage="simplify")
 def fold_batchnorm(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """Fold inference BatchNorm into the preceding conv2d (see the module docstring)."""
+    """Fold inference BatchNorm into the preceding conv2d."""
     return rule_pass("fold_batchnorm", RULES, COUNTER)

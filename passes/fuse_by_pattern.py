@@ -48,7 +48,7 @@ def fused_groups(mod: tvm.IRModule) -> dict[str, int]:
 
 @register_pass("fuse_by_pattern", stage="simplify")
 def fuse_by_pattern(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """Fuse the registered patterns (see the module docstring)."""
+    """Fuse the registered patterns."""
 
     @tvm.transform.module_pass(opt_level=0, name="fuse_by_pattern")
     def run(mod: tvm.IRModule, ctx) -> tvm.IRModule:

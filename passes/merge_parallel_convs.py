@@ -39,5 +39,5 @@ CONV2D = Sibling("relax.nn.conv2d", _conv_key, weight_axis=0, output_axis=1)
 
 @register_pass("merge_parallel_convs", stage="simplify")
 def merge_parallel_convs(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """Merge sibling convs reading one tensor (see the module docstring)."""
+    """Merge sibling convs reading one tensor."""
     return merge_pass("merge_parallel_convs", CONV2D, LAST_REPORT)

@@ -32,5 +32,5 @@ MATMUL = Sibling("relax.matmul", _matmul_key, weight_axis=1, output_axis=-1)
 
 @register_pass("merge_parallel_matmuls", stage="simplify")
 def merge_parallel_matmuls(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """Merge sibling matmuls reading one tensor (see the module docstring)."""
+    """Merge sibling matmuls reading one tensor."""
     return merge_pass("merge_parallel_matmuls", MATMUL, LAST_REPORT)

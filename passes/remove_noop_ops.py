@@ -57,5 +57,5 @@ RULES = (
 
 @register_pass("remove_noop_ops", stage="simplify")
 def remove_noop_ops(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """Drop identity reshapes/transposes/casts and x+0, x*1 (see the module docstring)."""
+    """Drop identity reshapes/transposes/casts and x+0, x*1."""
     return rule_pass("remove_noop_ops", RULES, COUNTER)

@@ -43,6 +43,8 @@ from tvm.s_tir.dlight import cpu as dlight_cpu
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from relaycomp.registry import register_pass
+
 from ._cpu_contraction import ContractionRule
 from ._cpu_elementwise import GuardedRule, InjectiveRule, ParallelOuterRule
 from ._cpu_reduction import InnerReductionRule
@@ -60,6 +62,8 @@ RULES: tuple[ScheduleRule, ...] = (
 )
 
 
+@register_pass("schedule_cpu_loops", stage="schedule", kinds=("llvm",),
+               description="parallel, vectorized, register-tiled CPU schedule for every kernel")
 def schedule_cpu_loops(
     target: Target | None = None, *, prepack_weights: bool = True
 ) -> tvm.transform.Pass:
