@@ -245,13 +245,15 @@ def cmd_passes(args) -> int:
     from .targets import resolve
 
     load_entry_points()
-    stages = default_stages(resolve(args.target).kind)
+    kind = resolve(args.target).kind
+    stages = default_stages(kind)
     in_pipeline = {name for stage in stages for name in stage.passes}
     for stage in stages:
         print(f"{stage.name}:")
         for name in stage.passes:
             print(f"  {name:30} {PASSES.get(name).description}")
-    extra = [PASSES.get(name) for name in PASSES.names() if name not in in_pipeline]
+    extra = [PASSES.get(name) for name in PASSES.names()
+             if name not in in_pipeline and kind in PASSES.get(name).kinds]
     if extra:
         print("available with --pass NAME:")
         for info in extra:

@@ -20,7 +20,7 @@ from . import passes as _builtin_passes  # noqa: F401 - importing registers them
 from .errors import PassError, RelaycompError, last_line
 from .registry import PASSES, register_pass
 
-# Stock TVM passes, registered like any other pass: name -> (default stage, factory).
+# Stock TVM passes, registered like any other pass: name -> (stage, factory[, target kinds]).
 _STOCK_PASSES = {
     "decompose_ops_for_inference": ("simplify", relax.transform.DecomposeOpsForInference),
     "canonicalize_bindings": ("simplify", relax.transform.CanonicalizeBindings),
@@ -36,7 +36,7 @@ _STOCK_PASSES = {
     "remove_purity_checking": ("lower", relax.transform.RemovePurityChecking),
     "call_tir_rewrite": ("lower", relax.transform.CallTIRRewrite),
     "static_plan_block_memory": ("lower", relax.transform.StaticPlanBlockMemory),
-    "rewrite_cuda_graph": ("lower", relax.transform.RewriteCUDAGraph),
+    "rewrite_cuda_graph": ("lower", relax.transform.RewriteCUDAGraph, ("cuda",)),
     "lower_alloc_tensor": ("lower", relax.transform.LowerAllocTensor),
     "kill_after_last_use": ("lower", relax.transform.KillAfterLastUse),
     "lower_runtime_builtin": ("lower", relax.transform.LowerRuntimeBuiltin),
@@ -44,8 +44,8 @@ _STOCK_PASSES = {
     "vm_shape_lower": ("lower", relax.transform.VMShapeLower),
     "attach_global_symbol": ("lower", relax.transform.AttachGlobalSymbol),
 }
-for _name, (_stage, _make) in _STOCK_PASSES.items():
-    register_pass(_name, _stage, description=f"TVM relax.transform.{_make.__name__}")(
+for _name, (_stage, _make, *_kinds) in _STOCK_PASSES.items():
+    register_pass(_name, _stage, *_kinds, description=f"TVM relax.transform.{_make.__name__}")(
         lambda target, make=_make: make())
 
 _LOWER = ["rewrite_dataflow_reshape", "to_non_dataflow", "remove_purity_checking",
