@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import MODELS_DIR, THREADS, median_ms, onnxruntime_ms, ratio  # noqa: E402
+from common import MODELS_DIR, THREADS, median_ms, onnxruntime_ms, ratio
 
 ROOT = Path(__file__).parents[1]
 GRAPH_PASSES = ("fold_batchnorm", "remove_noop_ops", "merge_parallel_convs",

@@ -17,6 +17,7 @@ from .frontend import ImportedModel, TensorSpec, import_onnx, load_onnx
 from .model_info import ModelInfo, model_info
 from .registry import register_pass
 from .runtime import LoadedModel, load
+from .tune import TuneConfig, TuneReport, tune  # importing it registers its pass
 
 
 def compile(model, output, *, target: str = "host", inputs=None, mcpu=None, arch=None,
@@ -31,5 +32,6 @@ def compile(model, output, *, target: str = "host", inputs=None, mcpu=None, arch
 
 
 __all__ = ["Artifact", "CompileConfig", "ImportedModel", "LoadedModel", "ModelInfo",
-           "RelaycompError", "TensorSpec", "compile", "compile_model", "import_onnx", "load",
-           "load_onnx", "model_info", "register_pass"]
+           "RelaycompError", "TensorSpec", "TuneConfig", "TuneReport", "compile",
+           "compile_model", "import_onnx", "load", "load_onnx", "model_info", "register_pass",
+           "tune"]

@@ -8,6 +8,7 @@ compile starts. A ``.so`` output is a shared library linked with the target's to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,7 @@ class CompileConfig:
     extra_passes: tuple[Placement, ...] = ()  # user passes, inserted into ``stages``
     dump_ir: Path | None = None  # write the IR before/after every pass into this folder
     prune: object | None = None  # a relaycomp.prune.PruneConfig: prune channels before import
+    tuning: object | None = None  # a relaycomp.tune.TuneConfig: tune and/or apply its database
 
     def __post_init__(self):
         if self.num_cores is not None and self.num_cores < 1:
@@ -85,7 +87,14 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
         model, prune_report = prune_for_compile(model, config.prune, config.input_shapes)
     imported = import_onnx(model, config.input_shapes)
     stages = with_passes(config.stages or default_stages(spec.kind), config.extra_passes)
-    mod, report = run_stages(imported.mod, stages, spec.tvm_target(), dump_ir=config.dump_ir)
+    tuning_db, tuning_summary = None, None
+    if config.tuning is not None:  # tuned kernels replace heuristic ones in the schedule stage
+        from .tune import prepare_compile
+
+        stages, tuning_db, tuning_summary = prepare_compile(imported.mod, spec, stages,
+                                                            config.tuning)
+    with tuning_db if tuning_db is not None else contextlib.nullcontext():
+        mod, report = run_stages(imported.mod, stages, spec.tvm_target(), dump_ir=config.dump_ir)
     try:
         executable = ir.build_executable(mod, spec.tvm_target())
     except Exception as err:
@@ -95,6 +104,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
     if prune_report is not None:  # pruning ran on the ONNX graph, before the Relax pipeline
         manifest.passes.insert(0, "prune/prune_channels")
         manifest.report["prune"] = prune_report.to_json()
+    if tuning_summary is not None:
+        manifest.report["tuning"] = tuning_summary
     _export(executable, output, fcompile, manifest)
     return Artifact(output, manifest, report)
 

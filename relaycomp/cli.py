@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import InputSpecError, RelaycompError
 from .prune_cli import add_compile_option, add_prune_parser
+from .tune_cli import add_tune_options, add_tune_parser
 
 EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--num-cores", type=int, help="threads the library will use")
     _add_shape_options(compile_)
     add_compile_option(compile_)
+    add_tune_options(compile_)
     compile_.add_argument("--pass", dest="passes", action="append", default=[],
                           metavar="SOURCE:NAME[@STAGE]",
                           help="add a pass: file.py:name, module:name or a registered name; "
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shape_options(inspect)
 
     add_prune_parser(sub)
+    _add_shape_options(add_tune_parser(sub))
     sub.add_parser("targets", help="list known target triples and board presets")
     passes = sub.add_parser("passes", help="list the pipeline's stages and passes")
     passes.add_argument("--target", default="host", help="whose pipeline to show")
@@ -86,6 +89,7 @@ def cmd_compile(args) -> int:
     """``relaycomp compile``."""
     from .build import CompileConfig, compile_model
     from .prune_cli import prune_option
+    from .tune_cli import tuning_option
 
     output = args.output or f"{Path(args.model.removeprefix('example:')).stem}.so"
     from .plugins import load_entry_points, load_pass_spec
@@ -93,7 +97,7 @@ def cmd_compile(args) -> int:
     load_entry_points()
     config = CompileConfig(target=args.target, input_shapes=_input_shapes(args.input),
                            mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores,
-                           prune=prune_option(args.prune),
+                           prune=prune_option(args.prune), tuning=tuning_option(args),
                            extra_passes=tuple(load_pass_spec(spec) for spec in args.passes),
                            dump_ir=Path(args.dump_ir) if args.dump_ir else None)
     artifact = compile_model(args.model, output, config)
@@ -106,6 +110,10 @@ def cmd_compile(args) -> int:
     print(f"  inputs:  {_signature(manifest.inputs)}")
     print(f"  outputs: {_signature(manifest.outputs)}")
     print(f"  {len(manifest.passes)} passes in {seconds:.1f} s, {manifest.report['kernels']} kernels")
+    if "tuning" in manifest.report:
+        tuning = manifest.report["tuning"]
+        print(f"  tuning: {tuning['workloads_with_faster_records']} tuned kernel(s) available "
+              f"in {tuning['database']}, {tuning['new_trials']} new trials")
     if "prune" in manifest.report:
         before, after = manifest.report["prune"]["before"], manifest.report["prune"]["after"]
         print(f"  pruned: MACs {before['macs']:,} -> {after['macs']:,}, "
@@ -268,6 +276,13 @@ def cmd_demo(args) -> int:
     return run_demo()
 
 
+def cmd_tune(args) -> int:
+    """``relaycomp tune``."""
+    from .tune_cli import run_tune
+
+    return run_tune(args, _input_shapes(args.input))
+
+
 def cmd_prune(args) -> int:
     """``relaycomp prune``."""
     from .prune_cli import run_prune
@@ -275,8 +290,8 @@ def cmd_prune(args) -> int:
     return run_prune(args, _input_shapes(args.input))
 
 
-COMMANDS = {"compile": cmd_compile, "prune": cmd_prune, "run": cmd_run, "inspect": cmd_inspect,
-            "targets": cmd_targets, "passes": cmd_passes, "demo": cmd_demo}
+COMMANDS = {"compile": cmd_compile, "prune": cmd_prune, "tune": cmd_tune, "run": cmd_run,
+            "inspect": cmd_inspect, "targets": cmd_targets, "passes": cmd_passes, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

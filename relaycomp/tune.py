@@ -18,7 +18,10 @@ whose budget a run finished, or whose records already reach it, is not tuned aga
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +34,19 @@ from . import ir
 from .errors import TuningError, last_line
 from .examples import resolve_model_path
 from .frontend import import_onnx, load_onnx
-from .registry import PASSES
 from .pipeline import Stage, default_stages, run_stages
+from .registry import PASSES
 from .targets import TargetSpec, resolve
 from .tune_apply import before_schedule, schedule_stage, with_tuning
 from .tune_db import FAILED_SECONDS, TuningDatabase, workload_key
-from .tune_measure import Device, Progress, make_builder, make_runner, measure_modules, \
-    progress_callback
+from .tune_measure import (
+    Device,
+    Progress,
+    make_builder,
+    make_runner,
+    measure_modules,
+    progress_callback,
+)
 
 DEFAULT_DB = Path("~/.cache/relaycomp/tuning")
 
@@ -122,17 +131,12 @@ class TuneReport:
 def tune(model: str | os.PathLike | onnx.ModelProto, config: TuneConfig | None = None,
          ) -> TuneReport:
     """Tune ``model``'s kernels into ``config.tuning_db``; returns the per-task report."""
-    import time
-
     config = config or TuneConfig()
-    started = time.perf_counter()
     spec = resolve(config.target, mcpu=config.mcpu, arch=config.arch, num_cores=config.num_cores)
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx(resolve_model_path(model))
     mod = import_onnx(model, config.input_shapes).mod
-    report = tune_module(mod, spec, default_stages(spec.kind), config)
-    report.seconds = time.perf_counter() - started
-    return report
+    return tune_module(mod, spec, default_stages(spec.kind), config)
 
 
 def tuning_database(config_db: str | os.PathLike, spec: TargetSpec) -> TuningDatabase:
@@ -140,14 +144,30 @@ def tuning_database(config_db: str | os.PathLike, spec: TargetSpec) -> TuningDat
     return TuningDatabase(Path(config_db).expanduser(), spec.tvm_target()).load()
 
 
-def compile_stages(stages: Sequence[Stage]) -> list[Stage]:
-    """The compile pipeline with the tuned schedules applied (see :mod:`relaycomp.tune_apply`)."""
-    return with_tuning(stages)
+def prepare_compile(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
+                    config: TuneConfig) -> tuple[list[Stage], ms.database.Database, dict]:
+    """For ``compile_model``: tune first if ``config.trials`` > 0, then return the stages with
+    ``apply_tuning_database``, the database to enter around them and a manifest summary.
+
+    ``config``'s target and input shapes are ignored: the compile's own are used.
+    """
+    new_trials = 0
+    if config.trials > 0:
+        report = tune_module(mod, spec, stages, config)
+        new_trials = report.new_trials
+        if config.progress:
+            print(report.table())
+    database = tuning_database(config.tuning_db, spec)
+    best = database.best_records()
+    summary = {"database": str(database.path), "new_trials": new_trials,
+               "workloads_with_faster_records": len(best.get_all_tuning_records())}
+    return with_tuning(stages), best, summary
 
 
 def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
                 config: TuneConfig) -> TuneReport:
     """Tune an imported module's kernels (the pipeline runs up to the schedule stage)."""
+    started = time.perf_counter()
     target = spec.tvm_target()
     if spec.kind == "llvm":
         ir.request_threads(target.attrs.get("num-cores") or os.cpu_count())
@@ -169,17 +189,27 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
         for i, seconds in zip(missing, measure_modules(heuristic, target, builder, runner)):
             database.state(keys[i]).baseline_seconds = seconds
             run.note(keys[i], baseline_seconds=seconds)
+        failed = sum(database.state(keys[i]).baseline_seconds >= FAILED_SECONDS for i in missing)
+        if failed:
+            warnings.warn(f"the heuristic schedule of {failed} of {len(missing)} kernels could "
+                          "not be measured (device lost, or a build error); see the run's logs",
+                          stacklevel=2)
     budgets = _budgets(tasks, [database.state(k).baseline_seconds for k in keys], config.trials)
     todo = {i: budgets[i] - max(database.state(k).trials, database.state(k).budget_done)
             for i, k in enumerate(keys)}
-    todo = {i: left for i, left in todo.items() if left > 0}
+    todo = {i: todo[i] for i in sorted(todo, key=lambda i: -budgets[i]) if todo[i] > 0}
     new_trials = dict.fromkeys(range(len(tasks)), 0)
-    if todo:
-        run = run or database.new_run()
-        new_trials.update(_search(tasks, keys, todo, budgets, database, run, builder, runner,
-                                  config))
-        database.load()
-    return _report(spec, database, tasks, keys, new_trials)
+    try:
+        if todo:
+            run = run or database.new_run()
+            new_trials.update(_search(tasks, keys, todo, budgets, database, run, builder,
+                                      runner, config))
+            database.load()
+    finally:
+        builder.close()
+    report = _report(spec, database, tasks, keys, new_trials)
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 def _heuristic(task_mod: tvm.IRModule, stages, target) -> tvm.IRModule:
@@ -191,20 +221,35 @@ def _heuristic(task_mod: tvm.IRModule, stages, target) -> tvm.IRModule:
     return task_mod
 
 
-def _budgets(tasks, baselines: list[float], trials: int) -> list[int]:
-    """Trials per task, by share of the model's heuristic latency (failed baselines count 1 ms)."""
-    costs = [t.weight * (b if b < FAILED_SECONDS else 1e-3) for t, b in zip(tasks, baselines)]
+def _shares(tasks, baselines: Sequence[float | None]) -> list[float]:
+    """Each task's share of the model's heuristic latency (kernel time x occurrences).
+
+    A kernel whose heuristic build failed to measure counts as the slowest measured one.
+    """
+    measured = [b for b in baselines if b is not None and b < FAILED_SECONDS]
+    fallback = max(measured, default=1e-3)
+    costs = [t.weight * (b if b is not None and b < FAILED_SECONDS else fallback)
+             for t, b in zip(tasks, baselines)]
     total = sum(costs) or 1.0
-    return [int(round(trials * c / total)) for c in costs]
+    return [c / total for c in costs]
+
+
+def _budgets(tasks, baselines: Sequence[float | None], trials: int) -> list[int]:
+    """Trials per task, by share of the model's heuristic latency."""
+    return [round(trials * share) for share in _shares(tasks, baselines)]
 
 
 def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, runner,
             config: TuneConfig) -> dict[int, int]:
     """Run MetaSchedule on each task with work left, largest share first; trials per task."""
-    target = tasks[0].target
     json_db = run.json_database()
     cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=os.cpu_count() or 1)
-    progress = Progress(sum(todo.values()), lambda: "", enabled=config.progress)
+    heuristic = {}
+    for task, key in zip(tasks, keys):
+        seconds = database.state(key).baseline_seconds
+        heuristic[task.task_name] = seconds * 1e3 if seconds is not None else math.inf
+    progress = Progress(sum(todo.values()), {t.task_name: t.weight for t in tasks}, heuristic,
+                        enabled=config.progress)
     done = {}
     # The console handler MetaSchedule installs takes the package logger's level: keep it to
     # warnings (the full log still goes to the run folder's logs/), our progress line says more.
@@ -228,7 +273,10 @@ def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, 
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - one task's failure must not end the session
-            raise TuningError(f"tuning {tasks[i].task_name} failed: {last_line(err)}") from err
+            warnings.warn(f"tuning {tasks[i].task_name} stopped: {last_line(err)}; its records "
+                          "so far are kept and the next run continues it", stacklevel=2)
+            done[i] = progress.done - sum(done.values())
+            continue
         done[i] = progress.done - sum(done.values())
         run.note(keys[i], budget_done=budgets[i])
     return done
@@ -236,13 +284,13 @@ def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, 
 
 def _report(spec, database, tasks, keys, new_trials) -> TuneReport:
     rows = []
-    costs = [t.weight * min(database.state(k).baseline_seconds or 0, FAILED_SECONDS)
-             for t, k in zip(tasks, keys)]
-    total = sum(costs) or 1.0
+    shares = _shares(tasks, [database.state(k).baseline_seconds for k in keys])
     for i, (task, key) in enumerate(zip(tasks, keys)):
         state = database.state(key)
         tuned = state.best_seconds * 1e3 if state.best_seconds < FAILED_SECONDS else None
-        rows.append(TaskReport(task.task_name, task.weight, costs[i] / total,
-                               (state.baseline_seconds or 0) * 1e3, tuned, state.trials,
-                               new_trials[i]))
+        baseline = state.baseline_seconds
+        heuristic = baseline * 1e3 if baseline is not None and baseline < FAILED_SECONDS \
+            else float("inf")
+        rows.append(TaskReport(task.task_name, task.weight, shares[i], heuristic, tuned,
+                               state.trials, new_trials[i]))
     return TuneReport(spec.name, database.path, rows)

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import tvm
-from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
@@ -71,8 +72,8 @@ class PooledBuilder(ms.builder.PyBuilder):
         """Build each input in the pool; a timeout or exception becomes that input's error."""
         if self._pool is None or self._batches >= self.batches_per_pool:
             self.close()
-            self._pool = PopenPoolExecutor(max_workers=self.max_workers,
-                                           timeout=self.timeout_sec)
+            self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
+                                           initializer=_warm_up_builder)
         self._batches += 1
         jobs = [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
         results = []
@@ -92,6 +93,15 @@ class PooledBuilder(ms.builder.PyBuilder):
             self._pool.shutdown()
             self._pool = None
             self._batches = 0
+
+
+def _warm_up_builder() -> None:
+    """Pay a worker's one-time import before its first build (the initializer has no timeout).
+
+    TVM's build imports ``tvm.s_tir.tensor_intrin``, which parses hundreds of TVMScript kernels:
+    about 30 s of CPU, which would otherwise count against - and exceed - the build timeout.
+    """
+    import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
 def make_builder() -> ms.builder.Builder:
@@ -119,6 +129,12 @@ def make_runner(device: Device, kind: str) -> ms.runner.Runner:
 
 def count_devices(config) -> int:
     """Devices free or busy under the key; raises TuningError when there are none."""
+    try:  # a plain connect first: TVM's tracker client retries for its whole session timeout
+        socket.create_connection((config.tracker_host, config.tracker_port), timeout=5).close()
+    except OSError as err:
+        raise TuningError(f"cannot reach the RPC tracker at {config.tracker_host}:"
+                          f"{config.tracker_port}: {err}",
+                          hint="start it with `python -m tvm.exec.rpc_tracker`") from None
     try:
         summary = config.connect_tracker().summary()
     except Exception as err:  # noqa: BLE001 - connection errors come in many types
@@ -145,8 +161,10 @@ def measure_modules(mods: Sequence[tvm.IRModule], target, builder, runner) -> li
     seconds = [FAILED_SECONDS] * len(mods)
     runnable = [(i, r) for i, r in enumerate(results) if r.error_msg is None]
     runner_inputs = [
-        ms.runner.RunnerInput(r.artifact_path, target.kind.name,
-                              ms.arg_info.ArgInfo.from_prim_func(_main(mods[i])))
+        ms.runner.RunnerInput(r.artifact_path, _device_type(target),
+                              # the builder strips a weight-repacking block, as for tuned
+                              # candidates: measure with the packed weight layout
+                              ms.arg_info.ArgInfo.from_entry_func(mods[i], remove_preproc=True))
         for i, r in runnable]
     futures = runner.run(runner_inputs) if runner_inputs else []
     for (i, _), future in zip(runnable, futures):
@@ -157,9 +175,8 @@ def measure_modules(mods: Sequence[tvm.IRModule], target, builder, runner) -> li
     return seconds
 
 
-def _main(mod: tvm.IRModule):
-    return mod["main"] if "main" in [g.name_hint for g in mod.get_global_vars()] else \
-        next(iter(mod.functions.values()))
+def _device_type(target) -> str:
+    return "cpu" if target.kind.name == "llvm" else target.kind.name
 
 
 @dataclass
@@ -167,18 +184,28 @@ class Progress:
     """Live progress over a whole tuning session: trials, best per task and for the model, ETA."""
 
     total_trials: int
-    describe: Callable[[], str]   # the model-level estimate, e.g. "model ≈ 12.3 ms"
+    weights: dict[str, int]        # task name -> occurrences in the model
+    heuristic_ms: dict[str, float]  # task name -> the heuristic schedule's time
     stream: object = None
     enabled: bool = True
     done: int = 0
     failed: int = 0
+    best_ms: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+
+    def model_ms(self) -> float:
+        """Estimated model latency: each kernel at its best so far, times its occurrences."""
+        return sum(weight * min(self.heuristic_ms[name], self.best_ms.get(name, math.inf))
+                   for name, weight in self.weights.items())
 
     def batch(self, task_name: str, task_done: int, task_total: int, best_ms: float,
               baseline_ms: float, measured: int, failed: int) -> None:
         """Record one measured batch and print the progress line."""
+        if not measured:
+            return
         self.done += measured
         self.failed += failed
+        self.best_ms[task_name] = min(self.best_ms.get(task_name, math.inf), best_ms)
         if failed and failed == measured:
             warnings.warn(f"all {measured} candidates of {task_name} failed to build or run "
                           "(device lost?); tuning goes on with what it has", stacklevel=2)
@@ -191,7 +218,7 @@ class Progress:
         bar = _bar(self.done, self.total_trials)
         print(f"{bar} {self.done}/{self.total_trials} trials | {task_name}: {task_done}/"
               f"{task_total}, best {best} (heuristic {baseline_ms:.4f} ms) | "
-              f"{self.describe()} | ETA {_duration(eta)}",
+              f"model ~{self.model_ms():.3f} ms | ETA {_duration(eta)}",
               file=self.stream or sys.stdout, flush=True)
 
 

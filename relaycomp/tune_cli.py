@@ -1,0 +1,64 @@
+"""The command line of auto-tuning: ``relaycomp tune`` and ``--tune N`` / ``--tuning-db DIR`` /
+``--rpc HOST:PORT --key KEY`` on ``compile``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .tune import DEFAULT_DB, TuneConfig
+
+
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tuning-db", metavar="DIR",
+                        help=f"tuning database folder (default for tune: {DEFAULT_DB})")
+    parser.add_argument("--rpc", metavar="HOST:PORT",
+                        help="measure on devices registered at this TVM RPC tracker")
+    parser.add_argument("--key", help="the device key at the RPC tracker")
+    parser.add_argument("--trials-per-iter", type=int, default=16,
+                        help="candidates per batch; XGBoost is refit between batches")
+    parser.add_argument("--seed", type=int, help="seed of the search")
+
+
+def add_tune_options(compile_: argparse.ArgumentParser) -> None:
+    """``compile --tune N --tuning-db DIR [--rpc HOST:PORT --key KEY]``."""
+    compile_.add_argument("--tune", type=int, default=0, metavar="N",
+                          help="tune N trials before compiling (records go to --tuning-db)")
+    _add_device_options(compile_)
+
+
+def add_tune_parser(sub) -> argparse.ArgumentParser:
+    """The ``tune`` sub-command (its shape options are added by the caller)."""
+    tune = sub.add_parser("tune", help="auto-tune a model's kernels into a tuning database")
+    tune.add_argument("model", help="ONNX file, or example:NAME")
+    tune.add_argument("--target", default="host", help="triple, preset or .toml (see targets)")
+    tune.add_argument("--mcpu", help="override the target CPU (e.g. cortex-a72)")
+    tune.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
+    tune.add_argument("--num-cores", type=int, help="threads the kernels will use")
+    tune.add_argument("--trials", type=int, default=64, help="candidates to measure in total")
+    tune.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_device_options(tune)
+    return tune
+
+
+def tuning_option(args) -> TuneConfig | None:
+    """The ``CompileConfig.tuning`` value of ``compile``'s arguments (None: no tuning)."""
+    if not args.tune and not args.tuning_db:
+        return None
+    return TuneConfig(trials=args.tune, tuning_db=args.tuning_db or DEFAULT_DB, rpc=args.rpc,
+                      key=args.key, trials_per_iter=args.trials_per_iter, seed=args.seed)
+
+
+def run_tune(args, input_shapes) -> int:
+    """``relaycomp tune``: tune, then print the per-task table."""
+    from .tune import tune
+
+    config = TuneConfig(target=args.target, trials=args.trials,
+                        tuning_db=args.tuning_db or DEFAULT_DB, input_shapes=input_shapes,
+                        mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores, rpc=args.rpc,
+                        key=args.key, trials_per_iter=args.trials_per_iter, seed=args.seed,
+                        progress=not args.quiet)
+    report = tune(args.model, config)
+    print(report.table())
+    print(f"tuning database: {report.database}")
+    return 0

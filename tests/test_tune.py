@@ -1,0 +1,315 @@
+"""Auto-tuning: tuned builds match onnxruntime, the database is reused, survives SIGKILL and
+concurrent tuners, devices are reached over TVM RPC, and a lost device is not a crash.
+
+The fast tests share one tiny tuning session (``tuned``); the ones starting extra processes or
+an RPC tracker and server are ``slow``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import ort_outputs
+from models import conv_net, random_inputs
+
+import relaycomp
+from relaycomp.build import CompileConfig, compile_model
+from relaycomp.errors import TuningError
+from relaycomp.registry import PASSES
+from relaycomp.targets import resolve
+from relaycomp.tune import TuneConfig, _budgets, tune
+from relaycomp.tune_db import RECORDS, TuningDatabase
+from relaycomp.tune_measure import Device
+
+TRIALS = 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A small CNN: conv, pooling, dense kernels."""
+    return conv_net()
+
+
+@pytest.fixture(scope="module")
+def tuned(model, tmp_path_factory):
+    """One tiny tuning session: (database folder, report)."""
+    database = tmp_path_factory.mktemp("tuning-db")
+    report = tune(model, TuneConfig(trials=TRIALS, tuning_db=database, seed=0, progress=False))
+    return database, report
+
+
+def _compile_tuned(model, database, output: Path, trials: int = 0):
+    config = CompileConfig(tuning=TuneConfig(trials=trials, tuning_db=database, progress=False))
+    return compile_model(model, output, config)
+
+
+def test_tuning_measures_every_kernel_and_spends_the_budget(tuned):
+    _, report = tuned
+    assert report.tasks, "no tuning tasks were extracted"
+    assert all(t.heuristic_ms < float("inf") for t in report.tasks), "a baseline failed"
+    assert 0 < report.new_trials <= TRIALS + len(report.tasks)
+    assert abs(sum(t.share for t in report.tasks) - 1.0) < 1e-6
+    assert "heuristic ms -> tuned ms" in report.table()
+
+
+def test_tuned_build_matches_onnxruntime(model, tuned, tmp_path):
+    database, _ = tuned
+    artifact = _compile_tuned(model, database, tmp_path / "tuned.so")
+    assert "schedule/apply_tuning_database" in artifact.manifest.passes
+    inputs = random_inputs(model)
+    actual = relaycomp.load(artifact.path).run(inputs)
+    expected = ort_outputs(model, inputs)
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_second_run_tunes_nothing_and_builds_the_same(model, tuned, tmp_path):
+    database, first = tuned
+    again = tune(model, TuneConfig(trials=TRIALS, tuning_db=database, progress=False))
+    assert again.new_trials == 0
+    assert [t.tuned_ms for t in again.tasks] == [t.tuned_ms for t in first.tasks]
+    one = _compile_tuned(model, database, tmp_path / "one.so", trials=TRIALS)
+    two = _compile_tuned(model, database, tmp_path / "two.so")
+    assert one.manifest.report["tuning"]["new_trials"] == 0
+    inputs = random_inputs(model)
+    out_one = relaycomp.load(one.path).run(inputs)
+    out_two = relaycomp.load(two.path).run(inputs)
+    for name in out_one:
+        np.testing.assert_array_equal(out_one[name], out_two[name])
+
+
+def test_only_records_faster_than_the_heuristic_are_applied(tuned):
+    database, _ = tuned
+    loaded = TuningDatabase(database, resolve("host").tvm_target()).load()
+    applied = loaded.best_records().get_all_tuning_records()
+    faster = [s for s in loaded.states.values() if s.tuned_is_faster]
+    assert len(applied) == len(faster)
+    for state in faster:
+        assert state.best_seconds < state.baseline_seconds
+
+
+def test_a_torn_last_line_is_ignored(tuned, tmp_path):
+    database, _ = tuned
+    target = resolve("host").tvm_target()
+    before = TuningDatabase(database, target).load()
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(database, copy)
+    records = next(copy.glob(f"*/run-*/{RECORDS}"))
+    with open(records, "a", encoding="utf-8") as file:
+        file.write('[0, [["half a rec')   # what a writer killed mid-line leaves
+    after = TuningDatabase(copy, target).load()
+    assert sum(s.trials for s in after.states.values()) == \
+        sum(s.trials for s in before.states.values())
+
+
+def test_budget_follows_share_of_latency():
+    class Task:
+        def __init__(self, weight):
+            self.weight = weight
+
+    budgets = _budgets([Task(1), Task(2), Task(1)], [2e-3, 1e-3, None], 60)
+    assert budgets == [20, 20, 20]   # a failed baseline counts as the slowest kernel
+    assert _budgets([Task(3), Task(1)], [1e-3, 1e-3], 8) == [6, 2]
+
+
+def test_apply_tuning_database_is_a_registered_schedule_pass():
+    assert PASSES.get("apply_tuning_database").stage == "schedule"
+
+
+def test_rpc_without_key_is_refused():
+    with pytest.raises(TuningError, match="go together"):
+        TuneConfig(rpc="127.0.0.1:9190")
+    with pytest.raises(TuningError, match="HOST:PORT"):
+        Device(rpc="localhost", key="x")
+
+
+def test_unreachable_tracker_is_a_clear_error(model, tmp_path):
+    config = TuneConfig(trials=4, tuning_db=tmp_path, rpc=f"127.0.0.1:{_free_port()}", key="x",
+                        progress=False)
+    with pytest.raises(TuningError, match="cannot reach the RPC tracker"):
+        tune(model, config)
+
+
+def test_cuda_without_a_gpu_builds_tasks_then_fails_clearly(model, tmp_path):
+    import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a GPU")
+    config = TuneConfig(target="cuda", arch="sm_80", trials=4, tuning_db=tmp_path,
+                        progress=False)
+    with pytest.raises(TuningError, match="no CUDA GPU"):
+        tune(model, config)
+
+
+def test_cli_tune_and_compile_options_parse():
+    from relaycomp.cli import build_parser
+    from relaycomp.tune_cli import tuning_option
+
+    args = build_parser().parse_args(["compile", "m.onnx", "--tune", "32", "--tuning-db", "db"])
+    option = tuning_option(args)
+    assert (option.trials, str(option.tuning_db)) == (32, "db")
+    args = build_parser().parse_args(["tune", "m.onnx", "--trials", "8", "--rpc", "h:1",
+                                      "--key", "k", "--input", "x:1,3,8,8"])
+    assert (args.trials, args.rpc, args.key) == (8, "h:1", "k")
+    assert tuning_option(build_parser().parse_args(["compile", "m.onnx"])) is None
+
+
+# ---- slow: extra processes ---------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tune_process(model_path, database, trials, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "relaycomp.cli", "tune", str(model_path), "--trials", str(trials),
+         "--tuning-db", str(database), "--trials-per-iter", "4", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _trials(database) -> int:
+    loaded = TuningDatabase(database, resolve("host").tvm_target()).load()
+    return sum(s.trials for s in loaded.states.values())
+
+
+@pytest.fixture
+def model_file(model, tmp_path):
+    import onnx
+
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_keeps_records(model_file, tmp_path):
+    database = tmp_path / "db"
+    process = _tune_process(model_file, database, 40)
+    deadline = time.monotonic() + 400
+    while _trials(database) < 4 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(1)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    kept = _trials(database)
+    assert kept >= 4, "records finished before the kill were lost"
+    report = tune(model_file, TuneConfig(trials=40, tuning_db=database, progress=False))
+    assert report.new_trials <= 40 + len(report.tasks) - kept
+
+
+@pytest.mark.slow
+def test_two_concurrent_tuners_share_one_database(model_file, tmp_path):
+    database = tmp_path / "db"
+    processes = [_tune_process(model_file, database, 8, "--seed", str(seed)) for seed in (1, 2)]
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output
+    assert len(list(database.glob("*/run-*"))) >= 2
+    assert _trials(database) >= 8
+    again = tune(model_file, TuneConfig(trials=8, tuning_db=database, progress=False))
+    assert again.new_trials == 0
+
+
+@pytest.fixture
+def rpc_device():
+    """A TVM RPC tracker and one server under key 'loopback', on 127.0.0.1."""
+    port = _free_port()
+    env = {**os.environ, "TVM_NUM_THREADS": "2"}
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host",
+                                "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    server = None
+    try:
+        _wait_for_port(port)
+        server_port = _free_port()
+        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
+                                   f"127.0.0.1:{port}", "--key", "loopback", "--host",
+                                   "127.0.0.1", "--port", str(server_port),
+                                   "--port-end", str(server_port + 1)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                  start_new_session=True)  # its own group: it forks a worker
+        _wait_for_device(f"127.0.0.1:{port}", "loopback")
+        yield f"127.0.0.1:{port}", server
+    finally:
+        if server is not None:
+            _kill_group(server)
+        tracker.kill()
+        tracker.wait(timeout=10)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a process started with its own session, and the children it forked."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
+
+
+def _wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def _wait_for_device(tracker: str, key: str, timeout: float = 60) -> None:
+    from tvm import rpc
+
+    host, port = tracker.split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if key in rpc.connect_tracker(host, int(port)).summary()["queue_info"]:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"no server registered under '{key}' at {tracker}")
+
+
+@pytest.mark.slow
+def test_tuning_over_rpc_on_loopback(model, rpc_device, tmp_path):
+    tracker, _ = rpc_device
+    report = tune(model, TuneConfig(trials=4, tuning_db=tmp_path, rpc=tracker, key="loopback",
+                                    progress=False))
+    assert all(t.heuristic_ms < float("inf") for t in report.tasks)
+    assert report.new_trials > 0
+
+
+@pytest.mark.slow
+def test_wrong_key_is_a_clear_error(model, rpc_device, tmp_path):
+    tracker, _ = rpc_device
+    with pytest.raises(TuningError, match="no device is registered under key 'nope'"):
+        tune(model, TuneConfig(trials=4, tuning_db=tmp_path, rpc=tracker, key="nope",
+                               progress=False))
+
+
+@pytest.mark.slow
+def test_a_device_lost_mid_run_gives_failed_trials_not_a_crash(model, rpc_device, tmp_path):
+    tracker, server = rpc_device
+    _kill_group(server)
+    config = TuneConfig(trials=4, tuning_db=tmp_path, rpc=tracker, key="loopback",
+                        progress=False)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:   # the tracker may still list the dead server, or may have dropped it already
+            report = tune(model, config)
+        except TuningError as err:
+            assert "no device is registered" in str(err)
+            return
+    assert any("could not be measured" in str(w.message) for w in caught)
+    assert all(t.tuned_ms is None for t in report.tasks)
