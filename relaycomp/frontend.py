@@ -150,7 +150,9 @@ def _check_compatible(spec: TensorSpec, shape: tuple[int, ...]) -> None:
                 f"but {want} was given", hint=f"the model's inputs are: {_describe([spec])}")
 
 
-def _set_input_shapes(model: onnx.ModelProto, specs: Sequence[TensorSpec]) -> None:
+def set_input_shapes(model: onnx.ModelProto, specs: Sequence[TensorSpec]) -> None:
+    """Pin ``model``'s graph inputs to the static shapes of ``specs`` (in place; the inferred
+    value_info, now stale, is dropped)."""
     by_name = {spec.name: spec for spec in specs}
     for value in model.graph.input:
         spec = by_name.get(value.name)
@@ -192,7 +194,7 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike,
     original_inputs = graph_inputs(model)
     inputs, notes = pin_input_shapes(original_inputs, dict(input_shapes or {}))
     model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's copy stays
-    _set_input_shapes(model, inputs)
+    set_input_shapes(model, inputs)
     opset = opset_of(model)
     model, fold = fold_shape_subgraphs(model, opset)
     check_supported_ops(model)

@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from . import ir
-from .frontend import TensorSpec, graph_inputs, opset_of, pin_input_shapes
+from .frontend import TensorSpec, graph_inputs, opset_of, pin_input_shapes, set_input_shapes
 from .onnx_fold import fold_shape_subgraphs, static_shapes
 
 
@@ -67,13 +67,7 @@ def model_info(model: onnx.ModelProto,
     """Inspect ``model`` at the given (or default) input shapes."""
     inputs, _ = pin_input_shapes(graph_inputs(model), dict(input_shapes or {}))
     pinned = onnx.ModelProto.FromString(model.SerializeToString())
-    by_name = {s.name: s for s in inputs}
-    for value in pinned.graph.input:
-        if value.name in by_name:
-            dims = value.type.tensor_type.shape.dim
-            del dims[:]
-            for size in by_name[value.name].shape:
-                dims.add().dim_value = size
+    set_input_shapes(pinned, inputs)
     folded, _ = fold_shape_subgraphs(pinned, opset_of(model))
     shapes = static_shapes(folded)
     shapes.update({i.name: tuple(i.dims) for i in folded.graph.initializer})

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .frontend import graph_inputs, pin_input_shapes
+from .frontend import graph_inputs, pin_input_shapes, set_input_shapes
 from .onnx_fold import infer_shapes, static_shapes
 
 
@@ -336,11 +336,5 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def _static_shapes(model: onnx.ModelProto, requested: dict) -> dict[str, tuple[int, ...]]:
     inputs, _ = pin_input_shapes(graph_inputs(model), dict(requested))
     pinned = onnx.ModelProto.FromString(model.SerializeToString())
-    by_name = {s.name: s for s in inputs}
-    for value in pinned.graph.input:
-        if value.name in by_name:
-            dims = value.type.tensor_type.shape.dim
-            del dims[:]
-            for size in by_name[value.name].shape:
-                dims.add().dim_value = size
+    set_input_shapes(pinned, inputs)
     return static_shapes(infer_shapes(pinned))
