@@ -198,8 +198,9 @@ def _run_one(mod, name, stage, target, signature, report) -> tvm.IRModule:
     if target.kind.name not in info.kinds:
         raise PassError(name, stage, f"does not apply to {target.kind.name} targets",
                         hint=f"it applies to: {', '.join(info.kinds)}")
-    before = ir.function_counts(mod)
-    ops_before = ir.op_counts(mod)
+    previous = report.records[-1] if report.records else None  # its result is this input
+    before = previous.funcs_after if previous else ir.function_counts(mod)
+    ops_before = previous.ops_after if previous else ir.op_counts(mod)
     start = time.perf_counter()
     try:
         result = info.factory(target)(mod)

@@ -1,6 +1,5 @@
 """ONNX import: validation, input pinning, shape sub-graph folding, clear errors."""
 
-import numpy as np
 import onnx
 import pytest
 from helpers import assert_matches_ort
@@ -140,5 +139,5 @@ def test_onnx_model_keeps_working_after_fold():
     model = dynamic_reshape_net()
     imported = import_onnx(model, {"x": (2, 3, 16, 16)})
     onnx.checker.check_model(imported.onnx_model)
-    assert np.all([o.name for o in imported.onnx_model.graph.output] ==
-                  [o.name for o in model.graph.output])
+    assert [o.name for o in imported.onnx_model.graph.output] == \
+        [o.name for o in model.graph.output]
