@@ -47,6 +47,7 @@ class CompileConfig:
     num_cores: int | None = None
     stages: tuple[Stage, ...] | None = None  # None: the target kind's default pipeline
     extra_passes: tuple[Placement, ...] = ()  # user passes, inserted into ``stages``
+    pass_options: Mapping[str, Mapping] = field(default_factory=dict)  # pass -> factory kwargs
     dump_ir: Path | None = None  # write the IR before/after every pass into this folder
     prune: object | None = None  # a relaycomp.prune.PruneConfig: prune channels before import
     tuning: object | None = None  # a relaycomp.tune.TuneConfig: tune and/or apply its database
@@ -94,7 +95,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
         stages, tuning_db, tuning_summary = prepare_compile(imported.mod, spec, stages,
                                                             config.tuning)
     with tuning_db if tuning_db is not None else contextlib.nullcontext():
-        mod, report = run_stages(imported.mod, stages, spec.tvm_target(), dump_ir=config.dump_ir)
+        mod, report = run_stages(imported.mod, stages, spec.tvm_target(), dump_ir=config.dump_ir,
+                                 options=config.pass_options)
     try:
         executable = ir.build_executable(mod, spec.tvm_target())
     except Exception as err:

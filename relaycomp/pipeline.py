@@ -8,7 +8,7 @@ guarantees that every pass is named, timed and checked: the module must stay wel
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +56,8 @@ _FRONT = [
     ("simplify", ["fold_batchnorm", "remove_noop_ops", "decompose_ops_for_inference",
                   "canonicalize_bindings", "fold_constant", "merge_parallel_matmuls",
                   "fuse_by_pattern"]),
+    ("prune", []),  # filled by CompileConfig.prune (passes/prune_channels)
+    ("quantize", []),  # filled by CompileConfig.quantize (passes/quantize_int8)
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["legalize_ops", "annotate_op_pattern", "fold_constant"]),
     ("fuse", ["fuse_ops", "fuse_tir"]),
@@ -169,8 +171,13 @@ def with_passes(stages: Sequence[Stage], placements: Sequence[Placement]) -> lis
 
 
 def run_stages(mod: tvm.IRModule, stages: Sequence[Stage], target: tvm.target.Target,
-               dump_ir: Path | None = None) -> tuple[tvm.IRModule, PipelineReport]:
+               dump_ir: Path | None = None,
+               options: Mapping[str, Mapping] | None = None) -> tuple[tvm.IRModule, PipelineReport]:
     """Run every pass of every stage under ``target``; returns the module and the report.
+
+    ``options`` maps a pass name to keyword arguments for its factory,
+    ``factory(target, **options[name])``: how a pass receives its configuration, a plan, or a
+    report object of the caller's that it fills in with what it did.
 
     With ``dump_ir``, the module is written there as TVMScript before the first pass
     (``000_input.py``) and after each pass (``NNN_<stage>_<pass>.py``).
@@ -183,7 +190,8 @@ def run_stages(mod: tvm.IRModule, stages: Sequence[Stage], target: tvm.target.Ta
     with target, tvm.transform.PassContext(opt_level=3):
         for stage in stages:
             for name in stage.passes:
-                mod = _run_one(mod, name, stage.name, target, signature, report)
+                mod = _run_one(mod, name, stage.name, target, signature, report,
+                               (options or {}).get(name, {}))
                 if dump_ir is not None:
                     index = len(report.records)
                     path = dump_ir / f"{index:03d}_{stage.name}_{name}.py"
@@ -193,7 +201,7 @@ def run_stages(mod: tvm.IRModule, stages: Sequence[Stage], target: tvm.target.Ta
     return mod, report
 
 
-def _run_one(mod, name, stage, target, signature, report) -> tvm.IRModule:
+def _run_one(mod, name, stage, target, signature, report, options) -> tvm.IRModule:
     info = PASSES.get(name)
     if target.kind.name not in info.kinds:
         raise PassError(name, stage, f"does not apply to {target.kind.name} targets",
@@ -203,7 +211,7 @@ def _run_one(mod, name, stage, target, signature, report) -> tvm.IRModule:
     ops_before = previous.ops_after if previous else ir.op_counts(mod)
     start = time.perf_counter()
     try:
-        result = info.factory(target)(mod)
+        result = (info.factory(target, **options) if options else info.factory(target))(mod)
     except RelaycompError:
         raise
     except Exception as err:
