@@ -81,7 +81,10 @@ class Registry(Generic[T]):
 
 @dataclass(frozen=True)
 class PassInfo:
-    """A registered pass: ``factory(target)`` builds the ``tvm.transform.Pass`` for a target.
+    """A registered pass: ``factory(target, **options)`` builds the ``tvm.transform.Pass``.
+
+    ``options`` come from the pipeline's caller (``run_stages(..., options={name: {...}})``);
+    a factory whose first parameter is named ``target`` may take further parameters for them.
 
     ``stage`` is where the pass runs when added to a pipeline by name (``position`` "start" or
     "end" of that stage); ``kinds`` are the target kinds ("llvm", "cuda") it applies to.
@@ -138,13 +141,14 @@ def as_pass_factory(name: str, obj) -> Callable:
         params = []
     required = [p for p in params if p.default is inspect.Parameter.empty
                 and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(required) > 1:
-        raise RegistryError(
-            f"pass '{name}' takes {len(required)} arguments",
-            hint="a pass is a function (mod: IRModule) -> IRModule or a factory (target) -> Pass")
     first = params[0] if params else None
     takes_module = first is not None and (
         first.name in ("mod", "module") or "IRModule" in str(first.annotation))
+    if len(required) > 1 and (takes_module or first.name != "target"):
+        raise RegistryError(
+            f"pass '{name}' takes {len(required)} arguments",
+            hint="a pass is a function (mod: IRModule) -> IRModule or a factory "
+                 "(target, **options) -> Pass")
     if takes_module:
         def run(mod, ctx):
             result = obj(mod)

@@ -46,6 +46,22 @@ def test_a_pass_that_raises_is_named(scoped_passes):
         run_stages(import_onnx(conv_net()).mod, [Stage("simplify", ("explode",))], TARGET)
 
 
+def test_options_reach_the_pass_factory_and_a_report_comes_back(scoped_passes):
+    @register_pass("count_functions", stage="simplify")
+    def count_functions(target, report, label):
+        @tvm.transform.module_pass(opt_level=0)
+        def run(mod, ctx):
+            report[label] = len(mod.functions)
+            return mod
+        return run
+
+    seen = {}
+    options = {"count_functions": {"report": seen, "label": "functions"}}
+    run_stages(import_onnx(conv_net()).mod, [Stage("simplify", ("count_functions",))], TARGET,
+               options=options)
+    assert seen == {"functions": 1}
+
+
 def _replace_main(make_main):
     @tvm.transform.module_pass(opt_level=0)
     def run(mod, ctx):
