@@ -1,0 +1,68 @@
+"""The knowledge-distillation loss, built in Relax, and its numpy reference.
+
+    loss = Σ_i w_i · [ α·T²·KL(softmax(t_i/T) ‖ softmax(s_i/T)) + (1−α)·CE(s_i, y_i) ]
+
+``s``: student logits [B, C]; ``t``: teacher logits [B, C] (fixed, no gradient flows into
+them); ``y``: one-hot labels [B, C]; ``w``: per-sample weights [B] — ``1/n`` for the ``n`` real
+samples of a batch and 0 for the padding that fills a static-shape batch, so the loss is the
+mean over real samples. Unlabelled data is built with ``labelled=False``: the pure soft-target
+term α=1 (``y`` is still an argument, unused, so every step has the same signature).
+The T² factor keeps the soft-target gradients on the scale of the hard-label ones (Hinton 2015).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+from tvm.relax import op as R
+
+
+def kd_loss_function(batch: int, classes: int, temperature: float, alpha: float,
+                     labelled: bool = True) -> relax.Function:
+    """``kd_loss(s, t, y, w) -> scalar`` as a one-dataflow-block Relax function (for AppendLoss)."""
+    alpha = alpha if labelled else 1.0
+    logits = relax.TensorType((batch, classes), "float32")
+    s, t, y = (relax.Var(name, logits) for name in ("s", "t", "y"))
+    w = relax.Var("w", relax.TensorType((batch,), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("kd_loss", [s, t, y, w]):
+        with bb.dataflow():
+            inverse_t = relax.const(1.0 / temperature, "float32")
+            log_ps = bb.emit(R.nn.log_softmax(R.multiply(s, inverse_t), axis=-1))
+            log_pt = bb.emit(R.nn.log_softmax(R.multiply(t, inverse_t), axis=-1))
+            kl = bb.emit(R.sum(R.multiply(R.exp(log_pt), R.subtract(log_pt, log_ps)), axis=[1]))
+            per_sample = bb.emit(R.multiply(kl, relax.const(alpha * temperature**2, "float32")))
+            if alpha < 1.0:
+                log_p = bb.emit(R.nn.log_softmax(s, axis=-1))
+                ce = bb.emit(R.negative(R.sum(R.multiply(y, log_p), axis=[1])))
+                per_sample = bb.emit(R.add(per_sample,
+                                           R.multiply(ce, relax.const(1.0 - alpha, "float32"))))
+            loss = bb.emit_output(R.sum(R.multiply(per_sample, w)))
+        bb.emit_func_output(loss)
+    return bb.get()["kd_loss"]
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def kd_loss_per_sample(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None,
+                       temperature: float, alpha: float) -> np.ndarray:
+    """Reference per-sample loss in float64 (``labels``: integer classes, or None)."""
+    student, teacher = np.asarray(student, np.float64), np.asarray(teacher, np.float64)
+    if labels is None:
+        alpha = 1.0
+    log_ps = _log_softmax(student / temperature)
+    log_pt = _log_softmax(teacher / temperature)
+    loss = alpha * temperature**2 * (np.exp(log_pt) * (log_pt - log_ps)).sum(axis=-1)
+    if alpha < 1.0:
+        ce = -_log_softmax(student)[np.arange(len(student)), np.asarray(labels, np.int64)]
+        loss = loss + (1.0 - alpha) * ce
+    return loss
+
+
+def kd_loss_reference(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None,
+                      temperature: float, alpha: float) -> float:
+    """Reference batch loss: the mean of :func:`kd_loss_per_sample`."""
+    return float(kd_loss_per_sample(student, teacher, labels, temperature, alpha).mean())

@@ -1,0 +1,114 @@
+"""The training program: student + KD loss + gradients + optimizer, compiled into one TVM VM.
+
+Built with ``tvm.relax.training``'s pieces: BatchNorm is decomposed into its inference form
+(``DecomposeOpsForInference``: the running statistics stay fixed, scale and bias train),
+``AppendLoss`` attaches the KD loss of :mod:`relaycomp.distill_loss`, ``Gradient`` derives
+``backbone_loss_adjoint``, and the optimizer of :mod:`relaycomp.distill_optim` is added as
+``optimizer``. Everything runs in TVM; the host only feeds batches and the learning rate.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.training.utils import AppendLoss
+
+from .distill_loss import kd_loss_function
+from .distill_student import DistillError, Student
+from .errors import last_line
+
+BACKBONE, LOSS, ADJOINT, OPTIMIZER = ("backbone", "backbone_loss", "backbone_loss_adjoint",
+                                      "optimizer")
+
+
+def _vars_in(expr) -> list[relax.Var]:
+    found = []
+    relax.analysis.post_order_visit(expr, lambda e: found.append(e)
+                                    if isinstance(e, relax.Var) else None)
+    return found
+
+
+def ops_without_gradient(func: relax.Function, trainable: Sequence[relax.Var]) -> Counter:
+    """Relax ops on the path from a trainable parameter to the output that have no gradient."""
+    live = {var.name for var in trainable}  # names are unique within one imported function
+    missing: Counter = Counter()
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            if not any(v.name in live for v in _vars_in(binding.value)):
+                continue
+            live.add(binding.var.name)
+            value = binding.value
+            if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+                if value.op.get_attr("FPrimalGradient") is None:
+                    missing[value.op.name] += 1
+    return missing
+
+
+class TrainingProgram:
+    """``backbone`` (predict), ``backbone_loss_adjoint`` (loss and gradients) and ``optimizer``,
+    compiled for this CPU."""
+
+    def __init__(self, student: Student, temperature: float, alpha: float, labelled: bool,
+                 optimizer, target: str = "llvm"):
+        self.student = student
+        self.inputs = len(student.inputs)
+        backbone = student.backbone.with_attr("global_symbol", BACKBONE)
+        mod = relax.transform.DecomposeOpsForInference(BACKBONE)(tvm.IRModule({BACKBONE:
+                                                                              backbone}))
+        params = list(mod[BACKBONE].params[self.inputs:])
+        missing = ops_without_gradient(mod[BACKBONE], params)
+        if missing:
+            listed = ", ".join(f"{op.removeprefix('relax.')} (x{n})" for op, n in missing.items())
+            raise DistillError(f"the student uses op(s) TVM cannot differentiate: {listed}",
+                               hint="replace them in the student (e.g. Clip → Relu, Pad → "
+                                    "Conv padding) or train it elsewhere")
+        loss = kd_loss_function(student.batch, student.classes, temperature, alpha, labelled)
+        try:
+            mod = AppendLoss(BACKBONE, loss, 1, LOSS)(mod)
+            params = list(mod[LOSS].params[self.inputs:self.inputs + len(params)])
+            mod = relax.transform.Gradient(LOSS, require_grads=params, target_index=0)(mod)
+        except Exception as err:  # noqa: BLE001 - TVM's errors; the reason is its last line
+            raise DistillError(f"TVM cannot differentiate the student: {last_line(err)}") from err
+        mod[OPTIMIZER] = optimizer.function(params).with_attr("global_symbol", OPTIMIZER)
+        self.mod = mod
+        self.vm = relax.VirtualMachine(tvm.compile(mod, tvm.target.Target(target)), tvm.cpu())
+
+
+class Trainer:
+    """Holds parameters and optimizer state on the device; one :meth:`step` per batch."""
+
+    def __init__(self, program: TrainingProgram, values: Sequence[np.ndarray], optimizer):
+        self.program = program
+        self.optimizer = optimizer
+        self.steps = 0
+        self.load(values)
+        self.state = [tvm.runtime.tensor(s) for s in optimizer.initial_state(values)]
+
+    def load(self, values: Sequence[np.ndarray]) -> None:
+        """Set the parameters (numpy arrays, in the student's ``param_names`` order)."""
+        self.params = [tvm.runtime.tensor(np.ascontiguousarray(v, np.float32)) for v in values]
+
+    def values(self) -> list[np.ndarray]:
+        """The current parameters as numpy arrays."""
+        return [p.numpy() for p in self.params]
+
+    def step(self, inputs: Sequence[np.ndarray], teacher: np.ndarray, onehot: np.ndarray,
+             weights: np.ndarray, lr: float) -> float:
+        """One gradient step on one batch; returns the batch loss (before the update)."""
+        feed = [tvm.runtime.tensor(a) for a in inputs]
+        targets = [tvm.runtime.tensor(a) for a in (teacher, onehot, weights)]
+        loss, grads = self.program.vm[ADJOINT](*feed, *self.params, *targets)
+        self.steps += 1
+        rate = tvm.runtime.tensor(np.float32(self.optimizer.step_lr(lr, self.steps)))
+        new_params, new_state = self.program.vm[OPTIMIZER](self.params, grads, self.state, rate)
+        self.params, self.state = list(new_params), list(new_state)
+        return float(loss.numpy())
+
+    def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """Student logits for one batch."""
+        feed = [tvm.runtime.tensor(a) for a in inputs]
+        return self.program.vm[BACKBONE](*feed, *self.params).numpy()
