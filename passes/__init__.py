@@ -5,6 +5,7 @@ from . import (  # noqa: F401 - importing registers them
     fuse_by_pattern,
     merge_parallel_convs,
     merge_parallel_matmuls,
+    quantize_int8,
     remove_noop_ops,
     schedule_cpu_loops,
     schedule_gpu_default,

@@ -1,0 +1,331 @@
+"""Post-training int8 quantization of conv2d / depthwise conv2d / matmul layers.
+
+    mod, report = relaycomp.quantize(mod, QuantConfig(calibration="entropy"), calib="data.npz")
+    print(report.summary())   # per-layer scheme and scales, sizes, accuracy, layers kept float
+
+    relaycomp.compile_model("m.onnx", "m.so", CompileConfig(quantize=QuantConfig(),
+                                                            calibration="data.npz"))
+
+Steps: find the layers (:mod:`relaycomp.passes.quantize_int8`); run an instrumented copy of the
+float module on the calibration batches, compiled for this machine, and let a calibrator
+(:mod:`relaycomp.quantize_calib`) pick each layer input's range; quantize weights symmetrically
+to int8 (per output channel or per tensor); rewrite the module into QDQ form; then compare with
+float on held-out samples and, with ``max_accuracy_drop``, return the most sensitive layers to
+float until the budget holds (:mod:`relaycomp.quantize_guard`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import tvm
+
+from .errors import CalibrationError, RelaycompError
+from .frontend import TensorSpec
+from .passes.quantize_int8 import (
+    Layer,
+    LayerPlan,
+    annotate,
+    find_layers,
+    instrumented,
+    switchable,
+)
+from .quantize_calib import CALIBRATORS, make_calibrator
+from .quantize_data import load_batches
+from .quantize_guard import Agreement, Evaluator, HostModule, guard
+
+LAYER_KINDS = ("conv2d", "depthwise_conv2d", "matmul")
+ACTIVATION_SCHEMES = ("asymmetric", "symmetric")
+
+
+class QuantizeError(RelaycompError):
+    """Bad quantization options (dtype, method, layer names)."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize.
+
+    ``calibration``: a registered calibrator (``minmax``, ``percentile``, ``entropy``, ``mse``);
+    ``percentile`` its percentile. ``per_channel``: one weight scale per output channel (else
+    per tensor). ``activations``: ``asymmetric`` (int8 with a zero point) or ``symmetric``.
+    ``keep_float``: layer kinds (``conv2d``, ``depthwise_conv2d``, ``matmul``) or layer names
+    (``conv2d_0`` or the ONNX node name) left in float. ``max_accuracy_drop``: allowed loss
+    (label accuracy if the evaluation data has labels, else 1 - top-1 agreement with float);
+    layers fall back to float until it holds. ``weight_only``: int8 weights, float activations.
+    """
+
+    dtype: str = "int8"
+    calibration: str = "minmax"
+    percentile: float = 99.99
+    per_channel: bool = True
+    activations: str = "asymmetric"
+    keep_float: tuple[str, ...] = ()
+    max_accuracy_drop: float | None = None
+    weight_only: bool = False
+    min_samples: int = 8
+
+    def __post_init__(self):
+        if self.dtype != "int8":
+            raise QuantizeError(f"unsupported quantization dtype '{self.dtype}'",
+                                hint="supported: int8")
+        if self.calibration not in CALIBRATORS:
+            CALIBRATORS.get(self.calibration)  # raises, listing the methods
+        if self.activations not in ACTIVATION_SCHEMES:
+            raise QuantizeError(f"unknown activation scheme '{self.activations}'",
+                                hint=f"known: {', '.join(ACTIVATION_SCHEMES)}")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop < 1.0:
+            raise QuantizeError(f"max_accuracy_drop must be in [0, 1), got "
+                                f"{self.max_accuracy_drop}")
+        if self.min_samples < 1:
+            raise QuantizeError(f"min_samples must be at least 1, got {self.min_samples}")
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+
+    def to_json(self) -> dict:
+        """JSON form for reports and manifests."""
+        return {"dtype": self.dtype, "calibration": self.calibration, "per_channel":
+                self.per_channel, "activations": self.activations,
+                "keep_float": list(self.keep_float), "max_accuracy_drop": self.max_accuracy_drop,
+                "weight_only": self.weight_only}
+
+
+@dataclass
+class QuantReport:
+    """What quantization did: per-layer schemes, sizes before/after, accuracy, fallbacks."""
+
+    config: dict = field(default_factory=dict)
+    layers: list[dict] = field(default_factory=list)
+    weight_bytes_float: int = 0
+    weight_bytes_quantized: int = 0
+    accuracy: dict | None = None
+    evaluated_on: str = ""
+    samples: dict = field(default_factory=dict)
+
+    def update(self, other: QuantReport) -> None:
+        """Take every field of ``other`` (how a pass hands its report back)."""
+        self.__dict__.update(other.__dict__)
+
+    def to_json(self) -> dict:
+        """JSON form (stored in the compile manifest under ``report.quantize``)."""
+        return {"config": self.config, "layers": self.layers,
+                "weight_bytes_float": self.weight_bytes_float,
+                "weight_bytes_quantized": self.weight_bytes_quantized,
+                "accuracy": self.accuracy, "evaluated_on": self.evaluated_on,
+                "samples": self.samples}
+
+    def summary(self) -> str:
+        """Human-readable lines for the CLI."""
+        ratio = self.weight_bytes_quantized / max(self.weight_bytes_float, 1)
+        quantized = [la for la in self.layers if la["mode"] != "float"]
+        head = (f"quantized {len(quantized)}/{len(self.layers)} layers; layer weights "
+                f"{self.weight_bytes_float / 1024:.1f} -> "
+                f"{self.weight_bytes_quantized / 1024:.1f} KiB ({ratio:.1%})")
+        lines = [head]
+        if self.accuracy:
+            a = self.accuracy
+            text = [f"cosine {a['cosine']:.4f}", f"max error {a['max_abs_error']:.3g}"]
+            if a["top1_agreement"] is not None:
+                text.insert(0, f"top-1 agreement {a['top1_agreement']:.1%}")
+            if a["float_accuracy"] is not None:
+                text.insert(0, f"accuracy {a['float_accuracy']:.1%} float -> "
+                               f"{a['quant_accuracy']:.1%} int8")
+            lines.append(f"vs float on {self.evaluated_on}: " + ", ".join(text))
+        for la in self.layers:
+            name = la["name"] + (f" ({la['onnx_name']})" if la.get("onnx_name") else "")
+            if la["mode"] == "float":
+                lines.append(f"  {name}: float ({la['reason']})")
+                continue
+            scale = la["weight_scale"]
+            detail = (f"weights {la['weight_scheme']} scale {scale[0]:.3g}..{scale[1]:.3g}")
+            if la["mode"] == "int8":
+                detail += (f", input scale {la['input_scale']:.3g} zero point "
+                           f"{la['input_zero_point']}")
+            lines.append(f"  {name}: {la['mode']}, {detail}")
+        return "\n".join(lines)
+
+
+def quantize(mod, config: QuantConfig | None = None, *, calib=None,
+             eval_data=None, inputs: list[TensorSpec] | None = None,
+             onnx_names: list[str] | None = None) -> tuple[tvm.IRModule, QuantReport]:
+    """Quantize a Relax module's layers to int8 QDQ form; returns it and a :class:`QuantReport`.
+
+    ``mod``: a Relax module that has been through the ``simplify`` stage (BatchNorm folded), or
+    an ONNX model (path, ``example:NAME`` or ModelProto), imported and simplified here. ``calib``:
+    calibration data (see :mod:`relaycomp.quantize_data`; not needed with ``weight_only``);
+    ``eval_data``: held-out data (optionally with ``labels``) for the accuracy guard, else the
+    calibration data is used. ``inputs``: names of ``main``'s parameters as the data keys them
+    (default: the parameter names); ``onnx_names``: the ONNX node of each layer, for reports.
+    """
+    config = config or QuantConfig()
+    if not isinstance(mod, tvm.IRModule):
+        mod, inputs, onnx_names = simplified_module(mod)
+    inputs = inputs or _param_specs(mod)
+    layers = find_layers(mod)
+    names = _layer_names(layers, onnx_names)
+    kept = _kept_float(config, layers, names)
+    report = QuantReport(config=config.to_json())
+    batches, labels = [], None
+    if calib is not None or not config.weight_only:
+        if calib is None:
+            raise CalibrationError("int8 quantization needs calibration data",
+                                   hint="pass calib= (CLI: --calib samples.npz), or use "
+                                        "weight_only")
+        batches, _ = load_batches(calib, inputs, config.min_samples)
+        report.samples["calibration"] = len(batches) * int(inputs[0].shape[0] or 1)
+    chosen = [la for la in layers if la.index not in kept]
+    ranges = {} if config.weight_only else _calibrate(mod, chosen, batches, inputs, config)
+    plans = {la.index: _plan(la, config, ranges.get(la.index)) for la in chosen}
+
+    fallback, sensitivity = [], {}
+    if batches or eval_data is not None:
+        held_out, labels = (load_batches(eval_data, inputs, 1, "evaluation", allow_labels=True)
+                            if eval_data is not None else (batches, None))
+        report.evaluated_on = (f"{len(held_out)} held-out batch(es)" if eval_data is not None
+                               else f"the {len(held_out)} calibration batch(es)")
+        evaluator = Evaluator(switchable(mod, layers, plans), held_out,
+                              [s.name for s in inputs], len(layers), labels)
+        remaining, sensitivity, fallback, agreement = guard(evaluator, set(plans),
+                                                            config.max_accuracy_drop)
+        report.accuracy = agreement.to_json()
+        plans = {i: p for i, p in plans.items() if i in remaining}
+    report.layers = [_layer_entry(la, names[la.index], plans.get(la.index), kept, fallback,
+                                  sensitivity) for la in layers]
+    report.weight_bytes_float = sum(la.weight.nbytes for la in layers)
+    report.weight_bytes_quantized = sum(_stored_bytes(la, plans.get(la.index)) for la in layers)
+    return annotate(mod, layers, plans), report
+
+
+def simplified_module(model, input_shapes=None) -> tuple[tvm.IRModule, list, list[str]]:
+    """An ONNX model imported and through the ``simplify`` stage, its inputs, and the ONNX
+    names of its quantizable nodes (Conv, Gemm, MatMul with a constant weight), in order."""
+    from .examples import resolve_model_path
+    from .frontend import import_onnx, load_onnx
+    from .pipeline import default_stages, run_stages
+    from .targets import resolve
+
+    if not isinstance(model, onnx.ModelProto):
+        model = load_onnx(resolve_model_path(model))
+    imported = import_onnx(model, dict(input_shapes or {}))
+    stages = [s for s in default_stages("llvm") if s.name == "simplify"]
+    mod, _ = run_stages(imported.mod, stages, resolve("host").tvm_target())
+    return mod, imported.inputs, onnx_layer_names(model)
+
+
+def onnx_layer_names(model: onnx.ModelProto) -> list[str]:
+    """Names of the ONNX nodes that become quantizable layers, in graph order."""
+    weights = {t.name for t in model.graph.initializer}
+    return [node.name or node.output[0] for node in model.graph.node
+            if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1
+            and node.input[1] in weights]
+
+
+def _param_specs(mod: tvm.IRModule) -> list[TensorSpec]:
+    specs = []
+    for param in mod["main"].params:
+        shape = tuple(int(d) for d in param.ty.shape)
+        specs.append(TensorSpec(param.name, shape, str(param.ty.dtype)))
+    return specs
+
+
+def _layer_names(layers: list[Layer], onnx_names: list[str] | None) -> list[str | None]:
+    """The ONNX node of each layer, when the ONNX graph's layers line up one to one."""
+    if onnx_names is None or len(onnx_names) != len(layers):
+        return [None] * len(layers)
+    return list(onnx_names)
+
+
+def _kept_float(config: QuantConfig, layers: list[Layer], onnx: list) -> dict[int, str]:
+    """Layer index → why it stays float, for the config's ``keep_float`` entries."""
+    aliases = {"dense": "matmul", "gemm": "matmul", "conv": "conv2d"}
+    known = {la.name for la in layers} | {n for n in onnx if n} | set(LAYER_KINDS)
+    unknown = [n for n in config.keep_float if aliases.get(n, n) not in known]
+    if unknown:
+        listed = ", ".join([*LAYER_KINDS, *[la.name for la in layers][:8]])
+        raise QuantizeError(f"keep_float names no layer or kind: {unknown}",
+                            hint=f"use a kind or a layer name: {listed}, ...")
+    wanted = {aliases.get(n, n) for n in config.keep_float}
+    return {la.index: "kept float by request" for la, name in zip(layers, onnx)
+            if la.kind in wanted or la.name in wanted or (name and name in wanted)}
+
+
+def _calibrate(mod, layers: list[Layer], batches, inputs, config) -> dict[int, tuple]:
+    """Run the float module on every batch; calibrated input range of each layer."""
+    if not layers:
+        return {}
+    module = HostModule(instrumented(mod))
+    options = {"percentile": config.percentile} if config.calibration == "percentile" else {}
+    calibrator = make_calibrator(config.calibration, **options)
+    wanted = {la.index for la in layers}
+    for batch in batches:
+        taps = module.run([batch[s.name] for s in inputs])[-len(find_layers(mod)):]
+        for index, array in enumerate(taps):
+            if index in wanted:
+                calibrator.observe(str(index), array)
+    return {int(name): span for name, span in calibrator.ranges().items()}
+
+
+def activation_params(low: float, high: float, scheme: str) -> tuple[float, int]:
+    """(scale, zero point) mapping ``[low, high]`` (containing 0) onto int8."""
+    if scheme == "symmetric":
+        scale = max(abs(low), abs(high)) / 127.0
+        return (scale if scale > 0 else 1.0), 0
+    scale = (high - low) / 255.0
+    if scale <= 0:
+        return 1.0, 0
+    zero_point = int(np.clip(np.round(-128.0 - low / scale), -128, 127))
+    return scale, zero_point
+
+
+def weight_params(weight: np.ndarray, axis: int, per_channel: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights in [-127, 127] and their scale (per ``axis`` channel or scalar)."""
+    if per_channel:
+        other = tuple(a for a in range(weight.ndim) if a != axis)
+        scale = np.abs(weight).max(axis=other) / 127.0
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        divisor = scale.reshape(shape)
+    else:
+        scale = np.float32(np.abs(weight).max() / 127.0 or 1.0)
+        divisor = scale
+    quantized = np.clip(np.round(weight / divisor), -127, 127).astype(np.int8)
+    return quantized, np.asarray(scale, dtype=np.float32)
+
+
+def _plan(layer: Layer, config: QuantConfig, span: tuple | None) -> LayerPlan:
+    weight_q, weight_scale = weight_params(layer.weight, layer.channel_axis, config.per_channel)
+    if config.weight_only:
+        return LayerPlan("weight_only", weight_q, weight_scale)
+    scale, zero_point = activation_params(*span, config.activations)
+    return LayerPlan("int8", weight_q, weight_scale, scale, zero_point)
+
+
+def _stored_bytes(layer: Layer, plan: LayerPlan | None) -> int:
+    if plan is None:
+        return layer.weight.nbytes
+    return plan.weight_q.nbytes + plan.weight_scale.nbytes
+
+
+def _layer_entry(layer: Layer, onnx_name, plan, kept, fallback, sensitivity) -> dict:
+    entry = {"name": layer.name, "onnx_name": onnx_name, "kind": layer.kind,
+             "weight_shape": list(layer.weight.shape)}
+    if layer.index in sensitivity:
+        entry["sensitivity"] = sensitivity[layer.index]
+    if plan is None:
+        reason = kept.get(layer.index) or (
+            "returned to float by the accuracy guard (most sensitive)"
+            if layer.index in fallback else "not quantized")
+        return {**entry, "mode": "float", "reason": reason}
+    scale = np.atleast_1d(plan.weight_scale)
+    entry.update(mode=plan.mode, weight_scheme="per-channel" if scale.size > 1 else "per-tensor",
+                 weight_scale=[float(scale.min()), float(scale.max())])
+    if plan.mode == "int8":
+        entry.update(input_scale=plan.input_scale, input_zero_point=plan.input_zero_point,
+                     input_dtype=plan.input_dtype)
+    return entry
+
+
+__all__ = ["Agreement", "QuantConfig", "QuantReport", "QuantizeError", "quantize"]
