@@ -57,7 +57,7 @@ _FRONT = [
                   "canonicalize_bindings", "fold_constant", "merge_parallel_matmuls",
                   "fuse_by_pattern"]),
     ("prune", []),  # filled by CompileConfig.prune (passes/prune_channels)
-    ("quantize", []),  # filled by CompileConfig.quantize (passes/quantize_int8)
+    ("quantize", ["lower_qdq_to_integer"]),  # CompileConfig.quantize adds quantize_int8 first
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["legalize_ops", "annotate_op_pattern", "fold_constant"]),
     ("fuse", ["fuse_ops", "fuse_tir"]),

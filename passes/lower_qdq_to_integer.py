@@ -1,0 +1,205 @@
+"""Lower quantize/dequantize (QDQ) around conv2d and matmul to integer kernels.
+
+Matches: ``conv2d(dequantize(x_q, s_x, zp_x), W)`` (NCHW/OIHW, any groups: depthwise included)
+and ``matmul(dequantize(x_q, s_x, zp_x), W)`` with ``x_q`` uint8/int8 and per-tensor constant
+``s_x``/``zp_x``, where the weight ``W`` is ``dequantize(W_q, s_w, 0)`` of an int8 constant
+(per output channel or per tensor; ``permute_dims`` of it for a Gemm), or a float constant that
+``fold_constant`` made of such a dequantize and that lies exactly on an int8 grid (recovered:
+imported QDQ models keep their int8 weights).
+Produces: ``astype(conv2d(x_q, W_q, out_dtype="int32") - zp_x * sum(W_q), "float32") *
+(s_x * s_w)`` - an integer contraction whose zero-point correction is a per-channel int32
+constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q`` with ``zp_x``
+(the quantized zero). The following bias, activation and the next ``quantize`` are elementwise
+and fuse into the same kernel (FuseOps), so int8 tensors flow between kernels.
+Also: ``quantize(dequantize(q, s, z), s, z)`` → ``q`` (cancelling pairs, e.g. after a reshape),
+and ``quantize(max_pool2d(dequantize(q, s, z)), s, z)`` → ``max_pool2d(q)`` (exact: max commutes
+with the monotone dequantize).
+Keeps: each output within a couple of quantization steps of the QDQ float graph (the products
+and sums are exact in int32; only the float rescale rounds differently); float models unchanged.
+Runs: stage ``quantize``, after the annotate pass ``quantize_int8``; before ``legalize``.
+Reports: rewrites per rule via :data:`COUNTER` (``conv2d_int8``, ``matmul_int8``, ...).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, wildcard
+
+from relaycomp.registry import register_pass
+from relaycomp.rewrite import Rule, RuleCounter, rule_pass
+
+COUNTER = RuleCounter()
+INTEGER_DTYPES = ("uint8", "int8")
+# A float weight is taken as int8 when W / s rounds back to itself within this relative error.
+GRID_TOLERANCE = 1e-5
+
+_x_q, _s_x, _zp_x = wildcard(), is_const(), is_const()
+_x_dq = is_op("relax.dequantize")(_x_q, _s_x, _zp_x)
+_w_dq = is_op("relax.dequantize")(is_const(), is_const(), is_const())
+_w_perm = is_op("relax.permute_dims")(_w_dq)
+_w_float = is_const()
+_weight = _w_dq | _w_perm | _w_float
+CONV = is_op("relax.nn.conv2d")(_x_dq, _weight)
+MATMUL = is_op("relax.matmul")(_x_dq, _weight)
+
+_q_in, _s_in, _zp_in, _s_out, _zp_out = wildcard(), is_const(), is_const(), is_const(), is_const()
+_dq_in = is_op("relax.dequantize")(_q_in, _s_in, _zp_in)
+REQUANTIZE = is_op("relax.quantize")(_dq_in, _s_out, _zp_out)
+_pool = is_op("relax.nn.max_pool2d")(_dq_in)
+POOL = is_op("relax.quantize")(_pool, _s_out, _zp_out)
+
+
+def _array(expr) -> np.ndarray:
+    return expr.value.numpy()
+
+
+def _scalar(expr) -> float | None:
+    value = _array(expr)
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def _activation(matches) -> tuple[float, int] | None:
+    """``(s_x, zp_x)`` of the dequantized input, when it is a per-tensor uint8/int8 tensor."""
+    x_q, dq = matches[_x_q], matches[_x_dq]
+    if str(x_q.ty.dtype) not in INTEGER_DTYPES or str(dq.attrs.out_dtype) != "float32":
+        return None
+    scale, zero_point = _scalar(matches[_s_x]), _scalar(matches[_zp_x])
+    if scale is None or zero_point is None or scale <= 0:
+        return None
+    return scale, int(zero_point)
+
+
+def int8_weight(matches, out_axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(W_q int8, s_w float32 per output channel)`` of the matched weight, with
+    ``W == W_q * s_w`` along ``out_axis``, or ``None`` when it is no such weight."""
+    perm = None
+    if _w_perm in matches:
+        call = matches[_w_perm]
+        axes = call.attrs.axes
+        perm = (list(range(len(call.ty.shape)))[::-1] if axes is None
+                else [int(a) for a in axes])
+    source_axis = out_axis if perm is None else perm[out_axis]
+    if _w_dq in matches:
+        found = _dequantized_weight(matches[_w_dq], source_axis)
+    else:
+        found = _on_int8_grid(_array(matches[_w_float]), source_axis)
+    if found is None:
+        return None
+    weight, scale = found
+    return (weight if perm is None else np.ascontiguousarray(np.transpose(weight, perm))), scale
+
+
+def _dequantized_weight(call, out_axis: int):
+    data, scale, zero_point = call.args
+    if str(data.ty.dtype) != "int8" or str(call.attrs.out_dtype) != "float32":
+        return None
+    if np.any(_array(zero_point)):
+        return None
+    weight, scale = _array(data), _array(scale).astype(np.float32).reshape(-1)
+    channels = weight.shape[out_axis]
+    axis = int(call.attrs.axis) % weight.ndim
+    if scale.size == 1:
+        return weight, np.full(channels, scale[0], np.float32)
+    if axis != out_axis % weight.ndim or scale.size != channels:
+        return None
+    return weight, scale
+
+
+def _on_int8_grid(weight: np.ndarray, out_axis: int):
+    """Recover ``(W_q, s_w)`` from a float weight that is exactly ``W_q * s_w`` (per channel or
+    per tensor, for the usual int8 ranges), or ``None``."""
+    if weight.dtype != np.float32 or weight.ndim < 2:
+        return None
+    moved = np.moveaxis(weight, out_axis, 0).reshape(weight.shape[out_axis], -1)
+    channel_max = np.abs(moved).max(axis=1)
+    for absmax in (channel_max, np.full_like(channel_max, channel_max.max())):
+        for qmax in (127, 63, 128, 64):
+            scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+            quantized = np.round(moved / scale[:, None])
+            if np.abs(quantized).max() > 128 or quantized.min() < -128 or quantized.max() > 127:
+                continue
+            error = np.abs(quantized * scale[:, None] - moved).max()
+            if error <= GRID_TOLERANCE * max(float(absmax.max()), 1e-30):
+                restored = np.moveaxis(quantized.reshape(np.moveaxis(weight, out_axis, 0).shape),
+                                       0, out_axis)
+                return restored.astype(np.int8), scale
+    return None
+
+
+def _rescale(acc, correction: np.ndarray, scale: np.ndarray, shape: tuple[int, ...]):
+    """``astype(acc - correction, float32) * scale``, both per channel in ``shape``."""
+    if np.any(correction):
+        acc = relax.op.subtract(acc, relax.const(correction.astype(np.int32).reshape(shape)))
+    return relax.op.multiply(relax.op.astype(acc, "float32"),
+                             relax.const(scale.astype(np.float32).reshape(shape)))
+
+
+def _lower_conv(expr, matches):
+    conv = matches[CONV]
+    attrs = conv.attrs
+    if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
+            or str(conv.ty.dtype) != "float32"):
+        return expr
+    activation, weight = _activation(matches), int8_weight(matches, 0)
+    if activation is None or weight is None:
+        return expr
+    (s_x, zp_x), (w_q, s_w) = activation, weight
+    x_q = matches[_x_q]
+    padding = [int(p) for p in attrs.padding]
+    if zp_x != 0 and any(padding):
+        # Float zero is zp_x in the quantized domain: pad with it, not with 0.
+        top, left, bottom, right = padding
+        x_q = relax.op.nn.pad(x_q, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zp_x))
+        padding = [0, 0, 0, 0]
+    acc = relax.op.nn.conv2d(x_q, relax.const(w_q), strides=attrs.strides, padding=padding,
+                             dilation=attrs.dilation, groups=int(attrs.groups),
+                             out_dtype="int32")
+    correction = zp_x * w_q.astype(np.int64).reshape(w_q.shape[0], -1).sum(axis=1)
+    return _rescale(acc, correction, s_x * s_w.astype(np.float64), (1, -1, 1, 1))
+
+
+def _lower_matmul(expr, matches):
+    matmul = matches[MATMUL]
+    if str(matmul.ty.dtype) != "float32" or len(matmul.args[1].ty.shape) != 2:
+        return expr
+    activation, weight = _activation(matches), int8_weight(matches, 1)
+    if activation is None or weight is None:
+        return expr
+    (s_x, zp_x), (w_q, s_w) = activation, weight
+    acc = relax.op.matmul(matches[_x_q], relax.const(w_q), out_dtype="int32")
+    correction = zp_x * w_q.astype(np.int64).sum(axis=0)
+    return _rescale(acc, correction, s_x * s_w.astype(np.float64), (-1,))
+
+
+def _same_qparams(matches) -> bool:
+    pairs = ((_s_in, _s_out), (_zp_in, _zp_out))
+    same = all(np.array_equal(_array(matches[a]), _array(matches[b])) for a, b in pairs)
+    quantize = matches[REQUANTIZE] if REQUANTIZE in matches else matches[POOL]
+    return same and str(quantize.attrs.out_dtype) == str(matches[_q_in].ty.dtype)
+
+
+def _cancel(expr, matches):
+    return matches[_q_in]
+
+
+def _pool_integers(expr, matches):
+    pool = matches[_pool]
+    if pool.attrs.layout != "NCHW" or any(int(p) for p in pool.attrs.padding):
+        return expr  # padded: a float pad of -inf has no exact integer twin in every dtype
+    return relax.Call(pool.op, [matches[_q_in]], pool.attrs)
+
+
+RULES = (
+    Rule("conv2d_int8", CONV, _lower_conv),
+    Rule("matmul_int8", MATMUL, _lower_matmul),
+    Rule("requantize_cancelled", REQUANTIZE, _cancel, _same_qparams),
+    Rule("max_pool2d_int8", POOL, _pool_integers, _same_qparams),
+)
+
+
+@register_pass("lower_qdq_to_integer", stage="quantize")
+def lower_qdq_to_integer(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
+    """Lower QDQ-annotated conv2d/matmul to int8 x int8 -> int32 kernels."""
+    return rule_pass("lower_qdq_to_integer", RULES, COUNTER)
