@@ -27,7 +27,15 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-from ._cpu_common import CpuFacts, CpuRule, loop_extent, schedule_spatial_block, uses_var
+from ._cpu_common import (
+    CpuFacts,
+    CpuRule,
+    cpu_facts,
+    loop_extent,
+    schedule_spatial_block,
+    uses_var,
+)
+from ._cpu_int8 import schedule_int8_conv
 from ._cpu_plan import Plan, plan_contraction
 
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
@@ -39,6 +47,18 @@ class ContractionRule(CpuRule):
     """Register-tiled, vectorized, parallel schedule for one reduction block plus its epilogue."""
 
     name = "contraction"
+
+    def apply(self, func, target, tunable):
+        """An int8 conv2d gets its tensorized schedule (``_cpu_int8``) when the CPU has one;
+        everything else, or an int8 conv it does not fit, the generic schedule below."""
+        if isinstance(func, tirx.PrimFunc) and self.is_target_available(target):
+            try:
+                sch = schedule_int8_conv(func, target, cpu_facts(target))
+            except Exception:  # noqa: BLE001 - not applicable: the generic schedule
+                sch = None
+            if sch is not None:
+                return sch
+        return super().apply(func, target, tunable)
 
     def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
         """See the module docstring."""

@@ -1,0 +1,210 @@
+"""The int8 conv2d schedule of ``schedule_cpu_loops`` on x86 AVX2: ``vpmaddwd`` tensorized.
+
+Matches a PrimFunc (as in ``_cpu_contraction``) whose one reduction block is an NCHW conv2d
+``acc[n, f, y, x] += int32(data[n, c, y*s + ry*d, x*s + rx*d]) * int32(weight[f, c, ry, rx])``
+with uint8 ``data``, int8 ``weight`` (a parameter: a constant weight is repacked at compile
+time), ``f`` a multiple of 8 and ``c`` of 2 - what ``lower_qdq_to_integer`` produces - on an x86
+CPU with AVX2.
+
+Schedule::
+
+    parallel(n, f / 8F, y, x / U) / c / 2, ry, rx / unroll(U) / unroll(F) / dot_8x2
+
+``dot_8x2`` (:data:`DOT_8X2_AVX2`) is one ``vpmaddwd``: 8 output channels x 2 input channels,
+u8 and s8 both widened to 16 bits, so the pair sums are exact (``vpmaddubsw``'s 16-bit pair
+sums saturate for 8-bit weights; onnxruntime needs 7-bit weights on AVX2 for that reason).
+``data`` gets the layout ``[n, c/2, h, w, 2]`` (a copy in the kernel, ~1/(9 f) of the work),
+``weight`` ``[f/8F, c/2, ry, rx, F, 8, 2]`` (prepacked: ``meta_schedule.layout_rewrite_preproc``);
+the accumulator tile ``U x 8F`` (up to 16 ymm registers) is laid out channel-last; the epilogue
+(zero-point correction, rescale, bias, activation, next ``quantize``) is inlined into its
+write-back, so the kernel reads and writes 8-bit tensors.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.script import tirx as T
+from tvm.target import Target, codegen
+
+from ._cpu_common import CpuFacts, schedule_spatial_block
+
+DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
+LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
+LANES, PAIR = 8, 2
+MAX_ACCUMULATORS = 16  # ymm registers
+_HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_desc(A: T.Buffer((2,), "uint8", offset_factor=1),
+                  B: T.Buffer((8, 2), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_avx2(A: T.Buffer((2,), "uint8", offset_factor=1),
+                  B: T.Buffer((8, 2), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        # (a0, a1) widened to two int16 and broadcast to all 8 lanes: [a0 a1 a0 a1 ...].
+        pair = T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")), dtype="int32")
+        a = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
+        b = T.Cast("int16x16", B.vload([0, 0], dtype="int8x16"))
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, b, dtype="int32x8")
+
+
+s_tir.TensorIntrin.register(DOT_8X2_AVX2, _dot_8x2_desc, _dot_8x2_avx2, override=True)
+
+
+def has_avx2(target: Target) -> bool:
+    """Whether ``target`` is an x86 CPU with AVX2."""
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    if not triple.startswith(("x86_64", "i686", "i386")):
+        return False
+    try:
+        return bool(codegen.llvm_cpu_has_features(["avx2"], target))
+    except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
+        return False
+
+
+def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
+                       facts: CpuFacts) -> s_tir.Schedule | None:
+    """The schedule of the module docstring, or ``None`` when ``func`` does not match."""
+    if not has_avx2(target):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return None
+    reductions = [info for info in infos if not info.is_injective()]
+    if len(reductions) != 1:
+        return None
+    main = reductions[0].block_rv
+    shape = _conv_shape(sch.get(main))
+    if shape is None:
+        return None
+    out_channels, width, batch_loops = shape
+    position = infos.index(reductions[0])
+    kept = [info.block_rv for info in infos[:position]
+            if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not _inlined(sch, info.block_rv)]
+    blocks, tile = _register_tile(out_channels // LANES, width)
+    data = sch.get(main).reads[0].source
+    copies = []
+    if any(data.same_as(param) for param in sch.mod["main"].params):
+        copies.append(sch.cache_read(main, 0, "global"))
+    # A padding stage (or the copy) writes the input pairs-last; the conv reads it so.
+    sch.transform_layout(main, ("read", 0), _pairs_last)
+    for block in kept:
+        schedule_spatial_block(sch, block, facts)
+    weight_copy = sch.cache_read(main, 1, "global")
+    sch.annotate(weight_copy, LAYOUT_REWRITE_PREPROC, True)
+    sch.transform_layout(main, ("read", 1), _packed_weight(blocks))
+
+    loops = sch.get_loops(main)
+    f, y, x, c, ry, rx = loops[batch_loops:]
+    f_outer, f_block, f_lane = sch.split(f, [None, blocks, LANES])
+    x_outer, x_inner = sch.split(x, [None, tile])
+    c_outer, c_pair = sch.split(c, [None, PAIR])
+    sch.reorder(*loops[:batch_loops], f_outer, y, x_outer, c_outer, ry, rx, x_inner, f_block,
+                f_lane, c_pair)
+    outer = sch.fuse(*loops[:batch_loops], f_outer, y, x_outer)
+    if facts.parallel:
+        sch.parallel(outer)
+    write_back = sch.cache_write(main, 0, "global")
+    sch.transform_layout(main, ("write", 0), _channels_last)
+    epilogue = [info.block_rv for info in infos[position + 1:]]
+    for block in epilogue[:-1]:
+        sch.compute_inline(block)
+    if epilogue:
+        sch.reverse_compute_inline(epilogue[-1])
+    sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
+    init = sch.decompose_reduction(main, c_outer)
+    sch.tensorize(f_lane, DOT_8X2_AVX2)
+    sch.unroll(x_inner)
+    sch.unroll(f_block)
+    for block in (init, write_back):
+        tile_loops = sch.get_loops(block)
+        sch.vectorize(tile_loops[-1])
+    for copy in (*copies, weight_copy):
+        schedule_spatial_block(sch, copy, facts)
+    return sch
+
+
+def _inlined(sch: s_tir.Schedule, block) -> bool:
+    try:
+        sch.compute_inline(block)
+    except Exception:  # noqa: BLE001 - it stays a stage of its own
+        return False
+    return True
+
+
+def _conv_shape(block) -> tuple[int, int, int] | None:
+    """``(out_channels, out_width, batch loops)`` of an int8 NCHW conv2d block, else ``None``."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+        return None
+    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
+    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint8", "int8"]:
+        return None
+    data, weight = reads
+    if len(data.shape) != 4 or len(weight.shape) != 4:
+        return None
+    kinds = "".join("S" if it.iter_type == tirx.IterVar.DataPar else "R"
+                    for it in block.iter_vars)
+    if kinds not in ("SSSRRR", "SSSSRRR"):
+        return None
+    extents = [int(it.dom.extent) if isinstance(it.dom.extent, tirx.IntImm) else None
+               for it in block.iter_vars]
+    batch = len(kinds) - 6
+    out_channels, width, in_channels = extents[batch], extents[batch + 2], extents[batch + 3]
+    if None in (out_channels, width, in_channels):
+        return None
+    if out_channels % LANES or in_channels % PAIR or int(weight.shape[0]) != out_channels:
+        return None
+    if int(weight.shape[1]) != in_channels:  # grouped / depthwise: the generic schedule
+        return None
+    return out_channels, width, batch
+
+
+def _register_tile(channel_blocks: int, width: int) -> tuple[int, int]:
+    """``(F, U)``: 8-channel blocks and output columns per tile, the most accumulators (at
+    most 16), then the most channel blocks (each broadcast input pair is reused F times)."""
+    best = (0, 0, 1, 1)
+    for blocks in (4, 2, 1):
+        if channel_blocks % blocks:
+            continue
+        for tile in range(1, MAX_ACCUMULATORS // blocks + 1):
+            if width % tile == 0:
+                best = max(best, (blocks * tile, blocks, blocks, tile))
+    return best[2], best[3]
+
+
+def _pairs_last(n, c, h, w):
+    return [n, c // PAIR, h, w, c % PAIR]
+
+
+def _packed_weight(blocks: int):
+    width = LANES * blocks
+
+    def index_map(f, c, ry, rx):
+        return [f // width, c // PAIR, ry, rx, f % width // LANES, f % LANES, c % PAIR]
+
+    return index_map
+
+
+def _channels_last(n, f, y, x):
+    return [n, y, x, f]
+
