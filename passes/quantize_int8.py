@@ -142,7 +142,6 @@ def rebuild_main(mod: tvm.IRModule, on_layer: OnLayer, extra_params=(),
         for block in func.body.blocks:
             dataflow = isinstance(block, relax.DataflowBlock)
             with bb.dataflow() if dataflow else nullcontext():
-                outputs = []
                 for binding in block.bindings:
                     value = _subst(binding.value, vmap)
                     if isinstance(binding, relax.MatchCast):
@@ -153,13 +152,11 @@ def rebuild_main(mod: tvm.IRModule, on_layer: OnLayer, extra_params=(),
                                 taps.append(value.args[0])
                             value = on_layer(bb, index, value)
                             index += 1
-                        new = bb.emit(value, binding.var.name)
+                        escapes = dataflow and not isinstance(binding.var, relax.DataflowVar)
+                        emit = bb.emit_output if escapes else bb.emit
+                        new = emit(value, binding.var.name)
                     vmap[binding.var] = new
-                    if dataflow and not isinstance(binding.var, relax.DataflowVar):
-                        outputs.append(binding.var)
                 if dataflow:
-                    for var in outputs:
-                        vmap[var] = bb.emit_output(vmap[var])
                     taps = [bb.emit_output(t) if isinstance(t, relax.DataflowVar) else t
                             for t in taps]
         result = _subst(func.body.body, vmap)
@@ -238,14 +235,16 @@ def instrumented(mod: tvm.IRModule) -> tvm.IRModule:
 
 @register_pass("quantize_int8", stage="quantize", position="start")
 def quantize_int8(target: tvm.target.Target | None = None, config=None, calib=None,
-                  eval_data=None, report=None) -> tvm.transform.Pass:
+                  eval_data=None, report=None, inputs=None,
+                  onnx_names=None) -> tvm.transform.Pass:
     """Calibrate and annotate conv2d/matmul with int8 QDQ (see relaycomp.quantize)."""
 
     @tvm.transform.module_pass(opt_level=0, name="quantize_int8")
     def run(mod: tvm.IRModule, ctx) -> tvm.IRModule:
         from relaycomp.quantize import quantize  # the driver: calibration, guard, report
 
-        quantized, result = quantize(mod, config, calib=calib, eval_data=eval_data)
+        quantized, result = quantize(mod, config, calib=calib, eval_data=eval_data,
+                                     inputs=inputs, onnx_names=onnx_names)
         if report is not None:
             report.update(result)
         return quantized

@@ -15,6 +15,7 @@ from .build import Artifact, CompileConfig, compile_model
 from .errors import RelaycompError
 from .frontend import ImportedModel, TensorSpec, import_onnx, load_onnx
 from .model_info import ModelInfo, model_info
+from .quantize import QuantConfig, QuantReport, quantize
 from .registry import register_pass
 from .runtime import LoadedModel, load
 from .tune import TuneConfig, TuneReport, tune  # importing it registers its pass
@@ -32,6 +33,6 @@ def compile(model, output, *, target: str = "host", inputs=None, mcpu=None, arch
 
 
 __all__ = ["Artifact", "CompileConfig", "ImportedModel", "LoadedModel", "ModelInfo",
-           "RelaycompError", "TensorSpec", "TuneConfig", "TuneReport", "compile",
-           "compile_model", "import_onnx", "load", "load_onnx", "model_info", "register_pass",
-           "tune"]
+           "QuantConfig", "QuantReport", "RelaycompError", "TensorSpec", "TuneConfig",
+           "TuneReport", "compile", "compile_model", "import_onnx", "load", "load_onnx",
+           "model_info", "quantize", "register_pass", "tune"]

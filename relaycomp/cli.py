@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import InputSpecError, RelaycompError
 from .prune_cli import add_compile_option, add_prune_parser
+from .quantize_cli import add_quantize_options
 from .tune_cli import add_tune_options, add_tune_parser
 
 EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shape_options(compile_)
     add_compile_option(compile_)
     add_tune_options(compile_)
+    add_quantize_options(compile_)
     compile_.add_argument("--pass", dest="passes", action="append", default=[],
                           metavar="SOURCE:NAME[@STAGE]",
                           help="add a pass: file.py:name, module:name or a registered name; "
@@ -89,6 +91,7 @@ def cmd_compile(args) -> int:
     """``relaycomp compile``."""
     from .build import CompileConfig, compile_model
     from .prune_cli import prune_option
+    from .quantize_cli import print_quantize_report, quantize_options
     from .tune_cli import tuning_option
 
     output = args.output or f"{Path(args.model.removeprefix('example:')).stem}.so"
@@ -99,7 +102,8 @@ def cmd_compile(args) -> int:
                            mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores,
                            prune=prune_option(args.prune), tuning=tuning_option(args),
                            extra_passes=tuple(load_pass_spec(spec) for spec in args.passes),
-                           dump_ir=Path(args.dump_ir) if args.dump_ir else None)
+                           dump_ir=Path(args.dump_ir) if args.dump_ir else None,
+                           **quantize_options(args))
     artifact = compile_model(args.model, output, config)
     manifest = artifact.manifest
     for note in manifest.report["import"]["notes"]:
@@ -118,6 +122,7 @@ def cmd_compile(args) -> int:
         before, after = manifest.report["prune"]["before"], manifest.report["prune"]["after"]
         print(f"  pruned: MACs {before['macs']:,} -> {after['macs']:,}, "
               f"params {before['params']:,} -> {after['params']:,}")
+    print_quantize_report(manifest)
     fusion = manifest.report.get("fusion")
     if fusion:
         print(f"  fusion: {fusion['kernels_before']} -> {fusion['kernels_after']} kernels, "

@@ -52,7 +52,7 @@ class QuantConfig:
     ``percentile`` its percentile. ``per_channel``: one weight scale per output channel (else
     per tensor). ``activations``: ``asymmetric`` (int8 with a zero point) or ``symmetric``.
     ``keep_float``: layer kinds (``conv2d``, ``depthwise_conv2d``, ``matmul``) or layer names
-    (``conv2d_0`` or the ONNX node name) left in float. ``max_accuracy_drop``: allowed loss
+    (the ONNX node name; ``conv2d_0``-style for modules without one) left in float. ``max_accuracy_drop``: allowed loss
     (label accuracy if the evaluation data has labels, else 1 - top-1 agreement with float);
     layers fall back to float until it holds. ``weight_only``: int8 weights, float activations.
     """
@@ -107,6 +107,11 @@ class QuantReport:
         """Take every field of ``other`` (how a pass hands its report back)."""
         self.__dict__.update(other.__dict__)
 
+    @classmethod
+    def from_json(cls, data: dict) -> QuantReport:
+        """Inverse of :meth:`to_json`."""
+        return cls(**data)
+
     def to_json(self) -> dict:
         """JSON form (stored in the compile manifest under ``report.quantize``)."""
         return {"config": self.config, "layers": self.layers,
@@ -133,7 +138,7 @@ class QuantReport:
                                f"{a['quant_accuracy']:.1%} int8")
             lines.append(f"vs float on {self.evaluated_on}: " + ", ".join(text))
         for la in self.layers:
-            name = la["name"] + (f" ({la['onnx_name']})" if la.get("onnx_name") else "")
+            name = la["name"]
             if la["mode"] == "float":
                 lines.append(f"  {name}: float ({la['reason']})")
                 continue
@@ -197,6 +202,20 @@ def quantize(mod, config: QuantConfig | None = None, *, calib=None,
     return annotate(mod, layers, plans), report
 
 
+def prepare_compile(stages, options, compile_config, imported) -> tuple[list, dict, QuantReport]:
+    """``stages`` with ``quantize_int8`` at the start of the ``quantize`` stage, pass options
+    handing it the config, data and a report to fill in, and that report."""
+    from .pipeline import Placement, with_passes
+
+    report = QuantReport()
+    stages = with_passes(stages, [Placement("quantize_int8", "quantize", "start")])
+    options = {**options, "quantize_int8": {
+        "config": compile_config.quantize, "calib": compile_config.calibration,
+        "eval_data": compile_config.evaluation, "inputs": imported.inputs,
+        "onnx_names": onnx_layer_names(imported.onnx_model), "report": report}}
+    return stages, options, report
+
+
 def simplified_module(model, input_shapes=None) -> tuple[tvm.IRModule, list, list[str]]:
     """An ONNX model imported and through the ``simplify`` stage, its inputs, and the ONNX
     names of its quantizable nodes (Conv, Gemm, MatMul with a constant weight), in order."""
@@ -237,17 +256,19 @@ def _layer_names(layers: list[Layer], onnx_names: list[str] | None) -> list[str 
 
 
 def _kept_float(config: QuantConfig, layers: list[Layer], onnx: list) -> dict[int, str]:
-    """Layer index → why it stays float, for the config's ``keep_float`` entries."""
+    """Layer index → why it stays float, for the config's ``keep_float`` entries (layer kinds,
+    or layer names: the ONNX node's when known, else ``conv2d_0``-style)."""
     aliases = {"dense": "matmul", "gemm": "matmul", "conv": "conv2d"}
-    known = {la.name for la in layers} | {n for n in onnx if n} | set(LAYER_KINDS)
-    unknown = [n for n in config.keep_float if aliases.get(n, n) not in known]
+    names = [name or la.name for la, name in zip(layers, onnx)]
+    unknown = [n for n in config.keep_float
+               if aliases.get(n, n) not in {*names, *LAYER_KINDS}]
     if unknown:
-        listed = ", ".join([*LAYER_KINDS, *[la.name for la in layers][:8]])
+        listed = ", ".join([*LAYER_KINDS, *names[:8]])
         raise QuantizeError(f"keep_float names no layer or kind: {unknown}",
                             hint=f"use a kind or a layer name: {listed}, ...")
     wanted = {aliases.get(n, n) for n in config.keep_float}
-    return {la.index: "kept float by request" for la, name in zip(layers, onnx)
-            if la.kind in wanted or la.name in wanted or (name and name in wanted)}
+    return {la.index: "kept float by request" for la, name in zip(layers, names)
+            if la.kind in wanted or name in wanted}
 
 
 def _calibrate(mod, layers: list[Layer], batches, inputs, config) -> dict[int, tuple]:
@@ -310,7 +331,8 @@ def _stored_bytes(layer: Layer, plan: LayerPlan | None) -> int:
 
 
 def _layer_entry(layer: Layer, onnx_name, plan, kept, fallback, sensitivity) -> dict:
-    entry = {"name": layer.name, "onnx_name": onnx_name, "kind": layer.kind,
+    entry = {"name": onnx_name or layer.name, "layer": layer.name, "onnx_name": onnx_name,
+             "kind": layer.kind,
              "weight_shape": list(layer.weight.shape)}
     if layer.index in sensitivity:
         entry["sensitivity"] = sensitivity[layer.index]

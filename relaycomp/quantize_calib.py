@@ -108,6 +108,8 @@ class Histogram:
 class _HistogramCalibrator(MinMax):
     """Keeps exact extremes and a histogram of ``|x|``; subclasses choose a threshold on it."""
 
+    skip_zeros = False  # leave exact zeros out of the histogram
+
     def __init__(self, bins: int = 2048, **options):
         super().__init__()
         self.bins = bins
@@ -116,7 +118,10 @@ class _HistogramCalibrator(MinMax):
     def observe(self, name: str, array: np.ndarray) -> None:
         """Update extremes and the histogram of ``name``."""
         super().observe(name, array)
-        self._hist.setdefault(name, Histogram(self.bins)).add(np.abs(_finite(name, array)))
+        magnitudes = np.abs(_finite(name, array))
+        if self.skip_zeros:
+            magnitudes = magnitudes[magnitudes != 0]
+        self._hist.setdefault(name, Histogram(self.bins)).add(magnitudes)
 
     def threshold(self, hist: Histogram, low: float, high: float) -> float:
         """The clipping threshold on ``|x|``."""
@@ -127,6 +132,9 @@ class _HistogramCalibrator(MinMax):
         result = {}
         for name, (low, high) in super().ranges().items():
             hist = self._hist[name]
+            if not hist.counts.sum():
+                result[name] = (low, high)
+                continue
             t = self.threshold(hist, low, high) if hist.edge > 0 else 0.0
             result[name] = _with_zero(max(low, -t), min(high, t))
         return result
@@ -151,9 +159,14 @@ class Percentile(_HistogramCalibrator):
 
 @CALIBRATORS.register("entropy")
 class Entropy(_HistogramCalibrator):
-    """TensorRT's KL-divergence threshold over the histogram of ``|x|`` (128 levels)."""
+    """TensorRT's KL-divergence threshold over the histogram of ``|x|`` (128 levels).
+
+    Exact zeros (half of every ReLU output) are left out: any range holding 0 represents them
+    exactly, and their spike would otherwise make KL prefer tiny thresholds that clip the rest.
+    """
 
     levels = 128
+    skip_zeros = True
 
     def threshold(self, hist: Histogram, low: float, high: float) -> float:
         """The bin count ``i`` whose clipped distribution P loses least information as Q."""

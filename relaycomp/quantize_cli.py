@@ -1,0 +1,76 @@
+"""``relaycomp compile --quantize int8 --calib samples.npz ...``: the command-line side of int8.
+
+    relaycomp compile model.onnx --quantize int8 --calib samples.npz [--calib-method entropy]
+        [--per-tensor] [--symmetric-activations] [--keep-float NAME,...]
+        [--max-accuracy-drop 0.01] [--eval held_out.npz] [--weight-only]
+
+Kept apart from ``cli.py`` so the parser stays small; imports nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import InputSpecError
+
+_DEPENDENT = ("calib", "eval", "calib_method", "keep_float", "max_accuracy_drop")
+
+
+def add_quantize_options(parser: argparse.ArgumentParser) -> None:
+    """The ``compile`` options of quantization."""
+    group = parser.add_argument_group("int8 quantization")
+    group.add_argument("--quantize", choices=("int8",), help="quantize conv/matmul layers")
+    group.add_argument("--calib", metavar="DATA",
+                       help="calibration data: .npz keyed by input name, a folder of NAME.npy, "
+                            "or example:NAME")
+    group.add_argument("--calib-method", choices=("minmax", "percentile", "entropy", "mse"),
+                       help="how activation ranges are chosen (default minmax)")
+    group.add_argument("--per-tensor", action="store_true",
+                       help="one weight scale per tensor (default: per output channel)")
+    group.add_argument("--symmetric-activations", action="store_true",
+                       help="activations without zero point (default: asymmetric)")
+    group.add_argument("--keep-float", action="append", default=[], metavar="NAME,...",
+                       help="layers (ONNX node names) or kinds (conv2d, "
+                            "depthwise_conv2d, matmul) kept in float (repeatable)")
+    group.add_argument("--max-accuracy-drop", type=float, metavar="FRACTION",
+                       help="return the most sensitive layers to float until the accuracy "
+                            "lost on --eval is at most this (e.g. 0.01)")
+    group.add_argument("--eval", metavar="DATA",
+                       help="held-out data (+ 'labels') for the accuracy check (default: --calib)")
+    group.add_argument("--weight-only", action="store_true",
+                       help="int8 weights, float activations (memory-bound models)")
+
+
+def quantize_options(args) -> dict:
+    """``CompileConfig`` keyword arguments for the parsed options (empty without --quantize)."""
+    if args.quantize is None:
+        given = [f"--{name.replace('_', '-')}" for name in _DEPENDENT
+                 if getattr(args, name) not in (None, [])]
+        flags = given + [f for f, on in (("--per-tensor", args.per_tensor),
+                                         ("--weight-only", args.weight_only)) if on]
+        if flags:
+            raise InputSpecError(f"{', '.join(flags)} need(s) --quantize int8")
+        return {}
+    from .quantize import QuantConfig
+
+    keep = tuple(name.strip() for text in args.keep_float for name in text.split(",")
+                 if name.strip())
+    config = QuantConfig(dtype=args.quantize, calibration=args.calib_method or "minmax",
+                         per_channel=not args.per_tensor,
+                         activations="symmetric" if args.symmetric_activations else "asymmetric",
+                         keep_float=keep, max_accuracy_drop=args.max_accuracy_drop,
+                         weight_only=args.weight_only)
+    return {"quantize": config, "calibration": args.calib, "evaluation": args.eval}
+
+
+def print_quantize_report(manifest) -> None:
+    """The quantization report of a compiled artifact, indented under the compile summary."""
+    from .quantize import QuantReport
+
+    report = manifest.report.get("quantize")
+    if report is None:
+        return
+    lines = QuantReport.from_json(report).summary().splitlines()
+    print(f"  int8: {lines[0]}")
+    for line in lines[1:]:
+        print(f"    {line.strip()}")
