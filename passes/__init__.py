@@ -6,6 +6,7 @@ from . import (  # noqa: F401 - importing registers them
     lower_qdq_to_integer,
     merge_parallel_convs,
     merge_parallel_matmuls,
+    prune_channels,
     quantize_int8,
     remove_noop_ops,
     schedule_cpu_loops,

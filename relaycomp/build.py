@@ -49,7 +49,7 @@ class CompileConfig:
     extra_passes: tuple[Placement, ...] = ()  # user passes, inserted into ``stages``
     pass_options: Mapping[str, Mapping] = field(default_factory=dict)  # pass -> factory kwargs
     dump_ir: Path | None = None  # write the IR before/after every pass into this folder
-    prune: object | None = None  # a relaycomp.prune.PruneConfig: prune channels before import
+    prune: object | None = None  # a relaycomp.prune.PruneConfig: passes/prune_channels
     tuning: object | None = None  # a relaycomp.tune.TuneConfig: tune and/or apply its database
     quantize: object | None = None  # a relaycomp.quantize.QuantConfig: int8 layers
     calibration: object | None = None  # calibration data for ``quantize`` (.npz, dir, dicts)
@@ -84,11 +84,6 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
         path = resolve_model_path(model)
         source = {"file": str(path), "sha256": file_digest(path) if path.is_file() else None}
         model = load_onnx(path)
-    prune_report = None
-    if config.prune is not None:
-        from .prune import prune_for_compile
-
-        model, prune_report = prune_for_compile(model, config.prune, config.input_shapes)
     imported = import_onnx(model, config.input_shapes)
     stages = with_passes(config.stages or default_stages(spec.kind), config.extra_passes)
     options, quantize_report = config.pass_options, None
@@ -96,6 +91,11 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
         from .quantize import prepare_compile as prepare_quantize
 
         stages, options, quantize_report = prepare_quantize(stages, options, config, imported)
+    options = config.pass_options
+    prune_reports: list = []  # passes/prune_channels fills it in the prune stage
+    if config.prune is not None:
+        stages = with_passes(stages, [Placement("prune_channels", "prune")])
+        options = {**options, "prune_channels": {"config": config.prune, "reports": prune_reports}}
     tuning_db, tuning_summary = None, None
     if config.tuning is not None:  # tuned kernels replace heuristic ones in the schedule stage
         from .tune import prepare_compile
@@ -111,9 +111,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
         raise BuildError(f"code generation for {spec.name} failed: {err}") from err
 
     manifest = _manifest(imported, spec, report, artifact_format, source)
-    if prune_report is not None:  # pruning ran on the ONNX graph, before the Relax pipeline
-        manifest.passes.insert(0, "prune/prune_channels")
-        manifest.report["prune"] = prune_report.to_json()
+    if prune_reports:
+        manifest.report["prune"] = prune_reports[-1].to_json()
     if tuning_summary is not None:
         manifest.report["tuning"] = tuning_summary
     if quantize_report is not None:

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from .errors import RelaycompError
-from .model_info import model_info
-from .prune_apply import apply_plan
+from .prune_apply import sliced_constants
 from .prune_graph import ChannelGraph, Group
 from .prune_importance import IMPORTANCE, make_importance
+from .prune_view import GraphView, OnnxView
 
 SCOPES = ("uniform", "global")
 
@@ -48,7 +48,10 @@ class PruneConfig:
     ``__call__(group, graph)``. ``round_to``: kept counts are rounded *up* to a multiple (so
     kernels stay vectorizable); a group never drops below one channel. ``protected``: node names
     whose output channels stay. ``overrides``: node name → ratio for that node's group.
-    The last layer is always intact: graph outputs never change shape.
+    The last layer is always intact: graph outputs never change shape. ``compensate``: fold
+    the removed channels' mean contribution into the next conv/dense layer's bias (their mean
+    activation on the calibration data when given, else their activation as a constant channel
+    equal to its bias); see :mod:`relaycomp.prune_compensate`.
     """
 
     ratio: float = 0.3
@@ -59,6 +62,7 @@ class PruneConfig:
     overrides: Mapping[str, float] = field(default_factory=dict)
     max_group_ratio: float = 0.9
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    compensate: bool = False
 
     def __post_init__(self):
         labels = [("ratio", self.ratio)]
@@ -82,7 +86,8 @@ class PruneConfig:
             else type(self.importance).__name__
         return {"ratio": self.ratio, "importance": importance, "scope": self.scope,
                 "round_to": self.round_to, "protected": list(self.protected),
-                "overrides": dict(self.overrides), "max_group_ratio": self.max_group_ratio}
+                "overrides": dict(self.overrides), "max_group_ratio": self.max_group_ratio,
+                "compensate": self.compensate}
 
 
 @dataclass
@@ -94,6 +99,7 @@ class PruneReport:
     after: dict
     pruned: list[dict]
     skipped: list[dict]
+    plan: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> kept channel indices
 
     def to_json(self) -> dict:
         """JSON form (stored in the compile manifest under ``report.prune``)."""
@@ -119,14 +125,21 @@ def _percent(new: int, old: int) -> str:
 
 
 class Pruner:
-    """Plans and applies structured pruning of one model under one :class:`PruneConfig`."""
+    """Plans and applies structured pruning of one model under one :class:`PruneConfig`.
 
-    def __init__(self, model: onnx.ModelProto, config: PruneConfig | None = None,
+    ``model`` is an ONNX model or a :class:`GraphView` of any front end (the ``prune_channels``
+    Relax pass passes a :class:`relaycomp.prune_relax.RelaxView`).
+    """
+
+    def __init__(self, model, config: PruneConfig | None = None,
                  calib: Mapping[str, np.ndarray] | None = None):
-        self.model = model
         self.config = config or PruneConfig()
-        self.graph = ChannelGraph.build(model, dict(self.config.input_shapes))
-        known = {n.name for n in model.graph.node} | {n.output[0] for n in model.graph.node}
+        self.view = model if isinstance(model, GraphView) \
+            else OnnxView(model, dict(self.config.input_shapes))
+        self.model = self.view.source
+        self.calib = calib
+        self.graph = ChannelGraph.build(self.view)
+        known = self.view.node_names()
         unknown = [n for n in [*self.config.protected, *self.config.overrides] if n not in known]
         if unknown:
             raise PruneError(f"no node named {unknown} in the model",
@@ -199,17 +212,23 @@ class Pruner:
         step = self.config.round_to
         return min(size, max(1, math.ceil(max(kept, 1) / step) * step))
 
-    def run(self) -> tuple[onnx.ModelProto, PruneReport]:
+    def run(self):
         """Prune: returns the new model (the input is not modified) and the report."""
         keep = self.plan()
-        pruned = apply_plan(self.model, self.graph, keep)
-        return pruned, self._report(pruned, keep)
+        pruned = self.apply(keep)
+        return pruned, self.report(pruned, keep)
 
-    def _report(self, pruned: onnx.ModelProto, keep: dict[int, np.ndarray]) -> PruneReport:
-        def totals(model):
-            info = model_info(model, self.config.input_shapes)
-            return {"params": info.params, "param_bytes": info.param_bytes, "macs": info.macs}
+    def apply(self, keep: dict[int, np.ndarray]):
+        """The model rewritten to the plan ``keep`` (with bias compensation if configured)."""
+        constants = sliced_constants(self.graph, keep)
+        if self.config.compensate and keep:
+            from .prune_compensate import compensated_constants
 
+            constants = compensated_constants(self.graph, keep, constants, self.calib)
+        return self.view.apply(self.graph, keep, constants)
+
+    def report(self, pruned, keep: dict[int, np.ndarray]) -> PruneReport:
+        """Totals of the model before and ``pruned`` after, the groups kept and skipped."""
         protected = set(self.config.protected)
         groups, skipped = [], []
         for group in self.graph.groups:
@@ -221,20 +240,12 @@ class Pruner:
                 skipped.append({**entry, "reasons": reasons})
             else:
                 groups.append({**entry, "kept": len(keep.get(group.id, range(group.size)))})
-        return PruneReport(self.config.to_json(), totals(self.model), totals(pruned),
-                           groups, skipped)
+        return PruneReport(self.config.to_json(), self.view.totals(self.model),
+                           self.view.totals(pruned), groups, skipped,
+                           {g: np.asarray(k) for g, k in keep.items()})
 
 
 def prune(model: onnx.ModelProto, config: PruneConfig | None = None,
           calib: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Structured pruning of ``model`` under ``config``; ``calib`` feeds the activation criterion."""
     return Pruner(model, config, calib).run()
-
-
-def prune_for_compile(model: onnx.ModelProto, config: PruneConfig,
-                      input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-                      ) -> tuple[onnx.ModelProto, PruneReport]:
-    """What ``compile --prune`` runs before import: :func:`prune` at the compile's input shapes."""
-    if input_shapes and not config.input_shapes:
-        config = replace(config, input_shapes=dict(input_shapes))
-    return prune(model, config)

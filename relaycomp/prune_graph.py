@@ -1,7 +1,8 @@
-"""The channel dependency graph of an ONNX model: which channels must be pruned together.
+"""The channel dependency graph of a model: which channels must be pruned together.
 
 The lower level of structured pruning (the Torch-Pruning split: ``ChannelGraph.build(model)``
-underneath, :class:`relaycomp.prune.Pruner` on top). Every op that *creates* channels (a Conv's
+underneath, :class:`relaycomp.prune.Pruner` on top). It reads a front-end-neutral
+:class:`relaycomp.prune_view.GraphView` (ONNX or Relax), so both front ends share it. Every op that *creates* channels (a Conv's
 filters, a Gemm/MatMul's output features) opens a channel *space*. Each tensor's channel axis is
 described as a layout: a sequence of segments, each a space (or an opaque run of channels that may
 not change) repeated ``repeat`` times per channel (``Flatten`` of ``[N, C, H, W]`` makes blocks of
@@ -29,11 +30,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-from .frontend import graph_inputs, pin_input_shapes, set_input_shapes
-from .onnx_fold import infer_shapes, static_shapes
+from .prune_view import GraphView, OnnxView
 
 
 @dataclass(frozen=True)
@@ -148,19 +146,19 @@ class Group:
 
 
 class ChannelGraph:
-    """The dependency groups of an ONNX model. Build with :meth:`build`, read :attr:`groups`."""
+    """The dependency groups of a model. Build with :meth:`build`, read :attr:`groups`."""
 
     # Each round of analysis may find a producer whose channels must be cut into pieces;
     # the next round starts from those pieces. Real graphs settle in two or three rounds.
     MAX_ROUNDS = 8
 
-    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-                 pieces: dict[str, set[int]] | None = None):
-        self.model = model
+    def __init__(self, view: GraphView, pieces: dict[str, set[int]] | None = None):
+        self.view = view
+        self.model = view.source
         self.pieces = pieces or {}  # producer -> channel offsets where its output is cut
         self.requests: dict[str, set[int]] = defaultdict(set)
-        self.shapes = shapes
-        self.constants = _constants(model)
+        self.shapes = view.shapes
+        self.constants = view.constants
         self.layouts: dict[str, Layout | None] = {}
         self.spaces: list[Space] = []
         self.cuts: list[TensorCut] = []
@@ -170,25 +168,26 @@ class ChannelGraph:
         self.groups: list[Group] = []
 
     @classmethod
-    def build(cls, model: onnx.ModelProto, input_shapes: dict | None = None) -> ChannelGraph:
-        """Analyze ``model`` (inputs pinned to ``input_shapes``, other dynamic dims 1)."""
+    def build(cls, model, input_shapes: dict | None = None) -> ChannelGraph:
+        """Analyze ``model``: a :class:`GraphView`, or an ONNX model (inputs pinned to
+        ``input_shapes``, other dynamic dims 1)."""
         from . import prune_ops_shape  # noqa: F401 - registers the shape-op handlers
         from .prune_ops import handle_node
 
-        shapes = _static_shapes(model, input_shapes or {})
+        view = model if isinstance(model, GraphView) else OnnxView(model, input_shapes)
         pieces: dict[str, set[int]] = {}
         for _ in range(cls.MAX_ROUNDS):
-            graph = cls(model, shapes, pieces)
-            for value in model.graph.input:
-                graph.layouts.setdefault(value.name, None)
-            for node in model.graph.node:
+            graph = cls(view, pieces)
+            for name in view.inputs:
+                graph.layouts.setdefault(name, None)
+            for node in view.nodes:
                 handle_node(graph, node)
             if all(offsets <= pieces.get(p, set()) for p, offsets in graph.requests.items()):
                 break
             pieces = {p: pieces.get(p, set()) | graph.requests.get(p, set())
                       for p in set(pieces) | set(graph.requests)}
-        for output in model.graph.output:
-            graph.block(graph.layouts.get(output.name), f"reaches graph output '{output.name}'")
+        for output in view.outputs:
+            graph.block(graph.layouts.get(output), f"reaches graph output '{output}'")
         graph._check_cut_conflicts()
         graph._make_groups()
         return graph
@@ -261,7 +260,7 @@ class ChannelGraph:
 
     def cut(self, tensor: str, axis: int, segments, role: str, node, activation=None) -> None:
         """Record that constant ``tensor`` is sliced along ``axis`` with these segments."""
-        node_name = node.name or node.output[0]
+        node_name = node.name
         self.cuts.append(TensorCut(tensor, axis, tuple(segments), role, node_name, activation))
 
     def constant(self, name: str) -> np.ndarray | None:
@@ -286,7 +285,7 @@ class ChannelGraph:
                     self.block(Layout(0, segments), f"weight '{tensor}' is shared and sliced "
                                                     "two ways")
         used_by: dict[str, int] = defaultdict(int)
-        for node in self.model.graph.node:
+        for node in self.view.nodes:
             for name in node.input:
                 used_by[name] += 1
         for cut in self.cuts:
@@ -321,20 +320,3 @@ class ChannelGraph:
     def group_of(self, node_name: str) -> Group | None:
         """The group whose channels node ``node_name`` produces."""
         return next((g for g in self.groups if node_name in g.producers), None)
-
-
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values
-
-
-def _static_shapes(model: onnx.ModelProto, requested: dict) -> dict[str, tuple[int, ...]]:
-    inputs, _ = pin_input_shapes(graph_inputs(model), dict(requested))
-    pinned = onnx.ModelProto.FromString(model.SerializeToString())
-    set_input_shapes(pinned, inputs)
-    return static_shapes(infer_shapes(pinned))

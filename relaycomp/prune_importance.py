@@ -109,8 +109,9 @@ class Random:
 class Activation:
     """Mean |activation| of each channel where the group's consumers read it, on ``calib``.
 
-    ``calib`` maps input names to arrays (a batch). Runs the model once with onnxruntime,
-    exposing every tensor a consumer reads; a group without a consumer falls back to L2.
+    ``calib`` maps input names to arrays (a batch). Runs the model once (onnxruntime for ONNX,
+    the Relax VM for Relax), exposing every tensor a consumer reads; a group without a consumer
+    falls back to L2.
     """
 
     def __init__(self, calib: Mapping[str, np.ndarray] | None = None):
@@ -141,7 +142,7 @@ class Activation:
     def _activations(self, graph: ChannelGraph) -> dict[str, np.ndarray]:
         if self._graph is not graph:
             names = sorted({c.activation for c in graph.cuts if c.activation})
-            self._values = run_with_intermediates(graph.model, self.calib, names)
+            self._values = graph.view.activations(self.calib, names)
             self._graph = graph
         return self._values
 

@@ -1,16 +1,15 @@
 """How each ONNX op moves channels: the handler registry of :class:`ChannelGraph`.
 
-A handler ``(graph, node, attrs)`` sets the layouts of the node's outputs, records the constants
+Handlers read :class:`relaycomp.prune_view.OpNode` (ONNX op vocabulary, whichever front end
+the graph came from). A handler ``(graph, node, attrs)`` sets the layouts of the node's outputs, records the constants
 to slice (``graph.cut``) and node edits (``graph.edits``), and blocks what it cannot follow.
 An op without a handler blocks every space that reaches it, so unknown ops are never broken.
 """
 
 from __future__ import annotations
 
-import onnx
-from onnx import helper
-
 from .prune_graph import ChannelGraph, Layout
+from .prune_view import OpNode
 from .registry import Registry
 
 HANDLERS: Registry = Registry("channel handler")
@@ -20,40 +19,35 @@ PASS_THROUGH = (
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Clip", "Elu", "Selu",
     "Celu", "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt",
     "Reciprocal", "Floor", "Ceil", "Round", "Identity", "Dropout", "Cast", "MaxPool",
-    "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool",
+    "AveragePool", "GlobalAveragePool", "Silu", "GlobalMaxPool", "LpPool", "GlobalLpPool",
 )
 ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean", "PRelu", "Pow")
 
 
-def handle_node(graph: ChannelGraph, node: onnx.NodeProto) -> None:
+def handle_node(graph: ChannelGraph, node: OpNode) -> None:
     """Propagate channels through ``node``, or block what reaches it."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Constant" or node.domain not in ("", "ai.onnx"):
-        handler = None if node.op_type != "Constant" else _constant
-    else:
-        handler = HANDLERS.get(node.op_type) if node.op_type in HANDLERS else None
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for a in node.attribute):
+    if node.op_type == "Constant":
+        handler = _constant
+    elif node.opaque or node.op_type not in HANDLERS:
         handler = None
+    else:
+        handler = HANDLERS.get(node.op_type)
     if handler is None:
         _unknown(graph, node)
     else:
-        handler(graph, node, attrs)
+        handler(graph, node, node.attrs)
 
 
 def _where(node) -> str:
-    return f"{node.op_type} (node '{node.name or node.output[0]}')"
+    return f"{node.op_type} (node '{node.name}')"
 
 
 def _unknown(graph: ChannelGraph, node, reason: str | None = None) -> None:
     for name in node.input:
         graph.block(graph.layouts.get(name), reason or f"read by {_where(node)}, "
                                                        "which pruning does not analyze")
-    for attr in node.attribute:  # sub-graphs read outer tensors without listing them
-        for sub in [attr.g, *attr.graphs] if attr.type in (5, 10) else []:
-            for inner in sub.node:
-                for name in inner.input:
-                    graph.block(graph.layouts.get(name), f"read inside {_where(node)}")
+    for name in node.hidden_reads:  # sub-graphs read outer tensors without listing them
+        graph.block(graph.layouts.get(name), f"read inside {_where(node)}")
     for name in node.output:
         graph.layouts[name] = None
 
@@ -63,7 +57,7 @@ def _constant(graph, node, attrs) -> None:
 
 
 def _fresh(graph: ChannelGraph, node, size: int, axis: int) -> Layout:
-    return graph.fresh(size, node.name or node.output[0], axis)
+    return graph.fresh(size, node.name, axis)
 
 
 def _unit(layout: Layout | None) -> bool:
