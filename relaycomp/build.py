@@ -91,7 +91,6 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
         from .quantize import prepare_compile as prepare_quantize
 
         stages, options, quantize_report = prepare_quantize(stages, options, config, imported)
-    options = config.pass_options
     prune_reports: list = []  # passes/prune_channels fills it in the prune stage
     if config.prune is not None:
         stages = with_passes(stages, [Placement("prune_channels", "prune")])
