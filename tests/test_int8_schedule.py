@@ -1,0 +1,94 @@
+"""The AVX2 int8 conv2d schedule (passes/_cpu_int8): tensorized with vpmaddwd, exact."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, tirx
+from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+from relaycomp.passes._cpu_int8 import DOT_8X2_AVX2, schedule_int8_conv
+from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops
+
+AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})
+
+
+def _int8_conv(channels=16, out_channels=32, size=10, stride=1, zero_point=3):
+    """x (uint8) -> pad with the zero point -> int8 conv -> rescale -> relu -> quantize."""
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-127, 128, (out_channels, channels, 3, 3)).astype("int8")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, channels, size, size), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            padded = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1],
+                                             pad_value=float(zero_point)))
+            acc = bb.emit(relax.op.nn.conv2d(padded, relax.const(weight), strides=stride,
+                                             out_dtype="int32"))
+            y = relax.op.multiply(relax.op.astype(acc, "float32"),
+                                  relax.const(np.float32(1e-3)))
+            y = bb.emit_output(relax.op.quantize(relax.op.nn.relu(y), relax.const(0.05, "float32"),
+                                                 relax.const(np.uint8(0)), out_dtype="uint8"))
+        bb.emit_func_output(y)
+    return bb.get(), weight
+
+
+def _build(mod, target):
+    with target:
+        mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_cpu_loops(target)]
+                                       + cpu.dataflow_lower_passes(target)
+                                       + cpu.finalize_passes(target))(mod)
+    return tvm.compile(mod, target, relax_pipeline=None)
+
+
+def _reference(x, weight, stride, zero_point):
+    padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)),
+                    constant_values=zero_point)
+    out_size = (padded.shape[2] - 3) // stride + 1
+    acc = np.zeros((1, weight.shape[0], out_size, out_size), np.int64)
+    for ry in range(3):
+        for rx in range(3):
+            window = padded[:, :, ry:ry + stride * out_size:stride, rx:rx + stride * out_size:stride]
+            acc += np.einsum("nchw,fc->nfhw", window, weight[:, :, ry, rx].astype(np.int64))
+    y = np.maximum(acc.astype(np.float32) * np.float32(1e-3), 0)
+    return np.clip(np.round(y / np.float32(0.05)), 0, 255).astype(np.uint8), acc
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_int8_conv_is_tensorized_and_exact(stride):
+    mod, weight = _int8_conv(stride=stride)
+    executable = _build(mod, AVX2)
+    assert "vpmaddwd" in executable.mod.imports[0].inspect_source("asm")
+    x = np.random.default_rng(1).integers(0, 256, (1, 16, 10, 10)).astype("uint8")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    actual = vm["main"](tvm.runtime.tensor(x)).numpy()
+    expected, acc = _reference(x, weight, stride, 3)
+    assert np.abs(acc).max() > 2**15  # 8-bit pair sums that vpmaddubsw would saturate
+    # Same integers; the float rescale may round a half-way value the other way.
+    assert np.abs(actual.astype(int) - expected).max() <= 1
+    assert np.mean(actual == expected) > 0.99
+
+
+def test_the_int8_rule_marks_the_kernel_and_leaves_others():
+    mod, _ = _int8_conv()
+    with AVX2:
+        legal = tvm.transform.Sequential(cpu.legalize_passes(AVX2))(mod)
+        scheduled = schedule_cpu_loops(AVX2)(legal)
+    kernels = {gv.name_hint: f for gv, f in scheduled.functions_items()
+               if isinstance(f, tirx.PrimFunc)}
+    conv = next(f for name, f in kernels.items() if "conv2d" in name)
+    assert str(conv.attrs[RULE_ATTR]) == "contraction"
+    assert DOT_8X2_AVX2 in conv.script() or "pmadd" in conv.script()
+
+
+def test_no_avx2_no_int8_schedule():
+    mod, _ = _int8_conv()
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                             "mattr": ["+neon"]})
+    with AVX2:
+        legal = tvm.transform.Sequential(cpu.legalize_passes(AVX2))(mod)
+    conv = next(f for gv, f in legal.functions_items()
+                if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
+    from relaycomp.passes._cpu_common import cpu_facts
+
+    assert schedule_int8_conv(conv, arm, cpu_facts(arm)) is None
+    assert schedule_int8_conv(conv, AVX2, cpu_facts(AVX2)) is not None
