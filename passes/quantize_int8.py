@@ -239,6 +239,11 @@ def quantize_int8(target: tvm.target.Target | None = None, config=None, calib=No
                   onnx_names=None) -> tvm.transform.Pass:
     """Calibrate and annotate conv2d/matmul with int8 QDQ (see relaycomp.quantize)."""
 
+    if getattr(config, "dtype", "int8") == "float16" and target is not None \
+            and target.kind.name != "cuda":
+        raise PassError("quantize_int8", "quantize", "float16 mixed precision is for CUDA "
+                        f"targets, not {target.kind.name}", hint="use int8 on CPUs")
+
     @tvm.transform.module_pass(opt_level=0, name="quantize_int8")
     def run(mod: tvm.IRModule, ctx) -> tvm.IRModule:
         from relaycomp.quantize import quantize  # the driver: calibration, guard, report

@@ -16,7 +16,7 @@ float until the budget holds (:mod:`relaycomp.quantize_guard`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -35,9 +35,11 @@ from .passes.quantize_int8 import (
 from .quantize_calib import CALIBRATORS, make_calibrator
 from .quantize_data import load_batches
 from .quantize_guard import Agreement, Evaluator, HostModule, guard
+from .quantize_report import QuantReport, layer_entry, stored_bytes
 
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "matmul")
 ACTIVATION_SCHEMES = ("asymmetric", "symmetric")
+DTYPES = ("int8", "float16")
 
 
 class QuantizeError(RelaycompError):
@@ -48,6 +50,8 @@ class QuantizeError(RelaycompError):
 class QuantConfig:
     """How to quantize.
 
+    ``dtype``: ``int8``, or ``float16`` (mixed precision for CUDA targets: conv/matmul run in
+    fp16 with fp32 accumulation, no calibration; the other options do not apply).
     ``calibration``: a registered calibrator (``minmax``, ``percentile``, ``entropy``, ``mse``);
     ``percentile`` its percentile. ``per_channel``: one weight scale per output channel (else
     per tensor). ``activations``: ``asymmetric`` (int8 with a zero point) or ``symmetric``.
@@ -68,9 +72,9 @@ class QuantConfig:
     min_samples: int = 8
 
     def __post_init__(self):
-        if self.dtype != "int8":
+        if self.dtype not in DTYPES:
             raise QuantizeError(f"unsupported quantization dtype '{self.dtype}'",
-                                hint="supported: int8")
+                                hint=f"supported: {', '.join(DTYPES)}")
         if self.calibration not in CALIBRATORS:
             CALIBRATORS.get(self.calibration)  # raises, listing the methods
         if self.activations not in ACTIVATION_SCHEMES:
@@ -91,66 +95,6 @@ class QuantConfig:
                 "weight_only": self.weight_only}
 
 
-@dataclass
-class QuantReport:
-    """What quantization did: per-layer schemes, sizes before/after, accuracy, fallbacks."""
-
-    config: dict = field(default_factory=dict)
-    layers: list[dict] = field(default_factory=list)
-    weight_bytes_float: int = 0
-    weight_bytes_quantized: int = 0
-    accuracy: dict | None = None
-    evaluated_on: str = ""
-    samples: dict = field(default_factory=dict)
-
-    def update(self, other: QuantReport) -> None:
-        """Take every field of ``other`` (how a pass hands its report back)."""
-        self.__dict__.update(other.__dict__)
-
-    @classmethod
-    def from_json(cls, data: dict) -> QuantReport:
-        """Inverse of :meth:`to_json`."""
-        return cls(**data)
-
-    def to_json(self) -> dict:
-        """JSON form (stored in the compile manifest under ``report.quantize``)."""
-        return {"config": self.config, "layers": self.layers,
-                "weight_bytes_float": self.weight_bytes_float,
-                "weight_bytes_quantized": self.weight_bytes_quantized,
-                "accuracy": self.accuracy, "evaluated_on": self.evaluated_on,
-                "samples": self.samples}
-
-    def summary(self) -> str:
-        """Human-readable lines for the CLI."""
-        ratio = self.weight_bytes_quantized / max(self.weight_bytes_float, 1)
-        quantized = [la for la in self.layers if la["mode"] != "float"]
-        head = (f"quantized {len(quantized)}/{len(self.layers)} layers; layer weights "
-                f"{self.weight_bytes_float / 1024:.1f} -> "
-                f"{self.weight_bytes_quantized / 1024:.1f} KiB ({ratio:.1%})")
-        lines = [head]
-        if self.accuracy:
-            a = self.accuracy
-            text = [f"cosine {a['cosine']:.4f}", f"max error {a['max_abs_error']:.3g}"]
-            if a["top1_agreement"] is not None:
-                text.insert(0, f"top-1 agreement {a['top1_agreement']:.1%}")
-            if a["float_accuracy"] is not None:
-                text.insert(0, f"accuracy {a['float_accuracy']:.1%} float -> "
-                               f"{a['quant_accuracy']:.1%} int8")
-            lines.append(f"vs float on {self.evaluated_on}: " + ", ".join(text))
-        for la in self.layers:
-            name = la["name"]
-            if la["mode"] == "float":
-                lines.append(f"  {name}: float ({la['reason']})")
-                continue
-            scale = la["weight_scale"]
-            detail = (f"weights {la['weight_scheme']} scale {scale[0]:.3g}..{scale[1]:.3g}")
-            if la["mode"] == "int8":
-                detail += (f", input scale {la['input_scale']:.3g} zero point "
-                           f"{la['input_zero_point']}")
-            lines.append(f"  {name}: {la['mode']}, {detail}")
-        return "\n".join(lines)
-
-
 def quantize(mod, config: QuantConfig | None = None, *, calib=None,
              eval_data=None, inputs: list[TensorSpec] | None = None,
              onnx_names: list[str] | None = None) -> tuple[tvm.IRModule, QuantReport]:
@@ -169,6 +113,8 @@ def quantize(mod, config: QuantConfig | None = None, *, calib=None,
     inputs = inputs or _param_specs(mod)
     layers = find_layers(mod)
     names = _layer_names(layers, onnx_names)
+    if config.dtype == "float16":
+        return _mixed_precision(mod, config, layers, names)
     kept = _kept_float(config, layers, names)
     report = QuantReport(config=config.to_json())
     batches, labels = [], None
@@ -195,10 +141,10 @@ def quantize(mod, config: QuantConfig | None = None, *, calib=None,
                                                             config.max_accuracy_drop)
         report.accuracy = agreement.to_json()
         plans = {i: p for i, p in plans.items() if i in remaining}
-    report.layers = [_layer_entry(la, names[la.index], plans.get(la.index), kept, fallback,
+    report.layers = [layer_entry(la, names[la.index], plans.get(la.index), kept, fallback,
                                   sensitivity) for la in layers]
     report.weight_bytes_float = sum(la.weight.nbytes for la in layers)
-    report.weight_bytes_quantized = sum(_stored_bytes(la, plans.get(la.index)) for la in layers)
+    report.weight_bytes_quantized = sum(stored_bytes(la, plans.get(la.index)) for la in layers)
     return annotate(mod, layers, plans), report
 
 
@@ -214,6 +160,19 @@ def prepare_compile(stages, options, compile_config, imported) -> tuple[list, di
         "eval_data": compile_config.evaluation, "inputs": imported.inputs,
         "onnx_names": onnx_layer_names(imported.onnx_model), "report": report}}
     return stages, options, report
+
+
+def _mixed_precision(mod, config, layers, names) -> tuple[tvm.IRModule, QuantReport]:
+    """fp16 compute with fp32 accumulation (TVM's ToMixedPrecision); inputs/outputs stay fp32."""
+    from tvm import relax
+
+    report = QuantReport(config=config.to_json(), evaluated_on="not evaluated (needs a GPU)")
+    report.layers = [{"name": name or la.name, "layer": la.name, "onnx_name": name,
+                      "kind": la.kind, "weight_shape": list(la.weight.shape), "mode": "float16"}
+                     for la, name in zip(layers, names)]
+    report.weight_bytes_float = sum(la.weight.nbytes for la in layers)
+    report.weight_bytes_quantized = report.weight_bytes_float // 2
+    return relax.transform.ToMixedPrecision(out_dtype="float32")(mod), report
 
 
 def simplified_module(model, input_shapes=None) -> tuple[tvm.IRModule, list, list[str]]:
@@ -322,32 +281,6 @@ def _plan(layer: Layer, config: QuantConfig, span: tuple | None) -> LayerPlan:
         return LayerPlan("weight_only", weight_q, weight_scale)
     scale, zero_point = activation_params(*span, config.activations)
     return LayerPlan("int8", weight_q, weight_scale, scale, zero_point)
-
-
-def _stored_bytes(layer: Layer, plan: LayerPlan | None) -> int:
-    if plan is None:
-        return layer.weight.nbytes
-    return plan.weight_q.nbytes + plan.weight_scale.nbytes
-
-
-def _layer_entry(layer: Layer, onnx_name, plan, kept, fallback, sensitivity) -> dict:
-    entry = {"name": onnx_name or layer.name, "layer": layer.name, "onnx_name": onnx_name,
-             "kind": layer.kind,
-             "weight_shape": list(layer.weight.shape)}
-    if layer.index in sensitivity:
-        entry["sensitivity"] = sensitivity[layer.index]
-    if plan is None:
-        reason = kept.get(layer.index) or (
-            "returned to float by the accuracy guard (most sensitive)"
-            if layer.index in fallback else "not quantized")
-        return {**entry, "mode": "float", "reason": reason}
-    scale = np.atleast_1d(plan.weight_scale)
-    entry.update(mode=plan.mode, weight_scheme="per-channel" if scale.size > 1 else "per-tensor",
-                 weight_scale=[float(scale.min()), float(scale.max())])
-    if plan.mode == "int8":
-        entry.update(input_scale=plan.input_scale, input_zero_point=plan.input_zero_point,
-                     input_dtype=plan.input_dtype)
-    return entry
 
 
 __all__ = ["Agreement", "QuantConfig", "QuantReport", "QuantizeError", "quantize"]

@@ -19,7 +19,8 @@ _DEPENDENT = ("calib", "eval", "calib_method", "keep_float", "max_accuracy_drop"
 def add_quantize_options(parser: argparse.ArgumentParser) -> None:
     """The ``compile`` options of quantization."""
     group = parser.add_argument_group("int8 quantization")
-    group.add_argument("--quantize", choices=("int8",), help="quantize conv/matmul layers")
+    group.add_argument("--quantize", choices=("int8", "float16"),
+                       help="int8 conv/matmul layers, or float16 mixed precision (CUDA)")
     group.add_argument("--calib", metavar="DATA",
                        help="calibration data: .npz keyed by input name, a folder of NAME.npy, "
                             "or example:NAME")

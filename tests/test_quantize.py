@@ -239,3 +239,18 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     result = run_cli("compile", "example:digits", *args, "-o", tmp_path / "d.so")
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_float16_mixed_precision_builds_for_cuda_and_is_refused_on_cpus(tmp_path):
+    config = CompileConfig(target="cuda", quantize=QuantConfig(dtype="float16"),
+                           dump_ir=tmp_path / "ir")
+    artifact = compile_model(mlp(), tmp_path / "m.so", config)
+    report = artifact.manifest.report["quantize"]
+    assert [la["mode"] for la in report["layers"]] == ["float16"] * 3
+    after = next((tmp_path / "ir").glob("*_quantize_quantize_int8.py")).read_text()
+    matmuls = [line for line in after.splitlines() if "R.matmul(" in line]
+    assert len(matmuls) == 3 and all('out_dtype="float32"' in line for line in matmuls)
+    assert after.count('dtype="float16"') >= 6  # fp16 operands of the three matmuls
+    with pytest.raises(Exception, match="float16 mixed precision is for CUDA targets"):
+        compile_model(mlp(), tmp_path / "c.so",
+                      CompileConfig(quantize=QuantConfig(dtype="float16")))
