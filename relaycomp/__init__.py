@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from . import passes as _passes  # noqa: F401 - registers the built-in passes
 from .build import Artifact, CompileConfig, compile_model
+from .distill import DistillConfig, DistillReport, distill
 from .errors import RelaycompError
 from .frontend import ImportedModel, TensorSpec, import_onnx, load_onnx
 from .model_info import ModelInfo, model_info
@@ -32,7 +33,7 @@ def compile(model, output, *, target: str = "host", inputs=None, mcpu=None, arch
     return compile_model(model, output, config)
 
 
-__all__ = ["Artifact", "CompileConfig", "ImportedModel", "LoadedModel", "ModelInfo",
-           "QuantConfig", "QuantReport", "RelaycompError", "TensorSpec", "TuneConfig",
-           "TuneReport", "compile", "compile_model", "import_onnx", "load", "load_onnx",
-           "model_info", "quantize", "register_pass", "tune"]
+__all__ = ["Artifact", "CompileConfig", "DistillConfig", "DistillReport", "ImportedModel",
+           "LoadedModel", "ModelInfo", "QuantConfig", "QuantReport", "RelaycompError",
+           "TensorSpec", "TuneConfig", "TuneReport", "compile", "compile_model", "distill",
+           "import_onnx", "load", "load_onnx", "model_info", "quantize", "register_pass", "tune"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .distill_cli import add_distill_parser
 from .errors import InputSpecError, RelaycompError
 from .prune_cli import add_compile_option, add_prune_parser
 from .quantize_cli import add_quantize_options
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shape_options(inspect)
 
     add_prune_parser(sub)
+    add_distill_parser(sub)
     _add_shape_options(add_tune_parser(sub))
     sub.add_parser("targets", help="list known target triples and board presets")
     passes = sub.add_parser("passes", help="list the pipeline's stages and passes")
@@ -295,8 +297,16 @@ def cmd_prune(args) -> int:
     return run_prune(args, _input_shapes(args.input))
 
 
-COMMANDS = {"compile": cmd_compile, "prune": cmd_prune, "tune": cmd_tune, "run": cmd_run,
-            "inspect": cmd_inspect, "targets": cmd_targets, "passes": cmd_passes, "demo": cmd_demo}
+def cmd_distill(args) -> int:
+    """``relaycomp distill``."""
+    from .distill_cli import run_distill
+
+    return run_distill(args)
+
+
+COMMANDS = {"compile": cmd_compile, "prune": cmd_prune, "distill": cmd_distill, "tune": cmd_tune,
+            "run": cmd_run, "inspect": cmd_inspect, "targets": cmd_targets, "passes": cmd_passes,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

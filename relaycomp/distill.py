@@ -26,8 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .distill_data import (Dataset, batches, check_dataset, sample_shapes, split,
-                           teacher_logits)
+from .distill_data import Dataset, batches, check_dataset, sample_shapes, split, teacher_logits
 from .distill_loss import kd_loss_per_sample
 from .distill_optim import OPTIMIZERS, SCHEDULES
 from .distill_student import DistillError, Student, student_from_onnx, student_from_relax
@@ -67,8 +66,8 @@ class DistillConfig:
                   (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
                   (self.lr > 0, f"lr must be > 0, got {self.lr}"),
                   (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-                  (0.0 <= self.val_split < 1.0, f"val_split must be in [0, 1), got "
-                                                f"{self.val_split}"),
+                  (0.0 <= self.val_split < 1.0,
+                   f"val_split must be in [0, 1), got {self.val_split}"),
                   (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
                   (0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}"),
                   (self.patience >= 0, f"patience must be >= 0, got {self.patience}")]
@@ -118,10 +117,10 @@ class DistillReport:
             f"{self.samples['train']} samples, batch {self.batch}; "
             f"{len(self.history)} epoch(s), best {self.best_epoch}"
             + (" (stopped early)" if self.stopped_early else ""),
-            f"{self.metric} on {where}: teacher {self.teacher:.2%}, student "
-            f"{self.before['metric']:.2%} -> {self.after['metric']:.2%}",
-            f"loss {self.before['loss']:.4f} -> {self.after['loss']:.4f}; "
-            f"{self.samples_per_second:,.0f} training samples/s, {self.seconds:.1f} s"])
+            (f"{self.metric} on {where}: teacher {self.teacher:.2%}, student "
+             f"{self.before['metric']:.2%} -> {self.after['metric']:.2%}"),
+            (f"loss {self.before['loss']:.4f} -> {self.after['loss']:.4f}; "
+             f"{self.samples_per_second:,.0f} training samples/s, {self.seconds:.1f} s")])
 
 
 def _is_onnx(model) -> bool:
@@ -149,9 +148,10 @@ class _Run:
                  config: DistillConfig):
         self.student, self.data, self.teacher, self.config = student, data, teacher, config
         self.names = [s.name for s in student.inputs]
-        eye = np.eye(student.classes, dtype=np.float32)
-        self.onehot = eye[data.labels] if data.labels is not None else \
-            np.zeros((len(data), student.classes), np.float32)
+        self.onehot = np.zeros((len(data), student.classes), np.float32)
+        if data.labels is not None:  # rows of unlabelled samples (-1) stay all-zero
+            labelled = data.labels >= 0
+            self.onehot[np.flatnonzero(labelled), data.labels[labelled]] = 1.0
 
     def feed(self, rows: np.ndarray) -> list[np.ndarray]:
         return [self.data.inputs[name][rows] for name in self.names]
@@ -167,9 +167,13 @@ class _Run:
         return {"loss": float(loss), "metric": self.metric_of(logits, index)}
 
     def metric_of(self, logits: np.ndarray, index: np.ndarray) -> float:
-        reference = self.data.labels if self.data.labels is not None else \
-            self.teacher.argmax(axis=1)
-        return float((logits.argmax(axis=1) == reference[index]).mean())
+        """Accuracy on the labelled samples of ``index`` (agreement with the teacher without)."""
+        predicted = logits.argmax(axis=1)
+        labels = self.data.labels[index] if self.data.labels is not None else None
+        if labels is None or not (labels >= 0).any():
+            return float((predicted == self.teacher[index].argmax(axis=1)).mean())
+        known = labels >= 0
+        return float((predicted[known] == labels[known]).mean())
 
 
 def _better(new: dict, best: dict | None) -> bool:

@@ -1,7 +1,8 @@
 """Training data for distillation: reading, checking, splitting, batching; the teacher's logits.
 
 Data is a mapping (or an ``.npz``) keyed by the student's input names, first axis = samples;
-labels (optional) are integer classes, one per sample (an ``.npy`` or an array). Every check
+labels (optional) are integer classes, one per sample (an ``.npy`` or an array), -1 for a
+sample without a label (it then only contributes the soft-target term). Every check
 names the input and says what was expected. Static-shape batches: the last batch is padded
 with weight-0 copies, so every sample is seen each epoch whatever the batch size.
 """
@@ -19,10 +20,13 @@ import numpy as np
 from .distill_student import DistillError
 from .frontend import TensorSpec
 
+UNLABELLED = -1  # a label that marks a sample without one (semi-supervised distillation)
+
 
 @dataclass
 class Dataset:
-    """Checked samples: ``inputs[name]`` is [N, ...]; ``labels`` is int64 [N] or None."""
+    """Checked samples: ``inputs[name]`` is [N, ...]; ``labels`` is int64 [N] (-1: no label for
+    that sample) or None (no labels at all)."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
@@ -37,13 +41,14 @@ class Dataset:
 
 def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise DistillError(f"--data {path} is not an .npz archive",
-                                   hint="save it with numpy.savez(path, input_name=array)")
-            return {key: npz[key] for key in npz.files}
+        loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise DistillError(f"cannot read data {path}: {err}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DistillError(f"data {path} is not an .npz archive",
+                           hint="save it with numpy.savez(path, input_name=array)")
+    with loaded:
+        return {key: loaded[key] for key in loaded.files}
 
 
 def _read_labels(labels) -> np.ndarray | None:
@@ -102,21 +107,24 @@ def check_dataset(arrays: Mapping[str, np.ndarray], labels, specs: Sequence[Tens
         if labels.ndim != 1 or len(labels) != count:
             raise DistillError(f"labels have shape {list(labels.shape)}; expected [{count}] "
                                f"(one integer class per sample)")
-        if not np.issubdtype(labels.dtype, np.integer):
-            if not np.issubdtype(labels.dtype, np.floating) or np.any(labels != np.round(labels)):
-                raise DistillError(f"labels must be integer classes, got dtype {labels.dtype}")
+        integral = np.issubdtype(labels.dtype, np.integer) or (
+            np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)))
+        if not integral:
+            raise DistillError(f"labels must be integer classes, got dtype {labels.dtype}")
         labels = labels.astype(np.int64)
         low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= classes:
+        if low < UNLABELLED or high >= classes:
             raise DistillError(f"labels range over [{low}, {high}], but the student has "
-                               f"{classes} classes (0..{classes - 1})")
+                               f"{classes} classes (0..{classes - 1}; -1 marks no label)")
+        if high == UNLABELLED:
+            labels = None  # nothing labelled: pure soft-target distillation
     return Dataset(inputs, labels)
 
 
 def split(count: int, val_split: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Shuffled train / validation indices (validation empty when ``val_split`` is 0)."""
     order = rng.permutation(count)
-    held = int(round(val_split * count))
+    held = round(val_split * count)
     if val_split > 0 and (held < 1 or held >= count):
         raise DistillError(f"val_split {val_split} of {count} samples leaves "
                            f"{held} for validation and {count - held} for training",

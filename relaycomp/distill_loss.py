@@ -5,7 +5,8 @@
 ``s``: student logits [B, C]; ``t``: teacher logits [B, C] (fixed, no gradient flows into
 them); ``y``: one-hot labels [B, C]; ``w``: per-sample weights [B] — ``1/n`` for the ``n`` real
 samples of a batch and 0 for the padding that fills a static-shape batch, so the loss is the
-mean over real samples. Unlabelled data is built with ``labelled=False``: the pure soft-target
+mean over real samples. A sample without a label has an all-zero ``y``: only its soft-target
+term counts. Unlabelled data is built with ``labelled=False``: the pure soft-target
 term α=1 (``y`` is still an argument, unused, so every step has the same signature).
 The T² factor keeps the soft-target gradients on the scale of the hard-label ones (Hinton 2015).
 """
@@ -49,7 +50,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def kd_loss_per_sample(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None,
                        temperature: float, alpha: float) -> np.ndarray:
-    """Reference per-sample loss in float64 (``labels``: integer classes, or None)."""
+    """Reference per-sample loss in float64 (``labels``: integer classes, -1 for none; or None)."""
     student, teacher = np.asarray(student, np.float64), np.asarray(teacher, np.float64)
     if labels is None:
         alpha = 1.0
@@ -57,8 +58,9 @@ def kd_loss_per_sample(student: np.ndarray, teacher: np.ndarray, labels: np.ndar
     log_pt = _log_softmax(teacher / temperature)
     loss = alpha * temperature**2 * (np.exp(log_pt) * (log_pt - log_ps)).sum(axis=-1)
     if alpha < 1.0:
-        ce = -_log_softmax(student)[np.arange(len(student)), np.asarray(labels, np.int64)]
-        loss = loss + (1.0 - alpha) * ce
+        labels = np.asarray(labels, np.int64)
+        ce = -_log_softmax(student)[np.arange(len(student)), np.maximum(labels, 0)]
+        loss = loss + (1.0 - alpha) * np.where(labels >= 0, ce, 0.0)
     return loss
 
 

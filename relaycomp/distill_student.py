@@ -29,8 +29,16 @@ from tvm import relax
 
 from . import ir
 from .errors import OnnxImportError, RelaycompError
-from .frontend import (ImportedModel, TensorSpec, check_supported_ops, graph_inputs, load_onnx,
-                       opset_of, pin_input_shapes, set_input_shapes)
+from .frontend import (
+    ImportedModel,
+    TensorSpec,
+    check_supported_ops,
+    graph_inputs,
+    load_onnx,
+    opset_of,
+    pin_input_shapes,
+    set_input_shapes,
+)
 from .onnx_fold import fold_shape_subgraphs
 
 

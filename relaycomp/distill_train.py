@@ -27,8 +27,12 @@ BACKBONE, LOSS, ADJOINT, OPTIMIZER = ("backbone", "backbone_loss", "backbone_los
 
 def _vars_in(expr) -> list[relax.Var]:
     found = []
-    relax.analysis.post_order_visit(expr, lambda e: found.append(e)
-                                    if isinstance(e, relax.Var) else None)
+
+    def visit(node):
+        if isinstance(node, relax.Var):
+            found.append(node)
+
+    relax.analysis.post_order_visit(expr, visit)
     return found
 
 
@@ -42,9 +46,9 @@ def ops_without_gradient(func: relax.Function, trainable: Sequence[relax.Var]) -
                 continue
             live.add(binding.var.name)
             value = binding.value
-            if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
-                if value.op.get_attr("FPrimalGradient") is None:
-                    missing[value.op.name] += 1
+            if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                    and value.op.get_attr("FPrimalGradient") is None):
+                missing[value.op.name] += 1
     return missing
 
 
@@ -71,7 +75,7 @@ class TrainingProgram:
             mod = AppendLoss(BACKBONE, loss, 1, LOSS)(mod)
             params = list(mod[LOSS].params[self.inputs:self.inputs + len(params)])
             mod = relax.transform.Gradient(LOSS, require_grads=params, target_index=0)(mod)
-        except Exception as err:  # noqa: BLE001 - TVM's errors; the reason is its last line
+        except Exception as err:
             raise DistillError(f"TVM cannot differentiate the student: {last_line(err)}") from err
         mod[OPTIMIZER] = optimizer.function(params).with_attr("global_symbol", OPTIMIZER)
         self.mod = mod
