@@ -94,7 +94,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
     prune_reports: list = []  # passes/prune_channels fills it in the prune stage
     if config.prune is not None:
         stages = with_passes(stages, [Placement("prune_channels", "prune")])
-        options = {**options, "prune_channels": {"config": config.prune, "reports": prune_reports}}
+        own = {"config": config.prune, "reports": prune_reports}  # + pass_options' calib
+        options = {**options, "prune_channels": {**options.get("prune_channels", {}), **own}}
     tuning_db, tuning_summary = None, None
     if config.tuning is not None:  # tuned kernels replace heuristic ones in the schedule stage
         from .tune import prepare_compile

@@ -44,7 +44,8 @@ def add_compile_option(parser: argparse.ArgumentParser) -> None:
     """``compile --prune RATIO``."""
     parser.add_argument("--prune", type=float, metavar="RATIO",
                         help="prune this fraction of channels (L2, uniform, multiples of 8) "
-                             "before compiling; see `relaycomp prune` for the other options")
+                             "with the prune_channels pass; see `relaycomp prune` for the "
+                             "other options")
 
 
 def prune_option(ratio: float | None):

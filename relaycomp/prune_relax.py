@@ -244,8 +244,8 @@ def _macs(call: relax.Call) -> int:
 
 def run_with_intermediates(view: RelaxView, inputs: Mapping[str, np.ndarray],
                            names: list[str]) -> dict[str, np.ndarray]:
-    """Compile ``main`` returning the tensors ``names`` too, run it on ``inputs`` (a batch, run
-    one sample at a time when ``main`` takes a fixed batch of 1) and return them."""
+    """Compile ``main`` returning the tensors ``names`` too, run it on ``inputs`` (a batch, cut
+    into ``main``'s own batch size) and return them."""
     from .errors import CalibrationError
 
     by_name = {v: k for k, v in view.names.items()}
@@ -268,13 +268,14 @@ def run_with_intermediates(view: RelaxView, inputs: Mapping[str, np.ndarray],
     executable = tvm.compile(mod, tvm.target.Target("llvm"))
     vm = relax.VirtualMachine(executable, tvm.cpu())
     feeds = [np.asarray(inputs[n]) for n in view.inputs]
-    batch = view.shapes[view.inputs[0]][0]
     total = feeds[0].shape[0]
-    step = batch if batch and total % batch == 0 else total
+    batch = view.shapes[view.inputs[0]][0] or total  # main's fixed batch size
     runs = []
-    for start in range(0, total, step):
-        result = vm["main"](*[tvm.runtime.tensor(f[start:start + step]) for f in feeds])
-        runs.append([r.numpy() for r in result])
+    for start in range(0, total, batch):
+        # The last chunk is padded to main's batch with samples repeated; the padding is cut off.
+        chunk = [np.resize(f[start:start + batch], (batch, *f.shape[1:])) for f in feeds]
+        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(c)) for c in chunk])
+        runs.append([r.numpy()[:min(batch, total - start)] for r in result])
     values = {n: np.concatenate([run[i] for run in runs]) for i, n in enumerate(wanted)}
     values.update({n: np.asarray(inputs[n]) for n in names if n in view.inputs})
     return values

@@ -15,7 +15,7 @@ import pytest
 import tvm
 from helpers import ort_outputs
 from models import conv_net, random_inputs
-from test_prune import BUILDERS, digits_model, lrn_net
+from test_prune import BUILDERS, FilterNorm, constant_channel_net, digits_model, lrn_net
 
 import relaycomp
 from relaycomp.build import CompileConfig, compile_model
@@ -55,7 +55,8 @@ def plans(report) -> dict[int, list[int]]:
 def test_both_front_ends_keep_the_same_channels(name, ratio):
     model = MODELS[name]()
     config = PruneConfig(ratio=ratio, round_to=1, importance="random")
-    pruned, report = prune_relax(simplified(model), config)
+    mod = simplified(model)
+    pruned, report = prune_relax(mod, config)
     _, onnx_report = prune(model, config)
     relax_plan, onnx_plan = plans(report), plans(onnx_report)
     assert {group: relax_plan.get(group) for group in onnx_plan} == onnx_plan
@@ -64,7 +65,7 @@ def test_both_front_ends_keep_the_same_channels(name, ratio):
     onnx_graph = Pruner(model, config).graph
     assert all(onnx_graph.groups[group].blocked for group in set(relax_plan) - set(onnx_plan))
     tvm.relax.analysis.well_formed(pruned)
-    assert str(pruned["main"].ret_ty) == str(simplified(model)["main"].ret_ty)
+    assert str(pruned["main"].ret_ty) == str(mod["main"].ret_ty)
     if onnx_report.pruned and any(g["kept"] < g["channels"] for g in onnx_report.pruned):
         assert report.after["macs"] < report.before["macs"]
 
@@ -155,3 +156,38 @@ def _calls(mod, op_name):
     tvm.relax.analysis.post_order_visit(mod["main"], lambda e: calls.append(e) if isinstance(
         e, tvm.relax.Call) and getattr(e.op, "name", "") == op_name else None)
     return calls
+
+
+def _compiled_outputs(model, path, config, inputs, calib=None):
+    options = {"prune_channels": {"calib": calib}} if calib else {}
+    shapes = {name: (1, *value.shape[1:]) for name, value in inputs.items()}
+    artifact = compile_model(model, path, CompileConfig(input_shapes=shapes, prune=config,
+                                                        pass_options=options))
+    loaded = relaycomp.load(artifact.path)
+    count = len(next(iter(inputs.values())))
+    runs = [loaded.run({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(count)]
+    return {key: np.concatenate([run[key] for run in runs]) for key in runs[0]}
+
+
+def test_compensation_makes_removing_constant_channels_exact_in_relax(tmp_path):
+    model = constant_channel_net()
+    inputs = random_inputs(model)
+    config = PruneConfig(ratio=0.5, round_to=1, importance=FilterNorm(), compensate=True)
+    _, report = prune_relax(simplified(model), config)
+    assert report.plan[0].tolist() == [0, 1, 2, 3]
+    actual = _compiled_outputs(model, tmp_path / "c.so", config, inputs)["y"]
+    np.testing.assert_allclose(actual, ort_outputs(model, inputs)["y"], atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_calibrated_compensation_lowers_the_output_error_on_digits(ratio, tmp_path):
+    samples = get_example("digits").samples()
+    model, feed = digits_model(), {"input": samples["input"]}
+    expected = ort_outputs(model, feed)["logits"]
+
+    def error(compensate, calib=None):
+        config = PruneConfig(ratio=ratio, compensate=compensate)
+        actual = _compiled_outputs(model, tmp_path / f"{compensate}.so", config, feed, calib)
+        return np.abs(actual["logits"] - expected).mean()
+
+    assert error(True, {"input": samples["calibration"]}) < 0.9 * error(False)
