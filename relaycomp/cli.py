@@ -19,7 +19,7 @@ from .distill_cli import add_distill_parser
 from .errors import InputSpecError, RelaycompError
 from .prune_cli import add_compile_option, add_prune_parser
 from .quantize_cli import add_quantize_options
-from .tune_cli import add_tune_options, add_tune_parser
+from .tune_cli import add_remote_options, add_tune_options, add_tune_parser, load_for_run
 
 EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
 
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check", metavar="MODEL", help="compare with the ONNX model's reference run")
     run.add_argument("--repeat", type=int, default=0, help="also time N runs")
     run.add_argument("--threads", type=int, help="CPU threads (default: the target's num-cores)")
+    add_remote_options(run)
 
     inspect = sub.add_parser("inspect", help="ops, shapes, params, MACs, unsupported ops")
     inspect.add_argument("model", help="ONNX file, or example:NAME")
@@ -177,7 +178,7 @@ def cmd_run(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise InputSpecError(f"--threads must be at least 1, got {args.threads}")
-    model = load(args.artifact, threads=args.threads)
+    model = load_for_run(args) or load(args.artifact, threads=args.threads)
     inputs = _read_inputs(args.inputs, model)
     outputs = model.run(inputs)
     for name, value in outputs.items():

@@ -8,11 +8,14 @@
     relaycomp.compile_model("model.onnx", "model.so", CompileConfig(tuning_db=...))
 
 Tasks are the kernels of the module after the ``fuse`` stage (before ``schedule``, which marks
-kernels scheduled and so hides them from MetaSchedule). Each task is first measured with the
-heuristic schedule of the ``schedule`` stage; that is its baseline. The trial budget is shared
-out by each task's share of the model's heuristic latency (kernel time x occurrences), and a
-tuned record is applied only where it beats the baseline. Finished work is never redone: a task
-whose budget a run finished, or whose records already reach it, is not tuned again.
+kernels scheduled and so hides them from MetaSchedule), constant weights marked layout-free so
+MetaSchedule may repack them. Each task is first measured with the heuristic schedule of the
+``schedule`` stage; that is its baseline. The trial budget is shared out by each task's share of
+the model's heuristic latency (kernel time x occurrences). After the search each task's best
+record is measured against the heuristic schedule, alternately and as both ship
+(:mod:`relaycomp.tune_check`), and applied only if it wins there. Finished work is never redone:
+a task whose budget a run finished, or whose records already reach it, is not tuned again, and a
+record is checked once.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from .errors import TuningError, last_line
 from .examples import resolve_model_path
 from .frontend import import_onnx, load_onnx
 from .pipeline import Stage, default_stages, run_stages
-from .registry import PASSES
 from .targets import TargetSpec, resolve
-from .tune_apply import before_schedule, schedule_stage, with_tuning
+from .tune_apply import before_schedule, with_layout_free_weights, with_tuning
+from .tune_check import REPEATS, check_records, heuristic_module
 from .tune_db import FAILED_SECONDS, TuningDatabase, workload_key
 from .tune_measure import (
     Device,
@@ -78,7 +81,11 @@ class TuneConfig:
 
 @dataclass
 class TaskReport:
-    """One kernel: its share of the model's latency, heuristic and tuned time."""
+    """One kernel: its share of the model's latency, heuristic and tuned time.
+
+    Times come from the paired check when the task has one (both measured side by side, as
+    they ship), else from the search: the heuristic baseline and the best candidate.
+    """
 
     name: str
     weight: int
@@ -87,13 +94,12 @@ class TaskReport:
     tuned_ms: float | None
     trials: int
     new_trials: int
+    applied: bool = False   # the build uses the tuned schedule (it won the paired check)
 
     @property
     def applied_ms(self) -> float:
-        """What the build uses: the tuned time if it wins, else the heuristic one."""
-        if self.tuned_ms is not None and self.tuned_ms < self.heuristic_ms:
-            return self.tuned_ms
-        return self.heuristic_ms
+        """What the build uses: the tuned time if it won the check, else the heuristic one."""
+        return self.tuned_ms if self.applied and self.tuned_ms is not None else self.heuristic_ms
 
 
 @dataclass
@@ -119,7 +125,7 @@ class TuneReport:
         lines = [f"{'task':44} {'share':>6} {'trials':>6}  heuristic ms -> tuned ms"]
         for t in sorted(self.tasks, key=lambda t: -t.share):
             tuned = f"{t.tuned_ms:.4f}" if t.tuned_ms is not None else "-"
-            mark = " *" if t.applied_ms < t.heuristic_ms else ""
+            mark = " *" if t.applied else ""
             lines.append(f"{t.name[:44]:44} {t.share:6.1%} {t.trials:6d}  "
                          f"{t.heuristic_ms:12.4f} -> {tuned}{mark}")
         lines.append(f"model (kernel sum): {self.model_ms(False):.3f} ms -> "
@@ -151,12 +157,10 @@ def prepare_compile(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage]
 
     ``config``'s target and input shapes are ignored: the compile's own are used.
     """
-    new_trials = 0
-    if config.trials > 0:
-        report = tune_module(mod, spec, stages, config)
-        new_trials = report.new_trials
-        if config.progress:
-            print(report.table())
+    report = tune_module(mod, spec, stages, config)  # trials=0: only checks unchecked records
+    new_trials = report.new_trials
+    if config.progress and config.trials > 0:
+        print(report.table())
     database = tuning_database(config.tuning_db, spec)
     best = database.best_records()
     summary = {"database": str(database.path), "new_trials": new_trials,
@@ -172,20 +176,23 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
     if spec.kind == "llvm":
         ir.request_threads(target.attrs.get("num-cores") or os.cpu_count())
     fused, _ = run_stages(mod, before_schedule(stages), target)
-    tasks = [t for t in ms.relax_integration.extract_tasks(fused, target)
+    tasks = [t for t in ms.relax_integration.extract_tasks(with_layout_free_weights(fused), target)
              if not t.dispatched[0].attrs or not t.dispatched[0].attrs.get("tirx.is_scheduled")]
     if not tasks:
         raise TuningError("the model has no kernels to tune")
     database = tuning_database(config.tuning_db, spec)
+    device = Device(config.rpc, config.key)
     builder = make_builder()
-    runner = make_runner(Device(config.rpc, config.key), spec.kind)
+    runner = make_runner(device, spec.kind)
     run = None
     keys = [workload_key(t.dispatched[0]) for t in tasks]
 
-    missing = [i for i, key in enumerate(keys) if database.state(key).baseline_seconds is None]
+    # With no trials to run (a compile reusing a database), tasks it never saw are not measured.
+    missing = [i for i, key in enumerate(keys)
+               if database.state(key).baseline_seconds is None and config.trials > 0]
     if missing:
         run = run or database.new_run()
-        heuristic = [_heuristic(tasks[i].dispatched[0], stages, target) for i in missing]
+        heuristic = [heuristic_module(tasks[i].dispatched[0], stages, target) for i in missing]
         for i, seconds in zip(missing, measure_modules(heuristic, target, builder, runner)):
             database.state(keys[i]).baseline_seconds = seconds
             run.note(keys[i], baseline_seconds=seconds)
@@ -205,20 +212,17 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
             new_trials.update(_search(tasks, keys, todo, budgets, database, run, builder,
                                       runner, config))
             database.load()
+        if any(database.state(key).needs_check for key in keys):
+            def run_folder():
+                return run or database.new_run()
+
+            check_records(tasks, keys, database, run_folder, stages, target, builder,
+                          make_runner(device, spec.kind, repeat=REPEATS))
     finally:
         builder.close()
     report = _report(spec, database, tasks, keys, new_trials)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _heuristic(task_mod: tvm.IRModule, stages, target) -> tvm.IRModule:
-    """The task's kernel as an untuned build schedules it (the schedule stage's passes)."""
-    with target, tvm.transform.PassContext(opt_level=3):
-        for stage in schedule_stage(stages):
-            for name in stage.passes:
-                task_mod = PASSES.get(name).factory(target)(task_mod)
-    return task_mod
 
 
 def _shares(tasks, baselines: Sequence[float | None]) -> list[float]:
@@ -287,10 +291,12 @@ def _report(spec, database, tasks, keys, new_trials) -> TuneReport:
     shares = _shares(tasks, [database.state(k).baseline_seconds for k in keys])
     for i, (task, key) in enumerate(zip(tasks, keys)):
         state = database.state(key)
-        tuned = state.best_seconds * 1e3 if state.best_seconds < FAILED_SECONDS else None
-        baseline = state.baseline_seconds
-        heuristic = baseline * 1e3 if baseline is not None and baseline < FAILED_SECONDS \
-            else float("inf")
-        rows.append(TaskReport(task.task_name, task.weight, shares[i], heuristic, tuned,
-                               state.trials, new_trials[i]))
+        heuristic, tuned = state.check or (state.baseline_seconds, state.best_seconds)
+        rows.append(TaskReport(task.task_name, task.weight, shares[i], _ms(heuristic),
+                               _ms(tuned) if tuned is not None and tuned < FAILED_SECONDS
+                               else None, state.trials, new_trials[i], state.tuned_is_faster))
     return TuneReport(spec.name, database.path, rows)
+
+
+def _ms(seconds: float | None) -> float:
+    return seconds * 1e3 if seconds is not None and seconds < FAILED_SECONDS else float("inf")

@@ -2,8 +2,11 @@
 
 Matches: each PrimFunc whose workload has a record in the tuning database in context
 (``with database:``, a MetaSchedule ``Database``; relaycomp puts there only records that beat the
-heuristic schedule). Produces: those functions replaced by their tuned schedule and marked
-``tirx.is_scheduled``. Keeps: numerics (a schedule only reorders loops), signatures.
+heuristic schedule in the paired check of :mod:`relaycomp.tune_check`). Produces: those functions
+replaced by their tuned schedule and marked ``tirx.is_scheduled``; a tuned kernel that repacks a
+constant weight (MetaSchedule's ``RewriteLayout`` on a layout-free buffer) gets it packed at
+compile time, as the check measured it (``SplitLayoutRewritePreproc`` + ``FoldConstant``).
+Keeps: numerics (a schedule only reorders loops), signatures.
 Runs: first in the ``schedule`` stage, before ``schedule_cpu_loops`` / ``schedule_gpu_default``,
 which then skip the tuned kernels and schedule the rest. Without a database in context it does
 nothing. Reports: the number of scheduled PrimFuncs, through the pipeline report.
@@ -32,9 +35,22 @@ def apply_tuning_database(target) -> tvm.transform.Pass:
     def _apply(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         if ms.database.Database.current() is None:
             return mod
-        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(
+            with_layout_free_weights(mod))
+        return tvm.transform.Sequential([
+            relax.transform.SplitLayoutRewritePreproc(),
+            relax.transform.FoldConstant(),
+            relax.transform.DeadCodeElimination(),
+        ])(tuned)
 
     return _apply
+
+
+def with_layout_free_weights(mod: tvm.IRModule) -> tvm.IRModule:
+    """Mark each kernel's constant-weight parameters ``layout_free_buffers``, which lets
+    MetaSchedule repack them (folded at compile time). Tasks are extracted from this module, and
+    the tuning pass applies records to it: a workload's key includes the mark."""
+    return relax.transform.AttachAttrLayoutFreeBuffers()(mod)
 
 
 def with_tuning(stages: Sequence[Stage]) -> list[Stage]:

@@ -1,5 +1,5 @@
-"""The command line of auto-tuning: ``relaycomp tune`` and ``--tune N`` / ``--tuning-db DIR`` /
-``--rpc HOST:PORT --key KEY`` on ``compile``.
+"""The command line of auto-tuning: ``relaycomp tune``, ``--tune N`` / ``--tuning-db DIR`` /
+``--rpc HOST:PORT --key KEY`` on ``compile``, and ``--rpc HOST:PORT --key KEY`` on ``run``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,22 @@ def add_tune_parser(sub) -> argparse.ArgumentParser:
     tune.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_device_options(tune)
     return tune
+
+
+def add_remote_options(run: argparse.ArgumentParser) -> None:
+    """``run --rpc HOST:PORT --key KEY``: run on a device registered at a TVM RPC tracker."""
+    run.add_argument("--rpc", metavar="HOST:PORT",
+                     help="run on a device registered at this TVM RPC tracker")
+    run.add_argument("--key", help="the device key at the RPC tracker")
+
+
+def load_for_run(args):
+    """The remote model ``run --rpc`` asks for, or None to run here."""
+    if args.rpc is None and args.key is None:
+        return None
+    from .remote import load_remote
+
+    return load_remote(args.artifact, args.rpc, args.key, threads=args.threads)
 
 
 def tuning_option(args) -> TuneConfig | None:

@@ -34,6 +34,7 @@ WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 NOTES = "relaycomp.jsonl"
 FAILED_SECONDS = 1e9  # MetaSchedule's run time of a candidate that failed to build or run
+WIN_MARGIN = 0.03  # a tuned kernel must beat the heuristic one by 3% in the paired check
 
 
 def target_key(target: tvm.target.Target) -> str:
@@ -60,12 +61,34 @@ class WorkloadState:
     baseline_seconds: float | None = None   # the heuristic schedule's run time
     best: ms.database.TuningRecord | None = None
     best_seconds: float = float("inf")
+    # Paired checks of records against the heuristic schedule, both measured as they ship:
+    # the record's search time (which identifies it) -> (heuristic, tuned) best-of-N seconds.
+    checks: dict[float, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def check(self) -> tuple[float, float] | None:
+        """The paired check of the best record: (heuristic, tuned) seconds, or None."""
+        return self.checks.get(self.best_seconds) if self.best is not None else None
+
+    @property
+    def needs_check(self) -> bool:
+        """Whether the best record has not been checked against the heuristic yet."""
+        return self.best is not None and self.best_seconds < FAILED_SECONDS and self.check is None
 
     @property
     def tuned_is_faster(self) -> bool:
-        """Whether the best record beats the heuristic schedule (the only case it is applied)."""
-        baseline = self.baseline_seconds if self.baseline_seconds is not None else float("inf")
-        return self.best is not None and self.best_seconds < baseline
+        """Whether the best record beat the heuristic schedule by ``WIN_MARGIN`` in the paired
+        check (the only case it is applied; an unchecked record is never applied)."""
+        check = self.check
+        return check is not None and check[1] < check[0] * (1 - WIN_MARGIN)
+
+    @property
+    def shipped_seconds(self) -> float | None:
+        """The paired-check time of what a build uses for this kernel (else the baseline)."""
+        check = self.check
+        if check is None:
+            return self.baseline_seconds
+        return check[1] if self.tuned_is_faster else check[0]
 
 
 @dataclass
@@ -113,9 +136,13 @@ class TuningDatabase:
                 state.baseline_seconds = note["baseline_seconds"]
             if "budget_done" in note:
                 state.budget_done = max(state.budget_done, note["budget_done"])
+            if "checked_record_seconds" in note:
+                state.checks[note["checked_record_seconds"]] = (
+                    note["checked_heuristic_seconds"], note["checked_tuned_seconds"])
 
     def best_records(self) -> ms.database.MemoryDatabase:
-        """A database holding, per workload, the best record - only where it beats the heuristic."""
+        """A database holding, per workload, the best record - only where it beat the heuristic
+        schedule in the paired check (see :mod:`relaycomp.tune_check`)."""
         database = ms.database.MemoryDatabase()
         for state in self.states.values():
             if state.tuned_is_faster:
