@@ -114,11 +114,11 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     sch.transform_layout(main, ("read", 1), _packed_weight(blocks))
 
     loops = sch.get_loops(main)
-    f, y, x, c, ry, rx = loops[batch_loops:]
+    f, y, x, c, *window = loops[batch_loops:]
     f_outer, f_block, f_lane = sch.split(f, [None, blocks, LANES])
     x_outer, x_inner = sch.split(x, [None, tile])
     c_outer, c_pair = sch.split(c, [None, PAIR])
-    sch.reorder(*loops[:batch_loops], f_outer, y, x_outer, c_outer, ry, rx, x_inner, f_block,
+    sch.reorder(*loops[:batch_loops], f_outer, y, x_outer, c_outer, *window, x_inner, f_block,
                 f_lane, c_pair)
     outer = sch.fuse(*loops[:batch_loops], f_outer, y, x_outer)
     if facts.parallel:
@@ -164,11 +164,12 @@ def _conv_shape(block) -> tuple[int, int, int] | None:
         return None
     kinds = "".join("S" if it.iter_type == tirx.IterVar.DataPar else "R"
                     for it in block.iter_vars)
-    if kinds not in ("SSSRRR", "SSSSRRR"):
-        return None
+    spatial = len(kinds.rstrip("R"))
+    if kinds != "S" * spatial + "R" * (len(kinds) - spatial) or spatial not in (3, 4):
+        return None  # (n,) f, y, x, c (, ry, rx): unit window loops vanish in 1x1 convs
     extents = [int(it.dom.extent) if isinstance(it.dom.extent, tirx.IntImm) else None
                for it in block.iter_vars]
-    batch = len(kinds) - 6
+    batch = spatial - 3
     out_channels, width, in_channels = extents[batch], extents[batch + 2], extents[batch + 3]
     if None in (out_channels, width, in_channels):
         return None

@@ -9,11 +9,12 @@ imported QDQ models keep their int8 weights).
 Produces: ``astype(conv2d(x_q, W_q, out_dtype="int32") - zp_x * sum(W_q), "float32") *
 (s_x * s_w)`` - an integer contraction whose zero-point correction is a per-channel int32
 constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q`` with ``zp_x``
-(the quantized zero). The following bias, activation and the next ``quantize`` are elementwise
+(the quantized zero), and an odd number of input channels (an RGB stem) gets one more channel
+with zero weights, as the int8 kernels take channels in pairs. The following bias, activation and the next ``quantize`` are elementwise
 and fuse into the same kernel (FuseOps), so int8 tensors flow between kernels.
 Also: ``quantize(dequantize(q, s, z), s, z)`` → ``q`` (cancelling pairs, e.g. after a reshape),
 and ``quantize(max_pool2d(dequantize(q, s, z)), s, z)`` → ``max_pool2d(q)`` (exact: max commutes
-with the monotone dequantize).
+with the monotone dequantize; an integer max pool pads with the dtype's minimum).
 Keeps: each output within a couple of quantization steps of the QDQ float graph (the products
 and sums are exact in int32; only the float rescale rounds differently); float models unchanged.
 Runs: stage ``quantize``, after the annotate pass ``quantize_int8``; before ``legalize``.
@@ -148,11 +149,16 @@ def _lower_conv(expr, matches):
     (s_x, zp_x), (w_q, s_w) = activation, weight
     x_q = matches[_x_q]
     padding = [int(p) for p in attrs.padding]
-    if zp_x != 0 and any(padding):
+    channels = int(x_q.ty.shape[1])
+    extra = channels % 2 if int(attrs.groups) == 1 else 0
+    if extra:
+        w_q = np.concatenate([w_q, np.zeros((w_q.shape[0], extra, *w_q.shape[2:]), np.int8)], 1)
+    if extra or zp_x != 0 and any(padding):
         # Float zero is zp_x in the quantized domain: pad with it, not with 0.
-        top, left, bottom, right = padding
-        x_q = relax.op.nn.pad(x_q, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zp_x))
-        padding = [0, 0, 0, 0]
+        top, left, bottom, right = padding if zp_x != 0 else (0, 0, 0, 0)
+        x_q = relax.op.nn.pad(x_q, [0, 0, 0, extra, top, bottom, left, right],
+                              pad_value=float(zp_x))
+        padding = [0, 0, 0, 0] if zp_x != 0 else padding
     acc = relax.op.nn.conv2d(x_q, relax.const(w_q), strides=attrs.strides, padding=padding,
                              dilation=attrs.dilation, groups=int(attrs.groups),
                              out_dtype="int32")
@@ -186,8 +192,6 @@ def _cancel(expr, matches):
 
 def _pool_integers(expr, matches):
     pool = matches[_pool]
-    if pool.attrs.layout != "NCHW" or any(int(p) for p in pool.attrs.padding):
-        return expr  # padded: a float pad of -inf has no exact integer twin in every dtype
     return relax.Call(pool.op, [matches[_q_in]], pool.attrs)
 
 

@@ -110,10 +110,10 @@ def test_padded_conv_pads_with_the_zero_point():
     @I.ir_module
     class Before:
         @R.function
-        def main(x: R.Tensor((1, 1, 4, 4), "uint8")) -> R.Tensor((1, 2, 4, 4), "float32"):
+        def main(x: R.Tensor((1, 2, 4, 4), "uint8")) -> R.Tensor((1, 2, 4, 4), "float32"):
             with R.dataflow():
                 a = R.dequantize(x, R.const(0.5, "float32"), R.const(3, "uint8"), axis=1)
-                w = R.dequantize(R.const(np.ones((2, 1, 3, 3), "int8")),
+                w = R.dequantize(R.const(np.ones((2, 2, 3, 3), "int8")),
                                  R.const(np.array([0.25, 0.125], "float32")),
                                  R.const(np.zeros(2, "int8")), axis=0)
                 y = R.nn.conv2d(a, w, padding=[1, 1, 1, 1])
@@ -123,11 +123,11 @@ def test_padded_conv_pads_with_the_zero_point():
     @I.ir_module
     class Expected:
         @R.function
-        def main(x: R.Tensor((1, 1, 4, 4), "uint8")) -> R.Tensor((1, 2, 4, 4), "float32"):
+        def main(x: R.Tensor((1, 2, 4, 4), "uint8")) -> R.Tensor((1, 2, 4, 4), "float32"):
             with R.dataflow():
                 p = R.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1], pad_value=3.0)
-                c = R.nn.conv2d(p, R.const(np.ones((2, 1, 3, 3), "int8")), out_dtype="int32")
-                s = R.subtract(c, R.const(np.array([27, 27], "int32").reshape(1, 2, 1, 1)))
+                c = R.nn.conv2d(p, R.const(np.ones((2, 2, 3, 3), "int8")), out_dtype="int32")
+                s = R.subtract(c, R.const(np.array([54, 54], "int32").reshape(1, 2, 1, 1)))
                 y = R.multiply(R.astype(s, "float32"),
                                R.const(np.array([0.125, 0.0625], "float32").reshape(1, 2, 1, 1)))
                 R.output(y)
@@ -136,7 +136,7 @@ def test_padded_conv_pads_with_the_zero_point():
     after = pass_module.lower_qdq_to_integer()(Before)
     tvm.ir.assert_structural_equal(after, Expected)
     assert pass_module.COUNTER.fired == {"conv2d_int8": 1}
-    x = np.random.default_rng(0).integers(0, 255, (1, 1, 4, 4)).astype("uint8")
+    x = np.random.default_rng(0).integers(0, 255, (1, 2, 4, 4)).astype("uint8")
     outputs = [relax.VirtualMachine(tvm.compile(m, "llvm"), tvm.cpu())["main"](
         tvm.runtime.tensor(x)).numpy() for m in (Before, after)]
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-6)
