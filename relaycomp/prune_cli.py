@@ -2,6 +2,7 @@
 
     relaycomp prune model.onnx --ratio 0.3 -o pruned.onnx [--importance l2] [--scope global]
                     [--round-to 8] [--protect NODE] [--override NODE=RATIO] [--calib data.npz]
+                    [--compensate]
 
 Kept apart from ``cli.py`` so the parser stays small; imports nothing heavy at module level.
 """
@@ -35,6 +36,9 @@ def add_prune_parser(sub) -> None:
     prune.add_argument("--calib", metavar="NPZ",
                        help=".npz keyed by input name (or example:NAME) for --importance "
                             "activation")
+    prune.add_argument("--compensate", action="store_true",
+                       help="fold the removed channels' mean contribution into the next "
+                            "layer's bias (their mean on --calib data when given)")
     prune.add_argument("--input", action="append", default=[], metavar="NAME:DIMS",
                        help="pin an input's shape, e.g. x:1,3,224,224 (repeatable)")
     prune.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -105,7 +109,8 @@ def run_prune(args, input_shapes) -> int:
     model = load_onnx(source)
     config = PruneConfig(ratio=args.ratio, importance=args.importance, scope=args.scope,
                          round_to=args.round_to, protected=tuple(args.protect),
-                         overrides=_overrides(args.override), input_shapes=input_shapes)
+                         overrides=_overrides(args.override), input_shapes=input_shapes,
+                         compensate=args.compensate)
     pruned, report = prune(model, config, calib=_calibration(args.calib, model))
     output = Path(args.output or f"{source.stem}.pruned.onnx")
     onnx.save(pruned, str(output))

@@ -349,6 +349,12 @@ def test_cli_prune_writes_a_pruned_onnx_and_compile_records_it(tmp_path, capsys)
     assert "prune/prune_channels" in manifest["passes"]  # the Relax pass, after simplify
     assert stages.index("prune") == stages.count("simplify")
     assert manifest["report"]["prune"]["after"]["macs"] == 60_064
+    compensated = tmp_path / "compensated.onnx"
+    assert main(["prune", "example:digits", "--ratio", "0.5", "-o", str(compensated),
+                 "--compensate", "--calib", "example:digits"]) == 0
+    capsys.readouterr()
+    assert _initializer(onnx.load(str(compensated)), "fc.bias").tolist() != \
+        _initializer(onnx.load(str(out)), "fc.bias").tolist()
     assert main(["prune", "example:digits", "--ratio", "1.5"]) == 1
     assert "must be in [0, 1)" in capsys.readouterr().err
 
