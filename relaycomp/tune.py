@@ -182,8 +182,9 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
         raise TuningError("the model has no kernels to tune")
     database = tuning_database(config.tuning_db, spec)
     device = Device(config.rpc, config.key)
-    builder = make_builder()
-    runner = make_runner(device, spec.kind)
+    runs_here = spec.runs_on_this_machine
+    runner = make_runner(device, spec.kind, runs_here=runs_here)
+    builder = make_builder(spec)
     run = None
     keys = [workload_key(t.dispatched[0]) for t in tasks]
 
@@ -217,7 +218,7 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
                 return run or database.new_run()
 
             check_records(tasks, keys, database, run_folder, stages, target, builder,
-                          make_runner(device, spec.kind, repeat=REPEATS))
+                          make_runner(device, spec.kind, repeat=REPEATS, runs_here=runs_here))
     finally:
         builder.close()
     report = _report(spec, database, tasks, keys, new_trials)

@@ -8,6 +8,7 @@ import math
 import os
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -61,8 +62,9 @@ class PooledBuilder(ms.builder.PyBuilder):
     """
 
     def __init__(self, max_workers: int | None = None, timeout_sec: float = BUILD_TIMEOUT_SECONDS,
-                 batches_per_pool: int = 16):
+                 batches_per_pool: int = 16, export: Export | None = None):
         super().__init__()
+        self.export = export
         self.max_workers = max_workers or os.cpu_count() or 1
         self.timeout_sec = timeout_sec
         self.batches_per_pool = batches_per_pool
@@ -76,7 +78,7 @@ class PooledBuilder(ms.builder.PyBuilder):
             self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
                                            initializer=_warm_up_builder)
         self._batches += 1
-        jobs = [(build_kernel, None, b.mod, b.target, _serialize_params(b.params))
+        jobs = [(build_kernel, self.export, b.mod, b.target, _serialize_params(b.params))
                 for b in build_inputs]
         results = []
         for outcome in self._pool.map_with_error_catching(lambda job: _worker_func(*job), jobs):
@@ -117,14 +119,42 @@ def build_kernel(mod: tvm.IRModule, target, _params) -> tvm.runtime.Module:
     return tvm_build(mod, target=target)
 
 
-def make_builder() -> ms.builder.Builder:
-    """Compiles candidates in long-lived worker processes on this machine."""
-    return PooledBuilder()
+@dataclass(frozen=True)
+class Export:
+    """Links a built candidate into a shared library with a given C compiler: the target's
+    cross compiler when the device is not this machine (e.g. ``aarch64-linux-gnu-gcc``)."""
+
+    compiler: str
+    options: tuple[str, ...] = ()
+
+    def __call__(self, rt_mod: tvm.runtime.Module) -> str:
+        """Export ``rt_mod`` to a fresh temporary folder; returns the library's path."""
+        from tvm.support import cc
+
+        def link(output, objects, options=None):
+            cc.create_shared(output, objects, options=[*self.options, *(options or [])],
+                             cc=self.compiler)
+
+        link.output_format = "so"
+        path = os.path.join(tempfile.mkdtemp(prefix="tvm-tmp-"), "tvm_tmp_mod.so")
+        rt_mod.export_library(path, fcompile=link)
+        return path
 
 
-def make_runner(device: Device, kind: str, repeat: int = 1) -> ms.runner.Runner:
+def make_builder(spec=None) -> ms.builder.Builder:
+    """Compiles candidates in long-lived worker processes on this machine, linked by ``spec``'s
+    toolchain (a relaycomp TargetSpec; None or the host's compiler: TVM's default export)."""
+    toolchain = getattr(spec, "toolchain", None)
+    if toolchain is None or toolchain.compiler is None:
+        return PooledBuilder()
+    return PooledBuilder(export=Export(toolchain.find(), tuple(toolchain.options)))
+
+
+def make_runner(device: Device, kind: str, repeat: int = 1,
+                runs_here: bool = True) -> ms.runner.Runner:
     """A runner for ``device`` timing ``repeat`` times per candidate (each at least 50 ms of
-    calls); an unreachable tracker or a key without devices is an error."""
+    calls); an unreachable tracker, a key without devices or, without a tracker, a target that
+    cannot run here (``runs_here`` False) is an error."""
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=repeat, min_repeat_ms=50,
                                           enable_cpu_cache_flush=False)
     if device.rpc is None:
@@ -132,6 +162,10 @@ def make_runner(device: Device, kind: str, repeat: int = 1) -> ms.runner.Runner:
             raise TuningError("no CUDA GPU on this machine to measure the tuning candidates on",
                               hint="tune on the GPU machine, or measure there over "
                                    "--rpc HOST:PORT --key KEY")
+        if not runs_here:
+            raise TuningError("the target's kernels cannot run on this machine to be measured",
+                              hint="measure them on the device: --rpc HOST:PORT --key KEY (a "
+                                   "TVM RPC tracker the device's server is registered at)")
         return ms.runner.LocalRunner(timeout_sec=device.timeout_sec, evaluator_config=evaluator)
     host, port = device.tracker
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device.key,

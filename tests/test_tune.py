@@ -340,3 +340,33 @@ def test_run_with_an_unreachable_tracker_is_one_line(model, tmp_path):
     assert result.returncode == 1
     assert "cannot reach the RPC tracker" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_candidates_for_an_aarch64_device_are_cross_compiled(model):
+    from tvm.s_tir import meta_schedule as ms
+
+    from relaycomp.frontend import import_onnx
+    from relaycomp.pipeline import default_stages, run_stages
+    from relaycomp.targets import elf_machine
+    from relaycomp.tune_apply import before_schedule, with_layout_free_weights
+    from relaycomp.tune_check import heuristic_module
+    from relaycomp.tune_measure import make_builder
+
+    spec = resolve("raspberry-pi-4")
+    target, stages = spec.tvm_target(), default_stages(spec.kind)
+    fused, _ = run_stages(import_onnx(model, {}).mod, before_schedule(stages), target)
+    task = ms.relax_integration.extract_tasks(with_layout_free_weights(fused), target)[0]
+    kernel = heuristic_module(task.dispatched[0], stages, target)
+    builder = make_builder(spec)
+    try:
+        (result,) = builder.build([ms.builder.BuilderInput(kernel, target)])
+    finally:
+        builder.close()
+    assert result.error_msg is None, result.error_msg
+    assert elf_machine(result.artifact_path) == "aarch64"
+
+
+def test_tuning_for_another_machine_without_a_device_is_refused(model, tmp_path):
+    with pytest.raises(TuningError, match="cannot run on this machine"):
+        tune(model, TuneConfig(target="raspberry-pi-4", trials=4, tuning_db=tmp_path,
+                               progress=False))
