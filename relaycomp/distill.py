@@ -27,10 +27,10 @@ import numpy as np
 import onnx
 
 from .distill_data import Dataset, batches, check_dataset, sample_shapes, split, teacher_logits
-from .distill_loss import kd_loss_per_sample
+from .distill_loss import kd_loss_coefficients, kd_loss_per_sample
 from .distill_optim import OPTIMIZERS, SCHEDULES
 from .distill_student import DistillError, Student, student_from_onnx, student_from_relax
-from .distill_train import Trainer, TrainingProgram
+from .distill_train import Trainer, training_program
 
 __all__ = ["DistillConfig", "DistillError", "DistillReport", "distill"]
 
@@ -207,9 +207,10 @@ def distill(teacher, student, data: Mapping[str, np.ndarray] | str | os.PathLike
     train_index, val_index = split(len(dataset), config.val_split, rng)
     run = _Run(loaded, dataset, logits, config)
     optimizer = OPTIMIZERS.get(config.optimizer)(config.weight_decay, config.momentum)
-    program = TrainingProgram(loaded, config.temperature, config.alpha,
-                              dataset.labels is not None, optimizer)
-    trainer = Trainer(program, loaded.param_values, optimizer)
+    coefficients = kd_loss_coefficients(config.temperature, config.alpha,
+                                        dataset.labels is not None)
+    trainer = Trainer(training_program(loaded, optimizer), loaded.param_values, optimizer,
+                      coefficients)
     monitor = val_index if len(val_index) else train_index
     before = run.evaluate(trainer, monitor)
     best, best_values, best_epoch, history, stale = None, trainer.values(), 0, [], 0

@@ -6,8 +6,7 @@
 them); ``y``: one-hot labels [B, C]; ``w``: per-sample weights [B] — ``1/n`` for the ``n`` real
 samples of a batch and 0 for the padding that fills a static-shape batch, so the loss is the
 mean over real samples. A sample without a label has an all-zero ``y``: only its soft-target
-term counts. Unlabelled data is built with ``labelled=False``: the pure soft-target
-term α=1 (``y`` is still an argument, unused, so every step has the same signature).
+term counts. Without any labels α is 1: the pure soft-target loss. T and α are runtime scalars.
 The T² factor keeps the soft-target gradients on the scale of the hard-label ones (Hinton 2015).
 """
 
@@ -18,26 +17,32 @@ from tvm import relax
 from tvm.relax import op as R
 
 
-def kd_loss_function(batch: int, classes: int, temperature: float, alpha: float,
-                     labelled: bool = True) -> relax.Function:
-    """``kd_loss(s, t, y, w) -> scalar`` as a one-dataflow-block Relax function (for AppendLoss)."""
+def kd_loss_coefficients(temperature: float, alpha: float, labelled: bool = True) -> list:
+    """The loss's runtime scalars ``(1/T, α·T², 1−α)`` as float32 arrays (α=1 without labels)."""
     alpha = alpha if labelled else 1.0
+    return [np.array(value, np.float32)
+            for value in (1.0 / temperature, alpha * temperature**2, 1.0 - alpha)]
+
+
+def kd_loss_function(batch: int, classes: int) -> relax.Function:
+    """``kd_loss(s, t, y, w, inverse_t, soft_weight, hard_weight) -> scalar``, one dataflow block
+    (for AppendLoss). T and α are arguments (:func:`kd_loss_coefficients`), so one compiled
+    program serves every temperature and mix."""
     logits = relax.TensorType((batch, classes), "float32")
     s, t, y = (relax.Var(name, logits) for name in ("s", "t", "y"))
     w = relax.Var("w", relax.TensorType((batch,), "float32"))
+    inverse_t, soft_weight, hard_weight = (relax.Var(name, relax.TensorType((), "float32"))
+                                           for name in ("inverse_t", "soft_weight",
+                                                        "hard_weight"))
     bb = relax.BlockBuilder()
-    with bb.function("kd_loss", [s, t, y, w]):
+    with bb.function("kd_loss", [s, t, y, w, inverse_t, soft_weight, hard_weight]):
         with bb.dataflow():
-            inverse_t = relax.const(1.0 / temperature, "float32")
             log_ps = bb.emit(R.nn.log_softmax(R.multiply(s, inverse_t), axis=-1))
             log_pt = bb.emit(R.nn.log_softmax(R.multiply(t, inverse_t), axis=-1))
             kl = bb.emit(R.sum(R.multiply(R.exp(log_pt), R.subtract(log_pt, log_ps)), axis=[1]))
-            per_sample = bb.emit(R.multiply(kl, relax.const(alpha * temperature**2, "float32")))
-            if alpha < 1.0:
-                log_p = bb.emit(R.nn.log_softmax(s, axis=-1))
-                ce = bb.emit(R.negative(R.sum(R.multiply(y, log_p), axis=[1])))
-                per_sample = bb.emit(R.add(per_sample,
-                                           R.multiply(ce, relax.const(1.0 - alpha, "float32"))))
+            log_p = bb.emit(R.nn.log_softmax(s, axis=-1))
+            ce = bb.emit(R.negative(R.sum(R.multiply(y, log_p), axis=[1])))
+            per_sample = bb.emit(R.add(R.multiply(kl, soft_weight), R.multiply(ce, hard_weight)))
             loss = bb.emit_output(R.sum(R.multiply(per_sample, w)))
         bb.emit_func_output(loss)
     return bb.get()["kd_loss"]
