@@ -191,6 +191,8 @@ def _onnx_with_values(source: onnx.ModelProto, values: Mapping[str, np.ndarray])
 
 # --- Relax students -------------------------------------------------------------------------
 
+Constant = tvm.ir.expr.GenericConst  # relax.Constant before TVM 0.27
+
 @relax.expr_functor.mutator
 class _ConstantLifter(relax.PyExprMutator):
     """Replaces weight constants with new parameters (the same constant → the same parameter)."""
@@ -198,10 +200,10 @@ class _ConstantLifter(relax.PyExprMutator):
     def __init__(self, frozen):
         super().__init__()
         self.frozen = frozen
-        self.lifted: list[tuple[relax.Constant, relax.Var]] = []
+        self.lifted: list[tuple[Constant, relax.Var]] = []
 
-    def visit_constant_(self, const):
-        array = const.data.numpy()
+    def visit_generic_const_(self, const):  # TVM 0.27: Relax constants are ir.GenericConst
+        array = const.value.numpy()
         if (array.dtype != np.float32 or array.ndim == 0 or array.size <= 1
                 or any(const.same_as(f) for f in self.frozen)):
             return const
@@ -219,7 +221,7 @@ def _batch_norm_statistics(func: relax.Function) -> list:
 
     def visit(expr):
         if isinstance(expr, relax.Call) and expr.op.same_as(batch_norm):
-            found.extend(a for a in expr.args[3:5] if isinstance(a, relax.Constant))
+            found.extend(a for a in expr.args[3:5] if isinstance(a, Constant))
 
     relax.analysis.post_order_visit(func, visit)
     return found
@@ -243,7 +245,7 @@ def student_from_relax(model) -> Student:
     params = list(main.params) + [var for _, var in lifter.lifted]
     backbone = relax.Function(params, body, main.ret_ty, main.is_pure, main.attrs)
     names = [var.name for _, var in lifter.lifted]
-    values = [const.data.numpy() for const, _ in lifter.lifted]
+    values = [const.value.numpy() for const, _ in lifter.lifted]
     return _finish(backbone, specs, names, values, batch_of(specs, 1), model, "relax", [],
                    lifter.lifted)
 
