@@ -170,17 +170,26 @@ def _const(value, dtype: str) -> tvm.ir.expr.Constant:
     return relax.const(np.asarray(value, dtype=dtype), dtype)
 
 
-def quantized_call(bb: relax.BlockBuilder, call: relax.Call, plan: LayerPlan, axis: int):
-    """The QDQ form of one layer (``plan.mode`` int8 or weight_only)."""
+def quantized_call(bb: relax.BlockBuilder, call: relax.Call, plan: LayerPlan, axis: int,
+                   shared: dict | None = None):
+    """The QDQ form of one layer (``plan.mode`` int8 or weight_only). Layers reading the same
+    tensor with the same parameters (a ResNet block's conv and its projection) share one
+    quantize/dequantize pair through ``shared``."""
     weight = bb.emit(relax.op.dequantize(
         _const(plan.weight_q, "int8"), _const(plan.weight_scale, "float32"), _const(0, "int8"),
         axis=axis))
     data = call.args[0]
     if plan.mode == "int8":
-        scale = _const(plan.input_scale, "float32")
-        zero = _const(plan.input_zero_point, plan.input_dtype)
-        q = bb.emit(relax.op.quantize(data, scale, zero, axis=-1, out_dtype=plan.input_dtype))
-        data = bb.emit(relax.op.dequantize(q, scale, zero, axis=-1))
+        key = (data, plan.input_scale, plan.input_zero_point, plan.input_dtype)
+        if shared is None or key not in shared:
+            scale = _const(plan.input_scale, "float32")
+            zero = _const(plan.input_zero_point, plan.input_dtype)
+            q = bb.emit(relax.op.quantize(data, scale, zero, axis=-1, out_dtype=plan.input_dtype))
+            dequantized = bb.emit(relax.op.dequantize(q, scale, zero, axis=-1))
+            if shared is None:
+                return relax.Call(call.op, [dequantized, weight], call.attrs, call.ty_args)
+            shared[key] = dequantized
+        data = shared[key]
     return relax.Call(call.op, [data, weight], call.attrs, call.ty_args)
 
 
@@ -188,11 +197,13 @@ def annotate(mod: tvm.IRModule, layers: list[Layer],
              plans: Mapping[int, LayerPlan]) -> tvm.IRModule:
     """``mod`` with every planned layer in QDQ form; weight-only layers fused with their
     weight's dequantize. Layers without a plan (or planned ``float``) are left as they are."""
+    shared: dict = {}
+
     def on_layer(bb, index, call):
         plan = plans.get(index)
         if plan is None or plan.mode == "float":
             return call
-        return quantized_call(bb, call, plan, layers[index].channel_axis)
+        return quantized_call(bb, call, plan, layers[index].channel_axis, shared)
 
     mod = rebuild_main(mod, on_layer)
     if any(p.mode == "weight_only" for p in plans.values()):

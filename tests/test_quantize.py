@@ -3,6 +3,8 @@ weight-only, keep-float, the accuracy guard, the report and the CLI."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import ort_outputs, run_cli
@@ -39,6 +41,20 @@ def run_batches(artifact, name: str, samples: np.ndarray, batch: int) -> np.ndar
     model = relaycomp.load(artifact.path)
     return np.concatenate([model.run({name: samples[i:i + batch]})[model.manifest.outputs[0].name]
                            for i in range(0, len(samples), batch)])
+
+
+def integer_contractions(dump: Path) -> int:
+    """conv2d/matmul calls accumulating in int32 after lower_qdq_to_integer (none left float)."""
+    after = next(dump.glob("*_quantize_lower_qdq_to_integer.py")).read_text()
+    calls = [line for line in after.splitlines() if "R.nn.conv2d(" in line or "R.matmul(" in line]
+    assert all('out_dtype="int32"' in line for line in calls), "a float contraction is left"
+    return len(calls)
+
+
+def model_layers(model) -> list[str]:
+    from relaycomp.quantize import onnx_layer_names
+
+    return onnx_layer_names(model)
 
 
 # --- configuration and data -------------------------------------------------------------------
@@ -151,8 +167,10 @@ def test_report_has_per_layer_scales_and_weights_under_30_percent(digits_int8):
 @pytest.mark.parametrize("build", [resnet_block_net, mobilenet_style_net])
 def test_test_models_agree_with_float_on_random_inputs(build, tmp_path):
     model = build()
-    config = CompileConfig(quantize=QuantConfig(), calibration={"x": random_samples(64)})
+    config = CompileConfig(quantize=QuantConfig(), calibration={"x": random_samples(64)},
+                           dump_ir=tmp_path / "ir")
     artifact = compile_model(model, tmp_path / "m.so", config)
+    assert integer_contractions(tmp_path / "ir") == len(model_layers(model))
     samples = random_samples(200, seed=1)
     int8 = run_batches(artifact, "x", samples, 1)
     reference = np.concatenate([ort_outputs(model, {"x": s[None]})["logits"] for s in samples])
@@ -178,7 +196,8 @@ def test_keep_float_by_kind_and_by_onnx_name():
                            calib={"x": random_samples(8)})
     modes = {la["onnx_name"]: la["mode"] for la in report.layers}
     assert modes["conv_1"] == "float" and modes["gemm_1"] == "float" and modes["conv_2"] == "int8"
-    assert relaycomp.ir.op_counts(mod)["quantize"] == 5
+    # five int8 layers; the strided block's conv and its projection share one quantize
+    assert relaycomp.ir.op_counts(mod)["quantize"] == 4
 
 
 def test_accuracy_guard_returns_the_most_sensitive_layers_to_float_until_within_budget():

@@ -180,3 +180,26 @@ def test_runs_at_the_start_of_the_quantize_stage_with_its_options():
     assert pipeline.records[-1].ops_changed == {"dequantize": 6, "quantize": 3}
     assert [la["mode"] for la in report.layers] == ["int8", "int8", "int8"]
     assert report.samples["calibration"] == 16
+
+
+def test_layers_reading_one_tensor_with_equal_parameters_share_one_quantize():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 6, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(x, relax.const(W_CONV), padding=1))
+            b = bb.emit(relax.op.nn.conv2d(x, relax.const(W_CONV * 2), padding=1))
+            out = bb.emit_output(bb.emit(relax.op.add(a, b)))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    layers = find_layers(mod)
+    counts = relaycomp_op_counts(annotate(mod, layers, plans_for(layers)))
+    assert (counts["quantize"], counts["dequantize"]) == (1, 3)  # one input pair, two weights
+    other = {**plans_for(layers), 1: plans_for(layers, scale=0.5)[1]}
+    assert relaycomp_op_counts(annotate(mod, layers, other))["quantize"] == 2
+
+
+def relaycomp_op_counts(mod):
+    from relaycomp.ir import op_counts
+
+    return op_counts(mod)
