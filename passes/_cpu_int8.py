@@ -15,8 +15,8 @@ u8 and s8 both widened to 16 bits, so the pair sums are exact (``vpmaddubsw``'s 
 sums saturate for 8-bit weights; onnxruntime needs 7-bit weights on AVX2 for that reason).
 ``data`` gets the layout ``[n, c/2, h, w, 2]`` (a copy in the kernel, ~1/(9 f) of the work),
 ``weight`` ``[f/8F, c/2, ry, rx, F, 8, 2]`` (prepacked: ``meta_schedule.layout_rewrite_preproc``);
-the accumulator tile ``U x 8F`` (up to 16 ymm registers) is laid out channel-last; the epilogue
-(zero-point correction, rescale, bias, activation, next ``quantize``) is inlined into its
+the accumulator tile ``U x 8F`` (in ymm registers with its operands) is laid out channel-last;
+the epilogue (zero-point correction, rescale, bias, activation, next ``quantize``) is inlined into its
 write-back, so the kernel reads and writes 8-bit tensors.
 """
 
@@ -33,7 +33,8 @@ from ._cpu_common import CpuFacts, schedule_spatial_block
 DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 LANES, PAIR = 8, 2
-MAX_ACCUMULATORS = 16  # ymm registers
+YMM_REGISTERS = 16
+BROADCAST_COST = 4  # movzwl, vmovd, vpmovzxbw, vpbroadcastd
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
 
 
@@ -98,10 +99,12 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
         return None
     out_channels, width, batch_loops = shape
     position = infos.index(reductions[0])
+    # Padding stays a stage of its own (writing the input pairs-last, once); other elementwise
+    # producers are inlined.
     kept = [info.block_rv for info in infos[:position]
             if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not _inlined(sch, info.block_rv)]
     blocks, tile = _register_tile(out_channels // LANES, width)
-    data = sch.get(main).reads[0].source
+    data = sch.get(main).reads[0].source  # the parameter itself once a copy was inlined
     copies = []
     if any(data.same_as(param) for param in sch.mod["main"].params):
         copies.append(sch.cache_read(main, 0, "global"))
@@ -181,15 +184,20 @@ def _conv_shape(block) -> tuple[int, int, int] | None:
 
 
 def _register_tile(channel_blocks: int, width: int) -> tuple[int, int]:
-    """``(F, U)``: 8-channel blocks and output columns per tile, the most accumulators (at
-    most 16), then the most channel blocks (each broadcast input pair is reused F times)."""
+    """``(F, U)``: 8-channel blocks and output columns per tile. The ``F x U`` accumulators, the
+    ``F`` weight vectors and the broadcast input must fit in the 16 ymm registers (a spilled
+    accumulator costs a load and a store per multiply-add); then the most multiply-adds per
+    operand instruction, then the most accumulators."""
     best = (0, 0, 1, 1)
     for blocks in (4, 2, 1):
         if channel_blocks % blocks:
             continue
-        for tile in range(1, MAX_ACCUMULATORS // blocks + 1):
-            if width % tile == 0:
-                best = max(best, (blocks * tile, blocks, blocks, tile))
+        for tile in range(1, width + 1):
+            # + 2: the broadcast input and the product before it is added.
+            if width % tile == 0 and blocks * tile + blocks + 2 <= YMM_REGISTERS:
+                # Broadcasting a u8 pair costs ~4 instructions, a weight vector one.
+                per_cost = blocks * tile / (BROADCAST_COST * tile + blocks)
+                best = max(best, (per_cost, blocks * tile, blocks, tile))
     return best[2], best[3]
 
 
