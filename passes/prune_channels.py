@@ -36,12 +36,19 @@ from relaycomp.registry import register_pass
 @register_pass("prune_channels", stage="prune")
 def prune_channels(target: tvm.target.Target | None = None, config: PruneConfig | None = None,
                    reports: list | None = None,
-                   calib: Mapping[str, np.ndarray] | None = None) -> tvm.transform.Pass:
-    """Remove whole channels/filters from ``main`` under ``config`` (default ratio 0.3, L2)."""
+                   calib: Mapping[str, np.ndarray] | None = None,
+                   layer_names: list[str] | None = None) -> tvm.transform.Pass:
+    """Remove whole channels/filters from ``main`` under ``config`` (default ratio 0.3, L2).
+
+    ``calib``: input name → batch, for the ``activation`` criterion and compensation.
+    ``layer_names``: the ONNX names of the conv/dense layers, in order
+    (:func:`relaycomp.prune_view.onnx_layer_names`), to name groups in reports and in
+    ``config.protected``/``overrides`` as on the ONNX graph; otherwise they are Relax variables.
+    """
     config = config or PruneConfig()
 
     def run(mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        view = RelaxView(mod)
+        view = RelaxView(mod, layer_names=layer_names)
         pruner = Pruner(view, config, calib)
         if view.unsupported:  # leave the whole function alone, and say why
             pruned, keep = mod, {}

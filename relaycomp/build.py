@@ -94,7 +94,10 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
     prune_reports: list = []  # passes/prune_channels fills it in the prune stage
     if config.prune is not None:
         stages = with_passes(stages, [Placement("prune_channels", "prune")])
-        own = {"config": config.prune, "reports": prune_reports}  # + pass_options' calib
+        from .prune_view import onnx_layer_names
+
+        own = {"config": config.prune, "reports": prune_reports,  # + pass_options' calib
+               "layer_names": onnx_layer_names(model)}
         options = {**options, "prune_channels": {**options.get("prune_channels", {}), **own}}
     tuning_db, tuning_summary = None, None
     if config.tuning is not None:  # tuned kernels replace heuristic ones in the schedule stage

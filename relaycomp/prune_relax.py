@@ -29,11 +29,18 @@ from .prune_view import GraphView, OpNode
 
 
 class RelaxView(GraphView):
-    """``mod[func_name]`` as the channel analysis sees it."""
+    """``mod[func_name]`` as the channel analysis sees it.
+
+    ``layer_names``: the source model's names of its conv/dense layers in order (e.g.
+    :func:`relaycomp.prune_view.onnx_layer_names`); when they line up one to one with the
+    function's conv2d/matmul calls with constant weights, those nodes take these names, so
+    reports, ``protected`` and ``overrides`` read as they do on the ONNX graph.
+    """
 
     kind = "relax"
 
-    def __init__(self, mod: tvm.IRModule, func_name: str = "main"):
+    def __init__(self, mod: tvm.IRModule, func_name: str = "main",
+                 layer_names: list[str] | None = None):
         self.mod, self.func_name = mod, func_name
         self.func = mod[func_name]
         self.names: dict[relax.Var, str] = {}
@@ -49,6 +56,8 @@ class RelaxView(GraphView):
                 for i, field in enumerate(binding.var.ty.fields):
                     _set_shape(shapes, f"{name}.{i}", field)
             nodes.append(self._node(name, binding, constants))
+        self.by_binding = {self.names[b.var]: node for b, node in zip(self._bindings(), nodes)}
+        _rename_layers(nodes, constants, layer_names)
         super().__init__(mod, nodes, [self.names[p] for p in self.func.params],
                          [self.names[v] for v in _vars_in(self.func.body.body)], constants,
                          shapes)
@@ -110,12 +119,13 @@ class RelaxView(GraphView):
                 with bb.dataflow() if dataflow else contextlib.nullcontext():
                     for binding in block.bindings:
                         name = self.names[binding.var]
+                        node_name = self.by_binding[name].name
                         value = self._rewrite(name, binding.value, varmap, constants,
-                                              edits.get(name), spaces)
+                                              edits.get(node_name), spaces)
                         output = dataflow and not isinstance(binding.var, relax.DataflowVar)
                         emit = bb.emit_output if output else bb.emit
                         varmap[binding.var] = emit(value, name_hint=binding.var.name)
-                        bias = constants.get(f"{name}:bias")
+                        bias = constants.get(f"{node_name}:bias")
                         if bias is not None:  # a compensation bias for a conv/matmul without one
                             varmap[binding.var] = emit(relax.op.add(varmap[binding.var],
                                                                     relax.const(bias)))
@@ -166,6 +176,15 @@ class RelaxView(GraphView):
     def new_bias_shape(self, node, size):
         shapes = {"Conv": (1, size, 1, 1), "MatMul": (size,)}
         return shapes.get(node.op_type)
+
+
+def _rename_layers(nodes: list[OpNode], constants: dict, names: list[str] | None) -> None:
+    layers = [n for n in nodes if n.op_type in ("Conv", "ConvTranspose", "MatMul")
+              and len(n.input) > 1 and n.input[1] in constants]
+    taken = {n.name for n in nodes}
+    if names and len(names) == len(layers) and not taken & set(names):
+        for node, name in zip(layers, names):
+            node.name = name
 
 
 def _same_type(new: relax.Expr, old: relax.Expr) -> bool:

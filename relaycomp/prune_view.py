@@ -115,6 +115,16 @@ class OnnxView(GraphView):
         return (size,) if node.op_type in ("Conv", "Gemm") else None
 
 
+def onnx_layer_names(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/ConvTranspose/Gemm/MatMul nodes with a constant weight, in order:
+    the layers a Relax view of the imported model can be named after."""
+    constants = {t.name for t in model.graph.initializer} | {
+        n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    return [node.name or node.output[0] for node in model.graph.node
+            if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+            and len(node.input) > 1 and node.input[1] in constants]
+
+
 def _onnx_node(node: onnx.NodeProto) -> OpNode:
     subgraphs = [a for a in node.attribute
                  if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)]

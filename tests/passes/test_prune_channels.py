@@ -191,3 +191,19 @@ def test_calibrated_compensation_lowers_the_output_error_on_digits(ratio, tmp_pa
         return np.abs(actual["logits"] - expected).mean()
 
     assert error(True, {"input": samples["calibration"]}) < 0.9 * error(False)
+
+
+def test_compile_names_groups_after_the_onnx_layers_and_honours_protected_and_overrides(
+        tmp_path):
+    model = digits_model()
+    config = PruneConfig(ratio=0.5, round_to=1, protected=("/conv2/Conv",),
+                         overrides={"/conv1/Conv": 0.75})
+    artifact = compile_model(model, tmp_path / "d.so", CompileConfig(prune=config))
+    report = artifact.manifest.report["prune"]
+    _, onnx_report = prune(model, config)
+    assert [(g["name"], g["kept"]) for g in report["groups"]] == \
+        [(g["name"], g["kept"]) for g in onnx_report.pruned] == [("/conv1/Conv", 4),
+                                                                  ("/conv3/Conv", 16)]
+    assert {"name": "/conv2/Conv", "producers": ["/conv2/Conv"], "channels": 32,
+            "reasons": ["protected"]} in report["skipped"]
+    assert report["after"]["macs"] == onnx_report.after["macs"]
