@@ -67,7 +67,8 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str) -> N
             import relaycomp
 
             loaded = relaycomp.load(artifact.path)
-            results[label] = (loaded.time(inputs, repeat=30).median_ms, seconds, artifact)
+            results[label] = (loaded.time(inputs, repeat=30).median_ms, seconds, artifact,
+                              artifact.path.stat().st_size)
         fixed = onnx.load(str(model_path))
         _pin(fixed, input_name, shape)
         float_path, int8_path = folder / "f.onnx", folder / "q.onnx"
@@ -85,7 +86,9 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str) -> N
           f"relaycomp int8 / onnxruntime int8 {int8 / ort_int8:.2f}x")
     print(f"  compile: fp32 {results['fp32'][1]:.0f} s, int8 {results['int8'][1]:.0f} s "
           f"(calibration {method} + accuracy check)")
-    print(f"  layer weights {report['weight_bytes_float'] / 1e6:.2f} -> "
+    sizes = results["fp32"][3], results["int8"][3]
+    print(f"  artifact {sizes[0] / 1e6:.2f} -> {sizes[1] / 1e6:.2f} MB ({sizes[1] / sizes[0]:.0%}),"
+          f" layer weights {report['weight_bytes_float'] / 1e6:.2f} -> "
           f"{report['weight_bytes_quantized'] / 1e6:.2f} MB "
           f"({report['weight_bytes_quantized'] / report['weight_bytes_float']:.0%})")
     text = f"top-1 agreement {accuracy['top1_agreement']:.1%}, cosine {accuracy['cosine']:.4f}"

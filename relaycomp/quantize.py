@@ -35,7 +35,7 @@ from .passes.quantize_int8 import (
 from .quantize_calib import CALIBRATORS, make_calibrator
 from .quantize_data import load_batches
 from .quantize_guard import Agreement, Evaluator, HostModule, guard
-from .quantize_report import QuantReport, layer_entry, stored_bytes
+from .quantize_report import QuantReport, constant_bytes, layer_entry, stored_bytes
 
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "matmul")
 ACTIVATION_SCHEMES = ("asymmetric", "symmetric")
@@ -145,7 +145,10 @@ def quantize(mod, config: QuantConfig | None = None, *, calib=None,
                                   sensitivity) for la in layers]
     report.weight_bytes_float = sum(la.weight.nbytes for la in layers)
     report.weight_bytes_quantized = sum(stored_bytes(la, plans.get(la.index)) for la in layers)
-    return annotate(mod, layers, plans), report
+    quantized = annotate(mod, layers, plans)
+    report.model_bytes_float = constant_bytes(mod)
+    report.model_bytes_quantized = constant_bytes(quantized)
+    return quantized, report
 
 
 def prepare_compile(stages, options, compile_config, imported) -> tuple[list, dict, QuantReport]:
@@ -172,7 +175,9 @@ def _mixed_precision(mod, config, layers, names) -> tuple[tvm.IRModule, QuantRep
                      for la, name in zip(layers, names)]
     report.weight_bytes_float = sum(la.weight.nbytes for la in layers)
     report.weight_bytes_quantized = report.weight_bytes_float // 2
-    return relax.transform.ToMixedPrecision(out_dtype="float32")(mod), report
+    mixed = relax.transform.FoldConstant()(relax.transform.ToMixedPrecision(out_dtype="float32")(mod))
+    report.model_bytes_float, report.model_bytes_quantized = constant_bytes(mod), constant_bytes(mixed)
+    return mixed, report
 
 
 def simplified_module(model, input_shapes=None) -> tuple[tvm.IRModule, list, list[str]]:

@@ -15,6 +15,8 @@ class QuantReport:
     layers: list[dict] = field(default_factory=list)
     weight_bytes_float: int = 0
     weight_bytes_quantized: int = 0
+    model_bytes_float: int = 0  # every tensor constant of the module (weights, biases, ...)
+    model_bytes_quantized: int = 0
     accuracy: dict | None = None
     evaluated_on: str = ""
     samples: dict = field(default_factory=dict)
@@ -33,6 +35,8 @@ class QuantReport:
         return {"config": self.config, "layers": self.layers,
                 "weight_bytes_float": self.weight_bytes_float,
                 "weight_bytes_quantized": self.weight_bytes_quantized,
+                "model_bytes_float": self.model_bytes_float,
+                "model_bytes_quantized": self.model_bytes_quantized,
                 "accuracy": self.accuracy, "evaluated_on": self.evaluated_on,
                 "samples": self.samples}
 
@@ -44,6 +48,10 @@ class QuantReport:
                 f"{self.weight_bytes_float / 1024:.1f} -> "
                 f"{self.weight_bytes_quantized / 1024:.1f} KiB ({ratio:.1%})")
         lines = [head]
+        if self.model_bytes_float:
+            lines.append(f"model constants {self.model_bytes_float / 1024:.1f} -> "
+                         f"{self.model_bytes_quantized / 1024:.1f} KiB "
+                         f"({self.model_bytes_quantized / self.model_bytes_float:.1%})")
         if self.accuracy:
             a = self.accuracy
             text = [f"cosine {a['cosine']:.4f}", f"max error {a['max_abs_error']:.3g}"]
@@ -96,3 +104,18 @@ def layer_entry(layer, onnx_name, plan, kept, fallback, sensitivity) -> dict:
         entry.update(input_scale=plan.input_scale, input_zero_point=plan.input_zero_point,
                      input_dtype=plan.input_dtype)
     return entry
+
+
+def constant_bytes(mod) -> int:
+    """Bytes of the tensor constants in ``main``."""
+    import tvm
+    from tvm import relax
+
+    sizes: list[int] = []
+
+    def visit(expr):
+        if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy"):
+            sizes.append(expr.value.numpy().nbytes)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return sum(sizes)

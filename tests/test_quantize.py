@@ -164,6 +164,18 @@ def test_report_has_per_layer_scales_and_weights_under_30_percent(digits_int8):
     assert "quantized 4/4 layers" in report.summary()
 
 
+def test_per_tensor_symmetric_digits_also_stay_within_one_point():
+    images, labels = held_out_digits()
+    config = QuantConfig(per_channel=False, activations="symmetric", calibration="percentile")
+    _, report = quantize("example:digits", config, calib="example:digits",
+                         eval_data={"input": images, "labels": labels})
+    assert all(la["weight_scheme"] == "per-tensor" and la["input_zero_point"] == 0
+               for la in report.layers)
+    accuracy = report.accuracy
+    assert accuracy["quant_accuracy"] >= accuracy["float_accuracy"] - 0.01
+    assert report.model_bytes_quantized <= 0.30 * report.model_bytes_float
+
+
 @pytest.mark.parametrize("build", [resnet_block_net, mobilenet_style_net])
 def test_test_models_agree_with_float_on_random_inputs(build, tmp_path):
     model = build()
