@@ -9,15 +9,17 @@ Produces, for a layer planned ``int8``::
            dequantize(W_q, s_w, 0, axis=0))             # matmul: axis=1, W is [K, N]
 
 (``W_q`` an int8 constant, ``s_w`` per output channel or a scalar, ``s_x``/``zp_x`` scalar
-constants; bias and activation stay as they were) — the contract ``lower_qdq_to_integer``
-realizes as int8×int8→int32 kernels. A ``weight_only`` layer keeps float activations and becomes
+constants; bias and activation stay as they were; layers reading one tensor with equal
+parameters share one quantize/dequantize) — the contract ``lower_qdq_to_integer`` realizes as
+int8×int8→int32 kernels. A ``weight_only`` layer keeps float activations and becomes
 one fused kernel reading the int8 weight (``op(x, dequantize(W_q, s_w, 0))``, grouped by
 FuseOpsByPattern so constant folding cannot turn the weight back into floats).
 Keeps: the signature of ``main``; the module alone is a runnable float "fake-quant" model.
 Runs: stage ``quantize``, at its start (after ``simplify`` folded BatchNorm and constants),
 with options ``config`` (:class:`relaycomp.quantize.QuantConfig`), ``calib`` (data),
 ``eval_data`` and ``report`` (a :class:`relaycomp.quantize.QuantReport` it fills in): calibration
-and the accuracy guard run inside, see :func:`relaycomp.quantize.quantize`.
+and the accuracy guard run inside, see :func:`relaycomp.quantize.quantize`. With
+``config.dtype == "float16"`` (CUDA targets only) it applies TVM's ToMixedPrecision instead.
 Reports: per-layer scheme, scales, sensitivity and fallbacks, sizes, accuracy.
 """
 
