@@ -52,6 +52,7 @@ from .tune_measure import (
 )
 
 DEFAULT_DB = Path("~/.cache/relaycomp/tuning")
+MIN_TASK_TRIALS = 32  # fewer trials than this rarely beat the heuristic schedule
 
 
 @dataclass(frozen=True)
@@ -240,8 +241,24 @@ def _shares(tasks, baselines: Sequence[float | None]) -> list[float]:
 
 
 def _budgets(tasks, baselines: Sequence[float | None], trials: int) -> list[int]:
-    """Trials per task, by share of the model's heuristic latency."""
-    return [round(trials * share) for share in _shares(tasks, baselines)]
+    """Trials per task: the largest shares of the model's heuristic latency first, each tuned
+    task at least ``MIN_TASK_TRIALS`` (fewer only if that is the whole budget), the rest of the
+    budget shared out by share. A search has a fixed cost per task (its initial population):
+    spreading a small budget thin over every kernel buys random schedules, not tuned ones.
+    """
+    shares = _shares(tasks, baselines)
+    floor = min(MIN_TASK_TRIALS, trials)
+    chosen = []
+    for i in sorted(range(len(tasks)), key=lambda i: -shares[i]):
+        if floor == 0 or (len(chosen) + 1) * floor > trials:
+            break
+        chosen.append(i)
+    budgets = [0] * len(tasks)
+    rest = trials - floor * len(chosen)
+    covered = sum(shares[i] for i in chosen) or 1.0
+    for i in chosen:
+        budgets[i] = floor + int(rest * shares[i] / covered)
+    return budgets
 
 
 def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, runner,
@@ -259,7 +276,7 @@ def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, 
     # The console handler MetaSchedule installs takes the package logger's level: keep it to
     # warnings (the full log still goes to the run folder's logs/), our progress line says more.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    population = min(512, max(64, 8 * max(todo.values())))
+    population = min(256, max(64, 4 * max(todo.values())))
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=population, init_min_unmeasured=min(50, population // 2))
     contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(

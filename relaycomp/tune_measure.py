@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cloudpickle
 import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -75,6 +76,9 @@ class PooledBuilder(ms.builder.PyBuilder):
         """Build each input in the pool; a timeout or exception becomes that input's error."""
         if self._pool is None or self._batches >= self.batches_per_pool:
             self.close()
+            # The workers get this module's functions by value: importing it by name would
+            # import the relaycomp package, whose passes import tvm.s_tir.tensor_intrin.
+            cloudpickle.register_pickle_by_value(sys.modules[__name__])
             self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
                                            initializer=_warm_up_builder)
         self._batches += 1

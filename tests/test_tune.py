@@ -25,7 +25,7 @@ from relaycomp.build import CompileConfig, compile_model
 from relaycomp.errors import TuningError
 from relaycomp.registry import PASSES
 from relaycomp.targets import resolve
-from relaycomp.tune import TuneConfig, _budgets, tune
+from relaycomp.tune import MIN_TASK_TRIALS, TuneConfig, _budgets, tune
 from relaycomp.tune_db import RECORDS, TuningDatabase
 from relaycomp.tune_measure import Device
 
@@ -119,9 +119,15 @@ def test_budget_follows_share_of_latency():
         def __init__(self, weight):
             self.weight = weight
 
-    budgets = _budgets([Task(1), Task(2), Task(1)], [2e-3, 1e-3, None], 60)
-    assert budgets == [20, 20, 20]   # a failed baseline counts as the slowest kernel
-    assert _budgets([Task(3), Task(1)], [1e-3, 1e-3], 8) == [6, 2]
+    # a failed baseline counts as the slowest kernel; shares 2:2:2
+    assert _budgets([Task(1), Task(2), Task(1)], [2e-3, 1e-3, None], 120) == [40, 40, 40]
+    # shares 3:1: each tuned task gets MIN_TASK_TRIALS, the rest goes by share
+    assert _budgets([Task(3), Task(1)], [1e-3, 1e-3], 2 * MIN_TASK_TRIALS + 40) == \
+        [MIN_TASK_TRIALS + 30, MIN_TASK_TRIALS + 10]
+    # a budget too small for both goes to the largest share; a tiny one all to it
+    assert _budgets([Task(1), Task(3)], [1e-3, 1e-3], MIN_TASK_TRIALS + 8) == \
+        [0, MIN_TASK_TRIALS + 8]
+    assert _budgets([Task(1), Task(3)], [1e-3, 1e-3], 8) == [0, 8]
 
 
 def test_apply_tuning_database_is_a_registered_schedule_pass():
