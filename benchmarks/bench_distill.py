@@ -114,7 +114,7 @@ def accuracy(seeds: list[int]) -> None:
         distilled, scratch = _distilled_and_scratch(digits, logits, seed, epochs=10)
         print(f"  seed {seed}: distilled {distilled:.2%}  scratch {scratch:.2%}")
     for epochs in (10, 30):
-        (unpruned, pruned, recovered), report = _pruned_recovery(digits, teacher, epochs)
+        (unpruned, pruned, recovered), report, _ = _pruned_recovery(digits, teacher, epochs)
         print(f"50%-pruned digits CNN, {epochs} epochs lr 1e-2: unpruned {unpruned:.2%}, pruned "
               f"{pruned:.2%}, distilled {recovered:.2%} "
               f"({report.samples_per_second:,.0f} samples/s)")

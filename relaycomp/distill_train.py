@@ -2,6 +2,7 @@
 
 Built with ``tvm.relax.training``'s pieces: BatchNorm is decomposed into its inference form
 (``DecomposeOpsForInference``: the running statistics stay fixed, scale and bias train),
+ops without a gradient are rewritten into ones with (:mod:`relaycomp.distill_grad`),
 ``AppendLoss`` attaches the KD loss of :mod:`relaycomp.distill_loss`, ``Gradient`` derives
 ``backbone_loss_adjoint``, and the optimizer of :mod:`relaycomp.distill_optim` is added as
 ``optimizer``. Everything runs in TVM; the host only feeds batches and the learning rate.
@@ -17,6 +18,7 @@ import tvm
 from tvm import relax
 from tvm.relax.training.utils import AppendLoss
 
+from .distill_grad import make_differentiable
 from .distill_loss import kd_loss_function
 from .distill_student import DistillError, Student
 from .errors import last_line
@@ -60,7 +62,7 @@ class TrainingProgram:
     def __init__(self, student: Student, optimizer):
         self.student = student
         self.inputs = len(student.inputs)
-        backbone = student.backbone.with_attr("global_symbol", BACKBONE)
+        backbone = make_differentiable(student.backbone).with_attr("global_symbol", BACKBONE)
         mod = relax.transform.DecomposeOpsForInference(BACKBONE)(tvm.IRModule({BACKBONE:
                                                                               backbone}))
         params = list(mod[BACKBONE].params[self.inputs:])
