@@ -49,14 +49,15 @@ class RelaxView(GraphView):
         self.shapes = shapes  # readers look up shapes of earlier bindings
         for param in self.func.params:
             _set_shape(shapes, self._name(param), param.ty)
-        for binding in self._bindings():
+        bindings = list(self._bindings())
+        for binding in bindings:
             name = self._name(binding.var)
             _set_shape(shapes, name, binding.var.ty)
             if isinstance(binding.var.ty, relax.TupleType):
                 for i, field in enumerate(binding.var.ty.fields):
                     _set_shape(shapes, f"{name}.{i}", field)
             nodes.append(self._node(name, binding, constants))
-        self.by_binding = {self.names[b.var]: node for b, node in zip(self._bindings(), nodes)}
+        self.by_binding = {self.names[b.var]: node for b, node in zip(bindings, nodes)}
         _rename_layers(nodes, constants, layer_names)
         super().__init__(mod, nodes, [self.names[p] for p in self.func.params],
                          [self.names[v] for v in _vars_in(self.func.body.body)], constants,
