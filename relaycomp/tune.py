@@ -184,7 +184,8 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
     database = tuning_database(config.tuning_db, spec)
     device = Device(config.rpc, config.key)
     runs_here = spec.runs_on_this_machine
-    runner = make_runner(device, spec.kind, runs_here=runs_here)
+    # A compile reusing a database (no trials) needs a device only for unchecked records.
+    runner = make_runner(device, spec.kind, runs_here=runs_here) if config.trials > 0 else None
     builder = make_builder(spec)
     run = None
     keys = [workload_key(t.dispatched[0]) for t in tasks]
@@ -214,7 +215,12 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
             new_trials.update(_search(tasks, keys, todo, budgets, database, run, builder,
                                       runner, config))
             database.load()
-        if any(database.state(key).needs_check for key in keys):
+        unchecked = sum(database.state(key).needs_check for key in keys)
+        if unchecked and runner is None and device.rpc is None and not runs_here:
+            warnings.warn(f"{unchecked} tuned kernel(s) were never checked against the "
+                          "heuristic schedule on the device (an interrupted run); they are not "
+                          "used: tune again with --rpc to check them", stacklevel=2)
+        elif unchecked:
             def run_folder():
                 return run or database.new_run()
 
