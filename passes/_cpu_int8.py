@@ -1,26 +1,33 @@
-"""The int8 conv2d schedule of ``schedule_cpu_loops`` on x86 AVX2: ``vpmaddwd`` tensorized.
+"""The int8 conv2d schedule of ``schedule_cpu_loops`` on x86: a dot-product instruction tensorized.
 
 Matches a PrimFunc (as in ``_cpu_contraction``) whose one reduction block is an NCHW conv2d
 ``acc[n, f, y, x] += int32(data[n, c, y*s + ry*d, x*s + rx*d]) * int32(weight[f, c, ry, rx])``
 with uint8 ``data``, int8 ``weight`` (a parameter: a constant weight is repacked at compile
-time), ``f`` a multiple of 8 and ``c`` of 2 - what ``lower_qdq_to_integer`` produces - on an x86
-CPU with AVX2.
+time), ``f`` a multiple of the lanes and ``c`` of the group (below) - what
+``lower_qdq_to_integer`` produces - on an x86 CPU with AVX-512 VNNI or AVX2
+(:func:`int8_instructions`).
 
-Schedule::
+Schedule (``L`` lanes, ``G`` group)::
 
-    parallel(n, f / 8F, y, x / U) / c / 2, ry, rx / unroll(U) / unroll(F) / dot_8x2
+    parallel(n, f / L F, y, x / U) / c / G, ry, rx / unroll(U) / unroll(F) / dot_LxG
 
-``dot_8x2`` (:data:`DOT_8X2_AVX2`) is one ``vpmaddwd``: 8 output channels x 2 input channels,
-u8 and s8 both widened to 16 bits, so the pair sums are exact (``vpmaddubsw``'s 16-bit pair
-sums saturate for 8-bit weights; onnxruntime needs 7-bit weights on AVX2 for that reason).
-``data`` gets the layout ``[n, c/2, h, w, 2]`` (a copy in the kernel, ~1/(9 f) of the work),
-``weight`` ``[f/8F, c/2, ry, rx, F, 8, 2]`` (prepacked: ``meta_schedule.layout_rewrite_preproc``);
-the accumulator tile ``U x 8F`` (in ymm registers with its operands) is laid out channel-last;
-the epilogue (zero-point correction, rescale, bias, activation, next ``quantize``) is inlined into its
-write-back, so the kernel reads and writes 8-bit tensors.
+- AVX2, ``dot_8x2`` (:data:`DOT_8X2_AVX2`): one ``vpmaddwd``, 8 output channels x 2 input
+  channels, u8 and s8 widened to 16 bits, so the pair sums are exact (``vpmaddubsw``'s 16-bit
+  pair sums saturate with 8-bit weights; onnxruntime needs 7-bit weights on AVX2 for that).
+- AVX-512 VNNI, ``dot_16x4`` (:data:`DOT_16X4_VNNI`): one ``vpdpbusd``, 16 channels x 4,
+  exact.
+
+``data`` gets the layout ``[n, c/G, h, w, G]`` (written so by the padding stage, or a copy in the
+kernel: ~1/(9 f) of the work), ``weight`` ``[f/LF, c/G, ry, rx, F, L, G]`` (prepacked:
+``meta_schedule.layout_rewrite_preproc``); the ``U x LF`` accumulator tile (in vector registers
+with its operands) is laid out channel-last; the epilogue (zero-point correction, rescale, bias,
+activation, next ``quantize``) is inlined into its write-back, so the kernel reads and writes
+8-bit tensors.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import tvm
 from tvm import s_tir, tirx
@@ -31,10 +38,9 @@ from tvm.target import Target, codegen
 from ._cpu_common import CpuFacts, schedule_spatial_block
 
 DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
+DOT_16X4_VNNI = "relaycomp_dot_16x4_u8i8i32_vnni"
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
-LANES, PAIR = 8, 2
-YMM_REGISTERS = 16
-BROADCAST_COST = 4  # movzwl, vmovd, vpmovzxbw, vpbroadcastd
+STACK_TILE_BYTES = 1024  # TVM puts a "global" buffer on the stack only below 1 KB
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
 
 
@@ -67,24 +73,81 @@ def _dot_8x2_avx2(A: T.Buffer((2,), "uint8", offset_factor=1),
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, b, dtype="int32x8")
 
 
+@T.prim_func(s_tir=True)
+def _dot_16x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1),
+                   B: T.Buffer((16, 4), "int8", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
+                   B: T.Buffer((16, 4), "int8", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        # TVM's own dot_16x4_vnni passes i32 vectors, which LLVM 19+ refuses (<64 x i8> now).
+        quad = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(quad, 16), dtype="int8x64"),
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16",
+        )
+
+
 s_tir.TensorIntrin.register(DOT_8X2_AVX2, _dot_8x2_desc, _dot_8x2_avx2, override=True)
+s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_16x4_desc, _dot_16x4_vnni, override=True)
 
 
-def has_avx2(target: Target) -> bool:
-    """Whether ``target`` is an x86 CPU with AVX2."""
+@dataclass(frozen=True)
+class Int8Instructions:
+    """A u8 x s8 -> s32 dot-product instruction as a tensor intrinsic ``C[lanes] +=
+    A[group] . B[lanes, group]``, the vector registers and the instructions one broadcast of
+    ``A`` costs."""
+
+    intrinsic: str
+    lanes: int
+    group: int
+    registers: int
+    broadcast_cost: int
+
+
+# vpmaddwd on 16-bit widened operands (exact); a u8 pair broadcast is movzwl, vmovd, vpmovzxbw,
+# vpbroadcastd.
+AVX2 = Int8Instructions(DOT_8X2_AVX2, lanes=8, group=2, registers=16, broadcast_cost=4)
+# AVX-512 VNNI vpdpbusd: four u8 x s8 products summed into s32, exact.
+AVX512_VNNI = Int8Instructions(DOT_16X4_VNNI, lanes=16, group=4, registers=32,
+                               broadcast_cost=1)
+
+
+def int8_instructions(target: Target) -> Int8Instructions | None:
+    """The best int8 dot product of an x86 ``target`` (VNNI, then AVX2), ``None`` if neither."""
     triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
     if not triple.startswith(("x86_64", "i686", "i386")):
-        return False
+        return None
     try:
-        return bool(codegen.llvm_cpu_has_features(["avx2"], target))
+        if codegen.llvm_cpu_has_features(["avx512vnni"], target):
+            return AVX512_VNNI
+        return AVX2 if codegen.llvm_cpu_has_features(["avx2"], target) else None
     except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
-        return False
+        return None
 
 
 def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
                        facts: CpuFacts) -> s_tir.Schedule | None:
     """The schedule of the module docstring, or ``None`` when ``func`` does not match."""
-    if not has_avx2(target):
+    isa = int8_instructions(target)
+    if isa is None:
         return None
     sch = s_tir.Schedule(func)
     infos = normalize_prim_func(sch)
@@ -94,7 +157,7 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     if len(reductions) != 1:
         return None
     main = reductions[0].block_rv
-    shape = _conv_shape(sch.get(main))
+    shape = _conv_shape(sch.get(main), isa)
     if shape is None:
         return None
     out_channels, width, batch_loops = shape
@@ -103,26 +166,26 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     # producers are inlined.
     kept = [info.block_rv for info in infos[:position]
             if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not _inlined(sch, info.block_rv)]
-    blocks, tile = _register_tile(out_channels // LANES, width)
+    blocks, tile = _register_tile(out_channels // isa.lanes, width, isa)
     data = sch.get(main).reads[0].source  # the parameter itself once a copy was inlined
     copies = []
     if any(data.same_as(param) for param in sch.mod["main"].params):
         copies.append(sch.cache_read(main, 0, "global"))
     # A padding stage (or the copy) writes the input pairs-last; the conv reads it so.
-    sch.transform_layout(main, ("read", 0), _pairs_last)
+    sch.transform_layout(main, ("read", 0), _groups_last(isa.group))
     for block in kept:
         schedule_spatial_block(sch, block, facts)
     weight_copy = sch.cache_read(main, 1, "global")
     sch.annotate(weight_copy, LAYOUT_REWRITE_PREPROC, True)
-    sch.transform_layout(main, ("read", 1), _packed_weight(blocks))
+    sch.transform_layout(main, ("read", 1), _packed_weight(blocks, isa))
 
     loops = sch.get_loops(main)
     f, y, x, c, *window = loops[batch_loops:]
-    f_outer, f_block, f_lane = sch.split(f, [None, blocks, LANES])
+    f_outer, f_block, f_lane = sch.split(f, [None, blocks, isa.lanes])
     x_outer, x_inner = sch.split(x, [None, tile])
-    c_outer, c_pair = sch.split(c, [None, PAIR])
+    c_outer, c_group = sch.split(c, [None, isa.group])
     sch.reorder(*loops[:batch_loops], f_outer, y, x_outer, c_outer, *window, x_inner, f_block,
-                f_lane, c_pair)
+                f_lane, c_group)
     outer = sch.fuse(*loops[:batch_loops], f_outer, y, x_outer)
     if facts.parallel:
         sch.parallel(outer)
@@ -135,7 +198,7 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
         sch.reverse_compute_inline(epilogue[-1])
     sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
     init = sch.decompose_reduction(main, c_outer)
-    sch.tensorize(f_lane, DOT_8X2_AVX2)
+    sch.tensorize(f_lane, isa.intrinsic)
     sch.unroll(x_inner)
     sch.unroll(f_block)
     for block in (init, write_back):
@@ -154,7 +217,7 @@ def _inlined(sch: s_tir.Schedule, block) -> bool:
     return True
 
 
-def _conv_shape(block) -> tuple[int, int, int] | None:
+def _conv_shape(block, isa: Int8Instructions) -> tuple[int, int, int] | None:
     """``(out_channels, out_width, batch loops)`` of an int8 NCHW conv2d block, else ``None``."""
     store = block.body
     if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
@@ -176,14 +239,15 @@ def _conv_shape(block) -> tuple[int, int, int] | None:
     out_channels, width, in_channels = extents[batch], extents[batch + 2], extents[batch + 3]
     if None in (out_channels, width, in_channels):
         return None
-    if out_channels % LANES or in_channels % PAIR or int(weight.shape[0]) != out_channels:
+    if out_channels % isa.lanes or in_channels % isa.group or int(weight.shape[0]) != out_channels:
         return None
     if int(weight.shape[1]) != in_channels:  # grouped / depthwise: the generic schedule
         return None
     return out_channels, width, batch
 
 
-def _register_tile(channel_blocks: int, width: int) -> tuple[int, int]:
+def _register_tile(channel_blocks: int, width: int,
+                   isa: Int8Instructions) -> tuple[int, int]:
     """``(F, U)``: 8-channel blocks and output columns per tile. The ``F x U`` accumulators, the
     ``F`` weight vectors and the broadcast input must fit in the 16 ymm registers (a spilled
     accumulator costs a load and a store per multiply-add); then the most multiply-adds per
@@ -194,22 +258,27 @@ def _register_tile(channel_blocks: int, width: int) -> tuple[int, int]:
             continue
         for tile in range(1, width + 1):
             # + 2: the broadcast input and the product before it is added.
-            if width % tile == 0 and blocks * tile + blocks + 2 <= YMM_REGISTERS:
-                # Broadcasting a u8 pair costs ~4 instructions, a weight vector one.
-                per_cost = blocks * tile / (BROADCAST_COST * tile + blocks)
-                best = max(best, (per_cost, blocks * tile, blocks, tile))
+            accumulators = blocks * tile
+            if (width % tile or accumulators + blocks + 2 > isa.registers
+                    or accumulators * isa.lanes * 4 >= STACK_TILE_BYTES):
+                continue
+            per_cost = accumulators / (isa.broadcast_cost * tile + blocks)
+            best = max(best, (per_cost, accumulators, blocks, tile))
     return best[2], best[3]
 
 
-def _pairs_last(n, c, h, w):
-    return [n, c // PAIR, h, w, c % PAIR]
+def _groups_last(group: int):
+    def index_map(n, c, h, w):
+        return [n, c // group, h, w, c % group]
+
+    return index_map
 
 
-def _packed_weight(blocks: int):
-    width = LANES * blocks
+def _packed_weight(blocks: int, isa: Int8Instructions):
+    width, lanes, group = isa.lanes * blocks, isa.lanes, isa.group
 
     def index_map(f, c, ry, rx):
-        return [f // width, c // PAIR, ry, rx, f % width // LANES, f % LANES, c % PAIR]
+        return [f // width, c // group, ry, rx, f % width // lanes, f % lanes, c % group]
 
     return index_map
 

@@ -80,6 +80,14 @@ def test_the_int8_rule_marks_the_kernel_and_leaves_others():
     assert DOT_8X2_AVX2 in conv.script() or "pmadd" in conv.script()
 
 
+def test_avx512_vnni_target_uses_vpdpbusd():
+    """Cross-compiled for the x86-64-avx512 preset (Cascade Lake); not run on this CPU."""
+    vnni = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                              "mcpu": "cascadelake", "num-cores": 2})
+    mod, _ = _int8_conv(channels=16, out_channels=32)
+    assert "vpdpbusd" in _build(mod, vnni).mod.imports[0].inspect_source("asm")
+
+
 def test_no_avx2_no_int8_schedule():
     mod, _ = _int8_conv()
     arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
