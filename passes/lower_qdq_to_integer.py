@@ -10,7 +10,9 @@ Produces: ``astype(conv2d(x_q, W_q, out_dtype="int32") - zp_x * sum(W_q), "float
 (s_x * s_w)`` - an integer contraction whose zero-point correction is a per-channel int32
 constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q`` with ``zp_x``
 (the quantized zero), and an odd number of input channels (an RGB stem) gets one more channel
-with zero weights, as the int8 kernels take channels in pairs. The following bias, activation and the next ``quantize`` are elementwise
+with zero weights, as the int8 kernels take channels in pairs. A strided depthwise conv (no
+channel reduction for a dot product, strided lanes) sums the same integers in float32 - exact
+below 2^24 - where the CPU schedule vectorizes it well. The following bias, activation and the next ``quantize`` are elementwise
 and fuse into the same kernel (FuseOps), so int8 tensors flow between kernels.
 Also: ``quantize(dequantize(q, s, z), s, z)`` → ``q`` (cancelling pairs, e.g. after a reshape),
 and ``quantize(max_pool2d(dequantize(q, s, z)), s, z)`` → ``max_pool2d(q)`` (exact: max commutes
@@ -129,11 +131,15 @@ def _on_int8_grid(weight: np.ndarray, out_axis: int):
     return None
 
 
-def _rescale(acc, correction: np.ndarray, scale: np.ndarray, shape: tuple[int, ...]):
-    """``astype(acc - correction, float32) * scale``, both per channel in ``shape``."""
+def _rescale(acc, correction: np.ndarray, scale: np.ndarray, shape: tuple[int, ...],
+             dtype: str = "int32"):
+    """``astype(acc - correction, float32) * scale``, both per channel in ``shape``; ``acc``
+    is of ``dtype``."""
     if np.any(correction):
-        acc = relax.op.subtract(acc, relax.const(correction.astype(np.int32).reshape(shape)))
-    return relax.op.multiply(relax.op.astype(acc, "float32"),
+        acc = relax.op.subtract(acc, relax.const(correction.astype(dtype).reshape(shape)))
+    if dtype != "float32":
+        acc = relax.op.astype(acc, "float32")
+    return relax.op.multiply(acc,
                              relax.const(scale.astype(np.float32).reshape(shape)))
 
 
@@ -159,11 +165,18 @@ def _lower_conv(expr, matches):
         x_q = relax.op.nn.pad(x_q, [0, 0, 0, extra, top, bottom, left, right],
                               pad_value=float(zp_x))
         padding = [0, 0, 0, 0] if zp_x != 0 else padding
-    acc = relax.op.nn.conv2d(x_q, relax.const(w_q), strides=attrs.strides, padding=padding,
-                             dilation=attrs.dilation, groups=int(attrs.groups),
-                             out_dtype="int32")
+    weight, accumulator = relax.const(w_q), "int32"
+    groups = int(attrs.groups)
+    if groups > 1 and groups == channels and any(int(s) > 1 for s in attrs.strides):
+        # A strided depthwise conv has no channel reduction for an int8 dot product and its
+        # strided lanes vectorize far better in float32: the same integers, summed exactly
+        # (|sum| < 2^24), in float units. Weights are C x kh x kw: their size does not matter.
+        x_q = relax.op.astype(x_q, "float32")
+        weight, accumulator = relax.const(w_q.astype(np.float32)), "float32"
+    acc = relax.op.nn.conv2d(x_q, weight, strides=attrs.strides, padding=padding,
+                             dilation=attrs.dilation, groups=groups, out_dtype=accumulator)
     correction = zp_x * w_q.astype(np.int64).reshape(w_q.shape[0], -1).sum(axis=1)
-    return _rescale(acc, correction, s_x * s_w.astype(np.float64), (1, -1, 1, 1))
+    return _rescale(acc, correction, s_x * s_w.astype(np.float64), (1, -1, 1, 1), accumulator)
 
 
 def _lower_matmul(expr, matches):
