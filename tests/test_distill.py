@@ -328,14 +328,39 @@ def _pruned_recovery(digits, teacher, epochs):
     recovered, report = distill(teacher, pruned, {"input": train_x},
                                 DistillConfig(epochs=epochs, lr=1e-2, patience=0),
                                 labels=train_y)
-    return [test_accuracy(m, test_x, test_y) for m in (teacher, pruned, recovered)], report
+    accuracies = [test_accuracy(m, test_x, test_y) for m in (teacher, pruned, recovered)]
+    return accuracies, report, recovered
 
 
-def test_pruned_digits_cnn_recovers_within_one_point(digits, teacher):
-    (unpruned, pruned, recovered), report = _pruned_recovery(digits, teacher, epochs=10)
+@pytest.fixture(scope="module")
+def recovery(digits, teacher):
+    return _pruned_recovery(digits, teacher, epochs=10)
+
+
+def test_pruned_digits_cnn_recovers_within_one_point(recovery):
+    (unpruned, pruned, recovered), report, _ = recovery
     assert pruned < 0.5  # halving every layer without retraining wrecks the model ...
     assert recovered >= unpruned - 0.01  # ... and distillation brings it back
     assert report.teacher == 1.0  # the compiled teacher's logits reached the report
+
+
+@pytest.mark.slow
+def test_teacher_prune_distill_int8_compile_run(recovery, digits, tmp_path):
+    """The whole chain in one process; accuracy after every step (shown with -s)."""
+    from relaycomp.build import CompileConfig, compile_model
+    from relaycomp.quantize import QuantConfig
+
+    (unpruned, pruned, recovered), _, student = recovery
+    train_x, test_x, _, test_y = digits
+    config = CompileConfig(input_shapes={"input": test_x.shape}, quantize=QuantConfig(),
+                           calibration={"input": train_x[:64]})
+    artifact = compile_model(student, tmp_path / "student_int8.so", config)
+    logits = relaycomp.load(artifact.path).run({"input": test_x})["logits"]
+    int8 = float((logits.argmax(axis=1) == test_y).mean())
+    print(f"teacher {unpruned:.2%} -> pruned 50% {pruned:.2%} -> distilled {recovered:.2%} "
+          f"-> int8 compiled {int8:.2%}")
+    assert artifact.manifest.report["quantize"]
+    assert int8 >= recovered - 0.01
 
 
 def _distilled_and_scratch(digits, teacher_logits, seed, epochs, fraction=0.1):
@@ -380,9 +405,23 @@ def test_teacher_and_student_class_counts_must_match(digits):
 
 
 def test_ops_without_gradient_are_named(digits, teacher_logits):
-    message = _error(teacher_logits[:50], mlp_student(0, activation="LeakyRelu"),
+    message = _error(teacher_logits[:50], mlp_student(0, activation="Erf"),
                      {"input": digits[0][:50]})
-    assert "leakyrelu" in message
+    assert "cannot differentiate: erf (x1)" in message
+
+
+def test_leaky_relu_is_rewritten_into_differentiable_ops(digits, teacher_logits):
+    student = mlp_student(0, hidden=16, activation="LeakyRelu")
+    trained, report = distill(teacher_logits[:200], student, {"input": digits[0][:200]},
+                              DistillConfig(epochs=2, lr=3e-3), labels=digits[2][:200])
+    assert report.after["loss"] < report.before["loss"]
+    reloaded = student_from_onnx(trained, {"input": (1, 8, 8)}, 32)
+    optimizer = OPTIMIZERS.get("adam")()
+    trainer = Trainer(training_program(reloaded, optimizer), reloaded.param_values, optimizer,
+                      kd_loss_coefficients(4.0, 0.7))
+    batch = digits[1][:32]
+    np.testing.assert_allclose(trainer.predict([batch]), ort_logits(trained, batch),
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("data, labels, expected", [
