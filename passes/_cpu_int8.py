@@ -65,12 +65,15 @@ def _dot_8x2_avx2(A: T.Buffer((2,), "uint8", offset_factor=1),
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
         T.writes(C[0:8])
-        # (a0, a1) widened to two int16 and broadcast to all 8 lanes: [a0 a1 a0 a1 ...].
-        pair = T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")), dtype="int32")
-        a = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
-        b = T.Cast("int16x16", B.vload([0, 0], dtype="int8x16"))
+        # (a0, a1) widened to two int16 and broadcast to all 8 lanes: [a0 a1 a0 a1 ...]. One
+        # expression: a Python name bound here becomes a T.alloc_local, i.e. a workspace
+        # allocation per output tile inside the parallel loop.
         C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, b, dtype="int32x8")
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")),
+                                                    dtype="int32"), 8), dtype="int16x16"),
+            T.Cast("int16x16", B.vload([0, 0], dtype="int8x16")),
+            dtype="int32x8")
 
 
 @T.prim_func(s_tir=True)
@@ -95,11 +98,11 @@ def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
         T.reads(C[0:16], A[0:4], B[0:16, 0:4])
         T.writes(C[0:16])
         # TVM's own dot_16x4_vnni passes i32 vectors, which LLVM 19+ refuses (<64 x i8> now).
-        quad = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
         C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
             C.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(quad, 16), dtype="int8x64"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                          dtype="int8x64"),
             B.vload([0, 0], dtype="int8x64"),
             dtype="int32x16",
         )
