@@ -29,6 +29,7 @@ from .pipeline import (
     Stage,
     default_stages,
     run_stages,
+    split_before,
     with_passes,
 )
 from .targets import TargetSpec, resolve
@@ -99,15 +100,18 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
         own = {"config": config.prune, "reports": prune_reports,  # + pass_options' calib
                "layer_names": onnx_layer_names(model)}
         options = {**options, "prune_channels": {**options.get("prune_channels", {}), **own}}
+    # Up to ``schedule`` first: tuning tasks are the kernels of the pruned/quantized module.
+    front, back = split_before(stages, "schedule")
+    mod, report = run_stages(imported.mod, front, spec.tvm_target(), dump_ir=config.dump_ir,
+                             options=options)
     tuning_db, tuning_summary = None, None
     if config.tuning is not None:  # tuned kernels replace heuristic ones in the schedule stage
         from .tune import prepare_compile
 
-        stages, tuning_db, tuning_summary = prepare_compile(imported.mod, spec, stages,
-                                                            config.tuning)
+        back, tuning_db, tuning_summary = prepare_compile(mod, spec, back, config.tuning)
     with tuning_db if tuning_db is not None else contextlib.nullcontext():
-        mod, report = run_stages(imported.mod, stages, spec.tvm_target(), dump_ir=config.dump_ir,
-                                 options=options)
+        mod, report = run_stages(mod, back, spec.tvm_target(), dump_ir=config.dump_ir,
+                                 options=options, report=report)
     try:
         executable = ir.build_executable(mod, spec.tvm_target())
     except Exception as err:

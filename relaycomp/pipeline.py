@@ -142,6 +142,13 @@ def default_stages(target_kind: str) -> list[Stage]:
     return [Stage(name, tuple(passes)) for name, passes in PIPELINES[target_kind]]
 
 
+def split_before(stages: Sequence[Stage], name: str) -> tuple[list[Stage], list[Stage]]:
+    """``stages`` cut before the stage called ``name`` (all of them first if there is none)."""
+    names = stage_names(stages)
+    cut = names.index(name) if name in names else len(names)
+    return list(stages[:cut]), list(stages[cut:])
+
+
 def stage_names(stages: Sequence[Stage]) -> list[str]:
     """Stage names in order."""
     return [stage.name for stage in stages]
@@ -171,8 +178,8 @@ def with_passes(stages: Sequence[Stage], placements: Sequence[Placement]) -> lis
 
 
 def run_stages(mod: tvm.IRModule, stages: Sequence[Stage], target: tvm.target.Target,
-               dump_ir: Path | None = None,
-               options: Mapping[str, Mapping] | None = None) -> tuple[tvm.IRModule, PipelineReport]:
+               dump_ir: Path | None = None, options: Mapping[str, Mapping] | None = None,
+               report: PipelineReport | None = None) -> tuple[tvm.IRModule, PipelineReport]:
     """Run every pass of every stage under ``target``; returns the module and the report.
 
     ``options`` maps a pass name to keyword arguments for its factory,
@@ -180,11 +187,13 @@ def run_stages(mod: tvm.IRModule, stages: Sequence[Stage], target: tvm.target.Ta
     report object of the caller's that it fills in with what it did.
 
     With ``dump_ir``, the module is written there as TVMScript before the first pass
-    (``000_input.py``) and after each pass (``NNN_<stage>_<pass>.py``).
+    (``000_input.py``) and after each pass (``NNN_<stage>_<pass>.py``). Given a ``report`` of
+    earlier stages, the run continues it (records and dump numbering carry on).
     """
-    report = PipelineReport()
+    continuing = report is not None
+    report = report if continuing else PipelineReport()
     signature = ir.signature_of(mod)
-    if dump_ir is not None:
+    if dump_ir is not None and not continuing:
         dump_ir.mkdir(parents=True, exist_ok=True)
         (dump_ir / "000_input.py").write_text(ir.as_script(mod))
     with target, tvm.transform.PassContext(opt_level=3):

@@ -156,7 +156,9 @@ def prepare_compile(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage]
     """For ``compile_model``: tune first if ``config.trials`` > 0, then return the stages with
     ``apply_tuning_database``, the database to enter around them and a manifest summary.
 
-    ``config``'s target and input shapes are ignored: the compile's own are used.
+    ``mod`` is the module as the pipeline left it before ``schedule`` (pruned, quantized, fused)
+    and ``stages`` the rest of the pipeline; ``config``'s target and input shapes are ignored:
+    the compile's own are used.
     """
     report = tune_module(mod, spec, stages, config)  # trials=0: only checks unchecked records
     new_trials = report.new_trials

@@ -86,6 +86,21 @@ def test_second_run_tunes_nothing_and_builds_the_same(model, tuned, tmp_path):
         np.testing.assert_array_equal(out_one[name], out_two[name])
 
 
+def test_a_quantized_compile_tunes_its_int8_kernels_not_the_float_ones(model, tuned, tmp_path):
+    from relaycomp.quantize import QuantConfig
+
+    database, _ = tuned
+    calibration = {name: np.stack([random_inputs(model, seed=s)[name] for s in range(8)])
+                   for name in random_inputs(model)}
+    config = CompileConfig(quantize=QuantConfig(), calibration=calibration,
+                           tuning=TuneConfig(trials=0, tuning_db=database, progress=False))
+    artifact = compile_model(model, tmp_path / "int8.so", config)
+    assert artifact.manifest.report["quantize"]["layers"]
+    assert "schedule/apply_tuning_database" in artifact.manifest.passes
+    stages = [name.split("/")[0] for name in artifact.manifest.passes]
+    assert stages.index("quantize") < stages.index("schedule")
+
+
 def test_only_records_faster_than_the_heuristic_are_applied(tuned):
     database, _ = tuned
     loaded = TuningDatabase(database, resolve("host").tvm_target()).load()
