@@ -344,7 +344,6 @@ def test_pruned_digits_cnn_recovers_within_one_point(recovery):
     assert report.teacher == 1.0  # the compiled teacher's logits reached the report
 
 
-@pytest.mark.slow
 def test_teacher_prune_distill_int8_compile_run(recovery, digits, tmp_path):
     """The whole chain in one process; accuracy after every step (shown with -s)."""
     from relaycomp.build import CompileConfig, compile_model
