@@ -260,6 +260,16 @@ def test_same_seed_same_student(digits, teacher_logits):
     assert any(not np.array_equal(value, other[name]) for name, value in first.items())
 
 
+def assert_tvm_forward_matches_onnxruntime(trained: onnx.ModelProto, batch: np.ndarray) -> None:
+    """TVM's training-time forward pass on the written-back weights == onnxruntime's run."""
+    reloaded = student_from_onnx(trained, {"input": batch.shape[1:]}, len(batch))
+    optimizer = OPTIMIZERS.get("adam")()
+    trainer = Trainer(training_program(reloaded, optimizer), reloaded.param_values, optimizer,
+                      kd_loss_coefficients(4.0, 0.7))
+    np.testing.assert_allclose(trainer.predict([batch]), ort_logits(trained, batch),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_written_back_onnx_is_the_same_graph_and_matches_onnxruntime(digits, teacher_logits):
     student = cnn_student(0)
     trained, report = distill(teacher_logits[:400], student, {"input": digits[0][:400]},
@@ -277,14 +287,7 @@ def test_written_back_onnx_is_the_same_graph_and_matches_onnxruntime(digits, tea
          "fc.weight", "fc.bias"])
     for name in report.trained["names"]:
         assert not np.array_equal(before[name], after[name]), name
-    # TVM's training-time forward pass on the trained weights == onnxruntime on the new file
-    reloaded = student_from_onnx(trained, {"input": (1, 8, 8)}, 32)
-    optimizer = OPTIMIZERS.get("adam")()
-    trainer = Trainer(training_program(reloaded, optimizer), reloaded.param_values, optimizer,
-                      kd_loss_coefficients(4.0, 0.7))
-    batch = digits[1][:32]
-    np.testing.assert_allclose(trainer.predict([batch]), ort_logits(trained, batch),
-                               rtol=1e-4, atol=1e-4)
+    assert_tvm_forward_matches_onnxruntime(trained, digits[1][:32])
 
 
 def test_fixed_batch_student_trains_at_its_own_batch(digits, teacher_logits):
@@ -414,13 +417,7 @@ def test_leaky_relu_is_rewritten_into_differentiable_ops(digits, teacher_logits)
     trained, report = distill(teacher_logits[:200], student, {"input": digits[0][:200]},
                               DistillConfig(epochs=2, lr=3e-3), labels=digits[2][:200])
     assert report.after["loss"] < report.before["loss"]
-    reloaded = student_from_onnx(trained, {"input": (1, 8, 8)}, 32)
-    optimizer = OPTIMIZERS.get("adam")()
-    trainer = Trainer(training_program(reloaded, optimizer), reloaded.param_values, optimizer,
-                      kd_loss_coefficients(4.0, 0.7))
-    batch = digits[1][:32]
-    np.testing.assert_allclose(trainer.predict([batch]), ort_logits(trained, batch),
-                               rtol=1e-4, atol=1e-4)
+    assert_tvm_forward_matches_onnxruntime(trained, digits[1][:32])
 
 
 @pytest.mark.parametrize("data, labels, expected", [
