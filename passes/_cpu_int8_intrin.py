@@ -1,0 +1,79 @@
+"""The int8 dot-product tensor intrinsics of ``_cpu_int8``: AVX2 vpmaddwd 8x2 and AVX-512 VNNI
+vpdpbusd 16x4 (u8 x s8 -> s32, exact). Importing this module registers them; ``_cpu_int8``
+imports it on first use only, because parsing TVMScript at import costs seconds.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.script import tirx as T
+
+from ._cpu_int8 import DOT_8X2_AVX2, DOT_16X4_VNNI
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_desc(A: T.Buffer((2,), "uint8", offset_factor=1),
+                  B: T.Buffer((8, 2), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_avx2(A: T.Buffer((2,), "uint8", offset_factor=1),
+                  B: T.Buffer((8, 2), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        # (a0, a1) widened to two int16 and broadcast to all 8 lanes: [a0 a1 a0 a1 ...]. One
+        # expression: a Python name bound here becomes a T.alloc_local, i.e. a workspace
+        # allocation per output tile inside the parallel loop.
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")),
+                                                    dtype="int32"), 8), dtype="int16x16"),
+            T.Cast("int16x16", B.vload([0, 0], dtype="int8x16")),
+            dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1),
+                   B: T.Buffer((16, 4), "int8", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
+                   B: T.Buffer((16, 4), "int8", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        # TVM's own dot_16x4_vnni passes i32 vectors, which LLVM 19+ refuses (<64 x i8> now).
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                          dtype="int8x64"),
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16",
+        )
+
+
+s_tir.TensorIntrin.register(DOT_8X2_AVX2, _dot_8x2_desc, _dot_8x2_avx2, override=True)
+s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_16x4_desc, _dot_16x4_vnni, override=True)
