@@ -35,6 +35,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from relaycomp.errors import PassError
+from relaycomp.ir import substitute_vars
 from relaycomp.registry import register_pass
 
 _CONV = "relax.nn.conv2d"
@@ -107,21 +108,12 @@ def find_layers(mod: tvm.IRModule) -> list[Layer]:
 
 
 def _subst(expr, vmap):
-    """``expr`` with variables replaced by their rebuilt counterparts (leaf-level rebuild)."""
-    if isinstance(expr, relax.Var):
-        return vmap.get(expr, expr)
-    if isinstance(expr, relax.Tuple):
-        return relax.Tuple([_subst(f, vmap) for f in expr.fields])
-    if isinstance(expr, relax.TupleGetItem):
-        return relax.TupleGetItem(_subst(expr.tuple_value, vmap), expr.index)
-    if isinstance(expr, relax.Call):
-        return relax.Call(expr.op, [_subst(a, vmap) for a in expr.args], expr.attrs,
-                          expr.ty_args)
+    """``expr`` with variables replaced by their rebuilt counterparts (straight-line only)."""
     if isinstance(expr, (relax.If, relax.Function, relax.SeqExpr)):
         raise PassError("quantize_int8", "quantize",
                         f"'main' holds a {type(expr).__name__}; only straight-line graphs "
                         "are supported")
-    return expr
+    return substitute_vars(expr, vmap)
 
 
 OnLayer = Callable[[relax.BlockBuilder, int, relax.Call], relax.Expr]

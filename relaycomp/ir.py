@@ -148,6 +148,22 @@ def op_counts(mod: tvm.IRModule) -> dict[str, int]:
     return counts
 
 
+def substitute_vars(expr: relax.Expr, varmap) -> relax.Expr:
+    """``expr`` with the variables in ``varmap`` replaced, rebuilding tuples and calls around
+    them (a leaf-level rebuild for straight-line bindings; other nodes are returned as they are).
+    """
+    if isinstance(expr, relax.Var):
+        return varmap.get(expr, expr)
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([substitute_vars(f, varmap) for f in expr.fields])
+    if isinstance(expr, relax.TupleGetItem):
+        return relax.TupleGetItem(substitute_vars(expr.tuple_value, varmap), expr.index)
+    if isinstance(expr, relax.Call):
+        return relax.Call(expr.op, [substitute_vars(a, varmap) for a in expr.args], expr.attrs,
+                          expr.ty_args)
+    return expr
+
+
 def as_script(mod: tvm.IRModule) -> str:
     """TVMScript text of a module (for --dump-ir)."""
     return mod.script(show_meta=False)

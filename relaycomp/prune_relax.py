@@ -23,6 +23,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from .ir import substitute_vars
 from .prune_apply import by_space, kept_width
 from .prune_relax_ops import call_to_node, elementwise_tir, rewrite_call
 from .prune_view import GraphView, OpNode
@@ -130,7 +131,7 @@ class RelaxView(GraphView):
                         if bias is not None:  # a compensation bias for a conv/matmul without one
                             varmap[binding.var] = emit(relax.op.add(varmap[binding.var],
                                                                     relax.const(bias)))
-            bb.emit_func_output(_substitute(self.func.body.body, varmap))
+            bb.emit_func_output(substitute_vars(self.func.body.body, varmap))
         new_func = bb.get()[self.func_name]
         if self.func.attrs is not None and "global_symbol" in self.func.attrs:
             new_func = new_func.with_attr("global_symbol", self.func.attrs["global_symbol"])
@@ -151,7 +152,7 @@ class RelaxView(GraphView):
             if kind is not None and not _same_type(args[1].fields[0], value.args[1].fields[0]):
                 return kind[1](*[field for field in args[1].fields])
             return relax.Call(value.op, args, value.attrs, value.ty_args)
-        return _substitute(value, varmap)
+        return substitute_vars(value, varmap)
 
     def _argument(self, name, index, arg, varmap, constants) -> relax.Expr:
         if isinstance(arg, Constant):
@@ -164,9 +165,9 @@ class RelaxView(GraphView):
                 if isinstance(field, Constant) and key in constants:
                     fields.append(relax.const(constants[key]))
                 else:
-                    fields.append(_substitute(field, varmap))
+                    fields.append(substitute_vars(field, varmap))
             return relax.Tuple(fields)
-        return _substitute(arg, varmap)
+        return substitute_vars(arg, varmap)
 
     def totals(self, source) -> dict:
         return relax_totals(source[self.func_name])
@@ -192,17 +193,6 @@ def _same_type(new: relax.Expr, old: relax.Expr) -> bool:
     return str(new.ty) == str(old.ty)
 
 
-def _substitute(expr: relax.Expr, varmap) -> relax.Expr:
-    if isinstance(expr, relax.Var):
-        return varmap.get(expr, expr)
-    if isinstance(expr, relax.Tuple):
-        return relax.Tuple([_substitute(f, varmap) for f in expr.fields])
-    if isinstance(expr, relax.TupleGetItem):
-        return relax.TupleGetItem(_substitute(expr.tuple_value, varmap), expr.index)
-    if isinstance(expr, relax.Call):
-        return relax.Call(expr.op, [_substitute(a, varmap) for a in expr.args], expr.attrs,
-                          expr.ty_args)
-    return expr
 
 
 def _vars_in(expr) -> list[relax.Var]:
@@ -277,7 +267,7 @@ def run_with_intermediates(view: RelaxView, inputs: Mapping[str, np.ndarray],
         with bb.dataflow():
             for binding in view.func.body.blocks[0].bindings if len(
                     view.func.body.blocks) == 1 else []:
-                varmap[binding.var] = bb.emit(_substitute(binding.value, varmap))
+                varmap[binding.var] = bb.emit(substitute_vars(binding.value, varmap))
             extra = [bb.emit_output(varmap[by_name[n]]) for n in wanted]
         bb.emit_func_output(relax.Tuple(extra))
     if len(view.func.body.blocks) != 1:
