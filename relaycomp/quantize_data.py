@@ -8,7 +8,8 @@ Accepted sources, all keyed by the model's input names:
 * an iterable of such mappings, each one batch.
 
 An array holds one batch of the compiled input shape, several batches stacked on a new leading
-axis, or samples along the batch axis (a multiple of the batch size). Every problem is a
+axis, or samples along the batch axis (calibration data may leave the last batch short: it is
+filled by cycling through the samples again). Every problem is a
 :class:`CalibrationError` naming the input: unknown or missing names, shapes that fit none of
 these forms, non-float data for a float input, NaN/Inf, fewer samples than required.
 """
@@ -35,12 +36,12 @@ def load_batches(source, inputs, min_samples: int = 1, what: str = "calibration"
     arrays, label = _read(source, inputs, what)
     if isinstance(arrays, list):  # an iterable of batches
         batches = [_check_batch(batch, inputs, what, index) for index, batch in enumerate(arrays)]
+        samples = len(batches) * _batch_size(inputs)
     else:
-        batches = _split(arrays, inputs, what)
+        batches, samples = _split(arrays, inputs, what)
     labels = None
     if label is not None and allow_labels:
         labels = np.asarray(label).reshape(-1)
-    samples = len(batches) * _batch_size(inputs)
     if samples < min_samples:
         raise CalibrationError(f"{what} data holds {samples} sample(s); at least {min_samples} "
                                "are needed", hint="supply more samples (a few hundred is typical)")
@@ -123,9 +124,12 @@ def _batch_size(inputs) -> int:
     return int(inputs[0].shape[0]) if inputs and inputs[0].shape else 1
 
 
-def _split(arrays: Mapping[str, np.ndarray], inputs, what: str) -> list[dict[str, np.ndarray]]:
-    """Cut each array into batches of its input's shape; all inputs must give the same count."""
+def _split(arrays: Mapping[str, np.ndarray], inputs,
+           what: str) -> tuple[list[dict[str, np.ndarray]], int]:
+    """Cut each array into batches of its input's shape (all inputs must give the same count);
+    returns the batches and the number of distinct samples they hold."""
     pieces: dict[str, list[np.ndarray]] = {}
+    samples = None
     for spec in inputs:
         array = _checked_array(arrays[spec.name], spec, what)
         shape = tuple(spec.shape)
@@ -136,6 +140,13 @@ def _split(arrays: Mapping[str, np.ndarray], inputs, what: str) -> list[dict[str
         elif (shape and array.ndim == len(shape) and array.shape[1:] == shape[1:]
               and array.shape[0] % shape[0] == 0):  # samples along the batch axis
             pieces[spec.name] = list(array.reshape(-1, *shape))
+        elif (what == "calibration" and shape and array.ndim == len(shape)
+              and array.shape[1:] == shape[1:] and len(array)):
+            # Samples that do not fill whole batches: the last batch is filled by cycling
+            # through the samples again (ranges and histograms barely move; no labels here).
+            samples = len(array)
+            filled = -(-len(array) // shape[0]) * shape[0]
+            pieces[spec.name] = list(np.resize(array, (filled, *shape[1:])).reshape(-1, *shape))
         else:
             raise CalibrationError(
                 f"{what} array '{spec.name}' has shape {list(array.shape)}; the model is "
@@ -146,7 +157,8 @@ def _split(arrays: Mapping[str, np.ndarray], inputs, what: str) -> list[dict[str
     if len(set(counts.values())) > 1:
         raise CalibrationError(f"{what} inputs hold different numbers of batches: {counts}")
     count = next(iter(counts.values()), 0)
-    return [{name: pieces[name][i] for name in pieces} for i in range(count)]
+    batches = [{name: pieces[name][i] for name in pieces} for i in range(count)]
+    return batches, samples if samples is not None else count * _batch_size(inputs)
 
 
 def _check_batch(batch: Mapping, inputs, what: str, index: int) -> dict[str, np.ndarray]:

@@ -96,7 +96,7 @@ def test_data_forms_single_stacked_samples_directory_and_iterable(tmp_path):
 @pytest.mark.parametrize("data, message", [
     ({"y": np.ones((2, 3), np.float32)}, r"unknown input\(s\) \['y'\]"),
     ({}, r"lacks input\(s\) \['x'\]"),
-    ({"x": np.ones((3, 3), np.float32)}, r"has shape \[3, 3\]; the model is compiled for \[2, 3\]"),
+    ({"x": np.ones((2, 4), np.float32)}, r"has shape \[2, 4\]; the model is compiled for \[2, 3\]"),
     ({"x": np.ones((2, 3), np.int64)}, "has dtype int64; the input is float32"),
     ({"x": np.array([[1, np.nan, 2], [0, 0, np.inf]], np.float32)}, r"2 NaN/Inf value\(s\)"),
     ([{"x": np.ones((2, 3), np.float32)}, {"x": np.ones((2, 4), np.float32)}],
@@ -107,6 +107,17 @@ def test_data_forms_single_stacked_samples_directory_and_iterable(tmp_path):
 def test_bad_calibration_data_is_one_clear_error(data, message):
     with pytest.raises(CalibrationError, match=message):
         load_batches(data, X)
+
+
+def test_calibration_samples_that_leave_a_batch_short_are_cycled_evaluation_ones_refused():
+    samples = np.arange(9, dtype=np.float32).reshape(3, 3)
+    batches, _ = load_batches({"x": samples}, X)
+    assert len(batches) == 2  # [s0 s1], [s2 s0]
+    np.testing.assert_array_equal(batches[1]["x"], samples[[2, 0]])
+    with pytest.raises(CalibrationError, match="holds 3 sample"):  # distinct samples count
+        load_batches({"x": samples}, X, min_samples=4)
+    with pytest.raises(CalibrationError, match=r"has shape \[3, 3\]"):
+        load_batches({"x": samples}, X, what="evaluation")
 
 
 def test_too_few_samples_and_mismatched_labels_are_refused():
