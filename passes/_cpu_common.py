@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target, codegen
 
@@ -60,6 +61,28 @@ def cpu_facts(target: Target) -> CpuFacts:
     # AArch64/RISC-V have 32 vector registers; 128 bits is a safe width for anything unknown.
     bits = bits if bits >= 64 else 128
     return CpuFacts(bits, min(24, 1000 // (bits // 8)), num_cores)
+
+
+@dataclass(frozen=True)
+class ReductionNest:
+    """A function's blocks around its one reduction, in dlight's normalized order."""
+
+    prologue: list  # BlockInfo of the elementwise blocks before it (producers, padding)
+    main: object  # BlockInfo of the reduction
+    epilogue: list  # BlockInfo of the blocks after it
+
+
+def single_reduction(sch: s_tir.Schedule) -> ReductionNest | None:
+    """``sch``'s function split around its only reduction block; ``None`` if it cannot be
+    normalized or has no or several reductions."""
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return None
+    reductions = [info for info in infos if not info.is_injective()]
+    if len(reductions) != 1:
+        return None
+    position = infos.index(reductions[0])
+    return ReductionNest(infos[:position], reductions[0], infos[position + 1:])
 
 
 def static_int(expr) -> int | None:

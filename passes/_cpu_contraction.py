@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from ._cpu_common import (
     CpuFacts,
@@ -33,6 +32,7 @@ from ._cpu_common import (
     cpu_facts,
     loop_extent,
     schedule_spatial_block,
+    single_reduction,
     uses_var,
 )
 from ._cpu_int8 import schedule_int8_conv
@@ -62,17 +62,13 @@ class ContractionRule(CpuRule):
 
     def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
         """See the module docstring."""
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        nest = single_reduction(sch)
+        if nest is None or set(nest.main.dom_kind()) != {"S", "R"}:
             return None
-        reductions = [info for info in infos if not info.is_injective()]
-        if len(reductions) != 1 or set(reductions[0].dom_kind()) != {"S", "R"}:
-            return None
-        main = reductions[0].block_rv
-        position = infos.index(reductions[0])
+        main = nest.main.block_rv
         kept = [  # elementwise producers fold into main; padding stays a stage of its own
             info.block_rv
-            for info in infos[:position]
+            for info in nest.prologue
             if _HAS_IF_THEN_ELSE(sch.get(info.block_rv))
             or not _try(sch.compute_inline, info.block_rv)
         ]
@@ -84,7 +80,7 @@ class ContractionRule(CpuRule):
         params = list(sch.mod["main"].params)
         for relayout in plan.relayouts:
             _relayout(sch, main, relayout, params, facts)
-        _tile(sch, main, plan, [info.block_rv for info in infos[position + 1 :]], facts)
+        _tile(sch, main, plan, [info.block_rv for info in nest.epilogue], facts)
         return sch
 
 

@@ -31,10 +31,9 @@ from dataclasses import dataclass
 
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.target import Target, codegen
 
-from ._cpu_common import CpuFacts, schedule_spatial_block
+from ._cpu_common import CpuFacts, schedule_spatial_block, single_reduction
 
 DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
 DOT_16X4_VNNI = "relaycomp_dot_16x4_u8i8i32_vnni"
@@ -91,21 +90,17 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
         return None
     _register_intrinsics()
     sch = s_tir.Schedule(func)
-    infos = normalize_prim_func(sch)
-    if infos is None:
+    nest = single_reduction(sch)
+    if nest is None:
         return None
-    reductions = [info for info in infos if not info.is_injective()]
-    if len(reductions) != 1:
-        return None
-    main = reductions[0].block_rv
+    main = nest.main.block_rv
     shape = _conv_shape(sch.get(main), isa)
     if shape is None:
         return None
     out_channels, width, batch_loops = shape
-    position = infos.index(reductions[0])
     # Padding stays a stage of its own (writing the input pairs-last, once); other elementwise
     # producers are inlined.
-    kept = [info.block_rv for info in infos[:position]
+    kept = [info.block_rv for info in nest.prologue
             if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not _inlined(sch, info.block_rv)]
     blocks, tile = _register_tile(out_channels // isa.lanes, width, isa)
     data = sch.get(main).reads[0].source  # the parameter itself once a copy was inlined
@@ -132,7 +127,7 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
         sch.parallel(outer)
     write_back = sch.cache_write(main, 0, "global")
     sch.transform_layout(main, ("write", 0), _channels_last)
-    epilogue = [info.block_rv for info in infos[position + 1:]]
+    epilogue = [info.block_rv for info in nest.epilogue]
     for block in epilogue[:-1]:
         sch.compute_inline(block)
     if epilogue:

@@ -14,7 +14,6 @@ unscheduled build to fp32 rounding, not bit for bit.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from ._cpu_common import (
     CpuFacts,
@@ -22,6 +21,7 @@ from ._cpu_common import (
     collect_loads,
     loop_extent,
     schedule_spatial_block,
+    single_reduction,
     static_int,
 )
 
@@ -33,19 +33,15 @@ class InnerReductionRule(CpuRule):
 
     def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
         """See the module docstring."""
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        nest = single_reduction(sch)
+        if nest is None:
             return None
-        reductions = [info for info in infos if not info.is_injective()]
-        if len(reductions) != 1:
-            return None
-        kinds = reductions[0].dom_kind()
+        kinds = nest.main.dom_kind()
         spatial_count = len(kinds) - len(kinds.lstrip("S"))
         if spatial_count == 0 or set(kinds[spatial_count:]) != {"R"}:
             return None
-        main = reductions[0].block_rv
-        position = infos.index(reductions[0])
-        for info in infos[:position]:
+        main = nest.main.block_rv
+        for info in nest.prologue:
             if not _inline(sch, info.block_rv):
                 schedule_spatial_block(sch, info.block_rv, facts)
         width = _vector_width(sch.get(main), spatial_count, facts)
@@ -64,7 +60,7 @@ class InnerReductionRule(CpuRule):
         sch.reorder(chunk_loop, lane_loop)
         sch.vectorize(lane_loop)
         sch.decompose_reduction(partial, chunk_loop)
-        epilogue = [info.block_rv for info in infos[position + 1 :]]
+        epilogue = [info.block_rv for info in nest.epilogue]
         for producer in epilogue[:-1]:
             if not _inline(sch, producer):
                 schedule_spatial_block(sch, producer, facts)
