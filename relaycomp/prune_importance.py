@@ -150,7 +150,13 @@ class Activation:
 def run_with_intermediates(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
                            names: list[str]) -> dict[str, np.ndarray]:
     """Run ``model`` in onnxruntime and return the tensors ``names`` (graph inputs included)."""
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CalibrationError("the 'activation' criterion on an ONNX model runs it in "
+                               "onnxruntime, which is not installed",
+                               hint="pip install onnxruntime (or prune with --importance l2)"
+                               ) from None
 
     exposed = onnx.ModelProto.FromString(model.SerializeToString())
     existing = {o.name for o in exposed.graph.output}
