@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from . import ir
 from .errors import InputSpecError, OnnxImportError
 from .onnx_fold import fold_shape_subgraphs
+from .onnx_qoperator import convert_qoperator
 
 ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
@@ -196,6 +197,7 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike,
     model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's copy stays
     set_input_shapes(model, inputs)
     opset = opset_of(model)
+    qoperator = convert_qoperator(model)  # QLinearConv, QGemm, MatMulInteger, ... -> QDQ
     model, fold = fold_shape_subgraphs(model, opset)
     check_supported_ops(model)
     mod = ir.import_onnx_graph(model, {s.name: s.shape for s in inputs}, opset)
@@ -204,7 +206,7 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike,
     outputs = [TensorSpec(name, shape, dtype) for name, (shape, dtype) in zip(names, output_types)]
     report = {"onnx_nodes": len(model.graph.node), "shape_nodes_folded": fold.folded,
               "dead_nodes_removed": fold.removed, "pads_folded_into_conv": fold.pads_folded,
-              "notes": notes}
+              "qoperator_nodes_converted": dict(qoperator), "notes": notes}
     return ImportedModel(mod, inputs, outputs, model, report)
 
 
