@@ -11,9 +11,14 @@ Schedule (``L`` lanes, ``G`` group)::
 
     parallel(n, f / L F, y, x / U) / c / G, ry, rx / unroll(U) / unroll(F) / dot_LxG
 
+- AVX2 with pair-safe weights, ``dot_8x4`` (:data:`DOT_8X4_AVX2`): ``vpmaddubsw`` (u8 x s8,
+  adjacent products summed into int16) then ``vpmaddwd`` with ones, 8 output channels x 4 input
+  channels - twice the products per instruction of ``dot_8x2``. The int16 pair sums saturate
+  unless every weight pair keeps them in range (7-bit weights always do: ``QuantConfig``'s
+  ``reduce_range``); ``schedule_cpu_loops`` marks the kernels whose constant weights do
+  (:data:`PAIR_SAFE_PARAMS`, :func:`pair_safe`), and only those take this path.
 - AVX2, ``dot_8x2`` (:data:`DOT_8X2_AVX2`): one ``vpmaddwd``, 8 output channels x 2 input
-  channels, u8 and s8 widened to 16 bits, so the pair sums are exact (``vpmaddubsw``'s 16-bit
-  pair sums saturate with 8-bit weights; onnxruntime needs 7-bit weights on AVX2 for that).
+  channels, u8 and s8 widened to 16 bits, so the pair sums are exact for any int8 weights.
 - AVX-512 VNNI, ``dot_16x4`` (:data:`DOT_16X4_VNNI`): one ``vpdpbusd``, 16 channels x 4,
   exact.
 
@@ -29,6 +34,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target, codegen
@@ -36,10 +43,13 @@ from tvm.target import Target, codegen
 from ._cpu_common import CpuFacts, schedule_spatial_block, single_reduction
 
 DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
+DOT_8X4_AVX2 = "relaycomp_dot_8x4_u8i8i32_avx2_pairs"
 DOT_16X4_VNNI = "relaycomp_dot_16x4_u8i8i32_vnni"
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 STACK_TILE_BYTES = 1024  # TVM puts a "global" buffer on the stack only below 1 KB
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
+# PrimFunc attribute: indices of the int8 parameters that are constants with pair-safe values.
+PAIR_SAFE_PARAMS = "relaycomp.pair_safe_int8_params"
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,16 @@ class Int8Instructions:
     group: int
     registers: int
     broadcast_cost: int
+    scratch: int = 2  # registers besides accumulators and weights: broadcast input, product
 
 
 # vpmaddwd on 16-bit widened operands (exact); a u8 pair broadcast is movzwl, vmovd, vpmovzxbw,
 # vpbroadcastd.
 AVX2 = Int8Instructions(DOT_8X2_AVX2, lanes=8, group=2, registers=16, broadcast_cost=4)
+# vpmaddubsw + vpmaddwd(ones) on pair-safe weights; a u8 quad broadcast is one vpbroadcastd; the
+# ones vector takes a register.
+AVX2_PAIRS = Int8Instructions(DOT_8X4_AVX2, lanes=8, group=4, registers=16, broadcast_cost=1,
+                              scratch=3)
 # AVX-512 VNNI vpdpbusd: four u8 x s8 products summed into s32, exact.
 AVX512_VNNI = Int8Instructions(DOT_16X4_VNNI, lanes=16, group=4, registers=32,
                                broadcast_cost=1)
@@ -74,6 +89,30 @@ def int8_instructions(target: Target) -> Int8Instructions | None:
         return AVX2 if codegen.llvm_cpu_has_features(["avx2"], target) else None
     except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
         return None
+
+
+def prefers_pair_safe_weights(target: Target | None) -> bool:
+    """Whether int8 kernels for ``target`` run twice as fast on pair-safe (7-bit) weights: an
+    x86 CPU with AVX2 but no AVX-512 VNNI (``None``: the host)."""
+    target = target if target is not None else Target.current(allow_none=True)
+    if target is None:
+        target = Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+    return target.kind.name == "llvm" and int8_instructions(target) is AVX2
+
+
+def pair_safe(weight: np.ndarray) -> bool:
+    """Whether ``vpmaddubsw`` sums every pair of adjacent input channels of ``weight`` (int8,
+    ``[out, in, ...]``) with any uint8 inputs without leaving int16: per pair, the positive
+    weights sum to at most 128 and the negative ones to at least -128 (255 x 128 < 2^15)."""
+    if weight.dtype != np.int8 or weight.ndim < 2:
+        return False
+    wide = weight.astype(np.int32)
+    if wide.shape[1] % 2:
+        wide = np.concatenate([wide, np.zeros_like(wide[:, :1])], axis=1)
+    pairs = wide.reshape(wide.shape[0], wide.shape[1] // 2, 2, -1)
+    positive = np.maximum(pairs, 0).sum(axis=2)
+    negative = np.minimum(pairs, 0).sum(axis=2)
+    return bool(positive.max(initial=0) <= 128 and negative.min(initial=0) >= -128)
 
 
 def _register_intrinsics() -> None:
@@ -94,6 +133,8 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     if nest is None:
         return None
     main = nest.main.block_rv
+    if isa is AVX2 and _weight_is_pair_safe(sch.mod["main"], sch.get(main)):
+        isa = AVX2_PAIRS if _conv_shape(sch.get(main), AVX2_PAIRS) is not None else AVX2
     shape = _conv_shape(sch.get(main), isa)
     if shape is None:
         return None
@@ -145,6 +186,16 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     return sch
 
 
+def _weight_is_pair_safe(func: tirx.PrimFunc, block) -> bool:
+    """Whether the block's second read (the weight) is a parameter marked pair-safe."""
+    marked = (func.attrs or {}).get(PAIR_SAFE_PARAMS, None)
+    if not marked or len(block.reads) < 2:
+        return False
+    weight = block.reads[1].source
+    safe = {int(i) for i in marked}
+    return any(i in safe and param.same_as(weight) for i, param in enumerate(func.params))
+
+
 def _inlined(sch: s_tir.Schedule, block) -> bool:
     try:
         sch.compute_inline(block)
@@ -193,9 +244,9 @@ def _register_tile(channel_blocks: int, width: int,
         if channel_blocks % blocks:
             continue
         for tile in range(1, width + 1):
-            # + 2: the broadcast input and the product before it is added.
+            # + scratch: the broadcast input and the product before it is added (and ones).
             accumulators = blocks * tile
-            if (width % tile or accumulators + blocks + 2 > isa.registers
+            if (width % tile or accumulators + blocks + isa.scratch > isa.registers
                     or accumulators * isa.lanes * 4 >= STACK_TILE_BYTES):
                 continue
             per_cost = accumulators / (isa.broadcast_cost * tile + blocks)
@@ -216,7 +267,10 @@ def _packed_weight(blocks: int, isa: Int8Instructions):
     def index_map(f, c, ry, rx):
         return [f // width, c // group, ry, rx, f % width // lanes, f % lanes, c % group]
 
-    return index_map
+    def one_block(f, c, ry, rx):  # a constant block index would not invert
+        return [f // lanes, c // group, ry, rx, f % lanes, c % group]
+
+    return one_block if blocks == 1 else index_map
 
 
 def _channels_last(n, f, y, x):

@@ -1,5 +1,6 @@
-"""The int8 dot-product tensor intrinsics of ``_cpu_int8``: AVX2 vpmaddwd 8x2 and AVX-512 VNNI
-vpdpbusd 16x4 (u8 x s8 -> s32, exact). Importing this module registers them; ``_cpu_int8``
+"""The int8 dot-product tensor intrinsics of ``_cpu_int8``: AVX2 vpmaddwd 8x2 (exact), AVX2
+vpmaddubsw 8x4 (exact for pair-safe weights only) and AVX-512 VNNI vpdpbusd 16x4 (exact), all
+u8 x s8 -> s32. Importing this module registers them; ``_cpu_int8``
 imports it on first use only, because parsing TVMScript at import costs seconds.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.script import tirx as T
 
-from ._cpu_int8 import DOT_8X2_AVX2, DOT_16X4_VNNI
+from ._cpu_int8 import DOT_8X2_AVX2, DOT_8X4_AVX2, DOT_16X4_VNNI
 
 
 @T.prim_func(s_tir=True)
@@ -40,6 +41,42 @@ def _dot_8x2_avx2(A: T.Buffer((2,), "uint8", offset_factor=1),
             T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")),
                                                     dtype="int32"), 8), dtype="int16x16"),
             T.Cast("int16x16", B.vload([0, 0], dtype="int8x16")),
+            dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1),
+                  B: T.Buffer((8, 4), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x4_avx2(A: T.Buffer((4,), "uint8", offset_factor=1),
+                  B: T.Buffer((8, 4), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        # vpmaddubsw: u8 x s8 products summed in adjacent pairs into saturating int16 - exact
+        # only when no pair sum leaves int16, which the schedule checks of the weights; then
+        # vpmaddwd with ones sums the pairs into int32 (exact).
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"),
+                                          8), dtype="uint8x32"),
+                B.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16"),
+            T.broadcast(T.int16(1), 16),
             dtype="int32x8")
 
 
@@ -76,4 +113,5 @@ def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
 
 
 s_tir.TensorIntrin.register(DOT_8X2_AVX2, _dot_8x2_desc, _dot_8x2_avx2, override=True)
+s_tir.TensorIntrin.register(DOT_8X4_AVX2, _dot_8x4_desc, _dot_8x4_avx2, override=True)
 s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_16x4_desc, _dot_16x4_vnni, override=True)

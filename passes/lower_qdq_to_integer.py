@@ -9,11 +9,13 @@ imported QDQ models keep their int8 weights).
 Produces: ``astype(conv2d(x_q, W_q, out_dtype="int32") - zp_x * sum(W_q), "float32") *
 (s_x * s_w)`` - an integer contraction whose zero-point correction is a per-channel int32
 constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q`` with ``zp_x``
-(the quantized zero), and an odd number of input channels (an RGB stem) gets one more channel
-with zero weights, as the int8 kernels take channels in pairs. A strided depthwise conv (no
-channel reduction for a dot product, strided lanes) sums the same integers in float32 - exact
-below 2^24 - where the CPU schedule vectorizes it well. The following bias, activation and the next ``quantize`` are elementwise
-and fuse into the same kernel (FuseOps), so int8 tensors flow between kernels.
+(the quantized zero), an int8 ``x_q`` of a dense conv becomes uint8 ``x_q + 128`` with
+``zp_x + 128`` (the kernels multiply u8 x s8), and an odd number of input channels (an RGB stem)
+gets one more channel with zero weights, as the int8 kernels take channels in pairs. A strided
+depthwise conv (no channel reduction for a dot product, strided lanes) sums the same integers in
+float32 - exact below 2^24 - where the CPU schedule vectorizes it well. The following bias,
+activation and the next ``quantize`` are elementwise and fuse into the same kernel (FuseOps), so
+int8 tensors flow between kernels.
 Also: ``quantize(dequantize(q, s, z), s, z)`` → ``q`` (cancelling pairs, e.g. after a reshape),
 and ``quantize(max_pool2d(dequantize(q, s, z)), s, z)`` → ``max_pool2d(q)`` (exact: max commutes
 with the monotone dequantize; an integer max pool pads with the dtype's minimum).
@@ -156,6 +158,12 @@ def _lower_conv(expr, matches):
     x_q = matches[_x_q]
     padding = [int(p) for p in attrs.padding]
     channels = int(x_q.ty.shape[1])
+    if str(x_q.ty.dtype) == "int8" and int(attrs.groups) == 1:
+        # The dot-product kernels take u8 x s8: x + 128 with the zero point moved along is the
+        # same tensor (an elementwise op that fuses into the producer).
+        x_q = relax.op.astype(relax.op.add(relax.op.astype(x_q, "int16"),
+                                           relax.const(128, "int16")), "uint8")
+        zp_x += 128
     extra = channels % 2 if int(attrs.groups) == 1 else 0
     if extra:
         w_q = np.concatenate([w_q, np.zeros((w_q.shape[0], extra, *w_q.shape[2:]), np.int8)], 1)

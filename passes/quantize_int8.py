@@ -254,7 +254,7 @@ def quantize_int8(target: tvm.target.Target | None = None, config=None, calib=No
         from relaycomp.quantize import quantize  # the driver: calibration, guard, report
 
         quantized, result = quantize(mod, config, calib=calib, eval_data=eval_data,
-                                     inputs=inputs, onnx_names=onnx_names)
+                                     inputs=inputs, onnx_names=onnx_names, target=target)
         if report is not None:
             report.update(result)
         return quantized

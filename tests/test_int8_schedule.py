@@ -1,4 +1,5 @@
-"""The AVX2 int8 conv2d schedule (passes/_cpu_int8): tensorized with vpmaddwd, exact."""
+"""The AVX2 int8 conv2d schedule (passes/_cpu_int8): tensorized with vpmaddwd (exact for any
+int8 weights) or, for pair-safe weights, vpmaddubsw (twice the products per instruction)."""
 
 import numpy as np
 import pytest
@@ -6,16 +7,17 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-from relaycomp.passes._cpu_int8 import DOT_8X2_AVX2, schedule_int8_conv
+from relaycomp.passes._cpu_int8 import DOT_8X2_AVX2, pair_safe, schedule_int8_conv
 from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops
 
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})
 
 
-def _int8_conv(channels=16, out_channels=32, size=10, stride=1, zero_point=3):
+def _int8_conv(channels=16, out_channels=32, size=10, stride=1, zero_point=3, weight_max=127):
     """x (uint8) -> pad with the zero point -> int8 conv -> rescale -> relu -> quantize."""
     rng = np.random.default_rng(0)
-    weight = rng.integers(-127, 128, (out_channels, channels, 3, 3)).astype("int8")
+    weight = rng.integers(-weight_max, weight_max + 1,
+                          (out_channels, channels, 3, 3)).astype("int8")
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, channels, size, size), "uint8"))
     with bb.function("main", [x]):
@@ -57,7 +59,8 @@ def _reference(x, weight, stride, zero_point):
 def test_int8_conv_is_tensorized_and_exact(stride):
     mod, weight = _int8_conv(stride=stride)
     executable = _build(mod, AVX2)
-    assert "vpmaddwd" in executable.mod.imports[0].inspect_source("asm")
+    asm = executable.mod.imports[0].inspect_source("asm")
+    assert "vpmaddwd" in asm and "vpmaddubsw" not in asm  # 8-bit weights: not pair-safe
     x = np.random.default_rng(1).integers(0, 256, (1, 16, 10, 10)).astype("uint8")
     vm = relax.VirtualMachine(executable, tvm.cpu())
     actual = vm["main"](tvm.runtime.tensor(x)).numpy()
@@ -66,6 +69,29 @@ def test_int8_conv_is_tensorized_and_exact(stride):
     # Same integers; the float rescale may round a half-way value the other way.
     assert np.abs(actual.astype(int) - expected).max() <= 1
     assert np.mean(actual == expected) > 0.99
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pair_safe_weights_take_vpmaddubsw_and_stay_exact(stride):
+    mod, weight = _int8_conv(stride=stride, weight_max=63, zero_point=255)
+    asm = _build(mod, AVX2).mod.imports[0].inspect_source("asm")
+    assert "vpmaddubsw" in asm
+    # All-255 inputs: the int16 pair sums at their extremes.
+    for x in (np.full((1, 16, 10, 10), 255, np.uint8),
+              np.random.default_rng(1).integers(0, 256, (1, 16, 10, 10)).astype("uint8")):
+        vm = relax.VirtualMachine(_build(mod, AVX2), tvm.cpu())
+        actual = vm["main"](tvm.runtime.tensor(x)).numpy()
+        expected, _ = _reference(x, weight, stride, 255)
+        assert np.abs(actual.astype(int) - expected).max() <= 1
+        assert np.mean(actual == expected) > 0.99
+
+
+@pytest.mark.parametrize("pair, safe", [((64, 64), True), ((-64, -64), True), ((127, -127), True),
+                                        ((127, 2), False), ((-128, -1), False), ((65, 64), False)])
+def test_pair_safety_is_the_int16_range_of_two_products(pair, safe):
+    weight = np.zeros((8, 4, 3, 3), np.int8)
+    weight[3, 2:4, 1, 1] = pair
+    assert pair_safe(weight) is safe  # 255 x (the pair's positive / negative sum) in int16
 
 
 def test_the_int8_rule_marks_the_kernel_and_leaves_others():
