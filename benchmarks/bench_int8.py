@@ -2,12 +2,14 @@
 
 Models: benchmarks/models/{resnet18,mobilenet_v2}.onnx, quantized by onnxruntime's
 ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations, random calibration data;
-see tests/qdq.py). Four builds per model: relaycomp fp32, relaycomp int8 (the QDQ model through
+see tests/qdq.py), with 7-bit weights (``reduce_range``, onnxruntime's advice for x86 without
+VNNI, and what relaycomp's vpmaddubsw kernel needs) when this CPU is such a one;
+``--full-range`` keeps 8-bit weights (relaycomp then runs its exact vpmaddwd kernel). Four builds per model: relaycomp fp32, relaycomp int8 (the QDQ model through
 ``lower_qdq_to_integer`` and the int8 kernels), onnxruntime fp32 and onnxruntime int8 (its QLinear
 kernels). Prints median latencies, the int8/fp32 ratios, onnxruntime-int8 as the reference, the
 artifact sizes and the agreement of relaycomp int8 with onnxruntime int8 (top-1, cosine).
 
-    python benchmarks/bench_int8.py [--model resnet18] [--quantized path.onnx ...]
+    python benchmarks/bench_int8.py [--model resnet18] [--quantized path.onnx ...] [--full-range]
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def _ort(model_path: Path, inputs: dict):
     return session.run(None, inputs)[0], onnxruntime_ms(model_path, inputs)
 
 
-def bench(name: str, float_path: Path, quantized_path: Path | None) -> None:
+def bench(name: str, float_path: Path, quantized_path: Path | None,
+          reduce_range: bool) -> None:
     """Time the four builds of one model and print the table."""
     from qdq import ort_qdq
 
@@ -58,7 +61,8 @@ def bench(name: str, float_path: Path, quantized_path: Path | None) -> None:
         folder = Path(tmp)
         if quantized_path is None:
             quantized_path = folder / "int8.onnx"
-            onnx.save(ort_qdq(float_model, batches=4), quantized_path)
+            onnx.save(ort_qdq(float_model, batches=4, reduce_range=reduce_range),
+                      quantized_path)
         ort_int8_out, ort_int8 = _ort(quantized_path, inputs)
         _, ort_fp32 = _ort(float_path, inputs)
         fp32, fp32_bytes, _ = _relaycomp(float_model, inputs, folder, "fp32")
@@ -66,7 +70,9 @@ def bench(name: str, float_path: Path, quantized_path: Path | None) -> None:
     top1 = float(np.mean(np.argmax(out, -1) == np.argmax(ort_int8_out, -1)))
     cosine = float(np.dot(out.ravel(), ort_int8_out.ravel())
                    / (np.linalg.norm(out) * np.linalg.norm(ort_int8_out)))
-    print(f"\n{name}: median ms, {THREADS} threads (ratio to onnxruntime int8)")
+    weights = "7-bit (reduce_range)" if reduce_range else "8-bit"
+    print(f"\n{name}: median ms, {THREADS} threads (ratio to onnxruntime int8), {weights} "
+          "weights")
     for label, ms in (("relaycomp int8", int8), ("relaycomp fp32", fp32),
                       ("onnxruntime int8", ort_int8), ("onnxruntime fp32", ort_fp32)):
         print(f"  {label:<18} {ms:8.2f} ms ({ms / ort_int8:5.2f}x)")
@@ -83,11 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="resnet18, mobilenet_v2, ...")
     parser.add_argument("--quantized", action="append", type=Path)
+    parser.add_argument("--full-range", action="store_true", help="8-bit weights")
     args = parser.parse_args(argv)
+    from relaycomp.passes._cpu_int8 import prefers_pair_safe_weights
+
+    reduce_range = not args.full_range and prefers_pair_safe_weights(None)
     names = args.model or sorted(p.stem for p in MODELS_DIR.glob("*.onnx"))
     quantized = args.quantized or [None] * len(names)
     for name, q in zip(names, quantized, strict=True):
-        bench(name, MODELS_DIR / f"{name}.onnx", q)
+        bench(name, MODELS_DIR / f"{name}.onnx", q, reduce_range)
 
 
 if __name__ == "__main__":
