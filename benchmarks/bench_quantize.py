@@ -44,11 +44,13 @@ def _data(name: str, model: onnx.ModelProto):
     return input_name, tuple(dims), calib, held_out, None
 
 
-def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str) -> None:
+def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str,
+          reduce_range: bool | None) -> None:
     """Compile fp32 and int8, time both and onnxruntime's fp32/int8, print the table."""
     from qdq import ort_qdq
 
     from relaycomp.build import CompileConfig, compile_model
+    from relaycomp.passes._cpu_int8 import prefers_pair_safe_weights
     from relaycomp.quantize import QuantConfig
 
     input_name, shape, calib, held_out, labels = _data(name, model)
@@ -58,7 +60,8 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str) -> N
         folder = Path(tmp)
         results = {}
         for label, extra in (("fp32", {}), ("int8", {
-                "quantize": QuantConfig(calibration=method), "calibration": {input_name: calib},
+                "quantize": QuantConfig(calibration=method, reduce_range=reduce_range),
+                "calibration": {input_name: calib},
                 "evaluation": evaluation})):
             config = CompileConfig(input_shapes={input_name: shape}, num_cores=THREADS, **extra)
             start = time.perf_counter()
@@ -74,8 +77,10 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str) -> N
         _pin(fixed, input_name, shape)
         float_path, int8_path = folder / "f.onnx", folder / "q.onnx"
         onnx.save(fixed, float_path)
-        onnx.save(ort_qdq(fixed, batches=4), int8_path)
+        ort_reduce = reduce_range if reduce_range is not None else prefers_pair_safe_weights(None)
+        onnx.save(ort_qdq(fixed, batches=4, reduce_range=ort_reduce), int8_path)
         ort_fp32, ort_int8 = _ort_ms(float_path, inputs), _ort_ms(int8_path, inputs)
+        ort_agreement = _agreement(float_path, int8_path, input_name, held_out, shape[0])
     int8, fp32 = results["int8"][0], results["fp32"][0]
     report = results["int8"][2].manifest.report["quantize"]
     accuracy = report["accuracy"]
@@ -100,6 +105,24 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str) -> N
         text = (f"accuracy {accuracy['float_accuracy']:.1%} float -> "
                 f"{accuracy['quant_accuracy']:.1%} int8, " + text)
     print(f"  vs float on {report['evaluated_on']}: {text}")
+    print(f"  onnxruntime int8 vs its float on the same batches: top-1 agreement "
+          f"{ort_agreement[0]:.1%}, cosine {ort_agreement[1]:.4f}")
+
+
+def _agreement(float_path: Path, int8_path: Path, name: str, held_out: np.ndarray,
+               batch: int) -> tuple[float, float]:
+    """(top-1 agreement, cosine) of onnxruntime's int8 model with its float one."""
+    import onnxruntime as ort
+
+    outputs = []
+    for path in (float_path, int8_path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs.append(np.concatenate([session.run(None, {name: held_out[i:i + batch]})[0]
+                                       for i in range(0, len(held_out) - batch + 1, batch)]))
+    exact, quantized = (o.reshape(len(o), -1) for o in outputs)
+    cosine = np.dot(exact.ravel(), quantized.ravel()) / (np.linalg.norm(exact)
+                                                         * np.linalg.norm(quantized))
+    return float(np.mean(exact.argmax(1) == quantized.argmax(1))), float(cosine)
 
 
 def _ort_ms(model_path: Path, inputs: dict, repeat: int = 30) -> tuple[float, float]:
@@ -132,13 +155,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append")
     parser.add_argument("--calib-method", default="minmax")
+    parser.add_argument("--full-range", action="store_true",
+                        help="8-bit weights (default: 7-bit where the int8 kernels want them)")
     args = parser.parse_args(argv)
     from relaycomp.examples import get_example
 
     paths = {"digits": get_example("digits").model_path}
     paths.update({p.stem: p for p in sorted(MODELS_DIR.glob("*.onnx"))})
     for name in args.model or list(paths):
-        bench(name, onnx.load(str(paths[name])), paths[name], args.calib_method)
+        bench(name, onnx.load(str(paths[name])), paths[name], args.calib_method,
+              False if args.full_range else None)
 
 
 if __name__ == "__main__":

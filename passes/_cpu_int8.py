@@ -35,7 +35,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target, codegen

@@ -46,8 +46,8 @@ from tvm.target import Target
 from relaycomp.registry import register_pass
 
 from ._cpu_contraction import ContractionRule
-from ._cpu_int8 import PAIR_SAFE_PARAMS, pair_safe
 from ._cpu_elementwise import GuardedRule, InjectiveRule, ParallelOuterRule
+from ._cpu_int8 import PAIR_SAFE_PARAMS, pair_safe
 from ._cpu_reduction import InnerReductionRule
 
 IS_SCHEDULED = "tirx.is_scheduled"
