@@ -14,9 +14,7 @@ Guarantees:
   ``lower_qdq_to_integer`` turns the float op back into an integer kernel;
 - an int32 bias (scale ``s_x * s_w``, zero point 0) becomes the float bias ``B * s_x * s_w``,
   computed in float64 and rounded once;
-- MatMulInteger/ConvInteger (int32 out) are computed on the exact integers: float32 sums only
-  where ``K * 255 * max|W|`` < 2^24 proves them exact, else float64 (ConvInteger) or TVM's own
-  int32 MatMulInteger;
+- MatMulInteger/ConvInteger (int32 out, :mod:`relaycomp.onnx_qoperator_integer`) stay exact;
 - every output keeps its name and integer dtype; a quantized op without a converter is an
   :class:`OnnxImportError` naming the op and node.
 
@@ -30,15 +28,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from .errors import OnnxImportError
+from .onnx_fold import infer_shapes, static_shapes
 from .registry import Registry
 
 Converter = Callable[[onnx.NodeProto, "QGraph"], list[onnx.NodeProto]]
 CONVERTERS: Registry[Converter] = Registry("QOperator converter")
-# Sums of integers below this are exact in float32.
-FLOAT32_EXACT = 2**24
 QUANTIZED_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 
@@ -46,7 +43,8 @@ class QGraph:
     """The model being rewritten: constant lookup and fresh initializers/names for converters."""
 
     def __init__(self, model: onnx.ModelProto):
-        self.graph = model.graph
+        self.model, self.graph = model, model.graph
+        self._shapes: dict | None = None
         self.constants = {init.name: init for init in self.graph.initializer}
         self._taken = set(self.constants) | {i.name for i in self.graph.input}
         self.producers = {name: node for node in self.graph.node for name in node.output}
@@ -66,6 +64,12 @@ class QGraph:
         producer = self.producers.get(name)
         return producer is not None and producer.op_type == "DynamicQuantizeLinear"
 
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of tensor ``name`` when ONNX shape inference pins it down."""
+        if self._shapes is None:
+            self._shapes = static_shapes(infer_shapes(self.model))
+        return self._shapes.get(name)
+
     def fresh(self, hint: str) -> str:
         """A tensor or node name not used anywhere in the graph yet."""
         name, count = hint, 0
@@ -84,16 +88,18 @@ class QGraph:
         return name
 
 
-def _input(node: onnx.NodeProto, index: int) -> str:
+def input_at(node: onnx.NodeProto, index: int) -> str:
+    """The name of input ``index``; "" when the optional input is absent."""
     return node.input[index] if index < len(node.input) else ""
 
 
-def _attrs(node: onnx.NodeProto, drop: Sequence[str] = ()) -> dict:
+def attributes(node: onnx.NodeProto, drop: Sequence[str] = ()) -> dict:
+    """The node's attributes as Python values, without those in ``drop``."""
     return {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name not in drop}
 
 
-def _dequantize(node, graph: QGraph, nodes: list, data: str, scale: str, zero_point: str,
-                axis: int | None = None) -> str:
+def append_dequantize(node, graph: QGraph, nodes: list, data: str, scale: str,
+                      zero_point: str, axis: int | None = None) -> str:
     """Append ``DequantizeLinear(data, scale, zero_point)``; returns its float output."""
     out = graph.fresh(f"{data}_dequantized")
     inputs = [data, scale] + ([zero_point] if zero_point else [])
@@ -110,8 +116,9 @@ def _quantize(node, graph: QGraph, nodes: list, data: str, scale: str, zero_poin
                                   name=graph.fresh(f"{node.name}_q")))
 
 
-def _float_op(node, graph: QGraph, nodes: list, op_type: str, inputs: Sequence[str],
+def append_op(node, graph: QGraph, nodes: list, op_type: str, inputs: Sequence[str],
               **attrs) -> str:
+    """Append an ``op_type`` node computing an intermediate of ``node``; returns its output."""
     out = graph.fresh(f"{node.output[0]}_float")
     nodes.append(helper.make_node(op_type, list(inputs), [out], name=graph.fresh(node.name),
                                   **attrs))
@@ -139,42 +146,42 @@ def _float_bias(node, graph: QGraph, bias: str, input_scale: str, weight_scale: 
 
 @CONVERTERS.register("QLinearConv")
 def _qlinear_conv(node, graph: QGraph) -> list:
-    x, s_x, z_x, w, s_w, z_w, s_y, z_y = (_input(node, i) for i in range(8))
+    x, s_x, z_x, w, s_w, z_w, s_y, z_y = (input_at(node, i) for i in range(8))
     nodes: list = []
-    inputs = [_dequantize(node, graph, nodes, x, s_x, z_x),
-              _dequantize(node, graph, nodes, w, s_w, z_w, _weight_axis(graph, s_w, 0))]
-    if _input(node, 8):
-        inputs.append(_float_bias(node, graph, _input(node, 8), s_x, s_w))
-    conv = _float_op(node, graph, nodes, "Conv", inputs, **_attrs(node))
+    inputs = [append_dequantize(node, graph, nodes, x, s_x, z_x),
+              append_dequantize(node, graph, nodes, w, s_w, z_w, _weight_axis(graph, s_w, 0))]
+    if input_at(node, 8):
+        inputs.append(_float_bias(node, graph, input_at(node, 8), s_x, s_w))
+    conv = append_op(node, graph, nodes, "Conv", inputs, **attributes(node))
     _quantize(node, graph, nodes, conv, s_y, z_y)
     return nodes
 
 
 @CONVERTERS.register("QLinearMatMul")
 def _qlinear_matmul(node, graph: QGraph) -> list:
-    a, s_a, z_a, b, s_b, z_b, s_y, z_y = (_input(node, i) for i in range(8))
+    a, s_a, z_a, b, s_b, z_b, s_y, z_y = (input_at(node, i) for i in range(8))
     nodes: list = []
-    inputs = [_dequantize(node, graph, nodes, a, s_a, z_a),
-              _dequantize(node, graph, nodes, b, s_b, z_b, _weight_axis(graph, s_b, -1))]
-    _quantize(node, graph, nodes, _float_op(node, graph, nodes, "MatMul", inputs), s_y, z_y)
+    inputs = [append_dequantize(node, graph, nodes, a, s_a, z_a),
+              append_dequantize(node, graph, nodes, b, s_b, z_b, _weight_axis(graph, s_b, -1))]
+    _quantize(node, graph, nodes, append_op(node, graph, nodes, "MatMul", inputs), s_y, z_y)
     return nodes
 
 
 @CONVERTERS.register("QGemm")
 def _qgemm(node, graph: QGraph) -> list:
-    a, s_a, z_a, b, s_b, z_b, c, s_y, z_y = (_input(node, i) for i in range(9))
-    attrs = _attrs(node)
+    a, s_a, z_a, b, s_b, z_b, c, s_y, z_y = (input_at(node, i) for i in range(9))
+    attrs = attributes(node)
     if attrs.get("alpha", 1.0) != 1.0:
         raise OnnxImportError(f"QGemm node '{node.name}' has alpha={attrs['alpha']}: only "
                               "alpha=1 (what onnxruntime's quantizer writes) is supported")
     nodes: list = []
     trans_b = attrs.get("transB", 0)
-    inputs = [_dequantize(node, graph, nodes, a, s_a, z_a),
-              _dequantize(node, graph, nodes, b, s_b, z_b,
+    inputs = [append_dequantize(node, graph, nodes, a, s_a, z_a),
+              append_dequantize(node, graph, nodes, b, s_b, z_b,
                           _weight_axis(graph, s_b, 0 if trans_b else 1))]
     if c:
         inputs.append(_float_bias(node, graph, c, s_a, s_b))
-    gemm = _float_op(node, graph, nodes, "Gemm", inputs, transA=attrs.get("transA", 0),
+    gemm = append_op(node, graph, nodes, "Gemm", inputs, transA=attrs.get("transA", 0),
                      transB=trans_b)
     if s_y:
         _quantize(node, graph, nodes, gemm, s_y, z_y)
@@ -186,11 +193,11 @@ def _qgemm(node, graph: QGraph) -> list:
 
 def _binary(float_op: str) -> Converter:
     def convert(node, graph: QGraph) -> list:
-        a, s_a, z_a, b, s_b, z_b, s_y, z_y = (_input(node, i) for i in range(8))
+        a, s_a, z_a, b, s_b, z_b, s_y, z_y = (input_at(node, i) for i in range(8))
         nodes: list = []
-        inputs = [_dequantize(node, graph, nodes, a, s_a, z_a),
-                  _dequantize(node, graph, nodes, b, s_b, z_b)]
-        _quantize(node, graph, nodes, _float_op(node, graph, nodes, float_op, inputs), s_y, z_y)
+        inputs = [append_dequantize(node, graph, nodes, a, s_a, z_a),
+                  append_dequantize(node, graph, nodes, b, s_b, z_b)]
+        _quantize(node, graph, nodes, append_op(node, graph, nodes, float_op, inputs), s_y, z_y)
         return nodes
 
     return convert
@@ -200,15 +207,15 @@ def _unary(float_op: str, keep: Sequence[str] = ()) -> Converter:
     """X, s_x, z_x, s_y, z_y -> Q(float_op(DQ(X))); ``keep`` names the attributes passed on."""
 
     def convert(node, graph: QGraph) -> list:
-        x, s_x, z_x, s_y, z_y = (_input(node, i) for i in range(5))
-        attrs = _attrs(node)
+        x, s_x, z_x, s_y, z_y = (input_at(node, i) for i in range(5))
+        attrs = attributes(node)
         if attrs.get("channels_last", 0):
             raise OnnxImportError(f"{node.op_type} node '{node.name}' is channels_last: only "
                                   "NCHW (channels_last=0) is supported")
         nodes: list = []
         kept = {name: value for name, value in attrs.items() if name in keep}
-        out = _float_op(node, graph, nodes, float_op,
-                        [_dequantize(node, graph, nodes, x, s_x, z_x)], **kept)
+        out = append_op(node, graph, nodes, float_op,
+                        [append_dequantize(node, graph, nodes, x, s_x, z_x)], **kept)
         _quantize(node, graph, nodes, out, s_y, z_y)
         return nodes
 
@@ -226,16 +233,16 @@ CONVERTERS.add("QLinearSigmoid", _unary("Sigmoid"))
 
 @CONVERTERS.register("QLinearSoftmax")
 def _qlinear_softmax(node, graph: QGraph) -> list:
-    attrs = _attrs(node)
+    attrs = attributes(node)
     axis = attrs.get("axis", -1)
     if attrs.get("opset", 13) < 13 and axis != -1:
         # Softmax before opset 13 flattens from ``axis``: only the last axis means the same.
         raise OnnxImportError(f"QLinearSoftmax node '{node.name}': opset<13 semantics with "
                               f"axis={axis} are not supported (axis=-1 is)")
-    x, s_x, z_x, s_y, z_y = (_input(node, i) for i in range(5))
+    x, s_x, z_x, s_y, z_y = (input_at(node, i) for i in range(5))
     nodes: list = []
-    out = _float_op(node, graph, nodes, "Softmax",
-                    [_dequantize(node, graph, nodes, x, s_x, z_x)], axis=axis)
+    out = append_op(node, graph, nodes, "Softmax",
+                    [append_dequantize(node, graph, nodes, x, s_x, z_x)], axis=axis)
     _quantize(node, graph, nodes, out, s_y, z_y)
     return nodes
 
@@ -244,9 +251,9 @@ def _qlinear_softmax(node, graph: QGraph) -> list:
 def _qlinear_concat(node, graph: QGraph) -> list:
     s_y, z_y, *triples = node.input
     nodes: list = []
-    inputs = [_dequantize(node, graph, nodes, *triples[i:i + 3])
+    inputs = [append_dequantize(node, graph, nodes, *triples[i:i + 3])
               for i in range(0, len(triples), 3)]
-    concat = _float_op(node, graph, nodes, "Concat", inputs, axis=_attrs(node)["axis"])
+    concat = append_op(node, graph, nodes, "Concat", inputs, axis=attributes(node)["axis"])
     _quantize(node, graph, nodes, concat, s_y, z_y)
     return nodes
 
@@ -261,68 +268,6 @@ def _standard_domain(node, graph: QGraph) -> list:
 
 CONVERTERS.add("QuantizeLinear", _standard_domain)
 CONVERTERS.add("DequantizeLinear", _standard_domain)
-
-
-# --- quantize_dynamic: integer contractions with int32 outputs --------------------------------
-
-def _exact_in_float32(weight: np.ndarray, zero_point: np.ndarray | None, reduced: int) -> bool:
-    """Whether every partial sum of ``reduced`` products |x - z_x| <= 255 by the weight is
-    below 2^24, so a float32 contraction of the integers is exact."""
-    shifted = weight.astype(np.int64) - (0 if zero_point is None else zero_point.astype(np.int64))
-    return reduced * 255 * int(np.abs(shifted).max(initial=0)) < FLOAT32_EXACT
-
-
-def _int32(node, graph: QGraph, nodes: list, value: str) -> list:
-    nodes.append(helper.make_node("Cast", [value], [node.output[0]],
-                                  name=graph.fresh(f"{node.name}_int32"),
-                                  to=TensorProto.INT32))
-    return nodes
-
-
-@CONVERTERS.register("MatMulInteger")
-def _matmul_integer(node, graph: QGraph) -> list:
-    """``(A - z_a) @ B`` for a constant int8 ``B`` with zero point 0, as ``DQ(A, 1) @ DQ(B, 1)
-    - z_a * colsum(B)``: the contraction is a uint8/int8 x int8 kernel after lowering. Other
-    forms stay a MatMulInteger (TVM widens to int32: exact, no int8 kernel)."""
-    a, b, z_a, z_b = (_input(node, i) for i in range(4))
-    weight, weight_zero = graph.constant(b), graph.constant(z_b) if z_b else None
-    if (weight is None or weight.dtype != np.int8 or weight.ndim != 2
-            or weight_zero is not None and np.any(weight_zero)
-            or z_a and not graph.is_scalar(z_a)
-            or not _exact_in_float32(weight, None, weight.shape[0])):
-        return [node]
-    nodes: list = []
-    one = graph.add_constant(np.float32(1.0), f"{node.name}_unit_scale")
-    inputs = [_dequantize(node, graph, nodes, a, one, ""),
-              _dequantize(node, graph, nodes, b, one, "")]
-    product = _float_op(node, graph, nodes, "MatMul", inputs)
-    if z_a:
-        zero = _float_op(node, graph, nodes, "Cast", [z_a], to=TensorProto.FLOAT)
-        sums = graph.add_constant(weight.astype(np.float32).sum(axis=0), f"{b}_column_sums")
-        correction = _float_op(node, graph, nodes, "Mul", [zero, sums])
-        product = _float_op(node, graph, nodes, "Sub", [product, correction])
-    return _int32(node, graph, nodes, product)
-
-
-@CONVERTERS.register("ConvInteger")
-def _conv_integer(node, graph: QGraph) -> list:
-    """``Conv(DQ(x, 1, z_x), DQ(W, 1, z_w))``: the exact shifted integers (zero padding of
-    ``x - z_x``, as the op defines), summed in float32 when provably exact, else float64."""
-    x, w, z_x, z_w = (_input(node, i) for i in range(4))
-    weight = graph.constant(w)
-    nodes: list = []
-    one = graph.add_constant(np.float32(1.0), f"{node.name}_unit_scale")
-    axis = None if not z_w or graph.is_scalar(z_w) else 0
-    inputs = [_dequantize(node, graph, nodes, x, one, z_x),
-              _dequantize(node, graph, nodes, w, one, z_w, axis)]
-    reduced = None if weight is None else int(np.prod(weight.shape[1:]))
-    if weight is None or not _exact_in_float32(
-            weight, graph.constant(z_w).reshape(-1, *[1] * (weight.ndim - 1)) if z_w else None,
-            reduced):
-        inputs = [_float_op(node, graph, nodes, "Cast", [i], to=TensorProto.DOUBLE)
-                  for i in inputs]
-    conv = _float_op(node, graph, nodes, "Conv", inputs, **_attrs(node))
-    return _int32(node, graph, nodes, conv)
 
 
 # --- the rewrite ------------------------------------------------------------------------------
@@ -370,3 +315,7 @@ def convert_qoperator(model: onnx.ModelProto) -> Counter:
     model.graph.node.extend(nodes)
     return converted
 
+
+
+# The integer-output converters (quantize_dynamic) register themselves into CONVERTERS.
+from . import onnx_qoperator_integer  # noqa: F401

@@ -255,15 +255,18 @@ def test_dynamic_conv_integer_is_exact(tmp_path):
     model = ort_dynamic(conv_net(), ["Conv", "MatMul"])
     assert op_counts(model)["ConvInteger"] == 2
     inputs = random_inputs(model, seed=100)
-    actual, _ = compile_and_run(model, inputs, tmp_path)
+    actual, fired = compile_and_run(model, inputs, tmp_path)
+    assert fired == {"conv2d_int8": 2, "matmul_int8": 1}
     expected = ort_run(model, inputs)
     np.testing.assert_allclose(actual, expected, atol=1e-5 * np.abs(expected).max(), rtol=0)
 
 
 def _integer_contraction(op: str, weight: np.ndarray, x_shape: list[int]) -> onnx.ModelProto:
-    """x -> DynamicQuantizeLinear -> op(x_q, W int8, z_x) -> int32 output."""
+    """x -> DynamicQuantizeLinear -> op(x_q, W int8, z_x) -> int32 output; convs are padded
+    (the padding is of x - z_x: zero) and strided."""
+    attrs = {"pads": [1, 1, 1, 1], "strides": [2, 1]} if op == "ConvInteger" else {}
     nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "sx", "zx"]),
-             helper.make_node(op, ["xq", "w", "zx"], ["y"], name="contraction")]
+             helper.make_node(op, ["xq", "w", "zx"], ["y"], name="contraction", **attrs)]
     out_shape = [x_shape[0], weight.shape[1]] if op == "MatMulInteger" else None
     graph = helper.make_graph(
         nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
@@ -284,10 +287,12 @@ def test_integer_contractions_are_bit_exact(op, weight_shape, x_shape, float32_e
     rewritten = op_counts(qdq_rewrite(model))
     if op == "MatMulInteger":  # beyond float32's exact range TVM's int32 MatMulInteger stays
         assert (rewritten["MatMulInteger"] == 0) == float32_exact
-    else:
-        assert (rewritten["Cast"] == 1) == float32_exact  # else a float64 conv
+    else:  # else a float64 conv
+        assert (rewritten["Cast"] == 2) == float32_exact, rewritten
     x = np.random.default_rng(1).uniform(-1, 3, x_shape).astype(np.float32)
-    actual, _ = compile_and_run(model, {"x": x}, tmp_path)
+    actual, fired = compile_and_run(model, {"x": x}, tmp_path)
+    kernel = "matmul_int8" if op == "MatMulInteger" else "conv2d_int8"
+    assert fired.get(kernel, 0) == (1 if float32_exact else 0)
     assert actual.dtype == np.int32
     # ONNX's reference implementation: the integer definition. (onnxruntime's AVX2 u8s8
     # MatMulInteger saturates int16 pair sums on full-range weights: not a reference here.)
