@@ -36,7 +36,6 @@ from .registry import Registry
 
 Converter = Callable[[onnx.NodeProto, "QGraph"], list[onnx.NodeProto]]
 CONVERTERS: Registry[Converter] = Registry("QOperator converter")
-QUANTIZED_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 
 class QGraph:
@@ -147,12 +146,14 @@ def _float_bias(node, graph: QGraph, bias: str, input_scale: str, weight_scale: 
 @CONVERTERS.register("QLinearConv")
 def _qlinear_conv(node, graph: QGraph) -> list:
     x, s_x, z_x, w, s_w, z_w, s_y, z_y = (input_at(node, i) for i in range(8))
+    _refuse_channels_last(node)
     nodes: list = []
     inputs = [append_dequantize(node, graph, nodes, x, s_x, z_x),
               append_dequantize(node, graph, nodes, w, s_w, z_w, _weight_axis(graph, s_w, 0))]
     if input_at(node, 8):
         inputs.append(_float_bias(node, graph, input_at(node, 8), s_x, s_w))
-    conv = append_op(node, graph, nodes, "Conv", inputs, **attributes(node))
+    attrs = attributes(node, drop=("channels_last",))
+    conv = append_op(node, graph, nodes, "Conv", inputs, **attrs)
     _quantize(node, graph, nodes, conv, s_y, z_y)
     return nodes
 
@@ -178,7 +179,7 @@ def _qgemm(node, graph: QGraph) -> list:
     trans_b = attrs.get("transB", 0)
     inputs = [append_dequantize(node, graph, nodes, a, s_a, z_a),
               append_dequantize(node, graph, nodes, b, s_b, z_b,
-                          _weight_axis(graph, s_b, 0 if trans_b else 1))]
+                                _weight_axis(graph, s_b, 0 if trans_b else 1))]
     if c:
         inputs.append(_float_bias(node, graph, c, s_a, s_b))
     gemm = append_op(node, graph, nodes, "Gemm", inputs, transA=attrs.get("transA", 0),
@@ -189,6 +190,12 @@ def _qgemm(node, graph: QGraph) -> list:
         nodes.append(helper.make_node("Identity", [gemm], [node.output[0]],
                                       name=graph.fresh(node.name)))
     return nodes
+
+
+def _refuse_channels_last(node) -> None:
+    if attributes(node).get("channels_last", 0):
+        raise OnnxImportError(f"{node.op_type} node '{node.name}' is channels_last (NHWC): only "
+                              "NCHW (channels_last=0) is supported")
 
 
 def _binary(float_op: str) -> Converter:
@@ -208,10 +215,8 @@ def _unary(float_op: str, keep: Sequence[str] = ()) -> Converter:
 
     def convert(node, graph: QGraph) -> list:
         x, s_x, z_x, s_y, z_y = (input_at(node, i) for i in range(5))
+        _refuse_channels_last(node)
         attrs = attributes(node)
-        if attrs.get("channels_last", 0):
-            raise OnnxImportError(f"{node.op_type} node '{node.name}' is channels_last: only "
-                                  "NCHW (channels_last=0) is supported")
         nodes: list = []
         kept = {name: value for name, value in attrs.items() if name in keep}
         out = append_op(node, graph, nodes, float_op,
@@ -282,11 +287,18 @@ def _needs_conversion(node: onnx.NodeProto) -> bool:
     return node.domain == "com.microsoft" or node.op_type not in _NATIVE
 
 
+# onnxruntime's other contrib ops on quantized tensors: named in an error, never passed on.
+_QUANTIZED_CONTRIB = frozenset({
+    "QAttention", "QEmbedLayerNormalization", "QMoE", "DynamicQuantizeLSTM",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulNBits", "QuantizeBFP",
+    "DequantizeBFP"})
+
+
 def _is_quantized_op(node: onnx.NodeProto) -> bool:
     """A com.microsoft op working on quantized tensors (QAttention, QLinearWhere, ...)."""
     op = node.op_type
     return node.domain == "com.microsoft" and (
-        op.startswith("Q") or "Integer" in op or "Quantize" in op)
+        op.startswith(("QLinear", "QOrdered")) or op in _QUANTIZED_CONTRIB or op in CONVERTERS)
 
 
 def convert_qoperator(model: onnx.ModelProto) -> Counter:
@@ -314,7 +326,6 @@ def convert_qoperator(model: onnx.ModelProto) -> Counter:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return converted
-
 
 
 # The integer-output converters (quantize_dynamic) register themselves into CONVERTERS.
