@@ -6,6 +6,7 @@ MACs are those of the compiled shapes.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ import onnx
 from onnx import helper
 
 from . import ir
+from .errors import OnnxImportError
 from .frontend import TensorSpec, graph_inputs, opset_of, pin_input_shapes, set_input_shapes
 from .onnx_fold import fold_shape_subgraphs, static_shapes
+from .onnx_qoperator import convert_qoperator, is_convertible
 
 
 @dataclass
@@ -68,6 +71,8 @@ def model_info(model: onnx.ModelProto,
     inputs, _ = pin_input_shapes(graph_inputs(model), dict(input_shapes or {}))
     pinned = onnx.ModelProto.FromString(model.SerializeToString())
     set_input_shapes(pinned, inputs)
+    with contextlib.suppress(OnnxImportError):  # a quantized op without a conversion is listed
+        convert_qoperator(pinned)
     folded, _ = fold_shape_subgraphs(pinned, opset_of(model))
     shapes = static_shapes(folded)
     shapes.update({i.name: tuple(i.dims) for i in folded.graph.initializer})
@@ -75,7 +80,8 @@ def model_info(model: onnx.ModelProto,
                if n.op_type in MAC_COUNTERS)
     supported = ir.supported_onnx_ops()
     unsupported = [f"{n.op_type} (node '{n.name or n.output[0]}')" for n in model.graph.node
-                   if n.op_type not in supported or n.domain not in ("", "ai.onnx")]
+                   if (n.op_type not in supported or n.domain not in ("", "ai.onnx"))
+                   and not is_convertible(n)]
     params = [init for init in model.graph.initializer]
     return ModelInfo(
         opset=opset_of(model), inputs=inputs, outputs=[o.name for o in model.graph.output],

@@ -281,7 +281,8 @@ CONVERTERS.add("DequantizeLinear", _standard_domain)
 _NATIVE = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-def _needs_conversion(node: onnx.NodeProto) -> bool:
+def is_convertible(node: onnx.NodeProto) -> bool:
+    """Whether :func:`convert_qoperator` rewrites ``node`` (QLinearConv, QGemm, ...)."""
     if node.op_type not in CONVERTERS:
         return False
     return node.domain == "com.microsoft" or node.op_type not in _NATIVE
@@ -305,7 +306,7 @@ def convert_qoperator(model: onnx.ModelProto) -> Counter:
     """Rewrite every QOperator/integer op of ``model`` in place into QDQ form (see the module
     docstring); returns how many nodes of each op type were converted."""
     graph = QGraph(model)
-    unsupported = [n for n in model.graph.node if _is_quantized_op(n) and not _needs_conversion(n)]
+    unsupported = [n for n in model.graph.node if _is_quantized_op(n) and not is_convertible(n)]
     if unsupported:
         listed = "; ".join(f"{n.op_type} (node '{n.name or n.output[0]}')" for n in unsupported)
         raise OnnxImportError(
@@ -314,7 +315,7 @@ def convert_qoperator(model: onnx.ModelProto) -> Counter:
     converted: Counter = Counter()
     nodes = []
     for node in model.graph.node:
-        if not _needs_conversion(node):
+        if not is_convertible(node):
             nodes.append(node)
             continue
         if not node.name:  # converters name the nodes they write after it

@@ -33,6 +33,7 @@ from qdq import ort_run
 import relaycomp
 from relaycomp.errors import OnnxImportError
 from relaycomp.frontend import import_onnx
+from relaycomp.model_info import model_info
 from relaycomp.onnx_qoperator import CONVERTERS, convert_qoperator
 from relaycomp.passes import lower_qdq_to_integer
 
@@ -136,6 +137,12 @@ def test_import_reports_the_rewrite_and_leaves_no_qoperator_op():
     assert all(n.domain in ("", "ai.onnx") for n in imported.onnx_model.graph.node)
 
 
+def test_inspect_counts_a_qoperator_model_as_supported():
+    quantized = model_info(ort_qoperator("conv_net", "per_tensor"))
+    assert quantized.unsupported == []
+    assert quantized.macs == model_info(conv_net()).macs
+
+
 def test_qlinear_conv_becomes_dequantize_conv_quantize_with_int8_weights():
     model = qdq_rewrite(ort_qoperator("conv_net", "per_channel"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -221,6 +228,7 @@ def test_an_unsupported_quantized_op_is_named(tmp_path):
     with pytest.raises(OnnxImportError, match=r"QLinearWhere \(node 'sigmoid'\)") as err:
         import_onnx(model)
     assert "QLinearConv" in err.value.hint and len(CONVERTERS) >= 12
+    assert model_info(model).unsupported == ["QLinearWhere (node 'sigmoid')"]
     onnx.save(model, tmp_path / "where.onnx")
     result = run_cli("compile", tmp_path / "where.onnx", "-o", tmp_path / "m.so")
     assert result.returncode == 1 and "Traceback" not in result.stderr
