@@ -222,6 +222,29 @@ def test_every_other_qlinear_op_matches_onnxruntime(tmp_path):
     assert steps <= 2, f"{steps} output steps from onnxruntime"
 
 
+def test_qgemm_without_output_scale_returns_float(tmp_path):
+    rng = np.random.default_rng(2)
+    weight = rng.integers(-63, 64, (10, 32)).astype(np.int8)  # transB: N x K, per row (N)
+    weight[:, 0] = 63
+    inits = {"s_x": np.float32(0.03), "z_x": np.uint8(110), "w": weight,
+             "s_w": rng.uniform(0.01, 0.02, 10).astype(np.float32), "z_w": np.zeros(10, np.int8),
+             "b": rng.integers(-3000, 3000, 10).astype(np.int32)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "z_x"], ["xq"]),
+             helper.make_node("QGemm", ["xq", "s_x", "z_x", "w", "s_w", "z_w", "b"], ["y"],
+                              name="gemm", domain=MS, transB=1)]
+    graph = helper.make_graph(
+        nodes, "qgemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 10])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(MS, 1)])
+    inputs = {"x": np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)}
+    actual, fired = compile_and_run(model, inputs, tmp_path)
+    assert fired == {"matmul_int8": 1}
+    expected = ort_run(model, inputs)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
 def test_an_unsupported_quantized_op_is_named(tmp_path):
     model = _qoperator_chain()
     model.graph.node[3].op_type = "QLinearWhere"
