@@ -110,7 +110,8 @@ def test_qoperator_model_runs_on_integer_kernels(name, scheme, tmp_path):
     assert op_counts(model)["QLinearConv"] + op_counts(model)["QGemm"] > 0
     inputs = random_inputs(model, seed=100)
     actual, fired = compile_and_run(model, inputs, tmp_path)
-    # Every conv and Gemm of the QOperator model became a uint8 x int8 -> int32 kernel.
+    # Every conv and Gemm of the QOperator model became a uint8 x int8 -> int32 kernel (a
+    # strided depthwise conv sums the same integers in float32: see lower_qdq_to_integer).
     contractions = sum(op_counts(model)[op] for op in CONTRACTIONS)
     assert fired.get("conv2d_int8", 0) + fired.get("matmul_int8", 0) == contractions
     # The integer kernels compute what the QDQ form defines; products and sums are exact, only
