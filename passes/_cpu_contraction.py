@@ -36,9 +36,11 @@ from ._cpu_common import (
     uses_var,
 )
 from ._cpu_int8 import schedule_int8_conv
-from ._cpu_plan import Plan, plan_contraction
+from ._cpu_plan import Plan, plan_variants
 
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
+MAX_VARIANTS = 8  # plan variants the auto-tuner gets as design spaces
+UNROLL_STEPS = (0, 16, 64, 512)  # the auto-tuner's choices of pragma_auto_unroll_max_step
 MAX_UNROLLED_WINDOW = 64  # reduction steps unrolled inside a row (a 7x7 window at most)
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
 
@@ -62,26 +64,57 @@ class ContractionRule(CpuRule):
 
     def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
         """See the module docstring."""
-        nest = single_reduction(sch)
-        if nest is None or set(nest.main.dom_kind()) != {"S", "R"}:
-            return None
-        main = nest.main.block_rv
-        kept = [  # elementwise producers fold into main; padding stays a stage of its own
-            info.block_rv
-            for info in nest.prologue
-            if _HAS_IF_THEN_ELSE(sch.get(info.block_rv))
-            or not _try(sch.compute_inline, info.block_rv)
-        ]
-        plan = plan_contraction(sch.get(main), facts)
-        if plan is None:
-            return None
-        for producer in kept:
-            schedule_spatial_block(sch, producer, facts)
-        params = list(sch.mod["main"].params)
-        for relayout in plan.relayouts:
-            _relayout(sch, main, relayout, params, facts)
-        _tile(sch, main, plan, [info.block_rv for info in nest.epilogue], facts)
-        return sch
+        return _schedule(sch, facts, variant=0, tunable=False)
+
+    def design_spaces(self, sch: s_tir.Schedule, facts: CpuFacts) -> list[s_tir.Schedule]:
+        """The auto-tuner's design spaces: copies of ``sch`` (a traced schedule) scheduled as
+        :meth:`schedule` does, one per plan variant (``_cpu_plan.plan_variants``, the heuristic
+        plan first), with the tile sizes as MetaSchedule samples (``sample_perfect_tile``) and an
+        unroll step (``sample_categorical``) whose decisions are the heuristic's: the first
+        space, with its decisions as sampled, is the heuristic schedule. Empty when the rule
+        does not apply or leaves nothing to tune (a row loop left to LLVM)."""
+        spaces = []
+        for variant in range(MAX_VARIANTS):
+            space = sch.copy()
+            try:
+                scheduled = _schedule(space, facts, variant=variant, tunable=True)
+            except Exception:  # noqa: BLE001 - a variant that does not apply is left out
+                scheduled = None
+            if scheduled is None:
+                if variant == 0:
+                    return []
+                break
+            spaces.append(scheduled)
+        return spaces
+
+
+def _schedule(sch: s_tir.Schedule, facts: CpuFacts, variant: int,
+              tunable: bool) -> s_tir.Schedule | None:
+    """Schedule ``sch`` with plan variant ``variant`` (0: the heuristic plan); ``tunable`` makes
+    the tile sizes and the unroll step samples whose decisions are the plan's."""
+    nest = single_reduction(sch)
+    if nest is None or set(nest.main.dom_kind()) != {"S", "R"}:
+        return None
+    main = nest.main.block_rv
+    kept = [  # elementwise producers fold into main; padding stays a stage of its own
+        info.block_rv
+        for info in nest.prologue
+        if _HAS_IF_THEN_ELSE(sch.get(info.block_rv))
+        or not _try(sch.compute_inline, info.block_rv)
+    ]
+    plans = plan_variants(sch.get(main), facts, MAX_VARIANTS)
+    if variant >= len(plans) or tunable and plans[variant].vector_tile == 0:
+        return None
+    plan = plans[variant]
+    for producer in kept:
+        schedule_spatial_block(sch, producer, facts)
+    params = list(sch.mod["main"].params)
+    for relayout in plan.relayouts:
+        _relayout(sch, main, relayout, params, facts)
+    _tile(sch, main, plan, [info.block_rv for info in nest.epilogue], facts, tunable)
+    if tunable:
+        _sample_unroll(sch)
+    return sch
 
 
 def _try(primitive, *args) -> bool:
@@ -105,7 +138,8 @@ def _relayout(sch: s_tir.Schedule, block_rv, relayout, params, facts: CpuFacts) 
         sch.transform_layout(block_rv, ("read", relayout.read), relayout.index_map)
 
 
-def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuFacts) -> None:
+def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuFacts,
+          tunable: bool = False) -> None:
     block = sch.get(block_rv)
     kinds = [it.iter_type for it in block.iter_vars]
     vector_var = block.iter_vars[plan.vector_iter].var
@@ -113,14 +147,17 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuF
     if plan.vector_tile == 0:
         _tile_rows(sch, block_rv, plan, epilogue, facts)
         return
-    vector_outer, vector_inner = sch.split(loops[plan.vector_iter], [None, plan.vector_tile])
+    # A packed operand's layout fixes the vector tile; an unpacked one lets the tuner vary it.
+    vector_outer, vector_inner = _split(sch, loops[plan.vector_iter], plan.vector_tile,
+                                        tunable and not plan.relayouts, 4 * plan.vector_tile)
     register_inner = None
     spatial_outer, reduction = [], []
     for i, loop in enumerate(loops):
         if i == plan.vector_iter:
             spatial_outer.append(vector_outer)
         elif i == plan.register_iter:
-            outer, register_inner = sch.split(loop, [None, plan.register_tile])
+            outer, register_inner = _split(sch, loop, plan.register_tile, tunable,
+                                           max(2 * facts.accumulator_budget, plan.register_tile))
             spatial_outer.append(outer)
         elif kinds[i] == tirx.IterVar.DataPar:
             spatial_outer.append(loop)
@@ -144,6 +181,27 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuF
         sch.unroll(register_inner)
     init = sch.decompose_reduction(block_rv, reduction[0])
     _vectorize_tile(sch, init, outer)
+
+
+def _split(sch: s_tir.Schedule, loop, inner: int, sampled: bool, most: int):
+    """``loop`` split into ``[extent // inner, inner]``; with ``sampled`` the factors are a
+    ``sample_perfect_tile`` (inner factor at most ``most``) whose decision is that split."""
+    if not sampled:
+        return sch.split(loop, [None, inner])
+    extent = loop_extent(sch, loop)
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=most,
+                                      decision=[extent // inner, inner])
+    return sch.split(loop, factors)
+
+
+def _sample_unroll(sch: s_tir.Schedule) -> None:
+    """Let the tuner pick an explicit unroll step for the loop nests (MetaSchedule's
+    ``RewriteParallelVectorizeUnroll`` turns it into ``pragma_auto_unroll_max_step``); the
+    decision, 0, leaves the nests as the heuristic schedule has them."""
+    root = sch.get_sblock("root")
+    step = sch.sample_categorical(list(UNROLL_STEPS), [1 / len(UNROLL_STEPS)] * len(UNROLL_STEPS),
+                                  decision=0)
+    sch.annotate(root, "meta_schedule.unroll_explicit", step)
 
 
 def _tile_rows(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuFacts):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import tvm
 from tvm import tirx
@@ -61,6 +62,62 @@ def plan_contraction(block, facts: CpuFacts) -> Plan | None:
     """Plan the register tile of ``block`` (an ``SBlock``), or ``None`` if it does not fit.
 
     ``vector_tile == 0`` means "keep the whole ``v`` loop, do not vectorize it in TVM"."""
+    plans = plan_variants(block, facts)
+    return plans[0] if plans else None
+
+
+def plan_variants(block, facts: CpuFacts, most: int = 8) -> list[Plan]:
+    """The heuristic plan of ``block`` first, then up to ``most - 1`` alternatives the auto-tuner
+    may measure: the same vector axis and operand with another number of vectors per row of the
+    tile, or another register axis (empty when the block does not fit the rule)."""
+    found = _analyze(block, facts)
+    if not isinstance(found, _Candidate):
+        return [found] if found is not None else []
+    extents, lanes = found.extents, found.lanes
+    heuristic = (found.vectors, found.register_iter)
+    choices = [heuristic]
+    for register_iter in [found.register_iter, *found.register_candidates]:
+        if register_iter != found.register_iter and (extents[register_iter] or 1) < 2:
+            continue
+        for vectors in range(1, 5):
+            if extents[found.vector_iter] % (vectors * lanes) == 0:
+                choices.append((vectors, register_iter))
+    relayout_read = None
+    if found.dim is not None:
+        name = str(found.operands[found.operand].source.name)
+        if found.reads.count(name) != 1:
+            return []
+        relayout_read = found.reads.index(name)
+    plans = []
+    for vectors, register_iter in dict.fromkeys(choices):
+        u_extent = 1 if register_iter is None else extents[register_iter]
+        tile = (found.tile if (vectors, register_iter) == heuristic
+                else largest_divisor(u_extent, max(facts.accumulator_budget // vectors, 1)))
+        relayouts = ()
+        if relayout_read is not None:
+            relayouts = (Relayout(relayout_read, _blocked(found.dim, vectors * lanes)),)
+        plans.append(Plan(found.vector_iter, vectors * lanes, register_iter, tile, relayouts))
+    return plans[:most]
+
+
+class _Candidate(NamedTuple):
+    """The best vector/register axes of a block with reuse, and what varying them needs."""
+
+    operand: int
+    vector_iter: int
+    dim: int | None
+    register_iter: int | None
+    vectors: int
+    tile: int
+    extents: list
+    lanes: int
+    reads: list
+    operands: list
+    register_candidates: list
+
+
+def _analyze(block, facts: CpuFacts) -> _Candidate | Plan | None:
+    """The best register-tile candidate, else a :class:`Plan` without reuse, else ``None``."""
     store = block.body
     if not isinstance(store, tirx.BufferStore):
         return None
@@ -84,7 +141,7 @@ def plan_contraction(block, facts: CpuFacts) -> Plan | None:
     # 0 walks the operand as is (dense B[k, n]); 1 repacks it for free (a conv weight); 2 walks a
     # sliding window (conv input x + rx: unaligned, overlapping loads); a costly repack ranks
     # by its size.
-    best = None
+    best, best_others = None, []
     for k, load in enumerate(operands):
         size = buffer_size(load.source)
         others = sorted(set(spatial) - used[k], reverse=True)
@@ -107,16 +164,10 @@ def plan_contraction(block, facts: CpuFacts) -> Plan | None:
             key = (-per_load, cost, size, -i)
             if best is None or key < best[0]:
                 best = (key, k, i, dim, register_iter, vectors, tile)
+                best_others = [j for j in others if extents[j]
+                               and any(j in own for own in exclusive)]
     if best is not None:
-        _, k, vector_iter, dim, register_iter, vectors, register_tile = best
-        relayouts = ()
-        if dim is not None:
-            name = str(operands[k].source.name)
-            if reads.count(name) != 1:
-                return None
-            pack = _blocked(dim, vectors * lanes)
-            relayouts = (Relayout(reads.index(name), pack),)
-        return Plan(vector_iter, vectors * lanes, register_iter, register_tile, relayouts)
+        return _Candidate(*best[1:], extents, lanes, reads, operands, best_others)
     return _plan_without_reuse(operands, iters, extents, spatial, lanes, facts)
 
 

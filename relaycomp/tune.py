@@ -32,6 +32,8 @@ from pathlib import Path
 import onnx
 import tvm
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+from tvm.s_tir.meta_schedule.utils import fork_seed
 
 from . import ir
 from .errors import TuningError, last_line
@@ -50,9 +52,10 @@ from .tune_measure import (
     measure_modules,
     progress_callback,
 )
+from .tune_space import seed_records, space_generator
 
 DEFAULT_DB = Path("~/.cache/relaycomp/tuning")
-MIN_TASK_TRIALS = 32  # fewer trials than this rarely beat the heuristic schedule
+MIN_TASK_TRIALS = 16  # one search batch: the seeded heuristic and 15 points around it
 
 
 @dataclass(frozen=True)
@@ -287,10 +290,15 @@ def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, 
     population = min(256, max(64, 4 * max(todo.values())))
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=population, init_min_unmeasured=min(50, population // 2))
-    contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        [tasks[i] for i in todo], str(run.path), strategy=strategy, seed=config.seed)
+    contexts = tune_contexts([tasks[i] for i in todo], str(run.path), strategy, config.seed)
     for context, (i, left) in zip(contexts, todo.items()):
-        baseline_ms = database.state(keys[i]).baseline_seconds * 1e3
+        state = database.state(keys[i])
+        baseline_ms = state.baseline_seconds * 1e3
+        if state.baseline_seconds < FAILED_SECONDS:
+            earlier = state.best if state.best_seconds < FAILED_SECONDS else None
+            seeds = seed_records(context, json_db, state.baseline_seconds, earlier)
+            if seeds:
+                run.note(keys[i], seed_seconds=seeds)
         callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
                      progress_callback(progress, tasks[i].task_name, left, baseline_ms)]
         try:
@@ -310,6 +318,19 @@ def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, 
         done[i] = progress.done - sum(done.values())
         run.note(keys[i], budget_done=budgets[i])
     return done
+
+
+def tune_contexts(tasks, work_dir: str, strategy, seed: int | None) -> list[ms.TuneContext]:
+    """One MetaSchedule TuneContext per extracted task, in the task's design space
+    (:func:`relaycomp.tune_space.space_generator`: the heuristic schedule's, else the stock one)."""
+    names = [task.task_name for task in tasks]
+    return [
+        ms.TuneContext(mod=task.dispatched[0], target=task.target,
+                       space_generator=space_generator(task.dispatched[0], task.target),
+                       search_strategy=strategy, task_name=task.task_name, logger=logger,
+                       rand_state=rand_state, num_threads="physical").clone()
+        for task, logger, rand_state in zip(tasks, get_loggers_from_work_dir(work_dir, names),
+                                            fork_seed(seed, n=len(tasks)))]
 
 
 def _report(spec, database, tasks, keys, new_trials) -> TuneReport:

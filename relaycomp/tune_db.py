@@ -118,19 +118,27 @@ class TuningDatabase:
         return self.states.setdefault(key, WorkloadState())
 
     def _load_run(self, run: Path) -> None:
+        notes = _complete_lines(run / NOTES)
+        # The records a run seeded its search with (tune_space.seed_records) are not its trials.
+        seeds: dict[str, list[float]] = {}
+        for note in notes:
+            seeds.setdefault(note["workload"], []).extend(note.get("seed_seconds", ()))
         workloads = [_workload(line) for line in _complete_lines(run / WORKLOADS)]
         for line in _complete_lines(run / RECORDS):
             index, record_json = line
             if not 0 <= index < len(workloads) or workloads[index] is None:
                 continue
             key, workload = workloads[index]
+            seconds = _mean(record_json[1])
+            if seconds in seeds.get(key, ()):
+                seeds[key].remove(seconds)
+                continue
             state = self.state(key)
             state.trials += 1
-            seconds = _mean(record_json[1])
             if seconds < state.best_seconds:
                 state.best_seconds = seconds
                 state.best = ms.database.TuningRecord.from_json(record_json, workload)
-        for note in _complete_lines(run / NOTES):
+        for note in notes:
             state = self.state(note["workload"])
             if "baseline_seconds" in note:
                 state.baseline_seconds = note["baseline_seconds"]

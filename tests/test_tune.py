@@ -7,6 +7,7 @@ an RPC tracker and server are ``slow``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,17 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tvm
 from helpers import ort_outputs, run_cli
 from models import conv_net, random_inputs
+from tvm.s_tir import meta_schedule as ms
 
 import relaycomp
 from relaycomp.build import CompileConfig, compile_model
 from relaycomp.errors import TuningError
+from relaycomp.frontend import import_onnx
+from relaycomp.passes.schedule_cpu_loops import RULE_ATTR
+from relaycomp.pipeline import default_stages, run_stages
 from relaycomp.registry import PASSES
 from relaycomp.targets import resolve
 from relaycomp.tune import MIN_TASK_TRIALS, TuneConfig, _budgets, tune
-from relaycomp.tune_db import RECORDS, TuningDatabase
+from relaycomp.tune_apply import before_schedule, with_layout_free_weights
+from relaycomp.tune_check import heuristic_module
+from relaycomp.tune_db import NOTES, RECORDS, TuningDatabase
 from relaycomp.tune_measure import Device
+from relaycomp.tune_space import POSTPROCS, heuristic_spaces
 
 TRIALS = 8
 
@@ -127,6 +136,49 @@ def test_a_torn_last_line_is_ignored(tuned, tmp_path):
     after = TuningDatabase(copy, target).load()
     assert sum(s.trials for s in after.states.values()) == \
         sum(s.trials for s in before.states.values())
+
+
+def test_the_search_starts_from_the_heuristic_schedule_and_seeds_are_not_trials(tuned):
+    database, report = tuned
+    notes = [json.loads(line) for path in database.glob(f"*/run-*/{NOTES}")
+             for line in path.read_text().splitlines()]
+    seeded = {n["workload"]: n["seed_seconds"] for n in notes if "seed_seconds" in n}
+    baselines = {n["workload"]: n["baseline_seconds"] for n in notes if "baseline_seconds" in n}
+    assert seeded, "no task was searched from the heuristic schedule"
+    for workload, seconds in seeded.items():  # seeded with its measured heuristic time
+        assert seconds[0] == baselines[workload]
+    records = sum(len(path.read_text().splitlines())
+                  for path in database.glob(f"*/run-*/{RECORDS}"))
+    loaded = TuningDatabase(database, resolve("host").tvm_target()).load()
+    trials = sum(s.trials for s in loaded.states.values())
+    assert trials == records - sum(len(v) for v in seeded.values())
+    assert trials == sum(t.trials for t in report.tasks)
+
+
+def test_heuristic_design_space_as_sampled_is_the_heuristic_schedule(model):
+    """Each conv/dense kernel's first design space, its decisions as sampled and MetaSchedule's
+    postprocessors applied, is exactly the schedule an untuned build gives it."""
+    spec = resolve("host")
+    target = spec.tvm_target()
+    stages = default_stages(spec.kind)
+    fused, _ = run_stages(import_onnx(model).mod, before_schedule(stages), target)
+    tasks = ms.relax_integration.extract_tasks(with_layout_free_weights(fused), target)
+    postprocs = [make() for make in POSTPROCS]
+    spaced = 0
+    for task in tasks:
+        spaces = heuristic_spaces(task.dispatched[0], target)
+        if not spaces:
+            continue
+        spaced += 1
+        sch = spaces[0].copy()
+        assert all(postproc.apply(sch) for postproc in postprocs)
+        heuristic = heuristic_module(task.dispatched[0], stages, target)
+        (kernel,) = [f for g, f in heuristic.functions_items()
+                     if not g.name_hint.endswith("_weight_prepack")]
+        expected = kernel.without_attr("tirx.is_scheduled").without_attr(RULE_ATTR)
+        tvm.ir.assert_structural_equal(sch.mod["main"], expected)
+        assert len(spaces) > 1 or task.task_name.startswith("fused_matmul")
+    assert spaced >= 2  # the convs and the dense layer
 
 
 def test_budget_follows_share_of_latency():
