@@ -45,6 +45,7 @@ DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
 DOT_8X4_AVX2 = "relaycomp_dot_8x4_u8i8i32_avx2_pairs"
 DOT_16X4_VNNI = "relaycomp_dot_16x4_u8i8i32_vnni"
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
+EPILOGUE_COST = 14  # instructions per vector of outputs: gather, rescale, round, clip, store
 STACK_TILE_BYTES = 1024  # TVM puts a "global" buffer on the stack only below 1 KB
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
 # PrimFunc attribute: indices of the int8 parameters that are constants with pair-safe values.
@@ -62,19 +63,21 @@ class Int8Instructions:
     group: int
     registers: int
     broadcast_cost: int
+    mac_cost: int  # instructions per accumulator and step: product(s) and add
     scratch: int = 2  # registers besides accumulators and weights: broadcast input, product
 
 
 # vpmaddwd on 16-bit widened operands (exact); a u8 pair broadcast is movzwl, vmovd, vpmovzxbw,
 # vpbroadcastd.
-AVX2 = Int8Instructions(DOT_8X2_AVX2, lanes=8, group=2, registers=16, broadcast_cost=4)
+AVX2 = Int8Instructions(DOT_8X2_AVX2, lanes=8, group=2, registers=16, broadcast_cost=4,
+                        mac_cost=2)
 # vpmaddubsw + vpmaddwd(ones) on pair-safe weights; a u8 quad broadcast is one vpbroadcastd; the
 # ones vector takes a register.
 AVX2_PAIRS = Int8Instructions(DOT_8X4_AVX2, lanes=8, group=4, registers=16, broadcast_cost=1,
-                              scratch=3)
+                              mac_cost=3, scratch=3)
 # AVX-512 VNNI vpdpbusd: four u8 x s8 products summed into s32, exact.
 AVX512_VNNI = Int8Instructions(DOT_16X4_VNNI, lanes=16, group=4, registers=32,
-                               broadcast_cost=1)
+                               broadcast_cost=1, mac_cost=1)
 
 
 def int8_instructions(target: Target) -> Int8Instructions | None:
@@ -137,12 +140,12 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     shape = _conv_shape(sch.get(main), isa)
     if shape is None:
         return None
-    out_channels, width, batch_loops = shape
+    out_channels, width, steps, batch_loops = shape
     # Padding stays a stage of its own (writing the input pairs-last, once); other elementwise
     # producers are inlined.
     kept = [info.block_rv for info in nest.prologue
             if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not _inlined(sch, info.block_rv)]
-    blocks, tile = _register_tile(out_channels // isa.lanes, width, isa)
+    blocks, tile = _register_tile(out_channels // isa.lanes, width, steps, isa)
     data = sch.get(main).reads[0].source  # the parameter itself once a copy was inlined
     copies = []
     if any(data.same_as(param) for param in sch.mod["main"].params):
@@ -203,8 +206,9 @@ def _inlined(sch: s_tir.Schedule, block) -> bool:
     return True
 
 
-def _conv_shape(block, isa: Int8Instructions) -> tuple[int, int, int] | None:
-    """``(out_channels, out_width, batch loops)`` of an int8 NCHW conv2d block, else ``None``."""
+def _conv_shape(block, isa: Int8Instructions) -> tuple[int, int, int, int] | None:
+    """``(out_channels, out_width, reduction steps of the instruction, batch loops)`` of an
+    int8 NCHW conv2d block, else ``None``."""
     store = block.body
     if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
         return None
@@ -229,27 +233,30 @@ def _conv_shape(block, isa: Int8Instructions) -> tuple[int, int, int] | None:
         return None
     if int(weight.shape[1]) != in_channels:  # grouped / depthwise: the generic schedule
         return None
-    return out_channels, width, batch
+    return out_channels, width, int(np.prod(extents[batch + 3:])) // isa.group, batch
 
 
-def _register_tile(channel_blocks: int, width: int,
+def _register_tile(channel_blocks: int, width: int, steps: int,
                    isa: Int8Instructions) -> tuple[int, int]:
-    """``(F, U)``: 8-channel blocks and output columns per tile. The ``F x U`` accumulators, the
-    ``F`` weight vectors and the broadcast input must fit in the 16 ymm registers (a spilled
-    accumulator costs a load and a store per multiply-add); then the most multiply-adds per
-    operand instruction, then the most accumulators."""
-    best = (0, 0, 1, 1)
+    """``(F, U)``: channel blocks and output columns per tile. The ``F x U`` accumulators, the
+    ``F`` weight vectors and the scratch registers must fit (a spilled accumulator costs a load
+    and a store per multiply-add); of those tiles, the fewest instructions per output: ``steps``
+    reduction steps of ``U`` broadcasts, ``F`` weight loads and ``F x U`` multiply-adds, then
+    the epilogue, vectorized along the ``U`` columns (:data:`EPILOGUE_COST` per vector) - which
+    decides when the reduction is short (a 1x1 conv over 16 channels)."""
+    best = (float("inf"), 0, 1, 1)
     for blocks in (4, 2, 1):
         if channel_blocks % blocks:
             continue
         for tile in range(1, width + 1):
-            # + scratch: the broadcast input and the product before it is added (and ones).
             accumulators = blocks * tile
             if (width % tile or accumulators + blocks + isa.scratch > isa.registers
                     or accumulators * isa.lanes * 4 >= STACK_TILE_BYTES):
                 continue
-            per_cost = accumulators / (isa.broadcast_cost * tile + blocks)
-            best = max(best, (per_cost, accumulators, blocks, tile))
+            reduction = steps * (isa.broadcast_cost * tile + blocks + isa.mac_cost * accumulators)
+            epilogue = EPILOGUE_COST * blocks * isa.lanes * -(-tile // isa.lanes)
+            per_output = (reduction + epilogue) / (accumulators * isa.lanes)
+            best = min(best, (per_output, -accumulators, blocks, tile))
     return best[2], best[3]
 
 

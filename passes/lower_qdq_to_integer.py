@@ -11,8 +11,8 @@ Produces: ``astype(conv2d(x_q, W_q, out_dtype="int32") - zp_x * sum(W_q), "float
 constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q`` with ``zp_x``
 (the quantized zero), an int8 ``x_q`` of a dense conv becomes uint8 ``x_q + 128`` with
 ``zp_x + 128`` (the kernels multiply u8 x s8), and an odd number of input channels (an RGB stem)
-gets one more channel with zero weights, as the int8 kernels take channels in pairs. A strided
-depthwise conv (no channel reduction for a dot product, strided lanes) sums the same integers in
+gets one more channel with zero weights, as the int8 kernels take channels in pairs. A
+depthwise conv (no channel reduction for a dot product) reads the integers and sums them in
 float32 - exact below 2^24 - where the CPU schedule vectorizes it well. The following bias,
 activation and the next ``quantize`` are elementwise and fuse into the same kernel (FuseOps), so
 int8 tensors flow between kernels.
@@ -120,7 +120,7 @@ def _on_int8_grid(weight: np.ndarray, out_axis: int):
     moved = np.moveaxis(weight, out_axis, 0).reshape(weight.shape[out_axis], -1)
     channel_max = np.abs(moved).max(axis=1)
     for absmax in (channel_max, np.full_like(channel_max, channel_max.max())):
-        for qmax in (127, 63, 128, 64):
+        for qmax in (127, 63, 64, 128):  # 64 before 128: a 7-bit grid stays 7-bit
             scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
             quantized = np.round(moved / scale[:, None])
             if np.abs(quantized).max() > 128 or quantized.min() < -128 or quantized.max() > 127:
@@ -175,11 +175,11 @@ def _lower_conv(expr, matches):
         padding = [0, 0, 0, 0] if zp_x != 0 else padding
     weight, accumulator = relax.const(w_q), "int32"
     groups = int(attrs.groups)
-    if groups > 1 and groups == channels and any(int(s) > 1 for s in attrs.strides):
-        # A strided depthwise conv has no channel reduction for an int8 dot product and its
-        # strided lanes vectorize far better in float32: the same integers, summed exactly
-        # (|sum| < 2^24), in float units. Weights are C x kh x kw: their size does not matter.
-        x_q = relax.op.astype(x_q, "float32")
+    if groups > 1 and groups == channels:
+        # A depthwise conv has no channel reduction for an int8 dot product, and its lanes
+        # vectorize far better in float32: the same integers, summed exactly (|sum| < 2^24),
+        # in float units, the uint8 input converted as it is read (no float copy of it).
+        # Weights are C x kh x kw: their size does not matter.
         weight, accumulator = relax.const(w_q.astype(np.float32)), "float32"
     acc = relax.op.nn.conv2d(x_q, weight, strides=attrs.strides, padding=padding,
                              dilation=attrs.dilation, groups=groups, out_dtype=accumulator)

@@ -70,10 +70,10 @@ def test_every_contraction_runs_on_integers(quantized, name):
     mod = _front(import_onnx(quantized[name]).mod)
     contractions = _conv_dtypes(mod)
     integer = contractions.count(("uint8", "int8", "int32"))
-    # A strided depthwise conv sums the same integers in float32 (exactly): see the pass.
-    strided_depthwise = contractions.count(("float32", "float32", "float32"))
-    assert integer and integer + strided_depthwise == len(contractions)
-    assert strided_depthwise == (1 if name == "mobilenet_style_net" else 0)
+    # A depthwise conv reads the same integers and sums them in float32 (exactly): see the pass.
+    depthwise = contractions.count(("uint8", "float32", "float32"))
+    assert integer and integer + depthwise == len(contractions)
+    assert depthwise == (2 if name == "mobilenet_style_net" else 0)
     weights = [a for a in _arrays(mod) if sum(d > 1 for d in a.shape) >= 2]
     assert weights
     for weight in weights:
