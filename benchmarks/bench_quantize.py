@@ -5,8 +5,9 @@ the 64 held-out ones) and benchmarks/models/{resnet18,mobilenet_v2}.onnx (batch 
 and checked on seeded random inputs: no ImageNet here). relaycomp int8 is
 ``compile --quantize int8 --calib ...`` (quantize_int8 → lower_qdq_to_integer → int8 kernels);
 onnxruntime int8 is its own ``quantize_static`` (QDQ, per-channel, see tests/qdq.py).
-Prints median and min latencies, ratios, int8/fp32 for both, the accuracy report of the quantizer
-(vs float) and the weight sizes.
+Prints median and min latencies (the four builds timed in turns, so a change in the machine's
+load hits all alike), ratios, int8/fp32 for both, the accuracy report of the quantizer (vs
+float) and the weight sizes.
 
     python benchmarks/bench_quantize.py [--model digits] [--calib-method entropy]
 """
@@ -25,7 +26,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
-from common import MODELS_DIR, THREADS
+from common import MODELS_DIR, THREADS, interleaved_ms, ort_session
 
 
 def _data(name: str, model: onnx.ModelProto):
@@ -49,6 +50,7 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str,
     """Compile fp32 and int8, time both and onnxruntime's fp32/int8, print the table."""
     from qdq import ort_qdq
 
+    import relaycomp
     from relaycomp.build import CompileConfig, compile_model
     from relaycomp.passes._cpu_int8 import prefers_pair_safe_weights
     from relaycomp.quantize import QuantConfig
@@ -67,11 +69,7 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str,
             start = time.perf_counter()
             artifact = compile_model(model, folder / f"{label}.so", config)
             seconds = time.perf_counter() - start
-            import relaycomp
-
-            loaded = relaycomp.load(artifact.path)
-            timing = loaded.time(inputs, repeat=30)
-            results[label] = ((timing.median_ms, timing.min_ms), seconds, artifact,
+            results[label] = (relaycomp.load(artifact.path), seconds, artifact,
                               artifact.path.stat().st_size)
         fixed = onnx.load(str(model_path))
         _pin(fixed, input_name, shape)
@@ -79,9 +77,17 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str,
         onnx.save(fixed, float_path)
         ort_reduce = reduce_range if reduce_range is not None else prefers_pair_safe_weights(None)
         onnx.save(ort_qdq(fixed, batches=4, reduce_range=ort_reduce), int8_path)
-        ort_fp32, ort_int8 = _ort_ms(float_path, inputs), _ort_ms(int8_path, inputs)
+        sessions = {label: ort_session(path) for label, path in (("fp32", float_path),
+                                                                  ("int8", int8_path))}
+        runners = {f"{tool} {label}": (lambda run=run: run(inputs)) for tool, label, run in (
+            ("relaycomp", "int8", results["int8"][0].run),
+            ("relaycomp", "fp32", results["fp32"][0].run),
+            ("onnxruntime", "int8", lambda x: sessions["int8"].run(None, x)),
+            ("onnxruntime", "fp32", lambda x: sessions["fp32"].run(None, x)))}
+        timings = interleaved_ms(runners)
         ort_agreement = _agreement(float_path, int8_path, input_name, held_out, shape[0])
-    int8, fp32 = results["int8"][0], results["fp32"][0]
+    int8, fp32 = timings["relaycomp int8"], timings["relaycomp fp32"]
+    ort_int8, ort_fp32 = timings["onnxruntime int8"], timings["onnxruntime fp32"]
     report = results["int8"][2].manifest.report["quantize"]
     accuracy = report["accuracy"]
     print(f"\n{name} {list(shape)}: median / min ms, {THREADS} threads (min ratio to relaycomp "
@@ -123,24 +129,6 @@ def _agreement(float_path: Path, int8_path: Path, name: str, held_out: np.ndarra
     cosine = np.dot(exact.ravel(), quantized.ravel()) / (np.linalg.norm(exact)
                                                          * np.linalg.norm(quantized))
     return float(np.mean(exact.argmax(1) == quantized.argmax(1))), float(cosine)
-
-
-def _ort_ms(model_path: Path, inputs: dict, repeat: int = 30) -> tuple[float, float]:
-    """(median, min) onnxruntime latency, configured as common.onnxruntime_ms."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    for _ in range(5):
-        session.run(None, inputs)
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, inputs)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(samples)), float(np.min(samples))
 
 
 def _pin(model: onnx.ModelProto, name: str, shape) -> None:
