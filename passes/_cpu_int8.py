@@ -44,6 +44,7 @@ from ._cpu_common import CpuFacts, schedule_spatial_block, single_reduction
 DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
 DOT_8X4_AVX2 = "relaycomp_dot_8x4_u8i8i32_avx2_pairs"
 DOT_16X4_VNNI = "relaycomp_dot_16x4_u8i8i32_vnni"
+DOT_4X4_SDOT = "relaycomp_dot_4x4_i8i8i32_sdot"
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 EPILOGUE_COST = 14  # instructions per vector of outputs: gather, rescale, round, clip, store
 STACK_TILE_BYTES = 1024  # TVM puts a "global" buffer on the stack only below 1 KB
@@ -65,6 +66,7 @@ class Int8Instructions:
     broadcast_cost: int
     mac_cost: int  # instructions per accumulator and step: product(s) and add
     scratch: int = 2  # registers besides accumulators and weights: broadcast input, product
+    data_dtype: str = "uint8"  # what the instruction multiplies the int8 weights with
 
 
 # vpmaddwd on 16-bit widened operands (exact); a u8 pair broadcast is movzwl, vmovd, vpmovzxbw,
@@ -78,11 +80,21 @@ AVX2_PAIRS = Int8Instructions(DOT_8X4_AVX2, lanes=8, group=4, registers=16, broa
 # AVX-512 VNNI vpdpbusd: four u8 x s8 products summed into s32, exact.
 AVX512_VNNI = Int8Instructions(DOT_16X4_VNNI, lanes=16, group=4, registers=32,
                                broadcast_cost=1, mac_cost=1)
+# AArch64 dot product (ARMv8.2 +dotprod): sdot, four s8 x s8 products summed into s32, exact;
+# activations are int8 (``lower_qdq_to_integer`` shifts uint8 ones by -128 for such targets).
+ARM_SDOT = Int8Instructions(DOT_4X4_SDOT, lanes=4, group=4, registers=32, broadcast_cost=1,
+                            mac_cost=1, scratch=1, data_dtype="int8")
 
 
 def int8_instructions(target: Target) -> Int8Instructions | None:
-    """The best int8 dot product of an x86 ``target`` (VNNI, then AVX2), ``None`` if neither."""
+    """The best int8 dot product of ``target``: x86 VNNI, then AVX2; AArch64 dotprod; else
+    ``None``."""
     triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    if triple.startswith("aarch64"):
+        try:
+            return ARM_SDOT if codegen.llvm_cpu_has_features(["dotprod"], target) else None
+        except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
+            return None
     if not triple.startswith(("x86_64", "i686", "i386")):
         return None
     try:
@@ -91,6 +103,13 @@ def int8_instructions(target: Target) -> Int8Instructions | None:
         return AVX2 if codegen.llvm_cpu_has_features(["avx2"], target) else None
     except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
         return None
+
+
+def int8_data_dtype(target: Target | None) -> str:
+    """The activation dtype ``target``'s int8 conv kernels multiply: ``int8`` for AArch64
+    dotprod (sdot), else ``uint8``."""
+    return "int8" if target is not None and target.kind.name == "llvm" and (
+        int8_instructions(target) is ARM_SDOT) else "uint8"
 
 
 def prefers_pair_safe_weights(target: Target | None) -> bool:
@@ -213,7 +232,7 @@ def _conv_shape(block, isa: Int8Instructions) -> tuple[int, int, int, int] | Non
     if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
         return None
     reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
-    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint8", "int8"]:
+    if len(reads) != 2 or [str(b.dtype) for b in reads] != [isa.data_dtype, "int8"]:
         return None
     data, weight = reads
     if len(data.shape) != 4 or len(weight.shape) != 4:

@@ -1,6 +1,6 @@
 """The int8 dot-product tensor intrinsics of ``_cpu_int8``: AVX2 vpmaddwd 8x2 (exact), AVX2
 vpmaddubsw 8x4 (exact for pair-safe weights only) and AVX-512 VNNI vpdpbusd 16x4 (exact), all
-u8 x s8 -> s32. Importing this module registers them; ``_cpu_int8``
+u8 x s8 -> s32; AArch64 sdot 4x4 (s8 x s8 -> s32, exact). Importing this module registers them; ``_cpu_int8``
 imports it on first use only, because parsing TVMScript at import costs seconds.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.script import tirx as T
 
-from ._cpu_int8 import DOT_8X2_AVX2, DOT_8X4_AVX2, DOT_16X4_VNNI
+from ._cpu_int8 import DOT_4X4_SDOT, DOT_8X2_AVX2, DOT_8X4_AVX2, DOT_16X4_VNNI
 
 
 @T.prim_func(s_tir=True)
@@ -112,6 +112,38 @@ def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
         )
 
 
+@T.prim_func(s_tir=True)
+def _dot_4x4_desc(A: T.Buffer((4,), "int8", offset_factor=1),
+                  B: T.Buffer((4, 4), "int8", offset_factor=1),
+                  C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        for i in T.serial(0, 4):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_4x4_sdot(A: T.Buffer((4,), "int8", offset_factor=1),
+                  B: T.Buffer((4, 4), "int8", offset_factor=1),
+                  C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([0], dtype="int32x4"),
+            B.vload([0, 0], dtype="int8x16"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                          dtype="int8x16"),
+            dtype="int32x4",
+        )
+
+
+s_tir.TensorIntrin.register(DOT_4X4_SDOT, _dot_4x4_desc, _dot_4x4_sdot, override=True)
 s_tir.TensorIntrin.register(DOT_8X2_AVX2, _dot_8x2_desc, _dot_8x2_avx2, override=True)
 s_tir.TensorIntrin.register(DOT_8X4_AVX2, _dot_8x4_desc, _dot_8x4_avx2, override=True)
 s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_16x4_desc, _dot_16x4_vnni, override=True)

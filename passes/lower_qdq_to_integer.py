@@ -9,8 +9,8 @@ imported QDQ models keep their int8 weights).
 Produces: ``astype(conv2d(x_q, W_q, out_dtype="int32") - zp_x * sum(W_q), "float32") *
 (s_x * s_w)`` - an integer contraction whose zero-point correction is a per-channel int32
 constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q`` with ``zp_x``
-(the quantized zero), an int8 ``x_q`` of a dense conv becomes uint8 ``x_q + 128`` with
-``zp_x + 128`` (the kernels multiply u8 x s8), and an odd number of input channels (an RGB stem)
+(the quantized zero), a dense conv's ``x_q`` is shifted by 128 (zero point along) to the dtype
+the target's kernels multiply (uint8 on x86, int8 for AArch64 ``sdot``), and an odd number of input channels (an RGB stem)
 gets one more channel with zero weights, as the int8 kernels take channels in pairs. A
 depthwise conv (no channel reduction for a dot product) reads the integers and sums them in
 float32 - exact below 2^24 - where the CPU schedule vectorizes it well. The following bias,
@@ -27,6 +27,8 @@ Reports: rewrites per rule via :data:`COUNTER` (``conv2d_int8``, ``matmul_int8``
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -34,6 +36,8 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from relaycomp.registry import register_pass
 from relaycomp.rewrite import Rule, RuleCounter, rule_pass
+
+from ._cpu_int8 import int8_data_dtype
 
 COUNTER = RuleCounter()
 INTEGER_DTYPES = ("uint8", "int8")
@@ -145,7 +149,7 @@ def _rescale(acc, correction: np.ndarray, scale: np.ndarray, shape: tuple[int, .
                              relax.const(scale.astype(np.float32).reshape(shape)))
 
 
-def _lower_conv(expr, matches):
+def _lower_conv(expr, matches, data_dtype: str = "uint8"):
     conv = matches[CONV]
     attrs = conv.attrs
     if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
@@ -158,12 +162,14 @@ def _lower_conv(expr, matches):
     x_q = matches[_x_q]
     padding = [int(p) for p in attrs.padding]
     channels = int(x_q.ty.shape[1])
-    if str(x_q.ty.dtype) == "int8" and int(attrs.groups) == 1:
-        # The dot-product kernels take u8 x s8: x + 128 with the zero point moved along is the
-        # same tensor (an elementwise op that fuses into the producer).
+    if str(x_q.ty.dtype) != data_dtype and int(attrs.groups) == 1:
+        # The dot-product kernels take u8 x s8 (x86) or s8 x s8 (AArch64 sdot): x + 128 (or
+        # x - 128) with the zero point moved along is the same tensor (an elementwise op that
+        # fuses into the producer).
+        shift = 128 if data_dtype == "uint8" else -128
         x_q = relax.op.astype(relax.op.add(relax.op.astype(x_q, "int16"),
-                                           relax.const(128, "int16")), "uint8")
-        zp_x += 128
+                                           relax.const(shift, "int16")), data_dtype)
+        zp_x += shift
     extra = channels % 2 if int(attrs.groups) == 1 else 0
     if extra:
         w_q = np.concatenate([w_q, np.zeros((w_q.shape[0], extra, *w_q.shape[2:]), np.int8)], 1)
@@ -226,5 +232,10 @@ RULES = (
 
 @register_pass("lower_qdq_to_integer", stage="quantize")
 def lower_qdq_to_integer(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
-    """Lower QDQ-annotated conv2d/matmul to int8 x int8 -> int32 kernels."""
-    return rule_pass("lower_qdq_to_integer", RULES, COUNTER)
+    """Lower QDQ-annotated conv2d/matmul to int8 x int8 -> int32 kernels, dense convs reading
+    the activation dtype ``target``'s int8 kernels multiply (:func:`int8_data_dtype`)."""
+    data_dtype = int8_data_dtype(target)
+    if data_dtype == "uint8":
+        return rule_pass("lower_qdq_to_integer", RULES, COUNTER)
+    conv = Rule("conv2d_int8", CONV, partial(_lower_conv, data_dtype=data_dtype))
+    return rule_pass("lower_qdq_to_integer", (conv, *RULES[1:]), COUNTER)

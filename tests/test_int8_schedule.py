@@ -7,19 +7,25 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-from relaycomp.passes._cpu_int8 import DOT_8X2_AVX2, pair_safe, schedule_int8_conv
+from relaycomp.passes._cpu_int8 import (
+    DOT_8X2_AVX2,
+    int8_data_dtype,
+    pair_safe,
+    schedule_int8_conv,
+)
 from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops
 
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})
 
 
-def _int8_conv(channels=16, out_channels=32, size=10, stride=1, zero_point=3, weight_max=127):
-    """x (uint8) -> pad with the zero point -> int8 conv -> rescale -> relu -> quantize."""
+def _int8_conv(channels=16, out_channels=32, size=10, stride=1, zero_point=3, weight_max=127,
+               data="uint8"):
+    """x (``data``) -> pad with the zero point -> int8 conv -> rescale -> relu -> quantize."""
     rng = np.random.default_rng(0)
     weight = rng.integers(-weight_max, weight_max + 1,
                           (out_channels, channels, 3, 3)).astype("int8")
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, channels, size, size), "uint8"))
+    x = relax.Var("x", relax.TensorType((1, channels, size, size), data))
     with bb.function("main", [x]):
         with bb.dataflow():
             padded = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, 1, 1, 1, 1],
@@ -112,6 +118,15 @@ def test_avx512_vnni_target_uses_vpdpbusd():
                               "mcpu": "cascadelake", "num-cores": 2})
     mod, _ = _int8_conv(channels=16, out_channels=32)
     assert "vpdpbusd" in _build(mod, vnni).mod.imports[0].inspect_source("asm")
+
+
+def test_aarch64_dotprod_target_uses_sdot_on_int8_activations():
+    """Cross-compiled for a Neoverse N1 (ARMv8.2 dotprod); not run here."""
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                             "mcpu": "neoverse-n1", "num-cores": 4})
+    assert int8_data_dtype(arm) == "int8" and int8_data_dtype(AVX2) == "uint8"
+    mod, _ = _int8_conv(data="int8", zero_point=-3)
+    assert "sdot" in _build(mod, arm).mod.imports[0].inspect_source("asm")
 
 
 def test_no_avx2_no_int8_schedule():

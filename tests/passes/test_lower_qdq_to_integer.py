@@ -164,3 +164,24 @@ def test_requantize_with_the_same_parameters_cancels():
     after = pass_module.lower_qdq_to_integer()(Before)
     assert op_counts(after).get("quantize") == 1 and op_counts(after).get("dequantize") == 1
     assert pass_module.COUNTER.fired == {"requantize_cancelled": 1}
+
+
+def test_int8_activations_for_aarch64_sdot_compute_the_same(quantized):
+    """For an AArch64 dotprod target the dense convs read int8 (uint8 - 128, zero point along):
+    the same integers, so the same outputs - checked by running that module on this CPU."""
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                             "mcpu": "neoverse-n1"})
+    model = quantized["resnet_block_net"]
+    inputs = random_inputs(model)
+    simplified = _front(import_onnx(model).mod, lower=False)
+    lowered = pass_module.lower_qdq_to_integer(arm)(simplified)
+    # The 6 convs read int8; the one matmul keeps its uint8 input (not an sdot kernel).
+    assert _conv_dtypes(lowered).count(("int8", "int8", "int32")) == 6
+    host = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    rest = [s for s in default_stages("llvm") if s.name not in ("simplify", "prune", "quantize")]
+    built, _ = run_stages(lowered, rest, host)
+    vm = relax.VirtualMachine(tvm.compile(built, host, relax_pipeline=None), tvm.cpu())
+    actual = vm["main"](*[tvm.runtime.tensor(v) for v in inputs.values()]).numpy()
+    expected = ort_run(model, inputs, optimized=False)
+    np.testing.assert_allclose(actual, expected, atol=1e-4 * float(np.abs(expected).max()),
+                               rtol=0)
