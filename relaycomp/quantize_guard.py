@@ -2,7 +2,8 @@
 
 Calibration and the guard really run the model: an instrumented or switchable copy of the module
 is compiled with relaycomp's own pipeline for the *host* (also when the artifact targets ARM or
-CUDA) and executed batch by batch. The switchable copy (:func:`relaycomp.passes.quantize_int8.
+CUDA: the same integers) and executed batch by batch; its QDQ layers run on the integer kernels
+of ``lower_qdq_to_integer``, as in the artifact. The switchable copy (:func:`relaycomp.passes.quantize_int8.
 switchable`) takes a per-layer mask, so one compile measures the float model, the quantized one
 and every leave-one-layer-in-float variant the sensitivity analysis needs.
 """
@@ -19,7 +20,9 @@ from tvm import relax
 from . import ir
 from .pipeline import default_stages, run_stages
 
-_FRONT_STAGES = ("simplify", "prune", "quantize")  # already applied to the module we are given
+# Already applied to the module we are given. The quantize stage's lowering runs: the guard
+# measures the integer kernels (QDQ conv/matmul lowered as in the build), not a float QDQ graph.
+_FRONT_STAGES = ("simplify", "prune")
 
 
 class HostModule:

@@ -158,7 +158,9 @@ def test_digits_int8_accuracy_is_within_one_point_of_float(digits_int8):
     assert int8_accuracy >= float_accuracy - 0.01
     report = artifact.manifest.report["quantize"]
     assert report["accuracy"]["float_accuracy"] == pytest.approx(float_accuracy, abs=1e-6)
-    assert abs(report["accuracy"]["quant_accuracy"] - int8_accuracy) <= 0.01
+    # The guard runs the integer kernels the artifact ships, not a float QDQ graph: the same
+    # predictions, but for a float rounding tie in the rescale (one image at most).
+    assert abs(report["accuracy"]["quant_accuracy"] - int8_accuracy) <= 1 / len(labels)
 
 
 def test_digits_runs_int32_accumulating_integer_kernels(digits_int8):
