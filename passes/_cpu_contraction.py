@@ -19,6 +19,10 @@ batch-norm, residual add, relu) is inlined into the write-back of that tile
 parallel stage of its own. A repacked weight copy is annotated
 ``meta_schedule.layout_rewrite_preproc`` so that a constant weight can be packed once, at
 compile time (``relax.transform.SplitLayoutRewritePreproc`` + ``FoldConstant``).
+
+For the auto-tuner, :meth:`ContractionRule.design_spaces` gives the same schedule as MetaSchedule
+design spaces: one per plan variant, tile sizes and an unroll step as samples whose decisions are
+the heuristic's (``relaycomp.tune_space``).
 """
 
 from __future__ import annotations

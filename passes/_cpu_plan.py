@@ -13,6 +13,9 @@ input owns ``n, y, x``; dense: ``A`` owns ``m``, ``B`` owns ``n``).
   before it (independent accumulators hide the multiply-add latency). When an operand walks ``v``
   with a constant stride ``s > 1`` (strided depthwise conv or pooling) the ``v`` loop is left
   whole, with the (small) reduction unrolled inside it, for LLVM's loop vectorizer.
+
+:func:`plan_contraction` is the heuristic's plan; :func:`plan_variants` adds the alternatives
+(vectors per tile row, register axis) the auto-tuner measures.
 """
 
 from __future__ import annotations

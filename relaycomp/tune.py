@@ -10,7 +10,10 @@
 Tasks are the kernels of the module after the ``fuse`` stage (before ``schedule``, which marks
 kernels scheduled and so hides them from MetaSchedule), constant weights marked layout-free so
 MetaSchedule may repack them. Each task is first measured with the heuristic schedule of the
-``schedule`` stage; that is its baseline. The trial budget is shared out by each task's share of
+``schedule`` stage; that is its baseline. Conv/dense kernels are searched in the heuristic
+schedule's own design space (:mod:`relaycomp.tune_space`: its plan variants, tile sizes and
+unroll step as samples), starting from the heuristic schedule itself; the rest in
+MetaSchedule's stock space. The trial budget is shared out by each task's share of
 the model's heuristic latency (kernel time x occurrences). After the search each task's best
 record is measured against the heuristic schedule, alternately and as both ship
 (:mod:`relaycomp.tune_check`), and applied only if it wins there. Finished work is never redone:
@@ -201,7 +204,10 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
     if missing:
         run = run or database.new_run()
         heuristic = [heuristic_module(tasks[i].dispatched[0], stages, target) for i in missing]
-        for i, seconds in zip(missing, measure_modules(heuristic, target, builder, runner)):
+        # Repeated: a baseline decides the budgets and seeds the search, once per kernel.
+        baseline_runner = make_runner(device, spec.kind, repeat=REPEATS, runs_here=runs_here)
+        for i, seconds in zip(missing, measure_modules(heuristic, target, builder,
+                                                       baseline_runner)):
             database.state(keys[i]).baseline_seconds = seconds
             run.note(keys[i], baseline_seconds=seconds)
         failed = sum(database.state(keys[i]).baseline_seconds >= FAILED_SECONDS for i in missing)
@@ -338,7 +344,7 @@ def _report(spec, database, tasks, keys, new_trials) -> TuneReport:
     shares = _shares(tasks, [database.state(k).baseline_seconds for k in keys])
     for i, (task, key) in enumerate(zip(tasks, keys)):
         state = database.state(key)
-        heuristic, tuned = state.check or (state.baseline_seconds, state.best_seconds)
+        heuristic, tuned = state.shown_check or (state.baseline_seconds, state.best_seconds)
         rows.append(TaskReport(task.task_name, task.weight, shares[i], _ms(heuristic),
                                _ms(tuned) if tuned is not None and tuned < FAILED_SECONDS
                                else None, state.trials, new_trials[i], state.tuned_is_faster))

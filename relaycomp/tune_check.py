@@ -27,9 +27,9 @@ from tvm.s_tir import meta_schedule as ms
 from .registry import PASSES
 from .tune_apply import schedule_stage
 from .tune_db import FAILED_SECONDS, TuningDatabase, TuningRun
-from .tune_measure import measure_modules
+from .tune_measure import build_modules, run_built
 
-ROUNDS = 2
+ROUNDS = 4  # built once, run ROUNDS times
 REPEATS = 3
 
 
@@ -62,9 +62,10 @@ def check_records(tasks: Sequence, keys: Sequence[str], database: TuningDatabase
     for i in pending:
         mods.append(heuristic_module(tasks[i].dispatched[0], stages, target))
         mods.append(tuned_module(database.state(keys[i]).best))
+    built = build_modules(mods, target, builder)
     best = [math.inf] * len(mods)
     for _ in range(ROUNDS):  # rounds alternate in time; each puts a task's pair side by side
-        for j, seconds in enumerate(measure_modules(mods, target, builder, runner)):
+        for j, seconds in enumerate(run_built(built, target, runner)):
             best[j] = min(best[j], seconds)
     run: TuningRun = run_folder()
     for n, i in enumerate(pending):

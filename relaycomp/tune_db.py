@@ -64,6 +64,9 @@ class WorkloadState:
     # Paired checks of records against the heuristic schedule, both measured as they ship:
     # the record's search time (which identifies it) -> (heuristic, tuned) best-of-N seconds.
     checks: dict[float, tuple[float, float]] = field(default_factory=dict)
+    # Every record as stored (search time -> (record JSON, workload)), parsed only when applied:
+    # a record that won its check stays applied when a later best-in-search loses its own.
+    stored: dict[float, tuple] = field(default_factory=dict, repr=False)
 
     @property
     def check(self) -> tuple[float, float] | None:
@@ -76,16 +79,38 @@ class WorkloadState:
         return self.best is not None and self.best_seconds < FAILED_SECONDS and self.check is None
 
     @property
+    def winner(self) -> float | None:
+        """The search time of the record a build applies: of the records that beat the
+        heuristic schedule by ``WIN_MARGIN`` in their paired check, the fastest there (None if
+        none did; an unchecked record is never applied)."""
+        won = [(tuned, seconds) for seconds, (heuristic, tuned) in self.checks.items()
+               if tuned < heuristic * (1 - WIN_MARGIN) and seconds in self.stored]
+        return min(won)[1] if won else None
+
+    @property
     def tuned_is_faster(self) -> bool:
-        """Whether the best record beat the heuristic schedule by ``WIN_MARGIN`` in the paired
-        check (the only case it is applied; an unchecked record is never applied)."""
-        check = self.check
-        return check is not None and check[1] < check[0] * (1 - WIN_MARGIN)
+        """Whether a record beat the heuristic schedule in its paired check (and is applied)."""
+        return self.winner is not None
+
+    @property
+    def shown_check(self) -> tuple[float, float] | None:
+        """The paired check to report: the applied record's, else the best record's."""
+        winner = self.winner
+        return self.checks[winner] if winner is not None else self.check
+
+    @property
+    def applied_record(self) -> ms.database.TuningRecord | None:
+        """The record a build applies (see :attr:`winner`), or None."""
+        winner = self.winner
+        if winner is None:
+            return None
+        record_json, workload = self.stored[winner]
+        return ms.database.TuningRecord.from_json(record_json, workload)
 
     @property
     def shipped_seconds(self) -> float | None:
         """The paired-check time of what a build uses for this kernel (else the baseline)."""
-        check = self.check
+        check = self.shown_check
         if check is None:
             return self.baseline_seconds
         return check[1] if self.tuned_is_faster else check[0]
@@ -135,6 +160,7 @@ class TuningDatabase:
                 continue
             state = self.state(key)
             state.trials += 1
+            state.stored.setdefault(seconds, (record_json, workload))
             if seconds < state.best_seconds:
                 state.best_seconds = seconds
                 state.best = ms.database.TuningRecord.from_json(record_json, workload)
@@ -149,13 +175,13 @@ class TuningDatabase:
                     note["checked_heuristic_seconds"], note["checked_tuned_seconds"])
 
     def best_records(self) -> ms.database.MemoryDatabase:
-        """A database holding, per workload, the best record - only where it beat the heuristic
-        schedule in the paired check (see :mod:`relaycomp.tune_check`)."""
+        """A database holding, per workload, the applied record: the fastest that beat the
+        heuristic schedule in its paired check (see :mod:`relaycomp.tune_check`)."""
         database = ms.database.MemoryDatabase()
         for state in self.states.values():
-            if state.tuned_is_faster:
-                workload = database.commit_workload(state.best.workload.mod)
-                record = state.best
+            record = state.applied_record
+            if record is not None:
+                workload = database.commit_workload(record.workload.mod)
                 database.commit_tuning_record(ms.database.TuningRecord(
                     record.trace, workload, record.run_secs, record.target, record.args_info))
         return database

@@ -209,16 +209,34 @@ def count_devices(config) -> int:
 def measure_modules(mods: Sequence[tvm.IRModule], target, builder, runner) -> list[float]:
     """Build and run each (already scheduled) single-kernel module: its best repeat in seconds,
     or FAILED_SECONDS. The best, not the mean: on a shared machine the noise only adds time."""
-    inputs = [ms.builder.BuilderInput(mod, target) for mod in mods]
-    results = builder.build(inputs)
-    seconds = [FAILED_SECONDS] * len(mods)
-    runnable = [(i, r) for i, r in enumerate(results) if r.error_msg is None]
+    return run_built(build_modules(mods, target, builder), target, runner)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A kernel module built by the builder: its library (None if the build failed)."""
+
+    mod: tvm.IRModule
+    artifact_path: str | None
+
+
+def build_modules(mods: Sequence[tvm.IRModule], target, builder) -> list[Built]:
+    """Build each (already scheduled) single-kernel module once, to run as often as wanted."""
+    results = builder.build([ms.builder.BuilderInput(mod, target) for mod in mods])
+    return [Built(mod, r.artifact_path if r.error_msg is None else None)
+            for mod, r in zip(mods, results)]
+
+
+def run_built(built: Sequence[Built], target, runner) -> list[float]:
+    """Run each built kernel: its best repeat in seconds, or FAILED_SECONDS."""
+    seconds = [FAILED_SECONDS] * len(built)
+    runnable = [(i, b) for i, b in enumerate(built) if b.artifact_path is not None]
     runner_inputs = [
-        ms.runner.RunnerInput(r.artifact_path, _device_type(target),
+        ms.runner.RunnerInput(b.artifact_path, _device_type(target),
                               # the builder strips a weight-repacking block, as for tuned
                               # candidates: measure with the packed weight layout
-                              ms.arg_info.ArgInfo.from_entry_func(mods[i], remove_preproc=True))
-        for i, r in runnable]
+                              ms.arg_info.ArgInfo.from_entry_func(b.mod, remove_preproc=True))
+        for _, b in runnable]
     futures = runner.run(runner_inputs) if runner_inputs else []
     for (i, _), future in zip(runnable, futures):
         result = future.result()

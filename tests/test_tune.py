@@ -34,7 +34,7 @@ from relaycomp.targets import resolve
 from relaycomp.tune import MIN_TASK_TRIALS, TuneConfig, _budgets, tune
 from relaycomp.tune_apply import before_schedule, with_layout_free_weights
 from relaycomp.tune_check import heuristic_module
-from relaycomp.tune_db import NOTES, RECORDS, TuningDatabase
+from relaycomp.tune_db import NOTES, RECORDS, TuningDatabase, WorkloadState
 from relaycomp.tune_measure import Device
 from relaycomp.tune_space import POSTPROCS, heuristic_spaces
 
@@ -117,9 +117,20 @@ def test_only_records_faster_than_the_heuristic_are_applied(tuned):
     faster = [s for s in loaded.states.values() if s.tuned_is_faster]
     assert len(applied) == len(faster)
     for state in faster:  # applied only after winning the paired check, as both ship
-        heuristic, tuned = state.check
+        heuristic, tuned = state.checks[state.winner]
         assert tuned < heuristic
     assert not any(s.needs_check for s in loaded.states.values())
+
+
+def test_a_record_that_won_its_check_stays_applied_when_a_later_best_loses_its_own():
+    state = WorkloadState(best=object(), best_seconds=0.5, stored={1.0: None, 0.5: None},
+                          checks={1.0: (3.0, 2.0),    # won: 2.0 ms against the heuristic's 3.0
+                                  0.5: (3.0, 3.5)})   # the best in search lost as shipped
+    assert state.check == (3.0, 3.5) and not state.needs_check
+    assert state.winner == 1.0 and state.tuned_is_faster
+    assert state.shown_check == (3.0, 2.0) and state.shipped_seconds == 2.0
+    state.checks[1.0] = (3.0, 2.95)  # within the margin: nothing is applied
+    assert state.winner is None and not state.tuned_is_faster and state.shipped_seconds == 3.0
 
 
 def test_a_torn_last_line_is_ignored(tuned, tmp_path):
