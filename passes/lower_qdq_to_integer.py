@@ -4,8 +4,8 @@ Matches: ``conv2d(dequantize(x_q, s_x, zp_x), W)`` (NCHW/OIHW, any groups: depth
 and ``matmul(dequantize(x_q, s_x, zp_x), W)`` with ``x_q`` uint8/int8 and per-tensor constant
 ``s_x``/``zp_x``, where the weight ``W`` is ``dequantize(W_q, s_w, 0)`` of an int8 constant
 (per output channel or per tensor; ``permute_dims`` of it for a Gemm), or a float constant that
-``fold_constant`` made of such a dequantize and that lies exactly on an int8 grid (recovered:
-imported QDQ models keep their int8 weights).
+``fold_constant`` made of such a dequantize and that lies exactly on an int8 grid (recovered,
+whatever each channel's largest integer: imported QDQ models keep their int8 weights).
 Produces: ``astype(conv2d(x_q, W_q, out_dtype="int32") - zp_x * sum(W_q), "float32") *
 (s_x * s_w)`` - an integer contraction whose zero-point correction is a per-channel int32
 constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q`` with ``zp_x``
@@ -43,6 +43,8 @@ COUNTER = RuleCounter()
 INTEGER_DTYPES = ("uint8", "int8")
 # A float weight is taken as int8 when W / s rounds back to itself within this relative error.
 GRID_TOLERANCE = 1e-5
+GRID_MAXIMA = (127, 63, 64, *(m for m in range(1, 129) if m not in (127, 63, 64)))
+PROBE = 16  # values per channel a candidate scale is tried on first
 
 _x_q, _s_x, _zp_x = wildcard(), is_const(), is_const()
 _x_dq = is_op("relax.dequantize")(_x_q, _s_x, _zp_x)
@@ -117,24 +119,38 @@ def _dequantized_weight(call, out_axis: int):
 
 
 def _on_int8_grid(weight: np.ndarray, out_axis: int):
-    """Recover ``(W_q, s_w)`` from a float weight that is exactly ``W_q * s_w`` (per channel or
-    per tensor, for the usual int8 ranges), or ``None``."""
+    """Recover ``(W_q, s_w)`` from a float weight that is exactly ``W_q * s_w`` per output
+    channel (a per-tensor grid is one too), or ``None``. A channel's scale is its largest
+    magnitude over its largest integer, tried from the usual ones (127, 63, 64) up from 1: the
+    first that puts every value on the grid wins, the smallest integers representing the channel
+    exactly (a 7-bit channel stays 7-bit, so pair-safe). Each candidate is first tried on a few
+    values per channel, so a weight on no grid costs little."""
     if weight.dtype != np.float32 or weight.ndim < 2:
         return None
     moved = np.moveaxis(weight, out_axis, 0).reshape(weight.shape[out_axis], -1)
-    channel_max = np.abs(moved).max(axis=1)
-    for absmax in (channel_max, np.full_like(channel_max, channel_max.max())):
-        for qmax in (127, 63, 64, 128):  # 64 before 128: a 7-bit grid stays 7-bit
-            scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
-            quantized = np.round(moved / scale[:, None])
-            if np.abs(quantized).max() > 128 or quantized.min() < -128 or quantized.max() > 127:
-                continue
-            error = np.abs(quantized * scale[:, None] - moved).max()
-            if error <= GRID_TOLERANCE * max(float(absmax.max()), 1e-30):
-                restored = np.moveaxis(quantized.reshape(np.moveaxis(weight, out_axis, 0).shape),
-                                       0, out_axis)
-                return restored.astype(np.int8), scale
-    return None
+    absmax = np.abs(moved).max(axis=1)
+    tolerance = GRID_TOLERANCE * max(float(absmax.max()), 1e-30)
+    scale = np.ones(len(moved), np.float32)
+    quantized = np.zeros(moved.shape, np.float32)
+    unresolved = absmax > 0  # an all-zero channel is q = 0 at scale 1
+    for qmax in GRID_MAXIMA:
+        rows = np.flatnonzero(unresolved)
+        if not len(rows):
+            break
+        candidate = (absmax[rows] / qmax).astype(np.float32)
+        probe = moved[rows, :PROBE] / candidate[:, None]
+        close = np.abs(probe - np.round(probe)).max(axis=1) * candidate <= tolerance
+        rows, candidate = rows[close], candidate[close]
+        values = np.round(moved[rows] / candidate[:, None])
+        exact = ((np.abs(values * candidate[:, None] - moved[rows]).max(axis=1, initial=0)
+                  <= tolerance) & (values.min(axis=1, initial=0) >= -128)
+                 & (values.max(axis=1, initial=0) <= 127))
+        scale[rows[exact]], quantized[rows[exact]] = candidate[exact], values[exact]
+        unresolved[rows[exact]] = False
+    if unresolved.any():
+        return None
+    shape = np.moveaxis(weight, out_axis, 0).shape
+    return np.moveaxis(quantized.reshape(shape), 0, out_axis).astype(np.int8), scale
 
 
 def _rescale(acc, correction: np.ndarray, scale: np.ndarray, shape: tuple[int, ...],

@@ -185,3 +185,20 @@ def test_int8_activations_for_aarch64_sdot_compute_the_same(quantized):
     expected = ort_run(model, inputs, optimized=False)
     np.testing.assert_allclose(actual, expected, atol=1e-4 * float(np.abs(expected).max()),
                                rtol=0)
+
+
+def test_folded_weights_are_recovered_on_any_int8_grid():
+    """fold_constant turns dequantize(W_q, s) into floats: each channel's grid is found again,
+    whatever its largest integer (an enlarged scale leaves it below 127), with the smallest
+    integers that represent it; a weight on no grid is not taken for one."""
+    rng = np.random.default_rng(0)
+    weight_q = rng.integers(-100, 101, (6, 8, 3, 3)).astype(np.int8)
+    weight_q[1] = np.clip(weight_q[1], -37, 37)
+    weight_q[2] = 0
+    scale = rng.uniform(1e-3, 1e-2, 6).astype(np.float32)
+    folded = weight_q.astype(np.float32) * scale[:, None, None, None]
+    recovered, found_scale = pass_module._on_int8_grid(folded, 0)
+    np.testing.assert_array_equal(recovered, weight_q)
+    np.testing.assert_allclose(found_scale[[0, 1, 3, 4, 5]], scale[[0, 1, 3, 4, 5]], rtol=1e-6)
+    assert pass_module._on_int8_grid(rng.standard_normal((6, 8, 3, 3)).astype(np.float32),
+                                     0) is None
