@@ -4,6 +4,7 @@ from . import (  # noqa: F401 - importing registers them
     fold_batchnorm,
     fuse_by_pattern,
     lower_qdq_to_integer,
+    mark_pair_safe_weights,
     merge_parallel_convs,
     merge_parallel_matmuls,
     prune_channels,

@@ -15,8 +15,8 @@ Schedule (``L`` lanes, ``G`` group)::
   adjacent products summed into int16) then ``vpmaddwd`` with ones, 8 output channels x 4 input
   channels - twice the products per instruction of ``dot_8x2``. The int16 pair sums saturate
   unless every weight pair keeps them in range (7-bit weights always do: ``QuantConfig``'s
-  ``reduce_range``); ``schedule_cpu_loops`` marks the kernels whose constant weights do
-  (:data:`PAIR_SAFE_PARAMS`, :func:`pair_safe`), and only those take this path.
+  ``reduce_range``); the ``mark_pair_safe_weights`` pass marks the kernels whose constant
+  weights do (:data:`PAIR_SAFE_PARAMS`, :func:`pair_safe`), and only those take this path.
 - AVX2, ``dot_8x2`` (:data:`DOT_8X2_AVX2`): one ``vpmaddwd``, 8 output channels x 2 input
   channels, u8 and s8 widened to 16 bits, so the pair sums are exact for any int8 weights.
 - AVX-512 VNNI, ``dot_16x4`` (:data:`DOT_16X4_VNNI`): one ``vpdpbusd``, 16 channels x 4,

@@ -47,8 +47,8 @@ from relaycomp.registry import register_pass
 
 from ._cpu_contraction import ContractionRule
 from ._cpu_elementwise import GuardedRule, InjectiveRule, ParallelOuterRule
-from ._cpu_int8 import PAIR_SAFE_PARAMS, pair_safe
 from ._cpu_reduction import InnerReductionRule
+from .mark_pair_safe_weights import with_pair_safe_marks
 
 IS_SCHEDULED = "tirx.is_scheduled"
 RULE_ATTR = "relaycomp.cpu_schedule_rule"
@@ -95,15 +95,13 @@ def schedule_cpu_loops(
     def _schedule(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         default_target = target if target is not None else Target.current(allow_none=False)
         updates = {}
-        pair_safe_params = _pair_safe_int8_params(mod)
+        mod = with_pair_safe_marks(mod)  # for modules that skipped the fuse stage's marking
         for gvar, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
                 continue
             func_target = func.attrs.get("target", None) or default_target
             if func_target.kind.name != "llvm":
                 continue
-            if pair_safe_params.get(gvar):
-                func = func.with_attr(PAIR_SAFE_PARAMS, sorted(pair_safe_params[gvar]))
             scheduled = _apply_first(func, func_target)
             if scheduled is not None:
                 updates[gvar] = scheduled
@@ -164,30 +162,6 @@ def _prepack_constant_weights(mod: tvm.IRModule) -> tvm.IRModule:
         if gvar.name_hint.endswith("_weight_prepack") and isinstance(func, tirx.PrimFunc):
             packed[gvar] = func.with_attr(RULE_ATTR, "weight_prepack")
     return packed
-
-
-def _pair_safe_int8_params(mod: tvm.IRModule) -> dict[tvm.ir.GlobalVar, set[int]]:
-    """For each PrimFunc, the parameters that every ``call_tir`` of it passes an int8 constant
-    whose adjacent input-channel pairs are safe for ``vpmaddubsw`` (``_cpu_int8.pair_safe``)."""
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-    verdicts: dict[tvm.ir.GlobalVar, set[int]] = {}
-
-    def is_safe(arg) -> bool:
-        return (isinstance(arg, tvm.ir.expr.Constant) and str(arg.ty.dtype) == "int8"
-                and pair_safe(arg.value.numpy()))
-
-    def visit(expr) -> None:
-        if (isinstance(expr, relax.Call) and expr.op.same_as(call_tir)
-                and isinstance(expr.args[0], tvm.ir.GlobalVar)
-                and isinstance(expr.args[1], relax.Tuple)):
-            safe = {i for i, arg in enumerate(expr.args[1].fields) if is_safe(arg)}
-            gvar = expr.args[0]
-            verdicts[gvar] = verdicts[gvar] & safe if gvar in verdicts else safe
-
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func.body, visit)
-    return verdicts
 
 
 def _apply_first(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc | None:

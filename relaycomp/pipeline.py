@@ -60,7 +60,7 @@ _FRONT = [
     ("quantize", ["lower_qdq_to_integer"]),  # CompileConfig.quantize adds quantize_int8 first
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["legalize_ops", "annotate_op_pattern", "fold_constant"]),
-    ("fuse", ["fuse_ops", "fuse_tir"]),
+    ("fuse", ["fuse_ops", "fuse_tir", "mark_pair_safe_weights"]),
 ]
 # Stage name -> pass names, per target kind. Stage names are the public vocabulary.
 PIPELINES: dict[str, list[tuple[str, list[str]]]] = {
