@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.dpl import is_const, is_op, wildcard
+from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
 
 from relaycomp.errors import PassError
 from relaycomp.ir import substitute_vars
@@ -67,6 +67,24 @@ class LayerPlan:
     input_scale: float = 1.0
     input_zero_point: int = 0
     input_dtype: str = "int8"
+    weight_bits: int = 8  # 4: a weight-only matmul stores two weights a byte (pack_int4)
+
+
+def pack_int4(weight_q: np.ndarray) -> np.ndarray:
+    """``[K, N]`` int8 weights in [-8, 7] (``N`` even) as ``[K, N / 2]`` uint8: column ``j`` in
+    the low nibble, column ``j + N / 2`` in the high one, each offset by 8."""
+    half = weight_q.shape[1] // 2
+    biased = (weight_q.astype(np.int16) + 8).astype(np.uint8)
+    return biased[:, :half] | (biased[:, half:] << 4)
+
+
+def unpacked_int4(packed: tvm.ir.expr.Constant):
+    """The Relax expression of :func:`pack_int4` undone: ``[K, N]`` int8 (``concat`` of the low
+    and high nibbles, minus 8)."""
+    low = relax.op.bitwise_and(packed, relax.const(15, "uint8"))
+    high = relax.op.right_shift(packed, relax.const(4, "uint8"))
+    joined = relax.op.astype(relax.op.concat([low, high], axis=1), "int8")
+    return relax.op.subtract(joined, relax.const(8, "int8"))
 
 
 def _layer_kind(call) -> tuple[str, int] | None:
@@ -169,9 +187,10 @@ def quantized_call(bb: relax.BlockBuilder, call: relax.Call, plan: LayerPlan, ax
     """The QDQ form of one layer (``plan.mode`` int8 or weight_only). Layers reading the same
     tensor with the same parameters (a ResNet block's conv and its projection) share one
     quantize/dequantize pair through ``shared``."""
+    stored = (unpacked_int4(_const(pack_int4(plan.weight_q), "uint8")) if plan.weight_bits == 4
+              else _const(plan.weight_q, "int8"))
     weight = bb.emit(relax.op.dequantize(
-        _const(plan.weight_q, "int8"), _const(plan.weight_scale, "float32"), _const(0, "int8"),
-        axis=axis))
+        stored, _const(plan.weight_scale, "float32"), _const(0, "int8"), axis=axis))
     data = call.args[0]
     if plan.mode == "int8":
         key = (data, plan.input_scale, plan.input_zero_point, plan.input_dtype)
@@ -207,9 +226,18 @@ def annotate(mod: tvm.IRModule, layers: list[Layer],
 
 def _fuse_weight_only(mod: tvm.IRModule) -> tvm.IRModule:
     dequantized = is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    packed = is_const()
+    nibbles = is_tuple([is_op("relax.bitwise_and")(packed, is_const()),
+                        is_op("relax.right_shift")(packed, is_const())])
+    int4 = is_op("relax.subtract")(is_op("relax.astype")(is_op("relax.concat")(nibbles)),
+                                   is_const())
     patterns = [relax.transform.FusionPattern(f"int8_weight_only_{op.split('.')[-1]}",
                                               is_op(op)(wildcard(), dequantized), {}, None)
                 for op in (_CONV, _MATMUL)]
+    patterns.append(relax.transform.FusionPattern(
+        "int4_weight_only_matmul",
+        is_op(_MATMUL)(wildcard(), is_op("relax.dequantize")(int4, is_const(), is_const())),
+        {}, None))
     return relax.transform.FuseOpsByPattern(patterns, bind_constants=False,
                                             annotate_codegen=False)(mod)
 

@@ -61,6 +61,8 @@ class QuantConfig:
     (the ONNX node name; ``conv2d_0``-style for modules without one) left in float. ``max_accuracy_drop``: allowed loss
     (label accuracy if the evaluation data has labels, else 1 - top-1 agreement with float);
     layers fall back to float until it holds. ``weight_only``: int8 weights, float activations.
+    ``weight_bits``: 4 stores the weights of weight-only matmul layers as int4, two a byte
+    (per output channel, ``[-7, 7]``; convs and layers with an odd output count keep int8).
     ``reduce_range``: 7-bit weights ([-63, 63]), so that ``vpmaddubsw``'s int16 pair sums never
     saturate - the int8 kernel with twice the throughput on x86 CPUs with AVX2 but no AVX-512
     VNNI (onnxruntime's ``reduce_range``); ``None``: on exactly for such targets. Weight-only
@@ -77,6 +79,7 @@ class QuantConfig:
     weight_only: bool = False
     min_samples: int = 8
     reduce_range: bool | None = None
+    weight_bits: int = 8
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -90,6 +93,9 @@ class QuantConfig:
         if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop < 1.0:
             raise QuantizeError(f"max_accuracy_drop must be in [0, 1), got "
                                 f"{self.max_accuracy_drop}")
+        if self.weight_bits not in (8, 4) or self.weight_bits == 4 and not self.weight_only:
+            raise QuantizeError(f"weight_bits {self.weight_bits} is not supported",
+                                hint="8, or 4 with weight_only (int4 weight-only matmuls)")
         if self.min_samples < 1:
             raise QuantizeError(f"min_samples must be at least 1, got {self.min_samples}")
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -99,7 +105,8 @@ class QuantConfig:
         return {"dtype": self.dtype, "calibration": self.calibration, "per_channel":
                 self.per_channel, "activations": self.activations,
                 "keep_float": list(self.keep_float), "max_accuracy_drop": self.max_accuracy_drop,
-                "weight_only": self.weight_only, "reduce_range": self.reduce_range}
+                "weight_only": self.weight_only, "reduce_range": self.reduce_range,
+                "weight_bits": self.weight_bits}
 
 
 def quantize(mod, config: QuantConfig | None = None, *, calib=None,
@@ -298,6 +305,10 @@ def _plan(layer: Layer, config: QuantConfig, span: tuple | None) -> LayerPlan:
                                            63 if config.reduce_range and not config.weight_only
                                            else 127)
     if config.weight_only:
+        if config.weight_bits == 4 and layer.kind == "matmul" and layer.weight.shape[1] % 2 == 0:
+            weight_q, weight_scale = weight_params(layer.weight, layer.channel_axis,
+                                                   config.per_channel, 7)
+            return LayerPlan("weight_only", weight_q, weight_scale, weight_bits=4)
         return LayerPlan("weight_only", weight_q, weight_scale)
     scale, zero_point = activation_params(*span, config.activations)
     dtype = "uint8" if config.activations == "asymmetric" else "int8"

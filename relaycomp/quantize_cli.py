@@ -2,7 +2,7 @@
 
     relaycomp compile model.onnx --quantize int8 --calib samples.npz [--calib-method entropy]
         [--per-tensor] [--symmetric-activations] [--keep-float NAME,...]
-        [--max-accuracy-drop 0.01] [--eval held_out.npz] [--weight-only]
+        [--max-accuracy-drop 0.01] [--eval held_out.npz] [--weight-only [--weight-bits 4]]
 
 Kept apart from ``cli.py`` so the parser stays small; imports nothing heavy at module level.
 """
@@ -40,6 +40,8 @@ def add_quantize_options(parser: argparse.ArgumentParser) -> None:
                        help="held-out data (+ 'labels') for the accuracy check (default: --calib)")
     group.add_argument("--weight-only", action="store_true",
                        help="int8 weights, float activations (memory-bound models)")
+    group.add_argument("--weight-bits", type=int, choices=(8, 4), default=8,
+                       help="with --weight-only: 4 stores matmul weights as int4")
 
 
 def quantize_options(args) -> dict:
@@ -60,7 +62,7 @@ def quantize_options(args) -> dict:
                          per_channel=not args.per_tensor,
                          activations="symmetric" if args.symmetric_activations else "asymmetric",
                          keep_float=keep, max_accuracy_drop=args.max_accuracy_drop,
-                         weight_only=args.weight_only)
+                         weight_only=args.weight_only, weight_bits=args.weight_bits)
     return {"quantize": config, "calibration": args.calib, "evaluation": args.eval}
 
 

@@ -70,7 +70,9 @@ class QuantReport:
                 lines.append(f"  {name}: float16 (fp32 accumulation)")
                 continue
             scale = la["weight_scale"]
-            detail = (f"weights {la['weight_scheme']} scale {scale[0]:.3g}..{scale[1]:.3g}")
+            bits = la.get("weight_bits", 8)
+            detail = (f"int{bits} weights {la['weight_scheme']} scale "
+                      f"{scale[0]:.3g}..{scale[1]:.3g}")
             if la["mode"] == "int8":
                 detail += (f", input scale {la['input_scale']:.3g} zero point "
                            f"{la['input_zero_point']}")
@@ -79,10 +81,11 @@ class QuantReport:
 
 
 def stored_bytes(layer, plan) -> int:
-    """Bytes of a layer's weight as stored: int8 plus scales, or the float original."""
+    """Bytes of a layer's weight as stored: int8 (or packed int4) plus scales, or the float
+    original."""
     if plan is None:
         return layer.weight.nbytes
-    return plan.weight_q.nbytes + plan.weight_scale.nbytes
+    return plan.weight_q.nbytes * plan.weight_bits // 8 + plan.weight_scale.nbytes
 
 
 def layer_entry(layer, onnx_name, plan, kept, fallback, sensitivity) -> dict:
@@ -99,7 +102,8 @@ def layer_entry(layer, onnx_name, plan, kept, fallback, sensitivity) -> dict:
         return {**entry, "mode": "float", "reason": reason}
     scale = np.atleast_1d(plan.weight_scale)
     entry.update(mode=plan.mode, weight_scheme="per-channel" if scale.size > 1 else "per-tensor",
-                 weight_scale=[float(scale.min()), float(scale.max())])
+                 weight_scale=[float(scale.min()), float(scale.max())],
+                 weight_bits=plan.weight_bits)
     if plan.mode == "int8":
         entry.update(input_scale=plan.input_scale, input_zero_point=plan.input_zero_point,
                      input_dtype=plan.input_dtype)

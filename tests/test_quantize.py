@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from helpers import ort_outputs, run_cli
 from models import mlp, mobilenet_style_net, resnet_block_net
@@ -16,7 +17,13 @@ from relaycomp.build import CompileConfig, compile_model
 from relaycomp.errors import CalibrationError
 from relaycomp.examples import get_example
 from relaycomp.frontend import TensorSpec
-from relaycomp.quantize import QuantConfig, QuantizeError, QuantReport, quantize
+from relaycomp.quantize import (
+    QuantConfig,
+    QuantizeError,
+    QuantReport,
+    quantize,
+    weight_params,
+)
 from relaycomp.quantize_data import load_batches
 
 X = [TensorSpec("x", (2, 3), "float32")]
@@ -259,6 +266,33 @@ def test_weight_only_needs_no_calibration_and_stores_int8_weights(tmp_path):
     x = random_samples(1, (4, 64), seed=5)[0]
     out = relaycomp.load(artifact.path).run({"x": x})["probs"]
     np.testing.assert_allclose(out, ort_outputs(model, {"x": x})["probs"], atol=5e-3)
+
+
+def test_int4_weight_only_runs_the_model_with_int4_rounded_weights_stored_two_a_byte(tmp_path):
+    """The artifact computes exactly the float model whose matmul weights are rounded to the
+    int4 grid (per output channel, [-7, 7]); the weights are stored packed, an eighth of float
+    plus the scales, and stay packed in the build (not unpacked at compile time)."""
+    model = mlp()
+    artifact = compile_model(model, tmp_path / "m.so", CompileConfig(
+        quantize=QuantConfig(weight_only=True, weight_bits=4)))
+    report = artifact.manifest.report["quantize"]
+    assert [la["weight_bits"] for la in report["layers"]] == [4, 4, 4]
+    floats = report["weight_bytes_float"]
+    assert report["weight_bytes_quantized"] <= floats / 8 + floats / 16  # + one scale a column
+    assert report["model_bytes_quantized"] < 0.2 * report["model_bytes_float"]
+    rounded = onnx.ModelProto()
+    rounded.CopyFrom(model)
+    weights = {node.input[1] for node in rounded.graph.node if node.op_type == "MatMul"}
+    for init in rounded.graph.initializer:
+        if init.name in weights:
+            weight_q, scale = weight_params(onnx.numpy_helper.to_array(init), 1, True, 7)
+            assert np.abs(weight_q).max() == 7
+            init.CopyFrom(onnx.numpy_helper.from_array(weight_q * scale, init.name))
+    x = random_samples(1, (4, 64), seed=5)[0]
+    out = relaycomp.load(artifact.path).run({"x": x})["probs"]
+    np.testing.assert_allclose(out, ort_outputs(rounded, {"x": x})["probs"], atol=1e-5)
+    with pytest.raises(QuantizeError, match="weight_bits 4"):
+        QuantConfig(weight_bits=4)
 
 
 # --- command line -------------------------------------------------------------------------------
