@@ -186,7 +186,13 @@ def _plan_without_reuse(operands, iters, extents, spatial, lanes, facts) -> Plan
         # Strided lanes (strided depthwise conv / pooling): TVM would gather them one by one,
         # LLVM's loop vectorizer loads whole vectors and shuffles - leave that loop to LLVM.
         return Plan(vector_iter, 0, None, 1, ()) if len(spatial) > 1 else None
-    vector_tile = largest_divisor(extents[vector_iter], lanes)
+    row = extents[vector_iter]
+    if lanes < row <= 4 * lanes and row % lanes:
+        # A short row that is no multiple of the lanes (a 28- or 14-wide depthwise conv): the
+        # whole row as one vector, which LLVM splits into full vectors and one part; measured
+        # 1.8x faster at 28 wide than 7-lane vectors with a register tile, the same at 14.
+        return Plan(vector_iter, row, None, 1, ())
+    vector_tile = largest_divisor(row, lanes)
     if vector_tile < 2:
         return None
     # Independent accumulators along the next output axis hide the FMA latency.
