@@ -10,9 +10,9 @@ Produces: ``astype(conv2d(x_q, W_q, out_dtype="int32") - zp_x * sum(W_q), "float
 (s_x * s_w)`` - an integer contraction whose zero-point correction is a per-channel int32
 constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q`` with ``zp_x``
 (the quantized zero), a dense conv's ``x_q`` is shifted by 128 (zero point along) to the dtype
-the target's kernels multiply (uint8 on x86, int8 for AArch64 ``sdot``), and an odd number of input channels (an RGB stem)
-gets one more channel with zero weights, as the int8 kernels take channels in pairs. A
-depthwise conv (no channel reduction for a dot product) reads the integers and sums them in
+the target's kernels multiply (uint8 on x86, int8 for AArch64 ``sdot``), and an odd number of
+input channels (an RGB stem) gets one more channel with zero weights, as the int8 kernels take
+channels in pairs. A depthwise conv (no channel reduction for a dot product) reads the integers and sums them in
 float32 - exact below 2^24 - where the CPU schedule vectorizes it well. The following bias,
 activation and the next ``quantize`` are elementwise and fuse into the same kernel (FuseOps), so
 int8 tensors flow between kernels.

@@ -2,7 +2,7 @@
 
 Matches: every ``call_tir`` of a PrimFunc in the module's Relax functions.
 Produces: the PrimFunc with attribute ``relaycomp.pair_safe_int8_params`` (:data:`PAIR_SAFE_PARAMS`)
-= the indices of the parameters that every call passes an int8 constant whose adjacent
+= the indices of the parameters that every call passes an int8 OIHW conv weight whose adjacent
 input-channel pairs keep ``255 x`` their positive and negative sums within int16
 (:func:`passes._cpu_int8.pair_safe`; 7-bit weights always do). The AVX2 int8 conv schedule
 takes its twice-as-fast ``vpmaddubsw`` path only for such weights.
@@ -29,7 +29,7 @@ def pair_safe_params(mod: tvm.IRModule) -> dict[tvm.ir.GlobalVar, set[int]]:
 
     def is_safe(arg) -> bool:
         return (isinstance(arg, tvm.ir.expr.Constant) and str(arg.ty.dtype) == "int8"
-                and pair_safe(arg.value.numpy()))
+                and len(arg.ty.shape) == 4 and pair_safe(arg.value.numpy()))  # OIHW conv weights
 
     def visit(expr) -> None:
         if (isinstance(expr, relax.Call) and expr.op.same_as(call_tir)
