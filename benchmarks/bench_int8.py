@@ -71,9 +71,10 @@ def bench(name: str, float_path: Path, quantized_path: Path | None,
         _, ort_fp32 = _ort(float_path, inputs)
         fp32, fp32_bytes, _ = _relaycomp(float_model, inputs, folder, "fp32")
         int8, int8_bytes, out = _relaycomp(onnx.load(str(quantized_path)), inputs, folder, "int8")
-    top1 = float(np.mean(np.argmax(out, -1) == np.argmax(ort_int8_out, -1)))
-    cosine = float(np.dot(out.ravel(), ort_int8_out.ravel())
-                   / (np.linalg.norm(out) * np.linalg.norm(ort_int8_out)))
+    from relaycomp.quantize_guard import compare_outputs
+
+    agreement = compare_outputs(ort_int8_out, out)
+    top1, cosine = agreement.top1_agreement, agreement.cosine
     print(f"\n{name}: median ms, {THREADS} threads (ratio to onnxruntime int8), int8 weights "
           f"within ±{largest}")
     for label, ms in (("relaycomp int8", int8), ("relaycomp fp32", fp32),

@@ -125,10 +125,10 @@ def _agreement(float_path: Path, int8_path: Path, name: str, held_out: np.ndarra
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outputs.append(np.concatenate([session.run(None, {name: held_out[i:i + batch]})[0]
                                        for i in range(0, len(held_out) - batch + 1, batch)]))
-    exact, quantized = (o.reshape(len(o), -1) for o in outputs)
-    cosine = np.dot(exact.ravel(), quantized.ravel()) / (np.linalg.norm(exact)
-                                                         * np.linalg.norm(quantized))
-    return float(np.mean(exact.argmax(1) == quantized.argmax(1))), float(cosine)
+    from relaycomp.quantize_guard import compare_outputs  # the report's own measure
+
+    agreement = compare_outputs(*outputs)
+    return agreement.top1_agreement, agreement.cosine
 
 
 def _pin(model: onnx.ModelProto, name: str, shape) -> None:

@@ -51,17 +51,11 @@ def scheduled_module(path: Path, quantize: bool):
 def kernel_times(mod, target) -> tuple[dict[str, float], Counter]:
     """Kernel name -> ms per call, and calls per kernel."""
     import tvm
-    from tvm import relax
     from tvm.driver import build as tvm_build
 
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-    calls: Counter = Counter()
+    from relaycomp import ir
 
-    def visit(expr) -> None:
-        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
-            calls[expr.args[0].name_hint] += 1
-
-    relax.analysis.post_order_visit(mod["main"].body, visit)
+    calls = Counter(call.args[0].name_hint for call in ir.kernel_calls(mod))
     device, rng, times = tvm.cpu(), np.random.default_rng(0), {}
     for name in calls:
         func = mod[name].with_attr("global_symbol", "main")

@@ -190,6 +190,21 @@ def _tensor_bytes(value_type) -> int:
     return int(np.prod([int(d) for d in dims])) * np.dtype(str(value_type.dtype)).itemsize
 
 
+def kernel_calls(mod: tvm.IRModule) -> list[relax.Call]:
+    """Every ``call_tir`` (a kernel launch) in the module's Relax functions, in post order."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    calls: list[relax.Call] = []
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            calls.append(expr)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return calls
+
+
 def kernel_traffic(mod: tvm.IRModule) -> dict[str, int]:
     """Kernels launched by ``main`` (``call_tir`` calls) and bytes of the intermediate tensors
     they hand to each other (every kernel output except what ``main`` returns)."""
