@@ -165,7 +165,7 @@ def _rescale(acc, correction: np.ndarray, scale: np.ndarray, shape: tuple[int, .
                              relax.const(scale.astype(np.float32).reshape(shape)))
 
 
-def _lower_conv(expr, matches, data_dtype: str = "uint8"):
+def _lower_conv(expr, matches, data_dtype: str):
     conv = matches[CONV]
     attrs = conv.attrs
     if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
@@ -238,8 +238,8 @@ def _pool_integers(expr, matches):
     return relax.Call(pool.op, [matches[_q_in]], pool.attrs)
 
 
+# After the conv rule, which :func:`lower_qdq_to_integer` makes for its target's activation dtype.
 RULES = (
-    Rule("conv2d_int8", CONV, _lower_conv),
     Rule("matmul_int8", MATMUL, _lower_matmul),
     Rule("requantize_cancelled", REQUANTIZE, _cancel, _same_qparams),
     Rule("max_pool2d_int8", POOL, _pool_integers, _same_qparams),
@@ -250,8 +250,5 @@ RULES = (
 def lower_qdq_to_integer(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
     """Lower QDQ-annotated conv2d/matmul to int8 x int8 -> int32 kernels, dense convs reading
     the activation dtype ``target``'s int8 kernels multiply (:func:`int8_data_dtype`)."""
-    data_dtype = int8_data_dtype(target)
-    if data_dtype == "uint8":
-        return rule_pass("lower_qdq_to_integer", RULES, COUNTER)
-    conv = Rule("conv2d_int8", CONV, partial(_lower_conv, data_dtype=data_dtype))
-    return rule_pass("lower_qdq_to_integer", (conv, *RULES[1:]), COUNTER)
+    conv = Rule("conv2d_int8", CONV, partial(_lower_conv, data_dtype=int8_data_dtype(target)))
+    return rule_pass("lower_qdq_to_integer", (conv, *RULES), COUNTER)

@@ -301,15 +301,13 @@ def weight_params(weight: np.ndarray, axis: int, per_channel: bool, qmax: int = 
 
 
 def _plan(layer: Layer, config: QuantConfig, span: tuple | None) -> LayerPlan:
+    int4 = (config.weight_only and config.weight_bits == 4 and layer.kind == "matmul"
+            and layer.weight.shape[1] % 2 == 0)
+    qmax = 7 if int4 else 63 if config.reduce_range and not config.weight_only else 127
     weight_q, weight_scale = weight_params(layer.weight, layer.channel_axis, config.per_channel,
-                                           63 if config.reduce_range and not config.weight_only
-                                           else 127)
+                                           qmax)
     if config.weight_only:
-        if config.weight_bits == 4 and layer.kind == "matmul" and layer.weight.shape[1] % 2 == 0:
-            weight_q, weight_scale = weight_params(layer.weight, layer.channel_axis,
-                                                   config.per_channel, 7)
-            return LayerPlan("weight_only", weight_q, weight_scale, weight_bits=4)
-        return LayerPlan("weight_only", weight_q, weight_scale)
+        return LayerPlan("weight_only", weight_q, weight_scale, weight_bits=4 if int4 else 8)
     scale, zero_point = activation_params(*span, config.activations)
     dtype = "uint8" if config.activations == "asymmetric" else "int8"
     return LayerPlan("int8", weight_q, weight_scale, scale, zero_point, dtype)
