@@ -50,7 +50,8 @@ def quantize_options(args) -> dict:
         given = [f"--{name.replace('_', '-')}" for name in _DEPENDENT
                  if getattr(args, name) not in (None, [])]
         flags = given + [f for f, on in (("--per-tensor", args.per_tensor),
-                                         ("--weight-only", args.weight_only)) if on]
+                                         ("--weight-only", args.weight_only),
+                                         ("--weight-bits", args.weight_bits != 8)) if on]
         if flags:
             raise InputSpecError(f"{', '.join(flags)} need(s) --quantize int8")
         return {}

@@ -320,6 +320,9 @@ def _two(line: str) -> tuple[float, float]:
     (["--calib", "x.npz"], "--calib need(s) --quantize int8"),
     (["--quantize", "int8"], "int8 quantization needs calibration data"),
     (["--quantize", "int8", "--calib", "BAD"], "no such calibration file or directory: BAD"),
+    (["--weight-bits", "4"], "--weight-bits need(s) --quantize int8"),
+    (["--quantize", "int8", "--calib", "example:digits", "--weight-bits", "4"],
+     "weight_bits 4 is not supported"),
 ])
 def test_cli_errors_are_one_line(args, message, tmp_path):
     result = run_cli("compile", "example:digits", *args, "-o", tmp_path / "d.so")
