@@ -19,7 +19,13 @@ from .distill_cli import add_distill_parser
 from .errors import InputSpecError, RelaycompError
 from .prune_cli import add_compile_option, add_prune_parser
 from .quantize_cli import add_quantize_options
-from .tune_cli import add_remote_options, add_tune_options, add_tune_parser, load_for_run
+from .tune_cli import (
+    add_emulate_parser,
+    add_remote_options,
+    add_tune_options,
+    add_tune_parser,
+    load_for_run,
+)
 
 EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
 
@@ -71,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_parser(sub)
     add_distill_parser(sub)
     _add_shape_options(add_tune_parser(sub))
+    add_emulate_parser(sub)
     sub.add_parser("targets", help="list known target triples and board presets")
     passes = sub.add_parser("passes", help="list the pipeline's stages and passes")
     passes.add_argument("--target", default="host", help="whose pipeline to show")
@@ -305,9 +312,16 @@ def cmd_distill(args) -> int:
     return run_distill(args)
 
 
+def cmd_emulate_device(args) -> int:
+    """``relaycomp emulate-device``."""
+    from .tune_cli import run_emulate
+
+    return run_emulate(args)
+
+
 COMMANDS = {"compile": cmd_compile, "prune": cmd_prune, "distill": cmd_distill, "tune": cmd_tune,
             "run": cmd_run, "inspect": cmd_inspect, "targets": cmd_targets, "passes": cmd_passes,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "emulate-device": cmd_emulate_device}
 
 
 def main(argv: list[str] | None = None) -> int:

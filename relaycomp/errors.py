@@ -55,7 +55,10 @@ class TuningError(RelaycompError):
     """Auto-tuning could not run or its database is unusable."""
 
 
-def last_line(err: BaseException) -> str:
-    """The last non-empty line of an exception's text: TVM puts the reason there."""
+def last_line(err: BaseException | str) -> str:
+    """The last non-empty line of an exception's (or a program's output) text: TVM and most
+    tools put the reason there."""
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(err).__name__
+    if lines:
+        return lines[-1].strip()
+    return type(err).__name__ if isinstance(err, BaseException) else "no output"

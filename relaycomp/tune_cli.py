@@ -1,5 +1,6 @@
 """The command line of auto-tuning: ``relaycomp tune``, ``--tune N`` / ``--tuning-db DIR`` /
-``--rpc HOST:PORT --key KEY`` on ``compile``, and ``--rpc HOST:PORT --key KEY`` on ``run``.
+``--rpc HOST:PORT --key KEY`` on ``compile``, ``--rpc HOST:PORT --key KEY`` on ``run``, and
+``relaycomp emulate-device`` (an emulated ARM board to tune and run on).
 """
 
 from __future__ import annotations
@@ -46,6 +47,36 @@ def add_remote_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--rpc", metavar="HOST:PORT",
                      help="run on a device registered at this TVM RPC tracker")
     run.add_argument("--key", help="the device key at the RPC tracker")
+
+
+def add_emulate_parser(sub) -> None:
+    """``emulate-device --rpc HOST:PORT --key KEY``: an emulated ARM board for RPC work."""
+    from .emulated_device import ARCHES
+
+    emulate = sub.add_parser("emulate-device",
+                             help="serve an emulated aarch64 device (qemu-user) at an RPC tracker")
+    emulate.add_argument("--rpc", metavar="HOST:PORT", required=True,
+                         help="the TVM RPC tracker to register at")
+    emulate.add_argument("--key", required=True, help="the device key to register under")
+    emulate.add_argument("--arch", default="aarch64", choices=ARCHES.names())
+    emulate.add_argument("--host", default="127.0.0.1",
+                         help="address the server binds to (default: loopback only)")
+    emulate.add_argument("--threads", type=int, default=2, help="threads of TVM's runtime")
+    emulate.add_argument("--root", metavar="DIR",
+                         help="the device's folder (default: ~/.cache/relaycomp/emulated)")
+
+
+def run_emulate(args) -> int:
+    """``relaycomp emulate-device``: start the server and serve until it exits or Ctrl-C."""
+    from .emulated_device import EmulatedDevice
+
+    device = EmulatedDevice(args.rpc, args.key, arch=args.arch, host=args.host,
+                            threads=args.threads, root=args.root).start()
+    print("Ctrl-C to stop", flush=True)
+    try:
+        return device.wait()
+    finally:
+        device.stop()
 
 
 def load_for_run(args):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import onnx
@@ -51,3 +56,49 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     """Run ``relaycomp ARGS`` in a fresh interpreter, as a user would; captures text output."""
     return subprocess.run([sys.executable, "-m", "relaycomp.cli", *map(str, args)],
                           check=False, capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def rpc_tracker() -> Iterator[str]:
+    """A TVM RPC tracker on loopback for the duration of the block; yields "127.0.0.1:PORT"."""
+    port = free_port()
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host",
+                                "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "TVM_NUM_THREADS": "2"})
+    try:
+        _wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        tracker.kill()
+        tracker.wait(timeout=10)
+
+
+def _wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def wait_for_device(tracker: str, key: str, timeout: float = 60) -> None:
+    """Return once the tracker lists a server under ``key``."""
+    from tvm import rpc
+
+    host, port = tracker.split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if key in rpc.connect_tracker(host, int(port)).summary()["queue_info"]:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"no server registered under '{key}' at {tracker}")

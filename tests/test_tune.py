@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
-from helpers import ort_outputs, run_cli
+from helpers import free_port, ort_outputs, rpc_tracker, run_cli, wait_for_device
 from models import conv_net, random_inputs
 from tvm.s_tir import meta_schedule as ms
 
@@ -220,7 +219,7 @@ def test_rpc_without_key_is_refused():
 
 
 def test_unreachable_tracker_is_a_clear_error(model, tmp_path):
-    config = TuneConfig(trials=4, tuning_db=tmp_path, rpc=f"127.0.0.1:{_free_port()}", key="x",
+    config = TuneConfig(trials=4, tuning_db=tmp_path, rpc=f"127.0.0.1:{free_port()}", key="x",
                         progress=False)
     with pytest.raises(TuningError, match="cannot reach the RPC tracker"):
         tune(model, config)
@@ -251,12 +250,6 @@ def test_cli_tune_and_compile_options_parse():
 
 
 # ---- slow: extra processes ---------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _tune_process(model_path, database, trials, *extra) -> subprocess.Popen:
     return subprocess.Popen(
@@ -310,28 +303,23 @@ def test_two_concurrent_tuners_share_one_database(model_file, tmp_path):
 @pytest.fixture
 def rpc_device():
     """A TVM RPC tracker and one server under key 'loopback', on 127.0.0.1."""
-    port = _free_port()
-    env = {**os.environ, "TVM_NUM_THREADS": "2"}
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host",
-                                "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    server = None
-    try:
-        _wait_for_port(port)
-        server_port = _free_port()
+    with rpc_tracker() as tracker:
         server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
-                                   f"127.0.0.1:{port}", "--key", "loopback", "--host",
-                                   "127.0.0.1", "--port", str(server_port),
-                                   "--port-end", str(server_port + 1)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                   tracker, "--key", "loopback", "--host", "127.0.0.1",
+                                   *_port_range()],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env={**os.environ, "TVM_NUM_THREADS": "2"},
                                   start_new_session=True)  # its own group: it forks a worker
-        _wait_for_device(f"127.0.0.1:{port}", "loopback")
-        yield f"127.0.0.1:{port}", server
-    finally:
-        if server is not None:
+        try:
+            wait_for_device(tracker, "loopback")
+            yield tracker, server
+        finally:
             _kill_group(server)
-        tracker.kill()
-        tracker.wait(timeout=10)
+
+
+def _port_range() -> list[str]:
+    port = free_port()
+    return ["--port", str(port), "--port-end", str(port + 1)]
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -341,28 +329,6 @@ def _kill_group(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait(timeout=10)
-
-
-def _wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-def _wait_for_device(tracker: str, key: str, timeout: float = 60) -> None:
-    from tvm import rpc
-
-    host, port = tracker.split(":")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if key in rpc.connect_tracker(host, int(port)).summary()["queue_info"]:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"no server registered under '{key}' at {tracker}")
 
 
 @pytest.mark.slow
@@ -420,7 +386,7 @@ def test_run_on_a_device_over_rpc_matches_the_local_run(model, rpc_device, tmp_p
 
 def test_run_with_an_unreachable_tracker_is_one_line(model, tmp_path):
     artifact = compile_model(model, tmp_path / "model.so").path
-    result = run_cli("run", artifact, "--rpc", f"127.0.0.1:{_free_port()}", "--key", "x")
+    result = run_cli("run", artifact, "--rpc", f"127.0.0.1:{free_port()}", "--key", "x")
     assert result.returncode == 1
     assert "cannot reach the RPC tracker" in result.stderr
     assert "Traceback" not in result.stderr
