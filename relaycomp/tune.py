@@ -330,6 +330,7 @@ def tune_contexts(tasks, work_dir: str, strategy, seed: int | None) -> list[ms.T
     """One MetaSchedule TuneContext per extracted task, in the task's design space
     (:func:`relaycomp.tune_space.space_generator`: the heuristic schedule's, else the stock one)."""
     names = [task.task_name for task in tasks]
+    ir.import_tensor_intrinsics()  # before TuneContext imports it at 10x the cost
     return [
         ms.TuneContext(mod=task.dispatched[0], target=task.target,
                        space_generator=space_generator(task.dispatched[0], task.target),

@@ -1,8 +1,8 @@
 """Auto-tuning: tuned builds match onnxruntime, the database is reused, survives SIGKILL and
 concurrent tuners, devices are reached over TVM RPC, and a lost device is not a crash.
 
-The fast tests share one tiny tuning session (``tuned``); the ones starting extra processes or
-an RPC tracker and server are ``slow``.
+Most tests share one tiny tuning session (``tuned``); the ones at the end start tuner processes
+(killed, or two at once) or a TVM RPC tracker and server on loopback.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tvm
 from helpers import free_port, ort_outputs, rpc_tracker, run_cli, wait_for_device
-from models import conv_net, random_inputs
+from models import conv_net, mlp, random_inputs
 from tvm.s_tir import meta_schedule as ms
 
 import relaycomp
@@ -249,7 +249,7 @@ def test_cli_tune_and_compile_options_parse():
     assert tuning_option(build_parser().parse_args(["compile", "m.onnx"])) is None
 
 
-# ---- slow: extra processes ---------------------------------------------------------------------
+# ---- extra processes ----------------------------------------------------------------------------
 
 def _tune_process(model_path, database, trials, *extra) -> subprocess.Popen:
     return subprocess.Popen(
@@ -264,18 +264,18 @@ def _trials(database) -> int:
 
 
 @pytest.fixture
-def model_file(model, tmp_path):
+def model_file(tmp_path):
+    """An MLP (two dense kernels and a softmax) saved to disk: tuner processes start fast."""
     import onnx
 
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), path)
     return path
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill_keeps_records(model_file, tmp_path):
     database = tmp_path / "db"
-    process = _tune_process(model_file, database, 40)
+    process = _tune_process(model_file, database, 16)
     deadline = time.monotonic() + 400
     while _trials(database) < 4 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(1)
@@ -283,11 +283,10 @@ def test_resume_after_sigkill_keeps_records(model_file, tmp_path):
     process.wait(timeout=30)
     kept = _trials(database)
     assert kept >= 4, "records finished before the kill were lost"
-    report = tune(model_file, TuneConfig(trials=40, tuning_db=database, progress=False))
-    assert report.new_trials <= 40 + len(report.tasks) - kept
+    report = tune(model_file, TuneConfig(trials=16, tuning_db=database, progress=False))
+    assert report.new_trials <= 16 + len(report.tasks) - kept
 
 
-@pytest.mark.slow
 def test_two_concurrent_tuners_share_one_database(model_file, tmp_path):
     database = tmp_path / "db"
     processes = [_tune_process(model_file, database, 8, "--seed", str(seed)) for seed in (1, 2)]
@@ -331,7 +330,6 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait(timeout=10)
 
 
-@pytest.mark.slow
 def test_tuning_over_rpc_on_loopback(model, rpc_device, tmp_path):
     tracker, _ = rpc_device
     report = tune(model, TuneConfig(trials=4, tuning_db=tmp_path, rpc=tracker, key="loopback",
@@ -340,7 +338,6 @@ def test_tuning_over_rpc_on_loopback(model, rpc_device, tmp_path):
     assert report.new_trials > 0
 
 
-@pytest.mark.slow
 def test_wrong_key_is_a_clear_error(model, rpc_device, tmp_path):
     tracker, _ = rpc_device
     with pytest.raises(TuningError, match="no device is registered under key 'nope'"):
@@ -348,7 +345,6 @@ def test_wrong_key_is_a_clear_error(model, rpc_device, tmp_path):
                                progress=False))
 
 
-@pytest.mark.slow
 def test_a_device_lost_mid_run_gives_failed_trials_not_a_crash(model, rpc_device, tmp_path):
     tracker, server = rpc_device
     _kill_group(server)
