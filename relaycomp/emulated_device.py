@@ -61,8 +61,8 @@ class Arch:
 
 ARCHES: Registry[Arch] = Registry("emulated architecture")
 ARCHES.add("aarch64", Arch("aarch64", "arm64", "qemu-aarch64-static",
-                                ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64",
-                                 "manylinux2014_aarch64")))
+                           ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64",
+                            "manylinux2014_aarch64")))
 
 _TOOLS = {"debootstrap": "debootstrap", "dpkg-deb": "dpkg"}
 
