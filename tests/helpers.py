@@ -91,14 +91,15 @@ def _wait_for_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def wait_for_device(tracker: str, key: str, timeout: float = 60) -> None:
-    """Return once the tracker lists a server under ``key``."""
+def wait_for_device(tracker: str, key: str, count: int = 1, timeout: float = 60) -> None:
+    """Return once the tracker lists ``count`` servers under ``key``."""
     from tvm import rpc
 
     host, port = tracker.split(":")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if key in rpc.connect_tracker(host, int(port)).summary()["queue_info"]:
+        queue = rpc.connect_tracker(host, int(port)).summary()["queue_info"].get(key, {})
+        if queue.get("free", 0) + queue.get("pending", 0) >= count:
             return
         time.sleep(0.5)
     raise RuntimeError(f"no server registered under '{key}' at {tracker}")

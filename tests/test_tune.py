@@ -299,16 +299,19 @@ def test_two_concurrent_tuners_share_one_database(model_file, tmp_path):
     assert again.new_trials == 0
 
 
+def _start_server(tracker: str, key: str, log=subprocess.DEVNULL) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", tracker,
+                             "--key", key, "--host", "127.0.0.1", *_port_range()],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TVM_NUM_THREADS": "2"},
+                            start_new_session=True)  # its own group: it forks a worker
+
+
 @pytest.fixture
 def rpc_device():
     """A TVM RPC tracker and one server under key 'loopback', on 127.0.0.1."""
     with rpc_tracker() as tracker:
-        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker",
-                                   tracker, "--key", "loopback", "--host", "127.0.0.1",
-                                   *_port_range()],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  env={**os.environ, "TVM_NUM_THREADS": "2"},
-                                  start_new_session=True)  # its own group: it forks a worker
+        server = _start_server(tracker, "loopback")
         try:
             wait_for_device(tracker, "loopback")
             yield tracker, server
@@ -336,6 +339,25 @@ def test_tuning_over_rpc_on_loopback(model, rpc_device, tmp_path):
                                     progress=False))
     assert all(t.heuristic_ms < float("inf") for t in report.tasks)
     assert report.new_trials > 0
+
+
+def test_several_devices_under_one_key_share_the_measurements(model, tmp_path):
+    with rpc_tracker() as tracker:
+        logs = [tmp_path / f"server{i}.log" for i in range(2)]
+        servers = []
+        try:
+            for log in logs:
+                with open(log, "w") as stream:
+                    servers.append(_start_server(tracker, "farm", stream))
+            wait_for_device(tracker, "farm", count=2)
+            report = tune(model, TuneConfig(trials=8, tuning_db=tmp_path / "db", rpc=tracker,
+                                            key="farm", trials_per_iter=8, progress=False))
+        finally:
+            for server in servers:
+                _kill_group(server)
+    assert report.new_trials > 0
+    for log in logs:
+        assert "connected from" in log.read_text(), f"{log.name}: this device measured nothing"
 
 
 def test_wrong_key_is_a_clear_error(model, rpc_device, tmp_path):
