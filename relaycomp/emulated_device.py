@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ PYTHON_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib")
 WHEELS = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes")   # pinned to the host's versions
 EXTRA_WHEELS = ("psutil", "cloudpickle")                          # the RPC server's helpers
 REGISTER_TIMEOUT_SECONDS = 300
+_TRACKER_HINT = "start one: python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port 9190"
 
 
 class EmulatorError(RelaycompError):
@@ -202,6 +204,12 @@ class EmulatedDevice:
 
     def start(self, log=print) -> Self:
         """Prepare the folder, start the server, and return once the tracker lists it."""
+        _require(ARCHES.get(self.arch).qemu, "qemu-user-static")
+        try:  # TVM's own client would retry for a minute, warning every 5 s
+            socket.create_connection(self.tracker, timeout=5).close()
+        except OSError as err:
+            raise EmulatorError(f"cannot reach the RPC tracker at {self._tracker_text}: {err}",
+                                hint=_TRACKER_HINT) from None
         sysroot = prepare(self.arch, self.root, log=log)
         command = sysroot.command("-c", _SERVER, self.host, str(self.port),
                                   self.tracker[0], str(self.tracker[1]), self.key)
@@ -216,8 +224,12 @@ class EmulatedDevice:
             self.stop()
             raise
         log(f"emulated {self.arch} device '{self.key}' serving, registered at "
-            f"{self.tracker[0]}:{self.tracker[1]}")
+            f"{self._tracker_text}")
         return self
+
+    @property
+    def _tracker_text(self) -> str:
+        return f"{self.tracker[0]}:{self.tracker[1]}"
 
     def _wait_until_registered(self) -> None:
         """Wait for the server's start line, then for its key at the tracker."""
@@ -236,9 +248,8 @@ class EmulatedDevice:
             try:
                 queues = rpc.connect_tracker(*self.tracker).summary()["queue_info"]
             except Exception as err:  # noqa: BLE001 - RPC errors come in many types
-                raise EmulatorError(f"cannot reach the RPC tracker at {self.tracker[0]}:"
-                                    f"{self.tracker[1]}: {last_line(err)}",
-                                    hint="start one: python -m tvm.exec.rpc_tracker") from None
+                raise EmulatorError(f"cannot reach the RPC tracker at {self._tracker_text}: "
+                                    f"{last_line(err)}", hint=_TRACKER_HINT) from None
             if self.key in queues:
                 return
             time.sleep(0.5)

@@ -46,6 +46,14 @@ def test_the_command_line_reports_a_missing_qemu_in_one_line(monkeypatch, tmp_pa
     assert "Traceback" not in error
 
 
+def test_an_unreachable_tracker_is_one_line_at_once(capsys):
+    code = main(["emulate-device", "--rpc", f"127.0.0.1:{free_port()}", "--key", KEY])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert error.startswith("relaycomp: error: cannot reach the RPC tracker at 127.0.0.1:")
+    assert "WARNING" not in error
+
+
 def test_a_tracker_address_without_a_port_is_refused():
     with pytest.raises(EmulatorError, match="expects HOST:PORT"):
         EmulatedDevice("localhost", KEY)
