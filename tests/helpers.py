@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,13 +73,21 @@ def rpc_tracker() -> Iterator[str]:
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host",
                                 "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "TVM_NUM_THREADS": "2"})
+                               start_new_session=True)  # its own group: it forks a worker
     try:
         _wait_for_port(port)
         yield f"127.0.0.1:{port}"
     finally:
-        tracker.kill()
-        tracker.wait(timeout=10)
+        kill_group(tracker)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a process started with its own session, and the children it forked."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
 
 
 def _wait_for_port(port: int, timeout: float = 30) -> None:

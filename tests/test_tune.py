@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
-from helpers import free_port, ort_outputs, rpc_tracker, run_cli, wait_for_device
+from helpers import (
+    free_port,
+    kill_group,
+    ort_outputs,
+    rpc_tracker,
+    run_cli,
+    wait_for_device,
+)
 from models import conv_net, mlp, random_inputs
 from tvm.s_tir import meta_schedule as ms
 
@@ -316,21 +323,12 @@ def rpc_device():
             wait_for_device(tracker, "loopback")
             yield tracker, server
         finally:
-            _kill_group(server)
+            kill_group(server)
 
 
 def _port_range() -> list[str]:
     port = free_port()
     return ["--port", str(port), "--port-end", str(port + 1)]
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL a process started with its own session, and the children it forked."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=10)
 
 
 def test_tuning_over_rpc_on_loopback(model, rpc_device, tmp_path):
@@ -354,7 +352,7 @@ def test_several_devices_under_one_key_share_the_measurements(model, tmp_path):
                                             key="farm", trials_per_iter=8, progress=False))
         finally:
             for server in servers:
-                _kill_group(server)
+                kill_group(server)
     assert report.new_trials > 0
     for log in logs:
         assert "connected from" in log.read_text(), f"{log.name}: this device measured nothing"
@@ -369,7 +367,7 @@ def test_wrong_key_is_a_clear_error(model, rpc_device, tmp_path):
 
 def test_a_device_lost_mid_run_gives_failed_trials_not_a_crash(model, rpc_device, tmp_path):
     tracker, server = rpc_device
-    _kill_group(server)
+    kill_group(server)
     config = TuneConfig(trials=4, tuning_db=tmp_path, rpc=tracker, key="loopback",
                         progress=False)
     import warnings
