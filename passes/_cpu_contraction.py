@@ -4,9 +4,11 @@ Matches a PrimFunc with exactly one reduction block ("main") - its iterators of 
 for outer spatial ones (a dynamic batch) - surrounded by injective blocks (padding before it, an
 elementwise epilogue after it).
 
-Schedule (``_cpu_plan`` picks the vector axis ``v`` and the register axis ``u``)::
+Schedule (``_cpu_plan`` picks the vector axis ``v``, the register axis ``u`` and, for a tile
+short of accumulators, a second register axis ``u2``)::
 
-    parallel(fused outer spatial loops) / reduction loops / unroll(u_inner) / vectorize(v_inner)
+    parallel(fused outer spatial loops) / reduction loops / [unroll(u2_inner)] / unroll(u_inner)
+        / vectorize(v_inner)
 
 or, when ``v`` is walked with a stride (strided depthwise conv, pooling)::
 
@@ -154,7 +156,7 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuF
     # A packed operand's layout fixes the vector tile; an unpacked one lets the tuner vary it.
     vector_outer, vector_inner = _split(sch, loops[plan.vector_iter], plan.vector_tile,
                                         tunable and not plan.relayouts, 4 * plan.vector_tile)
-    register_inner = None
+    register_inner = outer_register_inner = None
     spatial_outer, reduction = [], []
     for i, loop in enumerate(loops):
         if i == plan.vector_iter:
@@ -163,11 +165,15 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuF
             outer, register_inner = _split(sch, loop, plan.register_tile, tunable,
                                            max(2 * facts.accumulator_budget, plan.register_tile))
             spatial_outer.append(outer)
+        elif i == plan.outer_register_iter:
+            outer, outer_register_inner = _split(sch, loop, plan.outer_register_tile, tunable,
+                                                 facts.accumulator_budget)
+            spatial_outer.append(outer)
         elif kinds[i] == tirx.IterVar.DataPar:
             spatial_outer.append(loop)
         else:
             reduction.append(loop)
-    inner = [register_inner] if register_inner is not None else []
+    inner = [loop for loop in (outer_register_inner, register_inner) if loop is not None]
     sch.reorder(*spatial_outer, *reduction, *inner, vector_inner)
     outer = sch.fuse(*spatial_outer) if len(spatial_outer) > 1 else spatial_outer[0]
     tiles = loop_extent(sch, outer)  # None when a dynamic batch is among the outer loops
@@ -181,8 +187,8 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuF
     sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
     _vectorize_tile(sch, write_back, outer)
     sch.vectorize(vector_inner)
-    if register_inner is not None:
-        sch.unroll(register_inner)
+    for loop in inner:
+        sch.unroll(loop)
     init = sch.decompose_reduction(block_rv, reduction[0])
     _vectorize_tile(sch, init, outer)
 

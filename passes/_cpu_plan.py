@@ -9,6 +9,10 @@ input owns ``n, y, x``; dense: ``A`` owns ``m``, ``B`` owns ``n``).
   multiply-adds); the register axis ``u`` is the innermost exclusive iterator of another operand,
   so each loaded vector is reused ``u_tile`` times from registers. Among the candidates wins the
   most multiply-adds per load, then the cheapest (no copy, free copy, sliding window, costly copy).
+  When the register axis's extent leaves the tile short of independent accumulators (a 14-wide
+  conv: 7 of one vector, fewer than the multiply-add pipes' latency needs), a second register
+  axis ``u2`` of the same operand (the conv's output rows) multiplies the tile: ``2 x 2`` output
+  pixels of 2 vectors, 8 accumulators (measured 2-7% faster on ResNet-18's 14x14 convs).
 - Without (depthwise conv, pooling): ``v`` is the innermost output iterator and ``u`` the one
   before it (independent accumulators hide the multiply-add latency). When an operand walks ``v``
   with a constant stride ``s > 1`` (strided depthwise conv or pooling) the ``v`` loop is left
@@ -40,6 +44,9 @@ from ._cpu_common import (
 # Repacking an operand is "free" below 1/64 of the multiply-adds and allowed up to 1/8.
 FREE_PACK_RATIO = 64
 MAX_PACK_RATIO = 8
+# Independent accumulators that keep both FMA pipes busy (2 pipes x 4 cycles on AVX2 cores):
+# a one-axis tile with fewer gets a second register axis when that gives more.
+MIN_ACCUMULATORS = 8
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,9 @@ class Plan:
     register_iter: int | None
     register_tile: int
     relayouts: tuple[Relayout, ...]
+    # A second unrolled register axis, outside ``register_iter`` in the tile (``None``: none).
+    outer_register_iter: int | None = None
+    outer_register_tile: int = 1
 
 
 def plan_contraction(block, facts: CpuFacts) -> Plan | None:
@@ -77,14 +87,14 @@ def plan_variants(block, facts: CpuFacts, most: int = 8) -> list[Plan]:
     if not isinstance(found, _Candidate):
         return [found] if found is not None else []
     extents, lanes = found.extents, found.lanes
-    heuristic = (found.vectors, found.register_iter)
+    heuristic = (found.vectors, found.register_iter, found.outer_tile)
     choices = [heuristic]
     for register_iter in [found.register_iter, *found.register_candidates]:
         if register_iter != found.register_iter and (extents[register_iter] or 1) < 2:
             continue
         for vectors in range(1, 5):
             if extents[found.vector_iter] % (vectors * lanes) == 0:
-                choices.append((vectors, register_iter))
+                choices.append((vectors, register_iter, 1))
     relayout_read = None
     if found.dim is not None:
         name = str(found.operands[found.operand].source.name)
@@ -92,14 +102,16 @@ def plan_variants(block, facts: CpuFacts, most: int = 8) -> list[Plan]:
             return []
         relayout_read = found.reads.index(name)
     plans = []
-    for vectors, register_iter in dict.fromkeys(choices):
+    for vectors, register_iter, outer_tile in dict.fromkeys(choices):
         u_extent = 1 if register_iter is None else extents[register_iter]
-        tile = (found.tile if (vectors, register_iter) == heuristic
+        tile = (found.tile if (vectors, register_iter, outer_tile) == heuristic
                 else largest_divisor(u_extent, max(facts.accumulator_budget // vectors, 1)))
         relayouts = ()
         if relayout_read is not None:
             relayouts = (Relayout(relayout_read, _blocked(found.dim, vectors * lanes)),)
-        plans.append(Plan(found.vector_iter, vectors * lanes, register_iter, tile, relayouts))
+        outer_iter = found.outer_register_iter if outer_tile > 1 else None
+        plans.append(Plan(found.vector_iter, vectors * lanes, register_iter, tile, relayouts,
+                          outer_iter, outer_tile))
     return plans[:most]
 
 
@@ -117,6 +129,8 @@ class _Candidate(NamedTuple):
     reads: list
     operands: list
     register_candidates: list
+    outer_register_iter: int | None
+    outer_tile: int
 
 
 def _analyze(block, facts: CpuFacts) -> _Candidate | Plan | None:
@@ -151,6 +165,10 @@ def _analyze(block, facts: CpuFacts) -> _Candidate | Plan | None:
         register_iter = next(
             (i for i in others if extents[i] and any(i in own for own in exclusive)), None
         )
+        # The next axis of the operand that owns the register axis: the tile's second axis.
+        owner = next((own for own in exclusive if register_iter in own), set())
+        outer_iter = next((i for i in others if i < (register_iter or 0) and i in owner
+                           and (extents[i] or 1) > 1), None)
         for i in exclusive[k]:
             if size is None or extents[i] is None or extents[i] % lanes:
                 continue
@@ -166,11 +184,18 @@ def _analyze(block, facts: CpuFacts) -> _Candidate | Plan | None:
             per_load = round(vectors * tile / (vectors + tile), 2)
             key = (-per_load, cost, size, -i)
             if best is None or key < best[0]:
-                best = (key, k, i, dim, register_iter, vectors, tile)
+                outer_tile = 1
+                if outer_iter is not None and vectors * tile < MIN_ACCUMULATORS:
+                    vectors, tile, outer_tile = _register_tile_2d(
+                        extents, lanes, facts, i, register_iter, outer_iter, (vectors, tile))
+                best = (key, k, i, dim, register_iter, vectors, tile,
+                        outer_iter if outer_tile > 1 else None, outer_tile)
                 best_others = [j for j in others if extents[j]
                                and any(j in own for own in exclusive)]
     if best is not None:
-        return _Candidate(*best[1:], extents, lanes, reads, operands, best_others)
+        key, k, i, dim, register_iter, vectors, tile, outer_iter, outer_tile = best
+        return _Candidate(k, i, dim, register_iter, vectors, tile, extents, lanes, reads,
+                          operands, best_others, outer_iter, outer_tile)
     return _plan_without_reuse(operands, iters, extents, spatial, lanes, facts)
 
 
@@ -217,6 +242,27 @@ def _register_tile(extents, lanes, facts, vector_iter, register_iter) -> tuple[i
             tile = largest_divisor(u_extent, facts.accumulator_budget // vectors)
             best = max(best, (tile * vectors, -(tile + vectors), -vectors, vectors, tile))
     return best[3], best[4]
+
+
+def _register_tile_2d(extents, lanes, facts, vector_iter, register_iter, outer_iter,
+                      one_axis) -> tuple[int, int, int]:
+    """``(vectors, register_tile, outer_register_tile)``: a tile over two register axes when
+    it holds more accumulators than ``one_axis`` (``(vectors, register_tile)``) does, then the
+    fewest loads per multiply-add (vectors + tile pixels); else ``one_axis`` unchanged."""
+    budget = facts.accumulator_budget
+    best = (one_axis[0] * one_axis[1], -(one_axis[0] + one_axis[1]), 1, *one_axis, 1)
+    for vectors in range(1, 3):
+        if extents[vector_iter] % (vectors * lanes):
+            continue
+        for outer in range(2, budget // vectors + 1):
+            if extents[outer_iter] % outer:
+                continue
+            tile = largest_divisor(extents[register_iter], budget // (vectors * outer))
+            pixels = tile * outer
+            if tile < 2:  # a column of pixels: the sliding window's loads are not shared
+                continue
+            best = max(best, (vectors * pixels, -(vectors + pixels), 0, vectors, tile, outer))
+    return best[3], best[4], best[5]
 
 
 def _uses(load, var) -> bool:

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import tvm
 import tvm_ffi
-from tvm import relax, tirx
+from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.s_tir.dlight.base import ScheduleRule
 
+from relaycomp.passes._cpu_common import cpu_facts
 from relaycomp.passes._cpu_elementwise import GuardedRule
+from relaycomp.passes._cpu_plan import plan_contraction
 from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops, schedule_report
 
 R = relax.op
@@ -87,6 +89,12 @@ CONV_CASES = {
         lambda x, w: _conv(x, w, 2, groups=16),
     ),
     "grouped": ({"x": (1, 16, 8, 8), "w": (16, 4, 3, 3)}, lambda x, w: _conv(x, w, groups=4)),
+    # 14 wide: a register tile over two axes (2 output rows x 2 pixels x 16 channels)
+    "3x3_14_wide": ({"x": (1, 8, 14, 14), "w": (32, 8, 3, 3)}, lambda x, w: _conv(x, w)),
+    "1x1_stride2_14_wide": (
+        {"x": (1, 8, 28, 28), "w": (16, 8, 1, 1)},
+        lambda x, w: _conv(x, w, 2, padding=0),
+    ),
 }
 
 
@@ -174,6 +182,53 @@ def test_contraction_gets_parallel_and_vectorized_loops(inputs, body):
     mod = _legalized(_function(inputs, body), scheduled=True)
     (func,) = [f for _, f in mod.functions_items() if _rule(f) == "contraction"]
     assert {tirx.ForKind.PARALLEL, tirx.ForKind.VECTORIZED} <= _loop_kinds(func)
+
+
+FACTS = cpu_facts(TARGET)
+LANES = FACTS.lanes("float32")
+
+
+def _conv_plan(x_shape, w_shape, stride=1):
+    """The heuristic plan of a conv2d block, and the block's iterator names."""
+    mod = _legalized(_function({"x": x_shape, "w": w_shape}, lambda x, w: _conv(x, w, stride)),
+                     scheduled=False)
+    (func,) = [f for _, f in mod.functions_items() if _is_prim(f) and "conv" in str(f)]
+    sch = s_tir.Schedule(func)
+    (block,) = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                if len(sch.get(b).iter_vars) == 7]
+    iters = [str(it.var.name) for it in sch.get(block).iter_vars]
+    return plan_contraction(sch.get(block), FACTS), iters
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_14_wide_conv_tiles_two_output_rows(stride):
+    # One axis allows 7 pixels x 1 vector = 7 accumulators, too few to keep 2 FMA pipes of
+    # 4-cycle latency busy; 2 rows x 2 pixels x 2 vectors hold 8.
+    plan, iters = _conv_plan((1, 8, 14 * stride, 14 * stride), (32, 8, 3, 3), stride)
+    assert iters[plan.vector_iter] == "v_ff" and plan.vector_tile == 2 * LANES
+    assert iters[plan.register_iter] == "v_xx" and plan.register_tile == 2
+    assert iters[plan.outer_register_iter] == "v_yy" and plan.outer_register_tile == 2
+
+
+@pytest.mark.parametrize("width", [7, 28])
+def test_a_conv_whose_width_fills_the_tile_keeps_one_register_axis(width):
+    # 28 wide: 4 pixels x 2 vectors already hold 8 accumulators; 7 wide (7 rows of 7): no
+    # second axis gives more than 7 pixels x 1 vector.
+    plan, iters = _conv_plan((1, 8, width, width), (32, 8, 3, 3))
+    assert iters[plan.register_iter] == "v_xx"
+    assert plan.outer_register_iter is None and plan.outer_register_tile == 1
+    vectors, pixels = (1, 7) if width == 7 else (2, 4)
+    assert (plan.vector_tile, plan.register_tile) == (vectors * LANES, pixels)
+
+
+def test_the_second_register_axis_is_unrolled_in_the_schedule():
+    mod = _legalized(_function({"x": (1, 8, 14, 14), "w": (32, 8, 3, 3)},
+                               lambda x, w: _conv(x, w)), scheduled=True)
+    (func,) = [f for _, f in mod.functions_items() if _rule(f) == "contraction"]
+    unrolled = []
+    tvm_ffi.structural_walk(func.body, (tirx.For, lambda loop: unrolled.append(
+        int(loop.extent)) if loop.kind == tirx.ForKind.UNROLLED else None))
+    assert unrolled.count(2) >= 4  # rows and pixels, in the update and the init of the tile
 
 
 def test_single_core_target_gets_no_parallel_loops():
