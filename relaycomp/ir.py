@@ -228,8 +228,9 @@ def import_tensor_intrinsics() -> None:
     The package parses about 500 TVMScript intrinsics at import. Each ``T.prim_func`` calls
     ``inspect.stack()``, whose frames inside the import machinery (``<frozen importlib...>``,
     no file on disk) make ``inspect.getmodule`` rescan every loaded module: with relaycomp's
-    ~1300 modules loaded that took 37 s here. During the import, a file name that matched no
-    module is remembered as such (its answer cannot change while nothing else is imported).
+    ~1300 modules loaded that took 37 s here (4.6 s with this). During the import, a pseudo file
+    name (``<...>``) that matched no module is remembered as such: no module imported later can
+    have it as its file, so the answer cannot change.
     """
     import inspect
     import sys
