@@ -213,7 +213,7 @@ class EmulatedDevice:
         sysroot = prepare(self.arch, self.root, log=log)
         command = sysroot.command("-c", _SERVER, self.host, str(self.port),
                                   self.tracker[0], str(self.tracker[1]), self.key)
-        self.log_path = sysroot.path / f"server-{os.getpid()}-{self.key}.log"
+        self.log_path = sysroot.path / f"server-{self.key}.log"  # the last start's, per key
         with open(self.log_path, "w") as log_file:  # a file: a full pipe would stall the server
             self.process = subprocess.Popen(command, env=sysroot.environment(self.threads),
                                             stdout=log_file, stderr=subprocess.STDOUT,
