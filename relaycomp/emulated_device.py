@@ -174,7 +174,7 @@ def _run(command: list[str], what: str) -> None:
 # `python -m tvm.exec.rpc_server` starts it in a child Python through `sys.executable`, which the
 # host kernel cannot exec without binfmt_misc; sessions are forked, which qemu-user handles.
 _SERVER = """
-import sys, threading
+import sys
 from tvm.rpc.server import PopenRPCServerState
 host, port, tracker_host, tracker_port, key = sys.argv[1:6]
 state = PopenRPCServerState(host, int(port), int(port) + 100, tracker_addr=(tracker_host,
@@ -201,6 +201,7 @@ class EmulatedDevice:
         self.key, self.arch, self.host, self.port = key, arch, host, port
         self.threads, self.root = threads, root
         self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None   # the server's output, once started
 
     def start(self, log=print) -> Self:
         """Prepare the folder, start the server, and return once the tracker lists it."""
