@@ -50,7 +50,11 @@ def test_the_command_line_reports_a_missing_qemu_in_one_line(monkeypatch, tmp_pa
     assert "Traceback" not in error
 
 
-def test_an_unreachable_tracker_is_one_line_at_once(capsys):
+def test_an_unreachable_tracker_is_one_line_at_once(monkeypatch, tmp_path, capsys):
+    qemu = tmp_path / "qemu-aarch64-static"  # present, so that the tracker is what is missing
+    qemu.write_text("#!/bin/sh\n")
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     code = main(["emulate-device", "--rpc", f"127.0.0.1:{free_port()}", "--key", KEY])
     error = capsys.readouterr().err
     assert code == 1
