@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -44,7 +43,6 @@ PYTHON_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib")
 WHEELS = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes")   # pinned to the host's versions
 EXTRA_WHEELS = ("psutil", "cloudpickle")                          # the RPC server's helpers
 REGISTER_TIMEOUT_SECONDS = 300
-_TRACKER_HINT = "start one: python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port 9190"
 
 
 class EmulatorError(RelaycompError):
@@ -91,9 +89,9 @@ class Sysroot:
         return self.path / "site-packages"
 
     def command(self, *args: str) -> list[str]:
-        """The command line running the device's Python with ``args`` under qemu."""
-        return [_require(self.arch.qemu, "qemu-user-static"), "-L", str(self.path / "rootfs"),
-                str(self.python), *args]
+        """The command line running the device's Python with ``args`` under qemu (found on
+        PATH: :func:`prepare` checked it is there)."""
+        return [self.arch.qemu, "-L", str(self.path / "rootfs"), str(self.python), *args]
 
     def environment(self, threads: int) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": str(self.site), "TVM_NUM_THREADS": str(threads),
@@ -205,12 +203,10 @@ class EmulatedDevice:
 
     def start(self, log=print) -> Self:
         """Prepare the folder, start the server, and return once the tracker lists it."""
+        from .tune_measure import tracker_summary
+
         _require(ARCHES.get(self.arch).qemu, "qemu-user-static")
-        try:  # TVM's own client would retry for a minute, warning every 5 s
-            socket.create_connection(self.tracker, timeout=5).close()
-        except OSError as err:
-            raise EmulatorError(f"cannot reach the RPC tracker at {self._tracker_text}: {err}",
-                                hint=_TRACKER_HINT) from None
+        tracker_summary(*self.tracker, error=EmulatorError)  # fails before a minute of preparing
         sysroot = prepare(self.arch, self.root, log=log)
         command = sysroot.command("-c", _SERVER, self.host, str(self.port),
                                   self.tracker[0], str(self.tracker[1]), self.key)
@@ -225,16 +221,12 @@ class EmulatedDevice:
             self.stop()
             raise
         log(f"emulated {self.arch} device '{self.key}' serving, registered at "
-            f"{self._tracker_text}")
+            f"{self.tracker[0]}:{self.tracker[1]}")
         return self
-
-    @property
-    def _tracker_text(self) -> str:
-        return f"{self.tracker[0]}:{self.tracker[1]}"
 
     def _wait_until_registered(self) -> None:
         """Wait for the server's start line, then for its key at the tracker."""
-        from tvm import rpc
+        from .tune_measure import tracker_summary
 
         deadline = time.monotonic() + REGISTER_TIMEOUT_SECONDS
         while "serving on" not in self.log_path.read_text():
@@ -246,12 +238,7 @@ class EmulatedDevice:
                                     f"{REGISTER_TIMEOUT_SECONDS} s; see {self.log_path}")
             time.sleep(0.5)
         while time.monotonic() < deadline:
-            try:
-                queues = rpc.connect_tracker(*self.tracker).summary()["queue_info"]
-            except Exception as err:  # noqa: BLE001 - RPC errors come in many types
-                raise EmulatorError(f"cannot reach the RPC tracker at {self._tracker_text}: "
-                                    f"{last_line(err)}", hint=_TRACKER_HINT) from None
-            if self.key in queues:
+            if self.key in tracker_summary(*self.tracker, error=EmulatorError)["queue_info"]:
                 return
             time.sleep(0.5)
         raise EmulatorError(f"the emulated {self.arch} server did not register at the tracker "

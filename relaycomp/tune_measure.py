@@ -21,7 +21,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
-from .errors import TuningError, last_line
+from .errors import RelaycompError, TuningError, last_line
 from .tune_db import FAILED_SECONDS
 
 RUN_TIMEOUT_SECONDS = 30
@@ -179,20 +179,26 @@ def make_runner(device: Device, kind: str, repeat: int = 1,
                                max_workers=servers)
 
 
+TRACKER_HINT = "start one: python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port 9190"
+
+
+def tracker_summary(host: str, port: int, error: type[RelaycompError] = TuningError) -> dict:
+    """The summary of the TVM RPC tracker at ``host:port`` (``queue_info``: key -> free/pending
+    servers); an unreachable tracker raises ``error`` at once, where TVM's own client would
+    retry for its whole session timeout, warning every 5 s."""
+    from tvm import rpc
+
+    try:  # a plain connect first
+        socket.create_connection((host, port), timeout=5).close()
+        return rpc.connect_tracker(host, port).summary()
+    except Exception as err:  # noqa: BLE001 - connection errors come in many types
+        raise error(f"cannot reach the RPC tracker at {host}:{port}: {last_line(err)}",
+                    hint=TRACKER_HINT) from None
+
+
 def count_devices(config) -> int:
     """Devices free or busy under the key; raises TuningError when there are none."""
-    try:  # a plain connect first: TVM's tracker client retries for its whole session timeout
-        socket.create_connection((config.tracker_host, config.tracker_port), timeout=5).close()
-    except OSError as err:
-        raise TuningError(f"cannot reach the RPC tracker at {config.tracker_host}:"
-                          f"{config.tracker_port}: {err}",
-                          hint="start it with `python -m tvm.exec.rpc_tracker`") from None
-    try:
-        summary = config.connect_tracker().summary()
-    except Exception as err:  # noqa: BLE001 - connection errors come in many types
-        raise TuningError(f"cannot reach the RPC tracker at {config.tracker_host}:"
-                          f"{config.tracker_port}: {last_line(err)}",
-                          hint="start it with `python -m tvm.exec.rpc_tracker`") from None
+    summary = tracker_summary(config.tracker_host, config.tracker_port)
     queue = summary.get("queue_info", {}).get(config.tracker_key, {})
     count = int(queue.get("free", 0)) + int(queue.get("pending", 0))
     servers = [s for s in summary.get("server_info", [])
