@@ -32,8 +32,8 @@ from common import THREADS
 def _students():
     from test_distill import cnn_student, mlp_student
 
-    from relaycomp.examples import get_example
-    from relaycomp.prune import PruneConfig, prune
+    from relaycomp.frontend.examples import get_example
+    from relaycomp.prune.pruner import PruneConfig, prune
 
     teacher = onnx.load(str(get_example("digits").model_path))
     pruned, _ = prune(teacher, PruneConfig(ratio=0.5))
@@ -60,7 +60,7 @@ def speed(epochs: int, batch_sizes: list[int]) -> None:
     """Training samples/s per student and batch size, with onnxruntime inference alongside."""
     from test_distill import digits_split, ort_logits
 
-    from relaycomp.distill import DistillConfig, distill
+    from relaycomp.distill.distiller import DistillConfig, distill
 
     train_x, _, train_y, _ = digits_split()
     teacher, students = _students()
@@ -90,7 +90,7 @@ def accuracy(seeds: list[int]) -> None:
         test_accuracy,
     )
 
-    from relaycomp.distill import DistillConfig, distill
+    from relaycomp.distill.distiller import DistillConfig, distill
 
     digits = digits_split()
     train_x, test_x, train_y, test_y = digits

@@ -43,7 +43,7 @@ def stock_fusion(path: Path, shapes: dict) -> dict:
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from relaycomp import ir
-    from relaycomp.frontend import import_onnx
+    from relaycomp.frontend.onnx_import import import_onnx
 
     mod = import_onnx(onnx.load(str(path)), shapes).mod  # stock from_onnx fails on some models
     target = tvm.target.Target({"kind": "llvm", "num-cores": THREADS})
@@ -56,7 +56,7 @@ def stock_latency(path: Path, inputs: dict) -> float:
     """Stock ``tvm.compile`` (default pipeline) latency."""
     import tvm
 
-    from relaycomp.frontend import import_onnx
+    from relaycomp.frontend.onnx_import import import_onnx
 
     mod = import_onnx(onnx.load(str(path)), {k: v.shape for k, v in inputs.items()}).mod
     target = tvm.target.Target({"kind": "llvm", "num-cores": THREADS})
@@ -68,8 +68,8 @@ def stock_latency(path: Path, inputs: dict) -> float:
 def relaycomp_build(path: Path, shapes: dict, folder: Path, graph_passes: bool):
     """Compile with or without relaycomp's graph passes; returns the loaded model and artifact."""
     import relaycomp
-    from relaycomp.build import CompileConfig, compile_model
-    from relaycomp.pipeline import Stage, default_stages
+    from relaycomp.compiler.build import CompileConfig, compile_model
+    from relaycomp.compiler.pipeline import Stage, default_stages
 
     stages = default_stages("llvm")
     if not graph_passes:
@@ -82,7 +82,7 @@ def relaycomp_build(path: Path, shapes: dict, folder: Path, graph_passes: bool):
 
 
 def main() -> None:
-    from relaycomp.runtime import random_inputs
+    from relaycomp.runtime.local import random_inputs
 
     print(f"threads: {THREADS}; latency ratios are against onnxruntime (lower is better)")
     for name, (path, shapes) in models().items():

@@ -52,8 +52,8 @@ def bench(name: str, float_path: Path, quantized_path: Path | None,
     """Time the four builds of one model and print the table."""
     from qdq import ort_qdq
 
-    from relaycomp.frontend import graph_inputs, pin_input_shapes
-    from relaycomp.runtime import random_inputs
+    from relaycomp.frontend.onnx_import import graph_inputs, pin_input_shapes
+    from relaycomp.runtime.local import random_inputs
 
     float_model = onnx.load(str(float_path))
     specs, _ = pin_input_shapes(graph_inputs(float_model), {})
@@ -71,7 +71,7 @@ def bench(name: str, float_path: Path, quantized_path: Path | None,
         _, ort_fp32 = _ort(float_path, inputs)
         fp32, fp32_bytes, _ = _relaycomp(float_model, inputs, folder, "fp32")
         int8, int8_bytes, out = _relaycomp(onnx.load(str(quantized_path)), inputs, folder, "int8")
-    from relaycomp.quantize_guard import compare_outputs
+    from relaycomp.quantize.guard import compare_outputs
 
     agreement = compare_outputs(ort_int8_out, out)
     top1, cosine = agreement.top1_agreement, agreement.cosine
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantized", action="append", type=Path)
     parser.add_argument("--full-range", action="store_true", help="8-bit weights")
     args = parser.parse_args(argv)
-    from relaycomp.passes._cpu_int8 import prefers_pair_safe_weights
+    from relaycomp.schedules.cpu.int8 import prefers_pair_safe_weights
 
     reduce_range = not args.full_range and prefers_pair_safe_weights(None)
     names = args.model or sorted(p.stem for p in MODELS_DIR.glob("*.onnx"))

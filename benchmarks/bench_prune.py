@@ -40,10 +40,10 @@ CALIBRATION_SAMPLES = 128
 def latency(ratios: list[float]) -> None:
     """MACs and latency of pruned models, relaycomp and onnxruntime, same run."""
     import relaycomp
-    from relaycomp.build import CompileConfig, compile_model
-    from relaycomp.frontend import graph_inputs, pin_input_shapes
-    from relaycomp.prune import PruneConfig, prune
-    from relaycomp.runtime import random_inputs
+    from relaycomp.compiler.build import CompileConfig, compile_model
+    from relaycomp.frontend.onnx_import import graph_inputs, pin_input_shapes
+    from relaycomp.prune.pruner import PruneConfig, prune
+    from relaycomp.runtime.local import random_inputs
 
     print(f"threads: {THREADS}; speed-up is unpruned latency / pruned latency, same runtime; "
           f"best of {ROUNDS} interleaved rounds")
@@ -98,9 +98,9 @@ def accuracy(ratios: list[float], round_to: int) -> None:
     import onnxruntime
 
     import relaycomp
-    from relaycomp.build import CompileConfig, compile_model
-    from relaycomp.examples import get_example
-    from relaycomp.prune import PruneConfig, prune
+    from relaycomp.compiler.build import CompileConfig, compile_model
+    from relaycomp.frontend.examples import get_example
+    from relaycomp.prune.pruner import PruneConfig, prune
 
     model = onnx.load(str(get_example("digits").model_path))
     images, labels, calibration = digits_split()

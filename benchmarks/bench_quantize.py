@@ -33,7 +33,7 @@ def _data(name: str, model: onnx.ModelProto):
     """(input name, compiled shape, calibration samples, held-out samples, labels)."""
     input_name = model.graph.input[0].name
     if name == "digits":
-        from relaycomp.examples import get_example
+        from relaycomp.frontend.examples import get_example
 
         samples = get_example("digits").samples()
         return input_name, (32, 1, 8, 8), samples["calibration"], samples["input"], \
@@ -51,9 +51,9 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str,
     from qdq import ort_qdq
 
     import relaycomp
-    from relaycomp.build import CompileConfig, compile_model
-    from relaycomp.passes._cpu_int8 import prefers_pair_safe_weights
-    from relaycomp.quantize import QuantConfig
+    from relaycomp.compiler.build import CompileConfig, compile_model
+    from relaycomp.schedules.cpu.int8 import prefers_pair_safe_weights
+    from relaycomp.quantize.quantizer import QuantConfig
 
     input_name, shape, calib, held_out, labels = _data(name, model)
     inputs = {input_name: held_out[:shape[0]] if shape[0] > 1 else held_out[:1]}
@@ -125,7 +125,7 @@ def _agreement(float_path: Path, int8_path: Path, name: str, held_out: np.ndarra
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outputs.append(np.concatenate([session.run(None, {name: held_out[i:i + batch]})[0]
                                        for i in range(0, len(held_out) - batch + 1, batch)]))
-    from relaycomp.quantize_guard import compare_outputs  # the report's own measure
+    from relaycomp.quantize.guard import compare_outputs  # the report's own measure
 
     agreement = compare_outputs(*outputs)
     return agreement.top1_agreement, agreement.cosine
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full-range", action="store_true",
                         help="8-bit weights (default: 7-bit where the int8 kernels want them)")
     args = parser.parse_args(argv)
-    from relaycomp.examples import get_example
+    from relaycomp.frontend.examples import get_example
 
     paths = {"digits": get_example("digits").model_path}
     paths.update({p.stem: p for p in sorted(MODELS_DIR.glob("*.onnx"))})

@@ -36,12 +36,12 @@ def _timers(name: str, path: Path, work: Path, budgets, rounds_log: dict) -> dic
     import onnxruntime as ort
 
     import relaycomp
-    from relaycomp.build import CompileConfig, compile_model
-    from relaycomp.tune import TuneConfig, tune
+    from relaycomp.compiler.build import CompileConfig, compile_model
+    from relaycomp.tune.tuner import TuneConfig, tune
 
     untuned = compile_model(path, work / f"{name}.so")
     model = relaycomp.load(untuned.path, threads=THREADS)
-    inputs = relaycomp.runtime.random_inputs(model.manifest.inputs)
+    inputs = relaycomp.runtime.local.random_inputs(model.manifest.inputs)
     timers = {"untuned": (model, "")}
     database = work / f"db-{name}"
     seconds = 0.0

@@ -39,7 +39,7 @@ def stock_tvm_ms(model_path: Path, inputs: dict, target) -> float:
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    from relaycomp.frontend import import_onnx
+    from relaycomp.frontend.onnx_import import import_onnx
 
     # Stock from_onnx fails on some exports; fall back to our import (same graph, folded shapes).
     try:
@@ -53,8 +53,8 @@ def stock_tvm_ms(model_path: Path, inputs: dict, target) -> float:
 
 def main() -> None:
     import relaycomp
-    from relaycomp.frontend import graph_inputs, pin_input_shapes
-    from relaycomp.runtime import random_inputs
+    from relaycomp.frontend.onnx_import import graph_inputs, pin_input_shapes
+    from relaycomp.runtime.local import random_inputs
 
     print(f"threads: {THREADS}; ratios are latency / onnxruntime latency (lower is better)")
     for name, path in benchmark_models().items():

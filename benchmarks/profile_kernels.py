@@ -27,16 +27,16 @@ from common import THREADS
 
 def scheduled_module(path: Path, quantize: bool):
     """The model's Relax module after the ``schedule`` stage, and the target."""
-    from relaycomp.frontend import import_onnx
-    from relaycomp.pipeline import default_stages, run_stages, split_before
+    from relaycomp.frontend.onnx_import import import_onnx
+    from relaycomp.compiler.pipeline import default_stages, run_stages, split_before
     from relaycomp.targets import resolve
 
     target = resolve("host", num_cores=THREADS).tvm_target()
     stages, _ = split_before(default_stages("llvm"), "lower")
     if not quantize:
         return run_stages(import_onnx(onnx.load(str(path))).mod, stages, target)[0], target
-    from relaycomp.quantize import QuantConfig
-    from relaycomp.quantize import quantize as quantize_module
+    from relaycomp.quantize.quantizer import QuantConfig
+    from relaycomp.quantize.quantizer import quantize as quantize_module
 
     model = onnx.load(str(path))
     graph_input = model.graph.input[0]

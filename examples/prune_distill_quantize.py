@@ -19,12 +19,12 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import relaycomp
-from relaycomp.build import CompileConfig, compile_model
-from relaycomp.distill import DistillConfig, distill
-from relaycomp.examples import EXAMPLES
-from relaycomp.model_info import model_info
-from relaycomp.prune import PruneConfig, prune
-from relaycomp.quantize import QuantConfig
+from relaycomp.compiler.build import CompileConfig, compile_model
+from relaycomp.distill.distiller import DistillConfig, distill
+from relaycomp.frontend.examples import EXAMPLES
+from relaycomp.frontend.model_info import model_info
+from relaycomp.prune.pruner import PruneConfig, prune
+from relaycomp.quantize.quantizer import QuantConfig
 
 
 def digits_split():

@@ -1,6 +1,7 @@
 """relaycomp's built-in IR passes, one file each; importing this package registers them."""
 
-from . import (  # noqa: F401 - importing registers them
+from relaycomp.passes import (  # noqa: F401 - importing registers them
+    apply_tuning_database,
     fold_batchnorm,
     fuse_by_pattern,
     lower_qdq_to_integer,

@@ -5,7 +5,7 @@ statistics (channel axis 1). Produces: ``conv2d(x, W * s) + (b - mean) * s + bet
 ``s = gamma / sqrt(var + eps)``: one conv and one bias add, no normalisation at run time.
 Keeps: outputs within fp32 rounding (1e-5 relative), the function signature, output names.
 Runs: stage ``simplify``, before ``decompose_ops_for_inference`` (which would otherwise expand the
-BatchNorm into four elementwise ops). Reports: ``fold_batchnorm`` folds, via :data:`COUNTER`.
+BatchNorm into four elementwise ops). Reports: ``fold_batchnorm`` folds, into the runner's report dict.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple_get_item, wildcard
 
 from relaycomp.registry import register_pass
-from relaycomp.rewrite import Rule, RuleCounter, rule_pass
+from relaycomp.rewrite.rules import Rule, rule_pass
 
-COUNTER = RuleCounter()
 
 _x, _weight, _bias = wildcard(), is_const(), is_const()
 _conv = is_op("relax.nn.conv2d")(_x, _weight)
@@ -60,6 +59,7 @@ RULES = (Rule("fold_batchnorm", PATTERN, _fold, _foldable),)
 
 
 @register_pass("fold_batchnorm", stage="simplify")
-def fold_batchnorm(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
+def fold_batchnorm(target: tvm.target.Target | None = None, report: dict | None = None,
+                   ) -> tvm.transform.Pass:
     """Fold inference BatchNorm into the preceding conv2d."""
-    return rule_pass("fold_batchnorm", RULES, COUNTER)
+    return rule_pass("fold_batchnorm", RULES, report)

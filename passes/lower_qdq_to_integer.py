@@ -22,7 +22,7 @@ with the monotone dequantize; an integer max pool pads with the dtype's minimum)
 Keeps: each output within a couple of quantization steps of the QDQ float graph (the products
 and sums are exact in int32; only the float rescale rounds differently); float models unchanged.
 Runs: stage ``quantize``, after the annotate pass ``quantize_int8``; before ``legalize``.
-Reports: rewrites per rule via :data:`COUNTER` (``conv2d_int8``, ``matmul_int8``, ...).
+Reports: rewrites per rule into the runner's report dict (``conv2d_int8``, ``matmul_int8``, ...).
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from relaycomp.registry import register_pass
-from relaycomp.rewrite import Rule, RuleCounter, rule_pass
+from relaycomp.rewrite.rules import Rule, rule_pass
 
-from ._cpu_int8 import int8_data_dtype
+from relaycomp.schedules.cpu.int8 import int8_data_dtype
 
-COUNTER = RuleCounter()
 INTEGER_DTYPES = ("uint8", "int8")
 # A float weight is taken as int8 when W / s rounds back to itself within this relative error.
 GRID_TOLERANCE = 1e-5
@@ -247,8 +246,9 @@ RULES = (
 
 
 @register_pass("lower_qdq_to_integer", stage="quantize")
-def lower_qdq_to_integer(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
+def lower_qdq_to_integer(target: tvm.target.Target | None = None, report: dict | None = None,
+                         ) -> tvm.transform.Pass:
     """Lower QDQ-annotated conv2d/matmul to int8 x int8 -> int32 kernels, dense convs reading
     the activation dtype ``target``'s int8 kernels multiply (:func:`int8_data_dtype`)."""
     conv = Rule("conv2d_int8", CONV, partial(_lower_conv, data_dtype=int8_data_dtype(target)))
-    return rule_pass("lower_qdq_to_integer", (conv, *RULES), COUNTER)
+    return rule_pass("lower_qdq_to_integer", (conv, *RULES), report)

@@ -21,7 +21,7 @@ from tvm import relax, tirx
 from relaycomp import ir
 from relaycomp.registry import register_pass
 
-from ._cpu_int8 import PAIR_SAFE_PARAMS, pair_safe
+from relaycomp.schedules.cpu.int8 import PAIR_SAFE_PARAMS, pair_safe
 
 
 def pair_safe_params(mod: tvm.IRModule) -> dict[tvm.ir.GlobalVar, set[int]]:

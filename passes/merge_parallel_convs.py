@@ -9,7 +9,7 @@ Runs: stage ``simplify``, after ``fold_batchnorm`` (so BN-folded weights are mer
 (``--pass merge_parallel_convs``), not in the default pipeline: on CPU the ``split`` becomes a
 kernel of its own and the branches' different epilogues stop fusing into the conv, so it only
 pays off when the branches are too small to keep the cores busy one by one.
-Reports: convs merged and groups formed, via :data:`LAST_REPORT`.
+Reports: convs merged and groups formed, into the runner's report dict.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ import tvm
 
 from relaycomp.registry import register_pass
 
-from ._parallel_merge import Sibling, constant_weight, merge_pass
-
-LAST_REPORT: dict[str, int] = {}
+from relaycomp.rewrite.parallel_merge import Sibling, constant_weight, merge_pass
 
 
 def _conv_key(call):
@@ -38,6 +36,7 @@ CONV2D = Sibling("relax.nn.conv2d", _conv_key, weight_axis=0, output_axis=1)
 
 
 @register_pass("merge_parallel_convs", stage="simplify")
-def merge_parallel_convs(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
+def merge_parallel_convs(target: tvm.target.Target | None = None, report: dict | None = None,
+                         ) -> tvm.transform.Pass:
     """Merge sibling convs reading one tensor."""
-    return merge_pass("merge_parallel_convs", CONV2D, LAST_REPORT)
+    return merge_pass("merge_parallel_convs", CONV2D, report)

@@ -6,7 +6,7 @@ split along the last axis into the original values: one kernel streams ``x`` onc
 ``CombineParallelMatmul`` does not merge constant weights, which is what imported models have.)
 Keeps: numerics (each output column's sum is unchanged) and the signature. Runs: stage
 ``simplify``, after ``fold_constant`` (which turns transposed Gemm weights into constants).
-Reports: matmuls merged and groups formed, via :data:`LAST_REPORT`.
+Reports: matmuls merged and groups formed, into the runner's report dict.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import tvm
 
 from relaycomp.registry import register_pass
 
-from ._parallel_merge import Sibling, constant_weight, merge_pass
-
-LAST_REPORT: dict[str, int] = {}
+from relaycomp.rewrite.parallel_merge import Sibling, constant_weight, merge_pass
 
 
 def _matmul_key(call):
@@ -31,6 +29,7 @@ MATMUL = Sibling("relax.matmul", _matmul_key, weight_axis=1, output_axis=-1)
 
 
 @register_pass("merge_parallel_matmuls", stage="simplify")
-def merge_parallel_matmuls(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
+def merge_parallel_matmuls(target: tvm.target.Target | None = None, report: dict | None = None,
+                           ) -> tvm.transform.Pass:
     """Merge sibling matmuls reading one tensor."""
-    return merge_pass("merge_parallel_matmuls", MATMUL, LAST_REPORT)
+    return merge_pass("merge_parallel_matmuls", MATMUL, report)

@@ -16,11 +16,10 @@ one fused kernel reading the int8 weight (``op(x, dequantize(W_q, s_w, 0))``, gr
 FuseOpsByPattern so constant folding cannot turn the weight back into floats).
 Keeps: the signature of ``main``; the module alone is a runnable float "fake-quant" model.
 Runs: stage ``quantize``, at its start (after ``simplify`` folded BatchNorm and constants),
-with options ``config`` (:class:`relaycomp.quantize.QuantConfig`), ``calib`` (data),
-``eval_data`` and ``report`` (a :class:`relaycomp.quantize.QuantReport` it fills in): calibration
-and the accuracy guard run inside, see :func:`relaycomp.quantize.quantize`. With
-``config.dtype == "float16"`` (CUDA targets only) it applies TVM's ToMixedPrecision instead.
-Reports: per-layer scheme, scales, sensitivity and fallbacks, sizes, accuracy.
+with option ``layer_plans`` (layer index -> :class:`LayerPlan`): a pure rewrite, the plans were
+decided before (calibration and the accuracy guard in :mod:`relaycomp.quantize.quantizer`). With
+``dtype="float16"`` (CUDA targets only) it applies TVM's ToMixedPrecision instead.
+Reports: ``layers_int8``, ``layers_weight_only``.
 """
 
 from __future__ import annotations
@@ -266,25 +265,32 @@ def instrumented(mod: tvm.IRModule) -> tvm.IRModule:
     return rebuild_main(mod, lambda bb, index, call: call, tap_inputs=True)
 
 
-@register_pass("quantize_int8", stage="quantize", position="start")
-def quantize_int8(target: tvm.target.Target | None = None, config=None, calib=None,
-                  eval_data=None, report=None, inputs=None,
-                  onnx_names=None) -> tvm.transform.Pass:
-    """Calibrate and annotate conv2d/matmul with int8 QDQ (see relaycomp.quantize)."""
+def mixed_precision(mod: tvm.IRModule) -> tvm.IRModule:
+    """fp16 compute with fp32 accumulation (TVM's ToMixedPrecision); inputs/outputs stay fp32."""
+    mixed = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
+    return relax.transform.FoldConstant()(mixed)
 
-    if getattr(config, "dtype", "int8") == "float16" and target is not None \
-            and target.kind.name != "cuda":
+
+@register_pass("quantize_int8", stage="quantize", position="start")
+def quantize_int8(target: tvm.target.Target | None = None,
+                  layer_plans: Mapping[int, LayerPlan] | None = None, dtype: str = "int8",
+                  report: dict | None = None) -> tvm.transform.Pass:
+    """Annotate the planned layers with QDQ (``layer_plans``: layer index -> LayerPlan, as
+    :func:`relaycomp.quantize.quantizer.plan_and_annotate` decided them), or with
+    ``dtype="float16"`` apply mixed precision (CUDA targets)."""
+    if dtype == "float16" and target is not None and target.kind.name != "cuda":
         raise PassError("quantize_int8", "quantize", "float16 mixed precision is for CUDA "
                         f"targets, not {target.kind.name}", hint="use int8 on CPUs")
 
     @tvm.transform.module_pass(opt_level=0, name="quantize_int8")
     def run(mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        from relaycomp.quantize import quantize  # the driver: calibration, guard, report
-
-        quantized, result = quantize(mod, config, calib=calib, eval_data=eval_data,
-                                     inputs=inputs, onnx_names=onnx_names, target=target)
+        if dtype == "float16":
+            return mixed_precision(mod)
+        plans = dict(layer_plans or {})
         if report is not None:
-            report.update(result)
-        return quantized
+            modes = [plan.mode for plan in plans.values()]
+            report.update(layers_int8=modes.count("int8"),
+                          layers_weight_only=modes.count("weight_only"))
+        return annotate(mod, find_layers(mod), plans)
 
     return run

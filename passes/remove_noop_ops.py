@@ -5,7 +5,7 @@ shape and dtype, and for transposes the identity permutation), and ``add``/``sub
 all-zero constant or ``multiply``/``divide`` by an all-one constant that does not broadcast the
 input to a larger shape. Produces: the input itself. Keeps: outputs bit-identical, the signature.
 Runs: stage ``simplify`` (exported graphs are full of these after shape folding).
-Reports: rewrites per rule, via :data:`COUNTER`.
+Reports: rewrites per rule, into the runner's report dict.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import tvm
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 from relaycomp.registry import register_pass
-from relaycomp.rewrite import Rule, RuleCounter, rule_pass
+from relaycomp.rewrite.rules import Rule, rule_pass
 
-COUNTER = RuleCounter()
 _x, _const = wildcard(), is_const()
 
 
@@ -56,6 +55,7 @@ RULES = (
 
 
 @register_pass("remove_noop_ops", stage="simplify")
-def remove_noop_ops(target: tvm.target.Target | None = None) -> tvm.transform.Pass:
+def remove_noop_ops(target: tvm.target.Target | None = None, report: dict | None = None,
+                    ) -> tvm.transform.Pass:
     """Drop identity reshapes/transposes/casts and x+0, x*1."""
-    return rule_pass("remove_noop_ops", RULES, COUNTER)
+    return rule_pass("remove_noop_ops", RULES, report)

@@ -45,10 +45,10 @@ from tvm.target import Target
 
 from relaycomp.registry import register_pass
 
-from ._cpu_contraction import ContractionRule
-from ._cpu_elementwise import GuardedRule, InjectiveRule, ParallelOuterRule
-from ._cpu_reduction import InnerReductionRule
-from .mark_pair_safe_weights import with_pair_safe_marks
+from relaycomp.schedules.cpu.contraction import ContractionRule
+from relaycomp.schedules.cpu.elementwise import GuardedRule, InjectiveRule, ParallelOuterRule
+from relaycomp.schedules.cpu.reduction import InnerReductionRule
+from relaycomp.passes.mark_pair_safe_weights import with_pair_safe_marks
 
 IS_SCHEDULED = "tirx.is_scheduled"
 RULE_ATTR = "relaycomp.cpu_schedule_rule"

@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from .errors import OnnxImportError, last_line
+from relaycomp.errors import OnnxImportError, last_line
 
 
 def supported_onnx_ops() -> frozenset[str]:

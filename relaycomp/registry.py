@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .errors import RelaycompError
+from relaycomp.errors import RelaycompError
 
 T = TypeVar("T")
 
@@ -96,6 +96,7 @@ class PassInfo:
     kinds: tuple[str, ...] = ("llvm", "cuda")
     description: str = ""
     position: str = "end"
+    reports: bool = False  # the factory takes ``report``: a dict the runner hands it to fill in
 
 
 PASSES: Registry[PassInfo] = Registry("pass")
@@ -119,10 +120,19 @@ def register_pass(name: str, stage: str, kinds: tuple[str, ...] = ("llvm", "cuda
     def decorate(obj):
         doc = description or (obj.__doc__ or "").strip().split("\n")[0]
         PASSES.add(name, PassInfo(name, stage, as_pass_factory(name, obj), tuple(kinds), doc,
-                                  position))
+                                  position, _takes_report(obj)))
         return obj
 
     return decorate
+
+
+def _takes_report(obj) -> bool:
+    import inspect
+
+    try:
+        return "report" in inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def as_pass_factory(name: str, obj) -> Callable:

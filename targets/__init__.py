@@ -13,14 +13,14 @@ Triples live in ``TRIPLES`` (``triples.py``), boards in ``presets/*.toml`` (``PR
 differs between TVM kinds (llvm, cuda) in ``KINDS``.
 """
 
-from .elf import elf_machine, machine_of_triple
-from .host import host_triple
-from .kinds import KINDS, Kind
-from .presets import PRESETS, Preset, load_preset
-from .resolve import known_targets, resolve
-from .spec import TargetSpec
-from .toolchain import Toolchain
-from .triples import TRIPLES, Triple
+from relaycomp.targets.elf import elf_machine, machine_of_triple
+from relaycomp.targets.host import host_triple
+from relaycomp.targets.kinds import KINDS, Kind
+from relaycomp.targets.presets import PRESETS, Preset, load_preset
+from relaycomp.targets.resolve import known_targets, resolve
+from relaycomp.targets.spec import TargetSpec
+from relaycomp.targets.toolchain import Toolchain
+from relaycomp.targets.triples import TRIPLES, Triple
 
 __all__ = [
     "KINDS",

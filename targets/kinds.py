@@ -15,13 +15,13 @@ import tvm
 from relaycomp.errors import TargetError
 from relaycomp.registry import Registry
 
-from . import llvm
-from .host import host_triple
-from .triples import TRIPLES, Triple
+from relaycomp.targets import llvm
+from relaycomp.targets.host import host_triple
+from relaycomp.targets.triples import TRIPLES, Triple
 
 if TYPE_CHECKING:
-    from .presets import Preset
-    from .spec import TargetSpec
+    from relaycomp.targets.presets import Preset
+    from relaycomp.targets.spec import TargetSpec
 
 _CUDA_ARCH = re.compile(r"sm_(\d+)(\d)[a-z]?")  # sm_80, sm_87, sm_90a, sm_100a
 

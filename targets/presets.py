@@ -21,8 +21,8 @@ from pathlib import Path
 from relaycomp.errors import TargetError
 from relaycomp.registry import Registry
 
-from .kinds import KINDS
-from .triples import TRIPLES, triple_names
+from relaycomp.targets.kinds import KINDS
+from relaycomp.targets.triples import TRIPLES, triple_names
 
 PRESET_DIR = Path(__file__).parent / "presets"
 

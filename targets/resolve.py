@@ -10,13 +10,13 @@ import platform
 
 from relaycomp.errors import TargetError
 
-from . import llvm
-from .host import host_triple, physical_cores
-from .kinds import KINDS
-from .presets import PRESETS, Preset, load_preset
-from .spec import TargetSpec
-from .toolchain import NATIVE
-from .triples import TRIPLES, triple_names
+from relaycomp.targets import llvm
+from relaycomp.targets.host import host_triple, physical_cores
+from relaycomp.targets.kinds import KINDS
+from relaycomp.targets.presets import PRESETS, Preset, load_preset
+from relaycomp.targets.spec import TargetSpec
+from relaycomp.targets.toolchain import NATIVE
+from relaycomp.targets.triples import TRIPLES, triple_names
 
 HOST = "host"
 

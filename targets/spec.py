@@ -9,9 +9,9 @@ import tvm
 
 from relaycomp.errors import TargetError
 
-from .elf import machine_of_triple
-from .kinds import KINDS
-from .toolchain import Toolchain
+from relaycomp.targets.elf import machine_of_triple
+from relaycomp.targets.kinds import KINDS
+from relaycomp.targets.toolchain import Toolchain
 
 
 @dataclass(frozen=True)

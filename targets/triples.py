@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from relaycomp.registry import Registry
 
-from .toolchain import Toolchain
+from relaycomp.targets.toolchain import Toolchain
 
 
 @dataclass(frozen=True)

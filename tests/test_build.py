@@ -17,7 +17,7 @@ from models import (
 
 import relaycomp
 from relaycomp.errors import BuildError, TargetError
-from relaycomp.manifest import manifest_path
+from relaycomp.compiler.manifest import manifest_path
 from relaycomp.targets import elf_machine
 
 MODELS = {

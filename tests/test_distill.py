@@ -20,13 +20,13 @@ from sklearn.model_selection import train_test_split
 from tvm import relax
 
 import relaycomp
-from relaycomp.distill import DistillConfig, DistillError, distill
-from relaycomp.distill_loss import kd_loss_coefficients, kd_loss_function, kd_loss_reference
-from relaycomp.distill_optim import OPTIMIZERS
-from relaycomp.distill_student import student_from_onnx
-from relaycomp.distill_train import Trainer, training_program
-from relaycomp.examples import get_example
-from relaycomp.prune import PruneConfig, prune
+from relaycomp.distill.distiller import DistillConfig, DistillError, distill
+from relaycomp.distill.loss import kd_loss_coefficients, kd_loss_function, kd_loss_reference
+from relaycomp.distill.optim import OPTIMIZERS
+from relaycomp.distill.student import student_from_onnx
+from relaycomp.distill.train import Trainer, training_program
+from relaycomp.frontend.examples import get_example
+from relaycomp.prune.pruner import PruneConfig, prune
 
 CLASSES = 10
 
@@ -349,8 +349,8 @@ def test_pruned_digits_cnn_recovers_within_one_point(recovery):
 
 def test_teacher_prune_distill_int8_compile_run(recovery, digits, tmp_path):
     """The whole chain in one process; accuracy after every step (shown with -s)."""
-    from relaycomp.build import CompileConfig, compile_model
-    from relaycomp.quantize import QuantConfig
+    from relaycomp.compiler.build import CompileConfig, compile_model
+    from relaycomp.quantize.quantizer import QuantConfig
 
     (unpruned, pruned, recovered), _, student = recovery
     train_x, test_x, _, test_y = digits

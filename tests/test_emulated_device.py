@@ -16,13 +16,13 @@ import pytest
 from helpers import free_port, ort_outputs, rpc_tracker, run_cli
 from models import conv_net, random_inputs, resnet_block_net
 
-from relaycomp.build import CompileConfig, compile_model
-from relaycomp.cli import main
-from relaycomp.emulated_device import EmulatedDevice, EmulatorError, default_root, prepare
-from relaycomp.quantize import QuantConfig
+from relaycomp.compiler.build import CompileConfig, compile_model
+from relaycomp.cli.main import main
+from relaycomp.runtime.emulated_device import EmulatedDevice, EmulatorError, default_root, prepare
+from relaycomp.quantize.quantizer import QuantConfig
 from relaycomp.registry import RegistryError
-from relaycomp.remote import load_remote
-from relaycomp.tune import TuneConfig, tune
+from relaycomp.runtime.remote import load_remote
+from relaycomp.tune.tuner import TuneConfig, tune
 
 KEY = "qemu-aarch64"
 

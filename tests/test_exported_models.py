@@ -11,7 +11,7 @@ import onnx
 import pytest
 from helpers import assert_matches_ort
 
-from relaycomp.reference import compare
+from relaycomp.runtime.reference import compare
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.onnx"))

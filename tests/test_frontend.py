@@ -17,7 +17,7 @@ from models import (
 )
 
 from relaycomp.errors import InputSpecError, OnnxImportError
-from relaycomp.frontend import graph_inputs, import_onnx, load_onnx, parse_input_spec
+from relaycomp.frontend.onnx_import import graph_inputs, import_onnx, load_onnx, parse_input_spec
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -7,7 +7,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-from relaycomp.passes._cpu_int8 import (
+from relaycomp.schedules.cpu.int8 import (
     DOT_8X2_AVX2,
     int8_data_dtype,
     pair_safe,
@@ -137,7 +137,7 @@ def test_no_avx2_no_int8_schedule():
         legal = tvm.transform.Sequential(cpu.legalize_passes(AVX2))(mod)
     conv = next(f for gv, f in legal.functions_items()
                 if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
-    from relaycomp.passes._cpu_common import cpu_facts
+    from relaycomp.schedules.cpu.common import cpu_facts
 
     assert schedule_int8_conv(conv, arm, cpu_facts(arm)) is None
     assert schedule_int8_conv(conv, AVX2, cpu_facts(AVX2)) is not None

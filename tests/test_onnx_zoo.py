@@ -11,8 +11,8 @@ import onnx
 import pytest
 from helpers import assert_matches_ort
 
-from relaycomp.frontend import graph_inputs, pin_input_shapes
-from relaycomp.runtime import random_inputs
+from relaycomp.frontend.onnx_import import graph_inputs, pin_input_shapes
+from relaycomp.runtime.local import random_inputs
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 FAST = ["light_bvlc_alexnet", "light_squeezenet"]

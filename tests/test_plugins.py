@@ -10,10 +10,10 @@ from helpers import run_cli
 from models import conv_net
 
 import relaycomp
-from relaycomp.build import CompileConfig, compile_model
+from relaycomp.compiler.build import CompileConfig, compile_model
 from relaycomp.errors import PassError
-from relaycomp.manifest import manifest_path
-from relaycomp.plugins import PluginError, load_pass_spec
+from relaycomp.compiler.manifest import manifest_path
+from relaycomp.compiler.plugins import PluginError, load_pass_spec
 from relaycomp.registry import PASSES, register_pass
 
 USER_PASSES = textwrap.dedent('''
@@ -99,14 +99,14 @@ def test_installed_plugin_is_found_through_its_entry_point(tmp_path):
     import subprocess
     import sys
 
-    listed = subprocess.run([sys.executable, "-m", "relaycomp.cli", "passes"], env=env,
+    listed = subprocess.run([sys.executable, "-m", "relaycomp.cli.main", "passes"], env=env,
                             capture_output=True, text=True, check=False)
     assert "acme_tag" in listed.stdout, listed.stderr
     onnx_path = tmp_path / "conv.onnx"
     import onnx
 
     onnx.save(conv_net(), onnx_path)
-    built = subprocess.run([sys.executable, "-m", "relaycomp.cli", "compile", str(onnx_path),
+    built = subprocess.run([sys.executable, "-m", "relaycomp.cli.main", "compile", str(onnx_path),
                             "-o", str(tmp_path / "m.so"), "--pass", "acme_tag@fuse"],
                            env=env, capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr
@@ -152,7 +152,7 @@ def test_the_shipped_example_pass_runs_from_the_cli(tmp_path):
     import onnx
     from models import mobilenet_style_net
 
-    from relaycomp.frontend import import_onnx
+    from relaycomp.frontend.onnx_import import import_onnx
     from relaycomp.ir import op_counts
 
     onnx.save(mobilenet_style_net(), model_path)

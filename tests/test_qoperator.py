@@ -32,9 +32,9 @@ from qdq import ort_run
 
 import relaycomp
 from relaycomp.errors import OnnxImportError
-from relaycomp.frontend import import_onnx
-from relaycomp.model_info import model_info
-from relaycomp.onnx_qoperator import CONVERTERS, convert_qoperator
+from relaycomp.frontend.onnx_import import import_onnx
+from relaycomp.frontend.model_info import model_info
+from relaycomp.frontend.qoperator import CONVERTERS, convert_qoperator
 from relaycomp.passes import lower_qdq_to_integer
 
 MODELS = {"conv_net": conv_net, "resnet_block_net": resnet_block_net,

@@ -13,18 +13,18 @@ from helpers import ort_outputs, run_cli
 from models import mlp, mobilenet_style_net, resnet_block_net
 
 import relaycomp
-from relaycomp.build import CompileConfig, compile_model
+from relaycomp.compiler.build import CompileConfig, compile_model
 from relaycomp.errors import CalibrationError
-from relaycomp.examples import get_example
-from relaycomp.frontend import TensorSpec
-from relaycomp.quantize import (
+from relaycomp.frontend.examples import get_example
+from relaycomp.frontend.onnx_import import TensorSpec
+from relaycomp.quantize.quantizer import (
     QuantConfig,
     QuantizeError,
     QuantReport,
     quantize,
     weight_params,
 )
-from relaycomp.quantize_data import load_batches
+from relaycomp.quantize.data import load_batches
 
 X = [TensorSpec("x", (2, 3), "float32")]
 
@@ -67,9 +67,10 @@ def _depthwise(conv: str) -> bool:
 
 
 def model_layers(model) -> list[str]:
-    from relaycomp.quantize import onnx_layer_names
+    from relaycomp.frontend.layer_names import onnx_layer_names
+    from relaycomp.quantize.quantizer import QUANTIZED_OPS
 
-    return onnx_layer_names(model)
+    return onnx_layer_names(model, QUANTIZED_OPS)
 
 
 # --- configuration and data -------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from relaycomp.errors import CalibrationError
-from relaycomp.quantize_calib import (
+from relaycomp.quantize.calib import (
     CALIBRATORS,
     Histogram,
     MinMax,

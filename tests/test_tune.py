@@ -30,19 +30,19 @@ from models import conv_net, mlp, random_inputs
 from tvm.s_tir import meta_schedule as ms
 
 import relaycomp
-from relaycomp.build import CompileConfig, compile_model
+from relaycomp.compiler.build import CompileConfig, compile_model
 from relaycomp.errors import TuningError
-from relaycomp.frontend import import_onnx
+from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.passes.schedule_cpu_loops import RULE_ATTR
-from relaycomp.pipeline import default_stages, run_stages
+from relaycomp.compiler.pipeline import default_stages, run_stages
 from relaycomp.registry import PASSES
 from relaycomp.targets import resolve
-from relaycomp.tune import MIN_TASK_TRIALS, TuneConfig, _budgets, tune
-from relaycomp.tune_apply import before_schedule, with_layout_free_weights
-from relaycomp.tune_check import heuristic_module
-from relaycomp.tune_db import NOTES, RECORDS, TuningDatabase, WorkloadState
-from relaycomp.tune_measure import Device
-from relaycomp.tune_space import POSTPROCS, heuristic_spaces
+from relaycomp.tune.tuner import MIN_TASK_TRIALS, TuneConfig, _budgets, tune
+from relaycomp.tune.apply import before_schedule, with_layout_free_weights
+from relaycomp.tune.check import heuristic_module
+from relaycomp.tune.db import NOTES, RECORDS, TuningDatabase, WorkloadState
+from relaycomp.tune.measure import Device
+from relaycomp.tune.space import POSTPROCS, heuristic_spaces
 
 TRIALS = 8
 
@@ -102,7 +102,7 @@ def test_second_run_tunes_nothing_and_builds_the_same(model, tuned, tmp_path):
 
 
 def test_a_quantized_compile_tunes_its_int8_kernels_not_the_float_ones(model, tuned, tmp_path):
-    from relaycomp.quantize import QuantConfig
+    from relaycomp.quantize.quantizer import QuantConfig
 
     database, _ = tuned
     calibration = {name: np.stack([random_inputs(model, seed=s)[name] for s in range(8)])
@@ -244,8 +244,8 @@ def test_cuda_without_a_gpu_builds_tasks_then_fails_clearly(model, tmp_path):
 
 
 def test_cli_tune_and_compile_options_parse():
-    from relaycomp.cli import build_parser
-    from relaycomp.tune_cli import tuning_option
+    from relaycomp.cli.main import build_parser
+    from relaycomp.tune.cli import tuning_option
 
     args = build_parser().parse_args(["compile", "m.onnx", "--tune", "32", "--tuning-db", "db"])
     option = tuning_option(args)
@@ -260,7 +260,7 @@ def test_cli_tune_and_compile_options_parse():
 
 def _tune_process(model_path, database, trials, *extra) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "relaycomp.cli", "tune", str(model_path), "--trials", str(trials),
+        [sys.executable, "-m", "relaycomp.cli.main", "tune", str(model_path), "--trials", str(trials),
          "--tuning-db", str(database), "--trials-per-iter", "4", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -411,12 +411,12 @@ def test_run_with_an_unreachable_tracker_is_one_line(model, tmp_path):
 def test_candidates_for_an_aarch64_device_are_cross_compiled(model):
     from tvm.s_tir import meta_schedule as ms
 
-    from relaycomp.frontend import import_onnx
-    from relaycomp.pipeline import default_stages, run_stages
+    from relaycomp.frontend.onnx_import import import_onnx
+    from relaycomp.compiler.pipeline import default_stages, run_stages
     from relaycomp.targets import elf_machine
-    from relaycomp.tune_apply import before_schedule, with_layout_free_weights
-    from relaycomp.tune_check import heuristic_module
-    from relaycomp.tune_measure import make_builder
+    from relaycomp.tune.apply import before_schedule, with_layout_free_weights
+    from relaycomp.tune.check import heuristic_module
+    from relaycomp.tune.measure import make_builder
 
     spec = resolve("raspberry-pi-4")
     target, stages = spec.tvm_target(), default_stages(spec.kind)

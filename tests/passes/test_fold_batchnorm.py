@@ -4,8 +4,8 @@ import tvm
 from helpers import assert_matches_ort
 from models import conv_net, random_inputs, resnet_block_net
 
-from relaycomp.examples import get_example
-from relaycomp.frontend import import_onnx, load_onnx
+from relaycomp.frontend.examples import get_example
+from relaycomp.frontend.onnx_import import import_onnx, load_onnx
 from relaycomp.ir import op_counts
 from relaycomp.passes import fold_batchnorm as pass_module
 

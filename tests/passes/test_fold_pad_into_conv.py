@@ -5,7 +5,7 @@ import pytest
 from helpers import assert_matches_ort, op_counts
 from onnx import TensorProto, helper, numpy_helper
 
-from relaycomp.frontend import import_onnx
+from relaycomp.frontend.onnx_import import import_onnx
 
 
 def pad_conv_model(pads=(0, 0, 1, 2, 0, 0, 1, 2), value=0.0, conv_pads=(1, 1, 1, 1)):

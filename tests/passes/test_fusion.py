@@ -14,12 +14,12 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.dpl import is_op, wildcard
 
 import relaycomp
-from relaycomp.build import CompileConfig, compile_model
-from relaycomp.frontend import import_onnx
+from relaycomp.compiler.build import CompileConfig, compile_model
+from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.ir import kernel_traffic, op_counts
 from relaycomp.passes import fold_batchnorm, fuse_by_pattern, merge_parallel_convs
 from relaycomp.passes.fuse_by_pattern import FUSION_PATTERNS, register_fusion_pattern
-from relaycomp.plugins import load_pass_spec
+from relaycomp.compiler.plugins import load_pass_spec
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 

@@ -17,10 +17,10 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 import relaycomp
-from relaycomp.frontend import import_onnx
+from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.ir import op_counts
 from relaycomp.passes import lower_qdq_to_integer as pass_module
-from relaycomp.pipeline import Stage, default_stages, run_stages
+from relaycomp.compiler.pipeline import Stage, default_stages, run_stages
 
 MODELS = {"conv_net": conv_net, "resnet_block_net": resnet_block_net,
           "mobilenet_style_net": mobilenet_style_net, "mlp": mlp}

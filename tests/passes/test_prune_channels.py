@@ -18,14 +18,14 @@ from models import conv_net, random_inputs
 from test_prune import BUILDERS, FilterNorm, constant_channel_net, digits_model, lrn_net
 
 import relaycomp
-from relaycomp.build import CompileConfig, compile_model
-from relaycomp.examples import get_example
-from relaycomp.frontend import import_onnx
+from relaycomp.compiler.build import CompileConfig, compile_model
+from relaycomp.frontend.examples import get_example
+from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.ir import op_counts
 from relaycomp.passes.prune_channels import prune_channels
-from relaycomp.pipeline import default_stages, run_stages
-from relaycomp.prune import PruneConfig, Pruner, prune
-from relaycomp.reference import compare
+from relaycomp.compiler.pipeline import default_stages, run_stages
+from relaycomp.prune.pruner import PruneConfig, Pruner, prune
+from relaycomp.runtime.reference import compare
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 MODELS = {**BUILDERS, "conv": conv_net,

@@ -14,8 +14,8 @@ from relaycomp.passes.quantize_int8 import (
     instrumented,
     switchable,
 )
-from relaycomp.pipeline import Placement, default_stages, run_stages, with_passes
-from relaycomp.quantize import QuantConfig, QuantReport, weight_params
+from relaycomp.compiler.pipeline import Placement, default_stages, run_stages, with_passes
+from relaycomp.quantize.quantizer import QuantConfig, QuantReport, weight_params
 
 RNG = np.random.default_rng(0)
 W_CONV = RNG.standard_normal((8, 4, 3, 3)).astype(np.float32) * 0.3

@@ -5,7 +5,7 @@ import onnx
 from helpers import assert_matches_ort
 from onnx import TensorProto, helper, numpy_helper
 
-from relaycomp.frontend import import_onnx
+from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.ir import op_counts
 from relaycomp.passes import remove_noop_ops as pass_module
 

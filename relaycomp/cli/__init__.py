@@ -1,0 +1,1 @@
+"""The ``relaycomp`` command line: argument parsing and printing only."""

@@ -1,0 +1,337 @@
+"""The ``relaycomp`` command line: compile, run, inspect, targets, passes, demo, and each
+registered feature's commands and ``compile`` options.
+
+A feature's command-line part is the module its :class:`relaycomp.compiler.features.Feature`
+names in ``cli``, with four functions: ``add_commands(sub) -> {name: handler}`` (its own
+sub-commands), ``add_compile_options(parser)``, ``compile_config(args)`` (its config for
+``compile``, or None when not asked for) and ``print_summary(report)`` (lines under the compile
+summary, from its manifest report). The last three may be absent for a feature without a pass.
+
+User mistakes print one ``error:`` line (plus a ``hint:``) on stderr and exit 1; ``--debug`` shows
+the traceback instead. Anything else is reported as an internal error (exit 70).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from relaycomp.cli.device import add_emulate_parser, add_remote_options, load_for_run
+from relaycomp.errors import InputSpecError, RelaycompError
+
+EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
+
+
+def _add_shape_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", action="append", default=[], metavar="NAME:DIMS",
+                        help="pin an input's shape, e.g. x:1,3,224,224 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (one sub-command per task)."""
+    parser = argparse.ArgumentParser(
+        prog="relaycomp", description="ONNX in, optimized deployable library out (Apache TVM).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compile_ = sub.add_parser("compile", help="compile an ONNX model into a library")
+    compile_.add_argument("model", help="ONNX file, or example:NAME for a bundled model")
+    compile_.add_argument("-o", "--output", help="artifact: *.so (default: MODEL.so) or *.tar")
+    compile_.add_argument("--target", default="host", help="triple, preset or .toml (see targets)")
+    compile_.add_argument("--mcpu", help="override the target CPU (e.g. cortex-a72)")
+    compile_.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
+    compile_.add_argument("--num-cores", type=int, help="threads the library will use")
+    _add_shape_options(compile_)
+    compile_.add_argument("--calib", metavar="DATA",
+                          help="calibration data: .npz keyed by input name, a folder of "
+                               "NAME.npy, or example:NAME")
+    compile_.add_argument("--eval", metavar="DATA",
+                          help="held-out data (+ 'labels') for accuracy checks (default: --calib)")
+    commands = {}
+    for part in feature_clis():
+        if hasattr(part, "add_compile_options"):
+            part.add_compile_options(compile_)
+        commands.update(part.add_commands(sub))
+    compile_.add_argument("--pass", dest="passes", action="append", default=[],
+                          metavar="SOURCE:NAME[@STAGE]",
+                          help="add a pass: file.py:name, module:name or a registered name; "
+                               "@STAGE, @before:STAGE or @after:STAGE places it (repeatable)")
+    compile_.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass here")
+    compile_.add_argument("--time-passes", action="store_true", help="print time per pass")
+
+    run = sub.add_parser("run", help="run a compiled artifact on this machine")
+    run.add_argument("artifact", help="a .so built by `relaycomp compile`")
+    run.add_argument("--inputs", help=".npz keyed by input name (default: seeded random data)")
+    run.add_argument("--outputs", help="write outputs to this .npz, keyed by ONNX output name")
+    run.add_argument("--check", metavar="MODEL", help="compare with the ONNX model's reference run")
+    run.add_argument("--repeat", type=int, default=0, help="also time N runs")
+    run.add_argument("--threads", type=int, help="CPU threads (default: the target's num-cores)")
+    add_remote_options(run)
+
+    inspect = sub.add_parser("inspect", help="ops, shapes, params, MACs, unsupported ops")
+    inspect.add_argument("model", help="ONNX file, or example:NAME")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_shape_options(inspect)
+
+    add_emulate_parser(sub)
+    sub.add_parser("targets", help="list known target triples and board presets")
+    passes = sub.add_parser("passes", help="list the pipeline's stages and passes")
+    passes.add_argument("--target", default="host", help="whose pipeline to show")
+    sub.add_parser("demo", help="compile and run the bundled digits example end to end")
+    parser.set_defaults(feature_commands=commands)
+    return parser
+
+
+def feature_clis() -> list:
+    """The command-line parts of the registered features, in registration order."""
+    from relaycomp.compiler.features import FEATURES
+
+    return [importlib.import_module(FEATURES.get(name).cli) for name in FEATURES
+            if FEATURES.get(name).cli]
+
+
+def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    from relaycomp.frontend.onnx_import import parse_input_specs
+
+    return parse_input_specs(specs)
+
+
+def cmd_compile(args) -> int:
+    """``relaycomp compile``."""
+    from relaycomp.compiler.build import CompileConfig, compile_model
+
+    output = args.output or f"{Path(args.model.removeprefix('example:')).stem}.so"
+    from relaycomp.compiler.plugins import load_entry_points, load_pass_spec
+
+    load_entry_points()
+    parts = [p for p in feature_clis() if hasattr(p, "compile_config")]
+    features = tuple(c for c in (p.compile_config(args) for p in parts) if c is not None)
+    config = CompileConfig(target=args.target, input_shapes=_input_shapes(args.input),
+                           mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores,
+                           features=features, calibration=args.calib, evaluation=args.eval,
+                           extra_passes=tuple(load_pass_spec(spec) for spec in args.passes),
+                           dump_ir=Path(args.dump_ir) if args.dump_ir else None)
+    artifact = compile_model(args.model, output, config)
+    manifest = artifact.manifest
+    for note in manifest.report["import"]["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    seconds = sum(r.seconds for r in artifact.pipeline.records)
+    print(f"compiled {args.model} for {manifest.target['name']} ({manifest.target['triple']}) "
+          f"-> {artifact.path}")
+    print(f"  inputs:  {_signature(manifest.inputs)}")
+    print(f"  outputs: {_signature(manifest.outputs)}")
+    print(f"  {len(manifest.passes)} passes in {seconds:.1f} s, {manifest.report['kernels']} kernels")
+    from relaycomp.compiler.features import feature_of
+
+    for feature_config in config.features:  # in the order the features ran
+        feature = feature_of(feature_config)
+        part = importlib.import_module(feature.cli) if feature.cli else None
+        if part is not None and hasattr(part, "print_summary"):
+            part.print_summary(manifest.report[feature.name])
+    fusion = manifest.report.get("fusion")
+    if fusion:
+        print(f"  fusion: {fusion['kernels_before']} -> {fusion['kernels_after']} kernels, "
+              f"intermediate tensors {fusion['intermediate_bytes_before'] / 1024:.1f} -> "
+              f"{fusion['intermediate_bytes_after'] / 1024:.1f} KiB")
+    if args.time_passes:
+        print_pass_times(artifact.pipeline)
+    return 0
+
+
+def print_pass_times(report) -> None:
+    """One line per pass: stage, name, milliseconds and the Relax ops it changed."""
+    print(f"  {'stage':10} {'pass':32} {'ms':>9}  ops changed")
+    for record in report.records:
+        changed = ", ".join(f"{op} {delta:+d}" for op, delta in record.ops_changed.items())
+        print(f"  {record.stage:10} {record.name:32} {record.seconds * 1e3:9.2f}  {changed}")
+
+
+def _signature(specs) -> str:
+    return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs)
+
+
+def _read_inputs(path: str | None, model) -> dict[str, np.ndarray]:
+    from relaycomp.runtime.local import random_inputs
+
+    specs = model.manifest.inputs
+    if path is None:
+        print("note: no --inputs given; running on seeded random data", file=sys.stderr)
+        return random_inputs(specs)
+    from relaycomp.frontend.examples import get_example, is_example
+
+    if is_example(path):
+        data = get_example(path).samples()
+    else:
+        try:
+            with np.load(path) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as err:
+            raise InputSpecError(f"cannot read --inputs {path}: {err}") from None
+    missing = [s.name for s in specs if s.name not in data]
+    if missing:
+        raise InputSpecError(f"{path} lacks input(s) {missing}",
+                             hint=f"it holds: {sorted(data)}; the model takes: {_signature(specs)}")
+    return {s.name: data[s.name] for s in specs}
+
+
+def cmd_run(args) -> int:
+    """``relaycomp run``."""
+    from relaycomp.runtime.local import load
+
+    if args.threads is not None and args.threads < 1:
+        raise InputSpecError(f"--threads must be at least 1, got {args.threads}")
+    model = load_for_run(args) or load(args.artifact, threads=args.threads)
+    inputs = _read_inputs(args.inputs, model)
+    outputs = model.run(inputs)
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype}{list(value.shape)}")
+    if args.outputs:
+        from relaycomp.compiler.manifest import write_atomically
+
+        buffer = _npz_bytes(outputs)
+        write_atomically(Path(args.outputs), buffer)
+        print(f"wrote {args.outputs}")
+    if args.repeat:
+        timing = model.time(inputs, repeat=args.repeat)
+        print(f"latency: median {timing.median_ms:.3f} ms, min {timing.min_ms:.3f} ms "
+              f"over {timing.runs} runs")
+    if args.check:
+        return _check(args.check, inputs, outputs)
+    return 0
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _check(model_ref: str, inputs, outputs, rtol: float = 1e-3) -> int:
+    from relaycomp.frontend.examples import resolve_model_path
+    from relaycomp.frontend.onnx_import import load_onnx
+    from relaycomp.runtime.reference import compare, run_reference
+
+    expected, runtime = run_reference(load_onnx(resolve_model_path(model_ref)), inputs)
+    errors = compare(outputs, expected)
+    worst = max((e["max_rel"] for e in errors.values()), default=0.0)
+    for name, err in errors.items():
+        print(f"check vs {runtime}: {name}: max abs error {err['max_abs']:.3g}, "
+              f"relative {err['max_rel']:.3g}")
+    if worst > rtol:
+        print(f"error: outputs differ from {runtime} by more than {rtol:g}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    """``relaycomp inspect``."""
+    from relaycomp.frontend.examples import resolve_model_path
+    from relaycomp.frontend.onnx_import import load_onnx
+    from relaycomp.frontend.model_info import model_info
+
+    info = model_info(load_onnx(resolve_model_path(args.model)), _input_shapes(args.input))
+    if args.json:
+        print(json.dumps(info.to_json(), indent=2))
+        return 0
+    print(f"opset {info.opset}; inputs: {_signature(info.inputs)}; outputs: {info.outputs}")
+    print(f"params: {info.params:,} ({info.param_bytes / 2**20:.2f} MiB); "
+          f"MACs: {info.macs:,} at these input shapes")
+    print("ops: " + ", ".join(f"{op} x{n}" for op, n in info.op_counts.items()))
+    if info.unsupported:
+        print("unsupported: " + "; ".join(info.unsupported))
+        return EXIT_USER_ERROR
+    print("unsupported: none")
+    return 0
+
+
+def cmd_targets(args) -> int:
+    """``relaycomp targets``."""
+    from relaycomp.targets import known_targets
+
+    for spec in known_targets():
+        print(f"{spec.name:28} {spec.triple:26} {spec.description}")
+    return 0
+
+
+def cmd_passes(args) -> int:
+    """``relaycomp passes``."""
+    from relaycomp.compiler.pipeline import default_stages
+    from relaycomp.compiler.plugins import load_entry_points
+    from relaycomp.registry import PASSES
+    from relaycomp.targets import resolve
+
+    load_entry_points()
+    kind = resolve(args.target).kind
+    stages = default_stages(kind)
+    in_pipeline = {name for stage in stages for name in stage.passes}
+    for stage in stages:
+        print(f"{stage.name}:")
+        for name in stage.passes:
+            print(f"  {name:30} {PASSES.get(name).description}")
+    extra = [PASSES.get(name) for name in PASSES.names()
+             if name not in in_pipeline and kind in PASSES.get(name).kinds]
+    if extra:
+        print("available with --pass NAME:")
+        for info in extra:
+            print(f"  {info.name:30} [{info.stage}] {info.description}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """``relaycomp demo``: the bundled digits CNN, compiled for this machine and checked."""
+    from relaycomp.cli.demo import run_demo
+
+    return run_demo()
+
+
+def cmd_emulate_device(args) -> int:
+    """``relaycomp emulate-device``."""
+    from relaycomp.cli.device import run_emulate
+
+    return run_emulate(args)
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect,
+            "targets": cmd_targets, "passes": cmd_passes, "demo": cmd_demo,
+            "emulate-device": cmd_emulate_device}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``relaycomp`` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        handler = COMMANDS.get(args.command) or args.feature_commands[args.command]
+        return handler(args)
+    except RelaycompError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"relaycomp: error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"  hint: {err.hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("relaycomp: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as err:  # noqa: BLE001 - the last line of defence for the user
+        if args.debug:
+            traceback.print_exc()
+        print(f"relaycomp: internal error: {type(err).__name__}: {err}".splitlines()[0],
+              file=sys.stderr)
+        print("  hint: rerun with --debug and report the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The compiler driver: staged pipeline and pass runner, build, manifest, plugins, features."""

@@ -1,0 +1,28 @@
+"""Pruning as a compile feature: ``PruneConfig`` ranked on the simplified module, applied by
+the ``prune_channels`` pass in the ``prune`` stage."""
+
+from __future__ import annotations
+
+from relaycomp.compiler.features import Feature, Plan, PlanContext, register_feature
+from relaycomp.compiler.pipeline import Placement
+from relaycomp.frontend.layer_names import onnx_layer_names
+from relaycomp.passes.prune_channels import plan_pruning
+from relaycomp.prune.pruner import PruneConfig
+from relaycomp.quantize.data import load_batches
+
+
+def plan_channels(config: PruneConfig, context: PlanContext) -> Plan:
+    """Rank channels on the module (the ``activation`` criterion and compensation run on the
+    first calibration batch, when the compile has calibration data)."""
+    calib = None
+    if context.calibration is not None:
+        batches, _ = load_batches(context.calibration, context.imported.inputs)
+        calib = batches[0]
+    names = onnx_layer_names(context.imported.onnx_model)
+    keep = plan_pruning(context.mod, config, calib, names)
+    return Plan(options={"config": config, "keep": keep, "calib": calib, "layer_names": names})
+
+
+PRUNE = register_feature(Feature(
+    "prune", PruneConfig, Placement("prune_channels", "prune"), plan_channels,
+    cli="relaycomp.prune.cli", description="structured channel pruning"))

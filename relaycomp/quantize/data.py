@@ -1,0 +1,189 @@
+"""Calibration and evaluation data: read, validate and cut into batches of the compiled shape.
+
+Accepted sources, all keyed by the model's input names:
+
+* an ``.npz`` file (or ``example:NAME``, whose ``calibration``/``input`` arrays are used);
+* a directory of ``NAME.npy`` files;
+* a mapping ``{name: array}``;
+* an iterable of such mappings, each one batch.
+
+An array holds one batch of the compiled input shape, several batches stacked on a new leading
+axis, or samples along the batch axis (calibration data may leave the last batch short: it is
+filled by cycling through the samples again). Every problem is a
+:class:`CalibrationError` naming the input: unknown or missing names, shapes that fit none of
+these forms, non-float data for a float input, NaN/Inf, fewer samples than required.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from relaycomp.errors import CalibrationError
+
+LABELS = "labels"  # an evaluation set may carry integer class labels under this key
+
+
+def load_batches(source, inputs, min_samples: int = 1, what: str = "calibration",
+                 allow_labels: bool = False) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+    """``source`` as a list of input batches (and the labels, if ``allow_labels`` and present).
+
+    ``inputs`` are the model's :class:`~relaycomp.frontend.onnx_import.TensorSpec` (compiled shapes).
+    """
+    arrays, label = _read(source, inputs, what)
+    if isinstance(arrays, list):  # an iterable of batches
+        batches = [_check_batch(batch, inputs, what, index) for index, batch in enumerate(arrays)]
+        samples = len(batches) * _batch_size(inputs)
+    else:
+        batches, samples = _split(arrays, inputs, what)
+    labels = None
+    if label is not None and allow_labels:
+        labels = np.asarray(label).reshape(-1)
+    if samples < min_samples:
+        raise CalibrationError(f"{what} data holds {samples} sample(s); at least {min_samples} "
+                               "are needed", hint="supply more samples (a few hundred is typical)")
+    if labels is not None and labels.size != samples:
+        raise CalibrationError(f"{what} data has {labels.size} labels for {samples} samples")
+    return batches, labels
+
+
+def _read(source, inputs, what: str):
+    names = [spec.name for spec in inputs]
+    if isinstance(source, (str, os.PathLike)):
+        return _read_path(source, names, what)
+    if isinstance(source, Mapping):
+        arrays = dict(source)
+        label = arrays.pop(LABELS, None)
+        _check_names(arrays, names, what, "the mapping")
+        return arrays, label
+    if isinstance(source, Iterable):
+        batches = []
+        for batch in source:
+            if not isinstance(batch, Mapping):
+                raise CalibrationError(f"{what} batches must be dicts {{input name: array}}, "
+                                       f"got {type(batch).__name__}")
+            batches.append(dict(batch))
+        return batches, None
+    raise CalibrationError(f"cannot use a {type(source).__name__} as {what} data",
+                           hint="give an .npz path, a directory of .npy files, a dict of arrays "
+                                "or an iterable of dicts")
+
+
+def _read_path(source, names: list[str], what: str):
+    from relaycomp.frontend.examples import get_example, is_example
+
+    if is_example(source):
+        samples = get_example(str(source)).samples()
+        key = "calibration" if what == "calibration" and "calibration" in samples else "input"
+        return {names[0]: samples[key]}, samples.get(LABELS)
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(path.glob("*.npy"))
+        if not files:
+            raise CalibrationError(f"{what} directory {path} holds no .npy files")
+        arrays = {f.stem: _load_npy(f, what) for f in files}
+    elif path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if not hasattr(data, "files"):
+                    raise CalibrationError(f"{what} file {path} is a single .npy array",
+                                           hint="save an .npz keyed by input name "
+                                                "(np.savez(path, NAME=array))")
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError) as err:
+            raise CalibrationError(f"cannot read {what} data {path}: {err}") from None
+    else:
+        raise CalibrationError(f"no such {what} file or directory: {path}")
+    label = arrays.pop(LABELS, None)
+    _check_names(arrays, names, what, str(path))
+    return arrays, label
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise CalibrationError(f"cannot read {what} file {path}: {err}") from None
+
+
+def _check_names(arrays: Mapping, names: list[str], what: str, where: str) -> None:
+    unknown = sorted(set(arrays) - set(names))
+    missing = [n for n in names if n not in arrays]
+    if unknown:
+        raise CalibrationError(f"{what} data {where} holds unknown input(s) {unknown}",
+                               hint=f"the model's inputs: {names}")
+    if missing:
+        raise CalibrationError(f"{what} data {where} lacks input(s) {missing}",
+                               hint=f"it holds {sorted(arrays)}")
+
+
+def _batch_size(inputs) -> int:
+    return int(inputs[0].shape[0]) if inputs and inputs[0].shape else 1
+
+
+def _split(arrays: Mapping[str, np.ndarray], inputs,
+           what: str) -> tuple[list[dict[str, np.ndarray]], int]:
+    """Cut each array into batches of its input's shape (all inputs must give the same count);
+    returns the batches and the number of distinct samples they hold."""
+    pieces: dict[str, list[np.ndarray]] = {}
+    samples = None
+    for spec in inputs:
+        array = _checked_array(arrays[spec.name], spec, what)
+        shape = tuple(spec.shape)
+        if array.shape == shape:
+            pieces[spec.name] = [array]
+        elif array.shape[1:] == shape:  # batches stacked on a new leading axis
+            pieces[spec.name] = list(array)
+        elif (shape and array.ndim == len(shape) and array.shape[1:] == shape[1:]
+              and array.shape[0] % shape[0] == 0):  # samples along the batch axis
+            pieces[spec.name] = list(array.reshape(-1, *shape))
+        elif (what == "calibration" and shape and array.ndim == len(shape)
+              and array.shape[1:] == shape[1:] and len(array)):
+            # Samples that do not fill whole batches: the last batch is filled by cycling
+            # through the samples again (ranges and histograms barely move; no labels here).
+            samples = len(array)
+            filled = -(-len(array) // shape[0]) * shape[0]
+            pieces[spec.name] = list(np.resize(array, (filled, *shape[1:])).reshape(-1, *shape))
+        else:
+            raise CalibrationError(
+                f"{what} array '{spec.name}' has shape {list(array.shape)}; the model is "
+                f"compiled for {list(shape)}",
+                hint=f"give {list(shape)}, [K, *{list(shape)}] for K batches, or "
+                     f"[N*{shape[0] if shape else 1}, ...] samples")
+    counts = {name: len(batches) for name, batches in pieces.items()}
+    if len(set(counts.values())) > 1:
+        raise CalibrationError(f"{what} inputs hold different numbers of batches: {counts}")
+    count = next(iter(counts.values()), 0)
+    batches = [{name: pieces[name][i] for name in pieces} for i in range(count)]
+    return batches, samples if samples is not None else count * _batch_size(inputs)
+
+
+def _check_batch(batch: Mapping, inputs, what: str, index: int) -> dict[str, np.ndarray]:
+    _check_names(batch, [s.name for s in inputs], what, f"batch {index}")
+    result = {}
+    for spec in inputs:
+        array = _checked_array(batch[spec.name], spec, what)
+        if tuple(array.shape) != tuple(spec.shape):
+            raise CalibrationError(f"{what} batch {index}: '{spec.name}' has shape "
+                                   f"{list(array.shape)}, the model takes {list(spec.shape)}")
+        result[spec.name] = array
+    return result
+
+
+def _checked_array(value, spec, what: str) -> np.ndarray:
+    array = np.asarray(value)
+    expected = np.dtype(spec.dtype)
+    if np.issubdtype(expected, np.floating):
+        if not np.issubdtype(array.dtype, np.floating):
+            raise CalibrationError(f"{what} array '{spec.name}' has dtype {array.dtype}; the "
+                                   f"input is {spec.dtype}", hint="convert the data to floats")
+        if not np.all(np.isfinite(array)):
+            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+            raise CalibrationError(f"{what} array '{spec.name}' holds {bad} NaN/Inf value(s)")
+    elif array.dtype.kind != expected.kind:
+        raise CalibrationError(f"{what} array '{spec.name}' has dtype {array.dtype}; the input "
+                               f"is {spec.dtype}")
+    return np.ascontiguousarray(array.astype(expected, copy=False))

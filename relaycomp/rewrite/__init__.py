@@ -1,0 +1,1 @@
+"""Rewrite helpers for passes: rules as data, merging parallel siblings."""

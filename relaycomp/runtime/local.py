@@ -1,0 +1,143 @@
+"""Load a built artifact and run it on this machine.
+
+Guarantees: inputs are checked against the manifest (names, shapes, dtypes) before anything runs;
+outputs come back keyed by the ONNX output names; an artifact built for another machine is refused
+with a message saying where it can run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from relaycomp import ir
+from relaycomp.errors import ArtifactError, InputSpecError, last_line
+from relaycomp.compiler.manifest import Manifest, read_manifest
+from relaycomp.targets import TargetSpec, elf_machine
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency statistics of repeated runs, in milliseconds."""
+
+    median_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+
+
+class LoadedModel:
+    """A compiled model ready to run: ``outputs = model.run({"x": array})``.
+
+    CPU kernels run on ``threads`` threads (default: the target's ``num-cores``), unless
+    TVM_NUM_THREADS is set or TVM's thread pool already started in this process.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"no such artifact: {self.path}")
+        self.manifest: Manifest = read_manifest(self.path)
+        self.target = TargetSpec.from_json(self.manifest.target)
+        self._check_runnable_here()
+        if self.target.kind == "llvm":
+            ir.request_threads(threads or self.target.target.get("num-cores") or os.cpu_count())
+        try:
+            self._vm, self._device = ir.load_vm(str(self.path), self._device_kind())
+        except Exception as err:
+            raise ArtifactError(f"cannot load {self.path}: {last_line(err)}") from err
+
+    def _device_kind(self) -> str:
+        return "cuda" if self.target.kind == "cuda" else "cpu"
+
+    def _check_runnable_here(self) -> None:
+        if self.manifest.artifact_format != "shared-library":
+            raise ArtifactError(
+                f"{self.path} is an object archive for {self.target.triple}",
+                hint="link it into a shared library on the device; `run` needs a .so")
+        machine = elf_machine(self.path)
+        host = elf_machine_of_this_process()
+        if machine != host:
+            raise ArtifactError(
+                f"{self.path} was built for {self.target.triple} ({machine}); "
+                f"this machine is {host}",
+                hint="copy it with its .json manifest to the device and run it there")
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; returns ``{output name: array}``."""
+        arrays = self._check_inputs(inputs)
+        tensors = [ir.to_device(a, self._device) for a in arrays]
+        results = ir.to_numpy(self._vm["main"](*tensors))
+        return {spec.name: value for spec, value in zip(self.manifest.outputs, results)}
+
+    def time(self, inputs: Mapping[str, np.ndarray], repeat: int = 20,
+             warmup: int = 3) -> Timing:
+        """Latency of ``main`` with inputs already on the device (no copies timed)."""
+        tensors = [ir.to_device(a, self._device) for a in self._check_inputs(inputs)]
+        main = self._vm["main"]
+        for _ in range(warmup):
+            main(*tensors)
+        samples = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            main(*tensors)
+            samples.append((time.perf_counter() - start) * 1e3)
+        return Timing(float(np.median(samples)), float(np.mean(samples)), min(samples), repeat)
+
+    def _check_inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        expected = self.manifest.inputs
+        names = [spec.name for spec in expected]
+        missing = [n for n in names if n not in inputs]
+        extra = [n for n in inputs if n not in names]
+        if missing or extra:
+            problem = f"missing input(s) {missing}" if missing else f"unknown input(s) {extra}"
+            raise InputSpecError(f"{problem}", hint=f"the model takes: {describe(expected)}")
+        arrays = []
+        for spec in expected:
+            array = np.asarray(inputs[spec.name])
+            if tuple(array.shape) != tuple(spec.shape):
+                raise InputSpecError(
+                    f"input '{spec.name}' has shape {list(array.shape)}, "
+                    f"the artifact was compiled for {list(spec.shape)}",
+                    hint="recompile with --input NAME:DIMS for another shape")
+            if str(array.dtype) != spec.dtype:
+                raise InputSpecError(
+                    f"input '{spec.name}' has dtype {array.dtype}, expected {spec.dtype}")
+            arrays.append(np.ascontiguousarray(array))
+        return arrays
+
+
+def random_inputs(specs, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs matching ``specs`` (floats in [0,1), ints in [0,10), random bools)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in specs:
+        if spec.dtype == "bool":
+            arrays[spec.name] = rng.random(spec.shape) < 0.5
+        elif spec.dtype.startswith(("int", "uint")):
+            arrays[spec.name] = rng.integers(0, 10, spec.shape).astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.random(spec.shape).astype(spec.dtype)
+    return arrays
+
+
+def describe(specs) -> str:
+    """``name:dtype[dims]`` list for messages."""
+    return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs)
+
+
+def elf_machine_of_this_process() -> str:
+    """The ELF machine of the running Python interpreter (what a host library must match)."""
+    exe = "/proc/self/exe" if os.path.exists("/proc/self/exe") else sys.executable
+    return elf_machine(os.path.realpath(exe))
+
+
+def load(path: str | os.PathLike, threads: int | None = None) -> LoadedModel:
+    """Load an artifact built by :func:`relaycomp.compile` (see :class:`LoadedModel`)."""
+    return LoadedModel(path, threads)

@@ -1,0 +1,1 @@
+"""Kernel schedules per target family; the schedule passes in ``passes/`` apply them."""

@@ -1,0 +1,273 @@
+"""The contraction rule of ``schedule_cpu_loops``: conv2d, dense/matmul, batch matmul, pooling.
+
+Matches a PrimFunc with exactly one reduction block ("main") - its iterators of static extent but
+for outer spatial ones (a dynamic batch) - surrounded by injective blocks (padding before it, an
+elementwise epilogue after it).
+
+Schedule (``_cpu_plan`` picks the vector axis ``v``, the register axis ``u`` and, for a tile
+short of accumulators, a second register axis ``u2``)::
+
+    parallel(fused outer spatial loops) / reduction loops / [unroll(u2_inner)] / unroll(u_inner)
+        / vectorize(v_inner)
+
+or, when ``v`` is walked with a stride (strided depthwise conv, pooling)::
+
+    parallel(fused outer spatial loops) / v (for LLVM to vectorize) / unrolled reduction
+
+The ``u_inner x v_inner`` output tile accumulates in a small stack buffer laid out with ``v``
+last, which LLVM keeps in registers (cache_write + decompose_reduction); the epilogue (bias,
+batch-norm, residual add, relu) is inlined into the write-back of that tile
+(reverse_compute_inline + reverse_compute_at); elementwise producers are inlined, padding stays a
+parallel stage of its own. A repacked weight copy is annotated
+``meta_schedule.layout_rewrite_preproc`` so that a constant weight can be packed once, at
+compile time (``relax.transform.SplitLayoutRewritePreproc`` + ``FoldConstant``).
+
+For the auto-tuner, :meth:`ContractionRule.design_spaces` gives the same schedule as MetaSchedule
+design spaces: one per plan variant, tile sizes and an unroll step as samples whose decisions are
+the heuristic's (``relaycomp.tune.space``).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+from relaycomp.schedules.cpu.common import (
+    CpuFacts,
+    CpuRule,
+    cpu_facts,
+    loop_extent,
+    schedule_spatial_block,
+    single_reduction,
+    uses_var,
+)
+from relaycomp.schedules.cpu.int8 import schedule_int8_conv
+from relaycomp.schedules.cpu.plan import Plan, plan_variants
+
+LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
+MAX_VARIANTS = 8  # plan variants the auto-tuner gets as design spaces
+UNROLL_STEPS = (0, 16, 64, 512)  # the auto-tuner's choices of pragma_auto_unroll_max_step
+MAX_UNROLLED_WINDOW = 64  # reduction steps unrolled inside a row (a 7x7 window at most)
+_HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
+
+
+class ContractionRule(CpuRule):
+    """Register-tiled, vectorized, parallel schedule for one reduction block plus its epilogue."""
+
+    name = "contraction"
+
+    def apply(self, func, target, tunable):
+        """An int8 conv2d gets its tensorized schedule (``_cpu_int8``) when the CPU has one;
+        everything else, or an int8 conv it does not fit, the generic schedule below."""
+        if isinstance(func, tirx.PrimFunc) and self.is_target_available(target):
+            try:
+                sch = schedule_int8_conv(func, target, cpu_facts(target))
+            except Exception:  # noqa: BLE001 - not applicable: the generic schedule
+                sch = None
+            if sch is not None:
+                return sch
+        return super().apply(func, target, tunable)
+
+    def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
+        """See the module docstring."""
+        return _schedule(sch, facts, variant=0, tunable=False)
+
+    def design_spaces(self, sch: s_tir.Schedule, facts: CpuFacts) -> list[s_tir.Schedule]:
+        """The auto-tuner's design spaces: copies of ``sch`` (a traced schedule) scheduled as
+        :meth:`schedule` does, one per plan variant (``_cpu_plan.plan_variants``, the heuristic
+        plan first), with the tile sizes as MetaSchedule samples (``sample_perfect_tile``) and an
+        unroll step (``sample_categorical``) whose decisions are the heuristic's: the first
+        space, with its decisions as sampled, is the heuristic schedule. Empty when the rule
+        does not apply or leaves nothing to tune (a row loop left to LLVM)."""
+        spaces = []
+        for variant in range(MAX_VARIANTS):
+            space = sch.copy()
+            try:
+                scheduled = _schedule(space, facts, variant=variant, tunable=True)
+            except Exception:  # noqa: BLE001 - a variant that does not apply is left out
+                scheduled = None
+            if scheduled is None:
+                if variant == 0:
+                    return []
+                break
+            spaces.append(scheduled)
+        return spaces
+
+
+def _schedule(sch: s_tir.Schedule, facts: CpuFacts, variant: int,
+              tunable: bool) -> s_tir.Schedule | None:
+    """Schedule ``sch`` with plan variant ``variant`` (0: the heuristic plan); ``tunable`` makes
+    the tile sizes and the unroll step samples whose decisions are the plan's."""
+    nest = single_reduction(sch)
+    if nest is None or set(nest.main.dom_kind()) != {"S", "R"}:
+        return None
+    main = nest.main.block_rv
+    kept = [  # elementwise producers fold into main; padding stays a stage of its own
+        info.block_rv
+        for info in nest.prologue
+        if _HAS_IF_THEN_ELSE(sch.get(info.block_rv))
+        or not _try(sch.compute_inline, info.block_rv)
+    ]
+    plans = plan_variants(sch.get(main), facts, MAX_VARIANTS)
+    if variant >= len(plans) or tunable and plans[variant].vector_tile == 0:
+        return None
+    plan = plans[variant]
+    for producer in kept:
+        schedule_spatial_block(sch, producer, facts)
+    params = list(sch.mod["main"].params)
+    for relayout in plan.relayouts:
+        _relayout(sch, main, relayout, params, facts)
+    _tile(sch, main, plan, [info.block_rv for info in nest.epilogue], facts, tunable)
+    if tunable:
+        _sample_unroll(sch)
+    return sch
+
+
+def _try(primitive, *args) -> bool:
+    try:
+        primitive(*args)
+    except Exception:  # noqa: BLE001 - a primitive that does not apply is an answer, not an error
+        return False
+    return True
+
+
+def _relayout(sch: s_tir.Schedule, block_rv, relayout, params, facts: CpuFacts) -> None:
+    """Change an operand's layout: in place for a temporary, through a copy for a parameter
+    (marked as a layout-rewrite preprocessing step: for a weight, a compile-time candidate)."""
+    buffer = sch.get(block_rv).reads[relayout.read].source
+    if any(param.same_as(buffer) for param in params):
+        copy = sch.cache_read(block_rv, relayout.read, "global")
+        sch.annotate(copy, LAYOUT_REWRITE_PREPROC, True)
+        sch.transform_layout(block_rv, ("read", relayout.read), relayout.index_map)
+        schedule_spatial_block(sch, copy, facts)
+    else:
+        sch.transform_layout(block_rv, ("read", relayout.read), relayout.index_map)
+
+
+def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuFacts,
+          tunable: bool = False) -> None:
+    block = sch.get(block_rv)
+    kinds = [it.iter_type for it in block.iter_vars]
+    vector_var = block.iter_vars[plan.vector_iter].var
+    loops = sch.get_loops(block_rv)
+    if plan.vector_tile == 0:
+        _tile_rows(sch, block_rv, plan, epilogue, facts)
+        return
+    # A packed operand's layout fixes the vector tile; an unpacked one lets the tuner vary it.
+    vector_outer, vector_inner = _split(sch, loops[plan.vector_iter], plan.vector_tile,
+                                        tunable and not plan.relayouts, 4 * plan.vector_tile)
+    register_inner = outer_register_inner = None
+    spatial_outer, reduction = [], []
+    for i, loop in enumerate(loops):
+        if i == plan.vector_iter:
+            spatial_outer.append(vector_outer)
+        elif i == plan.register_iter:
+            outer, register_inner = _split(sch, loop, plan.register_tile, tunable,
+                                           max(2 * facts.accumulator_budget, plan.register_tile))
+            spatial_outer.append(outer)
+        elif i == plan.outer_register_iter:
+            outer, outer_register_inner = _split(sch, loop, plan.outer_register_tile, tunable,
+                                                 facts.accumulator_budget)
+            spatial_outer.append(outer)
+        elif kinds[i] == tirx.IterVar.DataPar:
+            spatial_outer.append(loop)
+        else:
+            reduction.append(loop)
+    inner = [loop for loop in (outer_register_inner, register_inner) if loop is not None]
+    sch.reorder(*spatial_outer, *reduction, *inner, vector_inner)
+    outer = sch.fuse(*spatial_outer) if len(spatial_outer) > 1 else spatial_outer[0]
+    tiles = loop_extent(sch, outer)  # None when a dynamic batch is among the outer loops
+    if facts.parallel and (tiles is None or tiles > 1 and tiles * plan.vector_tile >= 64):
+        sch.parallel(outer)
+
+    # "global", not "local": only global-scope buffers under 1 KB become stack allocas on CPU.
+    write_back = sch.cache_write(block_rv, 0, "global")
+    _accumulate_along_lanes(sch, block_rv, vector_var)
+    _fuse_epilogue(sch, epilogue, facts)
+    sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
+    _vectorize_tile(sch, write_back, outer)
+    sch.vectorize(vector_inner)
+    for loop in inner:
+        sch.unroll(loop)
+    init = sch.decompose_reduction(block_rv, reduction[0])
+    _vectorize_tile(sch, init, outer)
+
+
+def _split(sch: s_tir.Schedule, loop, inner: int, sampled: bool, most: int):
+    """``loop`` split into ``[extent // inner, inner]``; with ``sampled`` the factors are a
+    ``sample_perfect_tile`` (inner factor at most ``most``) whose decision is that split."""
+    if not sampled:
+        return sch.split(loop, [None, inner])
+    extent = loop_extent(sch, loop)
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=most,
+                                      decision=[extent // inner, inner])
+    return sch.split(loop, factors)
+
+
+def _sample_unroll(sch: s_tir.Schedule) -> None:
+    """Let the tuner pick an explicit unroll step for the loop nests (MetaSchedule's
+    ``RewriteParallelVectorizeUnroll`` turns it into ``pragma_auto_unroll_max_step``); the
+    decision, 0, leaves the nests as the heuristic schedule has them."""
+    root = sch.get_sblock("root")
+    step = sch.sample_categorical(list(UNROLL_STEPS), [1 / len(UNROLL_STEPS)] * len(UNROLL_STEPS),
+                                  decision=0)
+    sch.annotate(root, "meta_schedule.unroll_explicit", step)
+
+
+def _tile_rows(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuFacts):
+    """Parallel outer loops; the innermost output loop whole, around the unrolled reduction."""
+    kinds = [it.iter_type for it in sch.get(block_rv).iter_vars]
+    loops = sch.get_loops(block_rv)
+    spatial = [loop for i, loop in enumerate(loops) if kinds[i] == tirx.IterVar.DataPar]
+    reduction = [loop for i, loop in enumerate(loops) if kinds[i] != tirx.IterVar.DataPar]
+    row = loops[plan.vector_iter]
+    spatial.remove(row)
+    sch.reorder(*spatial, row, *reduction)
+    outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    if facts.parallel and (loop_extent(sch, outer) or 2) > 1:
+        sch.parallel(outer)
+    write_back = sch.cache_write(block_rv, 0, "global")
+    _fuse_epilogue(sch, epilogue, facts)
+    sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
+    window = 1
+    for loop in reduction:
+        window *= loop_extent(sch, loop)
+    if window <= MAX_UNROLLED_WINDOW:  # a straight-line body lets LLVM vectorize the row loop
+        for loop in reduction:
+            sch.unroll(loop)
+    sch.decompose_reduction(block_rv, reduction[0])
+
+
+def _fuse_epilogue(sch: s_tir.Schedule, epilogue: list, facts: CpuFacts) -> None:
+    """Inline the epilogue chain into the write-back block that follows a ``cache_write``."""
+    for producer in epilogue[:-1]:
+        if not _try(sch.compute_inline, producer):
+            schedule_spatial_block(sch, producer, facts)
+    if epilogue and not _try(sch.reverse_compute_inline, epilogue[-1]):
+        schedule_spatial_block(sch, epilogue[-1], facts)
+
+
+def _accumulate_along_lanes(sch: s_tir.Schedule, block_rv, vector_var) -> None:
+    """Lay the accumulator tile out with the vector axis last: whole-vector loads and stores
+    that LLVM keeps in registers, rather than strided lanes it spills."""
+    indices = sch.get(block_rv).body.indices
+    dims = [d for d, index in enumerate(indices) if uses_var(index, vector_var)]
+    if len(dims) != 1 or dims[0] == len(indices) - 1:
+        return
+    (dim,) = dims
+    sch.transform_layout(
+        block_rv, ("write", 0), lambda *axes: [*axes[:dim], *axes[dim + 1 :], axes[dim]]
+    )
+
+
+def _vectorize_tile(sch: s_tir.Schedule, block_rv, outer) -> None:
+    """Vectorize the innermost non-unit loop of a tile nest under ``outer``, unroll the rest."""
+    loops = sch.get_loops(block_rv)
+    outer_loop = sch.get(outer)
+    start = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(outer_loop)) + 1
+    tile = [loop for loop in loops[start:] if loop_extent(sch, loop) != 1]
+    if not tile:
+        return
+    sch.vectorize(tile[-1])
+    for loop in tile[:-1]:
+        sch.unroll(loop)

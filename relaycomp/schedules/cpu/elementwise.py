@@ -1,0 +1,90 @@
+"""Rules of ``schedule_cpu_loops`` for data-parallel functions and the last-resort fallback.
+
+- :class:`InjectiveRule`: functions made only of injective blocks (elementwise, broadcast, pad,
+  transpose, reshape, concat, layout transforms). Producers are inlined into consumers where
+  possible; every remaining block gets fused-outer-parallel / vectorized-inner loops.
+- :class:`ParallelOuterRule`: anything else with leading spatial loops (reductions no other rule
+  took, symbolic shapes): those loops are fused and made parallel, injective blocks vectorized.
+- :class:`GuardedRule`: runs a TVM dlight rule (e.g. ``dlight.cpu.Reduction``)
+  so that an exception inside it means "not applicable" instead of a failed build.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+from tvm.target import Target
+
+from relaycomp.schedules.cpu.common import MIN_PARALLEL_ELEMENTS, CpuFacts, CpuRule, schedule_spatial_block
+
+
+class InjectiveRule(CpuRule):
+    """Inline, then parallelize and vectorize every block of an all-injective function."""
+
+    name = "injective"
+
+    def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
+        """Schedule an all-injective function; ``None`` if any block reduces."""
+        infos = normalize_prim_func(sch)
+        if not infos or not all(info.is_injective() for info in infos):
+            return None
+        for info in try_inline(sch, infos):
+            schedule_spatial_block(sch, info.block_rv, facts)
+        return sch
+
+
+class ParallelOuterRule(CpuRule):
+    """Fuse and parallelize the leading spatial loops of every block (vectorize injective ones)."""
+
+    name = "parallel_outer"
+
+    def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
+        """Parallelize what can be; ``None`` if no block has a leading spatial loop."""
+        infos = normalize_prim_func(sch)
+        if not infos or not facts.parallel:
+            return None
+        changed = False
+        for info in infos:
+            if info.is_injective():
+                schedule_spatial_block(sch, info.block_rv, facts)
+                changed = True
+                continue
+            kinds = info.dom_kind()
+            leading = len(kinds) - len(kinds.lstrip("S"))
+            loops = [it.loop_rv for it in info.iters[:leading]]
+            if not loops or _static_product(info.dom()[:leading]) == 1:
+                continue
+            fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+            work = _static_product(info.dom())
+            if work is None or work >= MIN_PARALLEL_ELEMENTS:
+                sch.parallel(fused)
+                changed = True
+        return sch if changed else None
+
+
+class GuardedRule(CpuRule):
+    """Adapts any dlight ``ScheduleRule``: a rule that raises is a rule that does not apply."""
+
+    def __init__(self, name: str, rule: ScheduleRule):
+        self.name = name
+        self.rule = rule
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Run the wrapped rule; ``None`` on any exception or unsupported target."""
+        if not self.is_target_available(target):
+            return None
+        try:
+            result = self.rule.apply(func, target, tunable)
+        except Exception:  # noqa: BLE001 - a crashing rule must not fail the build
+            return None
+        return result if isinstance(result, s_tir.Schedule) else None
+
+
+def _static_product(extents) -> int | None:
+    product = 1
+    for extent in extents:
+        if not isinstance(extent, int):
+            return None
+        product *= extent
+    return product

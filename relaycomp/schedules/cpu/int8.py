@@ -1,0 +1,303 @@
+"""The int8 conv2d schedule of ``schedule_cpu_loops`` on x86: a dot-product instruction tensorized.
+
+Matches a PrimFunc (as in ``_cpu_contraction``) whose one reduction block is an NCHW conv2d
+``acc[n, f, y, x] += int32(data[n, c, y*s + ry*d, x*s + rx*d]) * int32(weight[f, c, ry, rx])``
+with uint8 ``data``, int8 ``weight`` (a parameter: a constant weight is repacked at compile
+time), ``f`` a multiple of the lanes and ``c`` of the group (below) - what
+``lower_qdq_to_integer`` produces - on an x86 CPU with AVX-512 VNNI or AVX2
+(:func:`int8_instructions`).
+
+Schedule (``L`` lanes, ``G`` group)::
+
+    parallel(n, f / L F, y, x / U) / c / G, ry, rx / unroll(U) / unroll(F) / dot_LxG
+
+- AVX2 with pair-safe weights, ``dot_8x4`` (:data:`DOT_8X4_AVX2`): ``vpmaddubsw`` (u8 x s8,
+  adjacent products summed into int16) then ``vpmaddwd`` with ones, 8 output channels x 4 input
+  channels - twice the products per instruction of ``dot_8x2``. The int16 pair sums saturate
+  unless every weight pair keeps them in range (7-bit weights always do: ``QuantConfig``'s
+  ``reduce_range``); the ``mark_pair_safe_weights`` pass marks the kernels whose constant
+  weights do (:data:`PAIR_SAFE_PARAMS`, :func:`pair_safe`), and only those take this path.
+- AVX2, ``dot_8x2`` (:data:`DOT_8X2_AVX2`): one ``vpmaddwd``, 8 output channels x 2 input
+  channels, u8 and s8 widened to 16 bits, so the pair sums are exact for any int8 weights.
+- AVX-512 VNNI, ``dot_16x4`` (:data:`DOT_16X4_VNNI`): one ``vpdpbusd``, 16 channels x 4,
+  exact.
+
+``data`` gets the layout ``[n, c/G, h, w, G]`` (written so by the padding stage, or a copy in the
+kernel: ~1/(9 f) of the work), ``weight`` ``[f/LF, c/G, ry, rx, F, L, G]`` (prepacked:
+``meta_schedule.layout_rewrite_preproc``); the ``U x LF`` accumulator tile (in vector registers
+with its operands) is laid out channel-last; the epilogue (zero-point correction, rescale, bias,
+activation, next ``quantize``) is inlined into its write-back, so the kernel reads and writes
+8-bit tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, tirx
+from tvm.target import Target, codegen
+
+from relaycomp.schedules.cpu.common import CpuFacts, schedule_spatial_block, single_reduction
+
+DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
+DOT_8X4_AVX2 = "relaycomp_dot_8x4_u8i8i32_avx2_pairs"
+DOT_16X4_VNNI = "relaycomp_dot_16x4_u8i8i32_vnni"
+DOT_4X4_SDOT = "relaycomp_dot_4x4_i8i8i32_sdot"
+LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
+EPILOGUE_COST = 14  # instructions per vector of outputs: gather, rescale, round, clip, store
+STACK_TILE_BYTES = 1024  # TVM puts a "global" buffer on the stack only below 1 KB
+_HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
+# PrimFunc attribute: indices of the int8 parameters that are constants with pair-safe values.
+PAIR_SAFE_PARAMS = "relaycomp.pair_safe_int8_params"
+
+
+@dataclass(frozen=True)
+class Int8Instructions:
+    """A u8 x s8 -> s32 dot-product instruction as a tensor intrinsic ``C[lanes] +=
+    A[group] . B[lanes, group]``, the vector registers and the instructions one broadcast of
+    ``A`` costs."""
+
+    intrinsic: str
+    lanes: int
+    group: int
+    registers: int
+    broadcast_cost: int
+    mac_cost: int  # instructions per accumulator and step: product(s) and add
+    scratch: int = 2  # registers besides accumulators and weights: broadcast input, product
+    data_dtype: str = "uint8"  # what the instruction multiplies the int8 weights with
+
+
+# vpmaddwd on 16-bit widened operands (exact); a u8 pair broadcast is movzwl, vmovd, vpmovzxbw,
+# vpbroadcastd.
+AVX2 = Int8Instructions(DOT_8X2_AVX2, lanes=8, group=2, registers=16, broadcast_cost=4,
+                        mac_cost=2)
+# vpmaddubsw + vpmaddwd(ones) on pair-safe weights; a u8 quad broadcast is one vpbroadcastd; the
+# ones vector takes a register.
+AVX2_PAIRS = Int8Instructions(DOT_8X4_AVX2, lanes=8, group=4, registers=16, broadcast_cost=1,
+                              mac_cost=3, scratch=3)
+# AVX-512 VNNI vpdpbusd: four u8 x s8 products summed into s32, exact.
+AVX512_VNNI = Int8Instructions(DOT_16X4_VNNI, lanes=16, group=4, registers=32,
+                               broadcast_cost=1, mac_cost=1)
+# AArch64 dot product (ARMv8.2 +dotprod): sdot, four s8 x s8 products summed into s32, exact;
+# activations are int8 (``lower_qdq_to_integer`` shifts uint8 ones by -128 for such targets).
+ARM_SDOT = Int8Instructions(DOT_4X4_SDOT, lanes=4, group=4, registers=32, broadcast_cost=1,
+                            mac_cost=1, scratch=1, data_dtype="int8")
+
+
+def int8_instructions(target: Target) -> Int8Instructions | None:
+    """The best int8 dot product of ``target``: x86 VNNI, then AVX2; AArch64 dotprod; else
+    ``None``."""
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    if triple.startswith("aarch64"):
+        try:
+            return ARM_SDOT if codegen.llvm_cpu_has_features(["dotprod"], target) else None
+        except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
+            return None
+    if not triple.startswith(("x86_64", "i686", "i386")):
+        return None
+    try:
+        if codegen.llvm_cpu_has_features(["avx512vnni"], target):
+            return AVX512_VNNI
+        return AVX2 if codegen.llvm_cpu_has_features(["avx2"], target) else None
+    except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
+        return None
+
+
+def int8_data_dtype(target: Target | None) -> str:
+    """The activation dtype ``target``'s int8 conv kernels multiply: ``int8`` for AArch64
+    dotprod (sdot), else ``uint8``."""
+    return "int8" if target is not None and target.kind.name == "llvm" and (
+        int8_instructions(target) is ARM_SDOT) else "uint8"
+
+
+def prefers_pair_safe_weights(target: Target | None) -> bool:
+    """Whether int8 kernels for ``target`` run twice as fast on pair-safe (7-bit) weights: an
+    x86 CPU with AVX2 but no AVX-512 VNNI (``None``: the host)."""
+    target = target if target is not None else Target.current(allow_none=True)
+    if target is None:
+        target = Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+    return target.kind.name == "llvm" and int8_instructions(target) is AVX2
+
+
+def pair_safe(weight: np.ndarray) -> bool:
+    """Whether ``vpmaddubsw`` sums every pair of adjacent input channels of ``weight`` (int8,
+    ``[out, in, ...]``) with any uint8 inputs without leaving int16: per pair, the positive
+    weights sum to at most 128 and the negative ones to at least -128 (255 x 128 < 2^15)."""
+    if weight.dtype != np.int8 or weight.ndim < 2:
+        return False
+    wide = weight.astype(np.int32)
+    if wide.shape[1] % 2:
+        wide = np.concatenate([wide, np.zeros_like(wide[:, :1])], axis=1)
+    pairs = wide.reshape(wide.shape[0], wide.shape[1] // 2, 2, -1)
+    positive = np.maximum(pairs, 0).sum(axis=2)
+    negative = np.minimum(pairs, 0).sum(axis=2)
+    return bool(positive.max(initial=0) <= 128 and negative.min(initial=0) >= -128)
+
+
+def _register_intrinsics() -> None:
+    """Parse and register the tensor intrinsics on first use (TVMScript parsing costs ~4 s,
+    which every ``import relaycomp`` would otherwise pay)."""
+    from relaycomp.schedules.cpu import int8_intrin  # noqa: F401 - registering is importing
+
+
+def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
+                       facts: CpuFacts) -> s_tir.Schedule | None:
+    """The schedule of the module docstring, or ``None`` when ``func`` does not match."""
+    isa = int8_instructions(target)
+    if isa is None:
+        return None
+    _register_intrinsics()
+    sch = s_tir.Schedule(func)
+    nest = single_reduction(sch)
+    if nest is None:
+        return None
+    main = nest.main.block_rv
+    if isa is AVX2 and _weight_is_pair_safe(sch.mod["main"], sch.get(main)):
+        isa = AVX2_PAIRS if _conv_shape(sch.get(main), AVX2_PAIRS) is not None else AVX2
+    shape = _conv_shape(sch.get(main), isa)
+    if shape is None:
+        return None
+    out_channels, width, steps, batch_loops = shape
+    # Padding stays a stage of its own (writing the input pairs-last, once); other elementwise
+    # producers are inlined.
+    kept = [info.block_rv for info in nest.prologue
+            if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not _inlined(sch, info.block_rv)]
+    blocks, tile = _register_tile(out_channels // isa.lanes, width, steps, isa)
+    data = sch.get(main).reads[0].source  # the parameter itself once a copy was inlined
+    copies = []
+    if any(data.same_as(param) for param in sch.mod["main"].params):
+        copies.append(sch.cache_read(main, 0, "global"))
+    # A padding stage (or the copy) writes the input pairs-last; the conv reads it so.
+    sch.transform_layout(main, ("read", 0), _groups_last(isa.group))
+    for block in kept:
+        schedule_spatial_block(sch, block, facts)
+    weight_copy = sch.cache_read(main, 1, "global")
+    sch.annotate(weight_copy, LAYOUT_REWRITE_PREPROC, True)
+    sch.transform_layout(main, ("read", 1), _packed_weight(blocks, isa))
+
+    loops = sch.get_loops(main)
+    f, y, x, c, *window = loops[batch_loops:]
+    f_outer, f_block, f_lane = sch.split(f, [None, blocks, isa.lanes])
+    x_outer, x_inner = sch.split(x, [None, tile])
+    c_outer, c_group = sch.split(c, [None, isa.group])
+    sch.reorder(*loops[:batch_loops], f_outer, y, x_outer, c_outer, *window, x_inner, f_block,
+                f_lane, c_group)
+    outer = sch.fuse(*loops[:batch_loops], f_outer, y, x_outer)
+    if facts.parallel:
+        sch.parallel(outer)
+    write_back = sch.cache_write(main, 0, "global")
+    sch.transform_layout(main, ("write", 0), _channels_last)
+    epilogue = [info.block_rv for info in nest.epilogue]
+    for block in epilogue[:-1]:
+        sch.compute_inline(block)
+    if epilogue:
+        sch.reverse_compute_inline(epilogue[-1])
+    sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
+    init = sch.decompose_reduction(main, c_outer)
+    sch.tensorize(f_lane, isa.intrinsic)
+    sch.unroll(x_inner)
+    sch.unroll(f_block)
+    for block in (init, write_back):
+        tile_loops = sch.get_loops(block)
+        sch.vectorize(tile_loops[-1])
+    for copy in (*copies, weight_copy):
+        schedule_spatial_block(sch, copy, facts)
+    return sch
+
+
+def _weight_is_pair_safe(func: tirx.PrimFunc, block) -> bool:
+    """Whether the block's second read (the weight) is a parameter marked pair-safe."""
+    marked = (func.attrs or {}).get(PAIR_SAFE_PARAMS, None)
+    if not marked or len(block.reads) < 2:
+        return False
+    weight = block.reads[1].source
+    safe = {int(i) for i in marked}
+    return any(i in safe and param.same_as(weight) for i, param in enumerate(func.params))
+
+
+def _inlined(sch: s_tir.Schedule, block) -> bool:
+    try:
+        sch.compute_inline(block)
+    except Exception:  # noqa: BLE001 - it stays a stage of its own
+        return False
+    return True
+
+
+def _conv_shape(block, isa: Int8Instructions) -> tuple[int, int, int, int] | None:
+    """``(out_channels, out_width, reduction steps of the instruction, batch loops)`` of an
+    int8 NCHW conv2d block, else ``None``."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+        return None
+    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
+    if len(reads) != 2 or [str(b.dtype) for b in reads] != [isa.data_dtype, "int8"]:
+        return None
+    data, weight = reads
+    if len(data.shape) != 4 or len(weight.shape) != 4:
+        return None
+    kinds = "".join("S" if it.iter_type == tirx.IterVar.DataPar else "R"
+                    for it in block.iter_vars)
+    spatial = len(kinds.rstrip("R"))
+    if kinds != "S" * spatial + "R" * (len(kinds) - spatial) or spatial not in (3, 4):
+        return None  # (n,) f, y, x, c (, ry, rx): unit window loops vanish in 1x1 convs
+    extents = [int(it.dom.extent) if isinstance(it.dom.extent, tirx.IntImm) else None
+               for it in block.iter_vars]
+    batch = spatial - 3
+    out_channels, width, in_channels = extents[batch], extents[batch + 2], extents[batch + 3]
+    if None in (out_channels, width, in_channels):
+        return None
+    if out_channels % isa.lanes or in_channels % isa.group or int(weight.shape[0]) != out_channels:
+        return None
+    if int(weight.shape[1]) != in_channels:  # grouped / depthwise: the generic schedule
+        return None
+    return out_channels, width, int(np.prod(extents[batch + 3:])) // isa.group, batch
+
+
+def _register_tile(channel_blocks: int, width: int, steps: int,
+                   isa: Int8Instructions) -> tuple[int, int]:
+    """``(F, U)``: channel blocks and output columns per tile. The ``F x U`` accumulators, the
+    ``F`` weight vectors and the scratch registers must fit (a spilled accumulator costs a load
+    and a store per multiply-add); of those tiles, the fewest instructions per output: ``steps``
+    reduction steps of ``U`` broadcasts, ``F`` weight loads and ``F x U`` multiply-adds, then
+    the epilogue, vectorized along the ``U`` columns (:data:`EPILOGUE_COST` per vector) - which
+    decides when the reduction is short (a 1x1 conv over 16 channels)."""
+    best = (float("inf"), 0, 1, 1)
+    for blocks in (4, 2, 1):
+        if channel_blocks % blocks:
+            continue
+        for tile in range(1, width + 1):
+            accumulators = blocks * tile
+            if (width % tile or accumulators + blocks + isa.scratch > isa.registers
+                    or accumulators * isa.lanes * 4 >= STACK_TILE_BYTES):
+                continue
+            reduction = steps * (isa.broadcast_cost * tile + blocks + isa.mac_cost * accumulators)
+            epilogue = EPILOGUE_COST * blocks * isa.lanes * -(-tile // isa.lanes)
+            per_output = (reduction + epilogue) / (accumulators * isa.lanes)
+            best = min(best, (per_output, -accumulators, blocks, tile))
+    return best[2], best[3]
+
+
+def _groups_last(group: int):
+    def index_map(n, c, h, w):
+        return [n, c // group, h, w, c % group]
+
+    return index_map
+
+
+def _packed_weight(blocks: int, isa: Int8Instructions):
+    width, lanes, group = isa.lanes * blocks, isa.lanes, isa.group
+
+    def index_map(f, c, ry, rx):
+        return [f // width, c // group, ry, rx, f % width // lanes, f % lanes, c % group]
+
+    def one_block(f, c, ry, rx):  # a constant block index would not invert
+        return [f // lanes, c // group, ry, rx, f % lanes, c % group]
+
+    return one_block if blocks == 1 else index_map
+
+
+def _channels_last(n, f, y, x):
+    return [n, y, x, f]
+

@@ -1,0 +1,115 @@
+"""The int8 dot-product tensor intrinsics of ``_cpu_int8``: AVX2 vpmaddwd 8x2 (exact), AVX2
+vpmaddubsw 8x4 (exact for pair-safe weights only) and AVX-512 VNNI vpdpbusd 16x4 (exact), all
+u8 x s8 -> s32; AArch64 sdot 4x4 (s8 x s8 -> s32, exact). One description (:func:`_dot_desc`),
+an implementation each. Importing this module registers them; ``_cpu_int8`` imports it on first
+use only, because parsing TVMScript at import costs seconds.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.script import tirx as T
+
+from relaycomp.schedules.cpu.int8 import DOT_4X4_SDOT, DOT_8X2_AVX2, DOT_8X4_AVX2, DOT_16X4_VNNI
+
+
+def _dot_desc(lanes: int, group: int, data: str):
+    """What every intrinsic computes: ``C[lanes] += A[group] . B[lanes, group]`` in int32."""
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((group,), data, offset_factor=1),
+             B: T.Buffer((lanes, group), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_avx2(A: T.Buffer((2,), "uint8", offset_factor=1),
+                  B: T.Buffer((8, 2), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        # (a0, a1) widened to two int16 and broadcast to all 8 lanes: [a0 a1 a0 a1 ...]. One
+        # expression: a Python name bound here becomes a T.alloc_local, i.e. a workspace
+        # allocation per output tile inside the parallel loop.
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")),
+                                                    dtype="int32"), 8), dtype="int16x16"),
+            T.Cast("int16x16", B.vload([0, 0], dtype="int8x16")),
+            dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x4_avx2(A: T.Buffer((4,), "uint8", offset_factor=1),
+                  B: T.Buffer((8, 4), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        # vpmaddubsw: u8 x s8 products summed in adjacent pairs into saturating int16 - exact
+        # only when no pair sum leaves int16, which the schedule checks of the weights; then
+        # vpmaddwd with ones sums the pairs into int32 (exact).
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"),
+                                          8), dtype="uint8x32"),
+                B.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16"),
+            T.broadcast(T.int16(1), 16),
+            dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
+                   B: T.Buffer((16, 4), "int8", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        # TVM's own dot_16x4_vnni passes i32 vectors, which LLVM 19+ refuses (<64 x i8> now).
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                          dtype="int8x64"),
+            B.vload([0, 0], dtype="int8x64"),
+            dtype="int32x16",
+        )
+
+
+@T.prim_func(s_tir=True)
+def _dot_4x4_sdot(A: T.Buffer((4,), "int8", offset_factor=1),
+                  B: T.Buffer((4, 4), "int8", offset_factor=1),
+                  C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+            C.vload([0], dtype="int32x4"),
+            B.vload([0, 0], dtype="int8x16"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                          dtype="int8x16"),
+            dtype="int32x4",
+        )
+
+
+s_tir.TensorIntrin.register(DOT_4X4_SDOT, _dot_desc(4, 4, "int8"), _dot_4x4_sdot, override=True)
+s_tir.TensorIntrin.register(DOT_8X2_AVX2, _dot_desc(8, 2, "uint8"), _dot_8x2_avx2, override=True)
+s_tir.TensorIntrin.register(DOT_8X4_AVX2, _dot_desc(8, 4, "uint8"), _dot_8x4_avx2,
+                            override=True)
+s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_desc(16, 4, "uint8"), _dot_16x4_vnni,
+                            override=True)

@@ -1,0 +1,294 @@
+"""Access analysis for the contraction rule: where the SIMD lanes and the register tile go.
+
+GEMM view of a reduction block ``out[S] (+)= f(operand_1[...], operand_2[...])``: each operand
+has *exclusive* spatial iterators, used by no other operand (NCHW conv: the weight owns ``f``, the
+input owns ``n, y, x``; dense: ``A`` owns ``m``, ``B`` owns ``n``).
+
+- With reuse: the vector axis ``v`` is an exclusive iterator of an operand that walks it with
+  unit stride or is cheap to repack (a copy ``[.., F, ..] -> [F/t, .., t]``, small next to the
+  multiply-adds); the register axis ``u`` is the innermost exclusive iterator of another operand,
+  so each loaded vector is reused ``u_tile`` times from registers. Among the candidates wins the
+  most multiply-adds per load, then the cheapest (no copy, free copy, sliding window, costly copy).
+  When the register axis's extent leaves the tile short of independent accumulators (a 14-wide
+  conv: 7 of one vector, fewer than the multiply-add pipes' latency needs), a second register
+  axis ``u2`` of the same operand (the conv's output rows) multiplies the tile: ``2 x 2`` output
+  pixels of 2 vectors, 8 accumulators (measured 2-7% faster on ResNet-18's 14x14 convs).
+- Without (depthwise conv, pooling): ``v`` is the innermost output iterator and ``u`` the one
+  before it (independent accumulators hide the multiply-add latency). When an operand walks ``v``
+  with a constant stride ``s > 1`` (strided depthwise conv or pooling) the ``v`` loop is left
+  whole, with the (small) reduction unrolled inside it, for LLVM's loop vectorizer.
+
+:func:`plan_contraction` is the heuristic's plan; :func:`plan_variants` adds the alternatives
+(vectors per tile row, register axis) the auto-tuner measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import tvm
+from tvm import tirx
+
+from relaycomp.schedules.cpu.common import (
+    CpuFacts,
+    buffer_size,
+    collect_loads,
+    is_unit_stride,
+    largest_divisor,
+    static_int,
+    uses_var,
+)
+
+# Repacking an operand is "free" below 1/64 of the multiply-adds and allowed up to 1/8.
+FREE_PACK_RATIO = 64
+MAX_PACK_RATIO = 8
+# Independent accumulators that keep both FMA pipes busy (2 pipes x 4 cycles on AVX2 cores):
+# a one-axis tile with fewer gets a second register axis when that gives more.
+MIN_ACCUMULATORS = 8
+
+
+@dataclass(frozen=True)
+class Relayout:
+    """Give operand ``read`` (an index into the block's reads) the layout ``index_map``."""
+
+    read: int
+    index_map: Callable
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the lanes and the unrolled register tile go (indices into the block's iter_vars)."""
+
+    vector_iter: int
+    vector_tile: int
+    register_iter: int | None
+    register_tile: int
+    relayouts: tuple[Relayout, ...]
+    # A second unrolled register axis, outside ``register_iter`` in the tile (``None``: none).
+    outer_register_iter: int | None = None
+    outer_register_tile: int = 1
+
+
+def plan_contraction(block, facts: CpuFacts) -> Plan | None:
+    """Plan the register tile of ``block`` (an ``SBlock``), or ``None`` if it does not fit.
+
+    ``vector_tile == 0`` means "keep the whole ``v`` loop, do not vectorize it in TVM"."""
+    plans = plan_variants(block, facts)
+    return plans[0] if plans else None
+
+
+def plan_variants(block, facts: CpuFacts, most: int = 8) -> list[Plan]:
+    """The heuristic plan of ``block`` first, then up to ``most - 1`` alternatives the auto-tuner
+    may measure: the same vector axis and operand with another number of vectors per row of the
+    tile, or another register axis (empty when the block does not fit the rule)."""
+    found = _analyze(block, facts)
+    if not isinstance(found, _Candidate):
+        return [found] if found is not None else []
+    extents, lanes = found.extents, found.lanes
+    heuristic = (found.vectors, found.register_iter, found.outer_tile)
+    choices = [heuristic]
+    for register_iter in [found.register_iter, *found.register_candidates]:
+        if register_iter != found.register_iter and (extents[register_iter] or 1) < 2:
+            continue
+        for vectors in range(1, 5):
+            if extents[found.vector_iter] % (vectors * lanes) == 0:
+                choices.append((vectors, register_iter, 1))
+    relayout_read = None
+    if found.dim is not None:
+        name = str(found.operands[found.operand].source.name)
+        if found.reads.count(name) != 1:
+            return []
+        relayout_read = found.reads.index(name)
+    plans = []
+    for vectors, register_iter, outer_tile in dict.fromkeys(choices):
+        u_extent = 1 if register_iter is None else extents[register_iter]
+        tile = (found.tile if (vectors, register_iter, outer_tile) == heuristic
+                else largest_divisor(u_extent, max(facts.accumulator_budget // vectors, 1)))
+        relayouts = ()
+        if relayout_read is not None:
+            relayouts = (Relayout(relayout_read, _blocked(found.dim, vectors * lanes)),)
+        outer_iter = found.outer_register_iter if outer_tile > 1 else None
+        plans.append(Plan(found.vector_iter, vectors * lanes, register_iter, tile, relayouts,
+                          outer_iter, outer_tile))
+    return plans[:most]
+
+
+class _Candidate(NamedTuple):
+    """The best vector/register axes of a block with reuse, and what varying them needs."""
+
+    operand: int
+    vector_iter: int
+    dim: int | None
+    register_iter: int | None
+    vectors: int
+    tile: int
+    extents: list
+    lanes: int
+    reads: list
+    operands: list
+    register_candidates: list
+    outer_register_iter: int | None
+    outer_tile: int
+
+
+def _analyze(block, facts: CpuFacts) -> _Candidate | Plan | None:
+    """The best register-tile candidate, else a :class:`Plan` without reuse, else ``None``."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore):
+        return None
+    lanes = facts.lanes(store.buffer.dtype)
+    iters = list(block.iter_vars)
+    operands = [ld for ld in collect_loads(store.value) if not ld.source.same_as(store.buffer)]
+    # Symbolic extents (a dynamic batch) may only sit on outer spatial loops.
+    extents = [static_int(it.dom.extent) for it in iters]
+    spatial = [i for i, it in enumerate(iters) if it.iter_type == tirx.IterVar.DataPar]
+    if not operands or any(extents[i] is None for i in range(len(iters)) if i not in spatial):
+        return None
+    used = [{i for i in spatial if _uses(op, iters[i].var)} for op in operands]
+    exclusive = [own - set().union(*(used[:k] + used[k + 1 :])) for k, own in enumerate(used)]
+    reads = [str(region.source.name) for region in block.reads]
+    macs = 1
+    for extent in extents:
+        macs *= extent or 1
+
+    # Each candidate: the register tile it allows, scored by multiply-adds per load (vector
+    # loads of the vector operand + broadcast loads along the register axis), then by cost:
+    # 0 walks the operand as is (dense B[k, n]); 1 repacks it for free (a conv weight); 2 walks a
+    # sliding window (conv input x + rx: unaligned, overlapping loads); a costly repack ranks
+    # by its size.
+    best, best_others = None, []
+    for k, load in enumerate(operands):
+        size = buffer_size(load.source)
+        others = sorted(set(spatial) - used[k], reverse=True)
+        register_iter = next(
+            (i for i in others if extents[i] and any(i in own for own in exclusive)), None
+        )
+        # The next axis of the operand that owns the register axis: the tile's second axis.
+        owner = next((own for own in exclusive if register_iter in own), set())
+        outer_iter = next((i for i in others if i < (register_iter or 0) and i in owner
+                           and (extents[i] or 1) > 1), None)
+        for i in exclusive[k]:
+            if size is None or extents[i] is None or extents[i] % lanes:
+                continue
+            dim = None
+            if is_unit_stride(load.indices, iters[i].var):
+                cost = 0 if load.indices[-1].same_as(iters[i].var) else 2
+            else:
+                dim = _sole_dim(load.indices, iters[i].var)
+                if dim is None or size * MAX_PACK_RATIO > macs:
+                    continue
+                cost = 1 if size * FREE_PACK_RATIO <= macs else max(size, 3)
+            vectors, tile = _register_tile(extents, lanes, facts, i, register_iter)
+            per_load = round(vectors * tile / (vectors + tile), 2)
+            key = (-per_load, cost, size, -i)
+            if best is None or key < best[0]:
+                outer_tile = 1
+                if outer_iter is not None and vectors * tile < MIN_ACCUMULATORS:
+                    vectors, tile, outer_tile = _register_tile_2d(
+                        extents, lanes, facts, i, register_iter, outer_iter, (vectors, tile))
+                best = (key, k, i, dim, register_iter, vectors, tile,
+                        outer_iter if outer_tile > 1 else None, outer_tile)
+                best_others = [j for j in others if extents[j]
+                               and any(j in own for own in exclusive)]
+    if best is not None:
+        key, k, i, dim, register_iter, vectors, tile, outer_iter, outer_tile = best
+        return _Candidate(k, i, dim, register_iter, vectors, tile, extents, lanes, reads,
+                          operands, best_others, outer_iter, outer_tile)
+    return _plan_without_reuse(operands, iters, extents, spatial, lanes, facts)
+
+
+def _plan_without_reuse(operands, iters, extents, spatial, lanes, facts) -> Plan | None:
+    vector_iter = spatial[-1]
+    if extents[vector_iter] is None:
+        return None
+    var = iters[vector_iter].var
+    strides = [_last_dim_stride(load, var) for load in operands if _uses(load, var)]
+    if None in strides:
+        return None
+    if any(stride != 1 for stride in strides):
+        # Strided lanes (strided depthwise conv / pooling): TVM would gather them one by one,
+        # LLVM's loop vectorizer loads whole vectors and shuffles - leave that loop to LLVM.
+        return Plan(vector_iter, 0, None, 1, ()) if len(spatial) > 1 else None
+    row = extents[vector_iter]
+    if lanes < row <= 4 * lanes and row % lanes:
+        # A short row that is no multiple of the lanes (a 28- or 14-wide depthwise conv): the
+        # whole row as one vector, which LLVM splits into full vectors and one part; measured
+        # 1.8x faster at 28 wide than 7-lane vectors with a register tile, the same at 14.
+        return Plan(vector_iter, row, None, 1, ())
+    vector_tile = largest_divisor(row, lanes)
+    if vector_tile < 2:
+        return None
+    # Independent accumulators along the next output axis hide the FMA latency.
+    register_iter = next((i for i in reversed(spatial[:-1]) if (extents[i] or 1) > 1), None)
+    register_tile = (
+        1
+        if register_iter is None
+        else largest_divisor(extents[register_iter], facts.accumulator_budget)
+    )
+    return Plan(vector_iter, vector_tile, register_iter, register_tile, ())
+
+
+def _register_tile(extents, lanes, facts, vector_iter, register_iter) -> tuple[int, int]:
+    """``(vectors, register_tile)``: the most accumulators (independent FMA chains) the register
+    budget holds, then the fewest loads per multiply-add (vectors + register_tile)."""
+    u_extent = 1 if register_iter is None else extents[register_iter]
+    # Without a register axis (matrix-vector) the chains can only come from more vectors.
+    most_vectors = 2 if u_extent > 1 else facts.accumulator_budget
+    best = (0, 0, 0, 1, 1)
+    for vectors in range(1, most_vectors + 1):
+        if extents[vector_iter] % (vectors * lanes) == 0:
+            tile = largest_divisor(u_extent, facts.accumulator_budget // vectors)
+            best = max(best, (tile * vectors, -(tile + vectors), -vectors, vectors, tile))
+    return best[3], best[4]
+
+
+def _register_tile_2d(extents, lanes, facts, vector_iter, register_iter, outer_iter,
+                      one_axis) -> tuple[int, int, int]:
+    """``(vectors, register_tile, outer_register_tile)``: a tile over two register axes when
+    it holds more accumulators than ``one_axis`` (``(vectors, register_tile)``) does, then the
+    fewest loads per multiply-add (vectors + tile pixels); else ``one_axis`` unchanged."""
+    budget = facts.accumulator_budget
+    best = (one_axis[0] * one_axis[1], -(one_axis[0] + one_axis[1]), 1, *one_axis, 1)
+    for vectors in range(1, 3):
+        if extents[vector_iter] % (vectors * lanes):
+            continue
+        for outer in range(2, budget // vectors + 1):
+            if extents[outer_iter] % outer:
+                continue
+            tile = largest_divisor(extents[register_iter], budget // (vectors * outer))
+            pixels = tile * outer
+            if tile < 2:  # a column of pixels: the sliding window's loads are not shared
+                continue
+            best = max(best, (vectors * pixels, -(vectors + pixels), 0, vectors, tile, outer))
+    return best[3], best[4], best[5]
+
+
+def _uses(load, var) -> bool:
+    return any(uses_var(index, var) for index in load.indices)
+
+
+def _sole_dim(indices, var) -> int | None:
+    """The dimension whose index is exactly ``var`` when no other dimension mentions it."""
+    dims = [d for d, index in enumerate(indices) if uses_var(index, var)]
+    if len(dims) == 1 and isinstance(indices[dims[0]], tirx.Var):
+        return dims[0] if indices[dims[0]].same_as(var) else None
+    return None
+
+
+def _last_dim_stride(load, var) -> int | None:
+    """The constant coefficient of ``var`` when it only appears, linearly, in the last index."""
+    if any(uses_var(index, var) for index in load.indices[:-1]):
+        return None
+    coefficients = tvm.sym.detect_linear_equation(load.indices[-1], [var])
+    return static_int(coefficients[0]) if len(coefficients) == 2 else None
+
+
+def _blocked(dim: int, tile: int) -> Callable:
+    """``[.., d, ..] -> [.., d // tile, .., d % tile]``: ``tile`` consecutive ``d`` contiguous."""
+
+    def index_map(*axes):
+        return [*axes[:dim], axes[dim] // tile, *axes[dim + 1 :], axes[dim] % tile]
+
+    return index_map

@@ -1,0 +1,332 @@
+"""Measuring kernels: the builder and runner (local or through a TVM RPC tracker), the heuristic
+baseline of each task, and the progress line printed after every measured batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cloudpickle
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+from relaycomp.errors import RelaycompError, TuningError, last_line
+from relaycomp.tune.db import FAILED_SECONDS
+
+RUN_TIMEOUT_SECONDS = 30
+BUILD_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where candidates run: this machine, or devices under ``key`` at an RPC tracker."""
+
+    rpc: str | None = None      # "HOST:PORT" of a TVM RPC tracker
+    key: str | None = None
+    timeout_sec: int = RUN_TIMEOUT_SECONDS
+
+    def __post_init__(self):
+        if (self.rpc is None) != (self.key is None):
+            raise TuningError("--rpc HOST:PORT and --key KEY go together",
+                              hint="give both to tune on a device, neither to tune here")
+        if self.rpc is not None:
+            host, _, port = self.rpc.rpartition(":")
+            if not host or not port.isdigit():
+                raise TuningError(f"--rpc expects HOST:PORT, got '{self.rpc}'")
+
+    @property
+    def tracker(self) -> tuple[str, int]:
+        """(host, port) of the tracker."""
+        host, _, port = self.rpc.rpartition(":")
+        return host, int(port)
+
+
+@derived_object
+class PooledBuilder(ms.builder.PyBuilder):
+    """MetaSchedule's LocalBuilder, but its worker processes live for the whole session.
+
+    The stock builder starts a fresh pool for every batch (each worker imports TVM: ~10 s on a
+    busy 2-core machine, often more than the build timeout); this one restarts its pool only
+    every ``batches_per_pool`` batches, which keeps the workers' slow memory growth in check.
+    Its workers build with :func:`build_kernel`, which skips the stock build's 30 s import.
+    """
+
+    def __init__(self, max_workers: int | None = None, timeout_sec: float = BUILD_TIMEOUT_SECONDS,
+                 batches_per_pool: int = 16, export: Export | None = None):
+        super().__init__()
+        self.export = export
+        self.max_workers = max_workers or os.cpu_count() or 1
+        self.timeout_sec = timeout_sec
+        self.batches_per_pool = batches_per_pool
+        self._pool = None
+        self._batches = 0
+
+    def build(self, build_inputs):
+        """Build each input in the pool; a timeout or exception becomes that input's error."""
+        if self._pool is None or self._batches >= self.batches_per_pool:
+            self.close()
+            # The workers get this module's functions by value: importing it by name would
+            # import the relaycomp package, whose passes import tvm.s_tir.tensor_intrin.
+            cloudpickle.register_pickle_by_value(sys.modules[__name__])
+            self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
+                                           initializer=_warm_up_builder)
+        self._batches += 1
+        jobs = [(build_kernel, self.export, b.mod, b.target, _serialize_params(b.params))
+                for b in build_inputs]
+        results = []
+        for outcome in self._pool.map_with_error_catching(lambda job: _worker_func(*job), jobs):
+            if outcome.status == StatusKind.COMPLETE:
+                results.append(ms.builder.BuilderResult(outcome.value, None))
+            elif outcome.status == StatusKind.TIMEOUT:
+                results.append(ms.builder.BuilderResult(
+                    None, f"build timed out after {self.timeout_sec} s"))
+            else:
+                results.append(ms.builder.BuilderResult(None, f"build failed: {outcome.value}"))
+        return results
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+            self._batches = 0
+
+
+def _warm_up_builder() -> None:
+    """Pay a worker's imports before its first build (the initializer has no timeout)."""
+    import tvm.driver
+    import tvm.s_tir.transform  # noqa: F401
+
+
+def build_kernel(mod: tvm.IRModule, target, _params) -> tvm.runtime.Module:
+    """MetaSchedule's default build of a scheduled candidate, without its import of
+    ``tvm.s_tir.tensor_intrin``: that parses hundreds of TVMScript kernels (about 30 s of CPU
+    per worker) only to register tensor intrinsics, which the schedule - applied in the tuning
+    process, which has them - has already inlined into the candidate's TIR.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    # A weight repack is folded at compile time in a build: measure the kernel without it.
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+@dataclass(frozen=True)
+class Export:
+    """Links a built candidate into a shared library with a given C compiler: the target's
+    cross compiler when the device is not this machine (e.g. ``aarch64-linux-gnu-gcc``)."""
+
+    compiler: str
+    options: tuple[str, ...] = ()
+
+    def __call__(self, rt_mod: tvm.runtime.Module) -> str:
+        """Export ``rt_mod`` to a fresh temporary folder; returns the library's path."""
+        from tvm.support import cc
+
+        def link(output, objects, options=None):
+            cc.create_shared(output, objects, options=[*self.options, *(options or [])],
+                             cc=self.compiler)
+
+        link.output_format = "so"
+        path = os.path.join(tempfile.mkdtemp(prefix="tvm-tmp-"), "tvm_tmp_mod.so")
+        rt_mod.export_library(path, fcompile=link)
+        return path
+
+
+def make_builder(spec=None) -> ms.builder.Builder:
+    """Compiles candidates in long-lived worker processes on this machine, linked by ``spec``'s
+    toolchain (a relaycomp TargetSpec; None or the host's compiler: TVM's default export)."""
+    toolchain = getattr(spec, "toolchain", None)
+    if toolchain is None or toolchain.compiler is None:
+        return PooledBuilder()
+    return PooledBuilder(export=Export(toolchain.find(), tuple(toolchain.options)))
+
+
+def make_runner(device: Device, kind: str, repeat: int = 1,
+                runs_here: bool = True) -> ms.runner.Runner:
+    """A runner for ``device`` timing ``repeat`` times per candidate (each at least 50 ms of
+    calls); an unreachable tracker, a key without devices or, without a tracker, a target that
+    cannot run here (``runs_here`` False) is an error."""
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=repeat, min_repeat_ms=50,
+                                          enable_cpu_cache_flush=False)
+    if device.rpc is None:
+        if kind == "cuda" and not tvm.cuda(0).exist:
+            raise TuningError("no CUDA GPU on this machine to measure the tuning candidates on",
+                              hint="tune on the GPU machine, or measure there over "
+                                   "--rpc HOST:PORT --key KEY")
+        if not runs_here:
+            raise TuningError("the target's kernels cannot run on this machine to be measured",
+                              hint="measure them on the device: --rpc HOST:PORT --key KEY (a "
+                                   "TVM RPC tracker the device's server is registered at)")
+        return ms.runner.LocalRunner(timeout_sec=device.timeout_sec, evaluator_config=evaluator)
+    host, port = device.tracker
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device.key,
+                                 session_timeout_sec=device.timeout_sec)
+    servers = count_devices(config)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
+                               max_workers=servers)
+
+
+TRACKER_HINT = "start one: python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port 9190"
+
+
+def tracker_summary(host: str, port: int, error: type[RelaycompError] = TuningError) -> dict:
+    """The summary of the TVM RPC tracker at ``host:port`` (``queue_info``: key -> free/pending
+    servers); an unreachable tracker raises ``error`` at once, where TVM's own client would
+    retry for its whole session timeout, warning every 5 s."""
+    from tvm import rpc
+
+    try:  # a plain connect first
+        socket.create_connection((host, port), timeout=5).close()
+        return rpc.connect_tracker(host, port).summary()
+    except Exception as err:  # noqa: BLE001 - connection errors come in many types
+        raise error(f"cannot reach the RPC tracker at {host}:{port}: {last_line(err)}",
+                    hint=TRACKER_HINT) from None
+
+
+def count_devices(config) -> int:
+    """Devices free or busy under the key; raises TuningError when there are none."""
+    summary = tracker_summary(config.tracker_host, config.tracker_port)
+    queue = summary.get("queue_info", {}).get(config.tracker_key, {})
+    count = int(queue.get("free", 0)) + int(queue.get("pending", 0))
+    servers = [s for s in summary.get("server_info", [])
+               if str(s.get("key", "")).split(":")[-1] == config.tracker_key]
+    count = max(count, len(servers))
+    if count == 0:
+        known = sorted(summary.get("queue_info", {})) or ["none"]
+        raise TuningError(f"no device is registered under key '{config.tracker_key}' at the "
+                          f"tracker {config.tracker_host}:{config.tracker_port}",
+                          hint=f"keys the tracker knows: {', '.join(known)}")
+    return count
+
+
+def measure_modules(mods: Sequence[tvm.IRModule], target, builder, runner) -> list[float]:
+    """Build and run each (already scheduled) single-kernel module: its best repeat in seconds,
+    or FAILED_SECONDS. The best, not the mean: on a shared machine the noise only adds time."""
+    return run_built(build_modules(mods, target, builder), target, runner)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A kernel module built by the builder: its library (None if the build failed)."""
+
+    mod: tvm.IRModule
+    artifact_path: str | None
+
+
+def build_modules(mods: Sequence[tvm.IRModule], target, builder) -> list[Built]:
+    """Build each (already scheduled) single-kernel module once, to run as often as wanted."""
+    results = builder.build([ms.builder.BuilderInput(mod, target) for mod in mods])
+    return [Built(mod, r.artifact_path if r.error_msg is None else None)
+            for mod, r in zip(mods, results)]
+
+
+def run_built(built: Sequence[Built], target, runner) -> list[float]:
+    """Run each built kernel: its best repeat in seconds, or FAILED_SECONDS."""
+    seconds = [FAILED_SECONDS] * len(built)
+    runnable = [(i, b) for i, b in enumerate(built) if b.artifact_path is not None]
+    runner_inputs = [
+        ms.runner.RunnerInput(b.artifact_path, _device_type(target),
+                              # the builder strips a weight-repacking block, as for tuned
+                              # candidates: measure with the packed weight layout
+                              ms.arg_info.ArgInfo.from_entry_func(b.mod, remove_preproc=True))
+        for _, b in runnable]
+    futures = runner.run(runner_inputs) if runner_inputs else []
+    for (i, _), future in zip(runnable, futures):
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            seconds[i] = min(float(v) for v in result.run_secs)
+    return seconds
+
+
+def _device_type(target) -> str:
+    return "cpu" if target.kind.name == "llvm" else target.kind.name
+
+
+@dataclass
+class Progress:
+    """Live progress over a whole tuning session: trials, best per task and for the model, ETA."""
+
+    total_trials: int
+    weights: dict[str, int]        # task name -> occurrences in the model
+    heuristic_ms: dict[str, float]  # task name -> the heuristic schedule's time
+    stream: object = None
+    enabled: bool = True
+    done: int = 0
+    failed: int = 0
+    best_ms: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def model_ms(self) -> float:
+        """Estimated model latency: each kernel at its best so far, times its occurrences."""
+        return sum(weight * min(self.heuristic_ms[name], self.best_ms.get(name, math.inf))
+                   for name, weight in self.weights.items())
+
+    def batch(self, task_name: str, task_done: int, task_total: int, best_ms: float,
+              baseline_ms: float, measured: int, failed: int) -> None:
+        """Record one measured batch and print the progress line."""
+        if not measured:
+            return
+        self.done += measured
+        self.failed += failed
+        self.best_ms[task_name] = min(self.best_ms.get(task_name, math.inf), best_ms)
+        if failed and failed == measured:
+            warnings.warn(f"all {measured} candidates of {task_name} failed to build or run "
+                          "(device lost?); tuning goes on with what it has", stacklevel=2)
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.started
+        left = max(self.total_trials - self.done, 0)
+        eta = elapsed / self.done * left if self.done else math.nan
+        best = f"{best_ms:.4f} ms" if best_ms < FAILED_SECONDS else "none yet"
+        bar = _bar(self.done, self.total_trials)
+        print(f"{bar} {self.done}/{self.total_trials} trials | {task_name}: {task_done}/"
+              f"{task_total}, best {best} (heuristic {baseline_ms:.4f} ms) | "
+              f"model ~{self.model_ms():.3f} ms | ETA {_duration(eta)}",
+              file=self.stream or sys.stdout, flush=True)
+
+
+def progress_callback(progress: Progress, task_name: str, task_total: int, baseline_ms: float):
+    """A MetaSchedule measure callback feeding ``progress`` after each batch of one task."""
+    state = {"done": 0, "best": float("inf")}
+
+    @derived_object
+    class _Callback(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            failed = 0
+            for built, ran in zip(builder_results, runner_results):
+                if built.error_msg is not None or ran.error_msg is not None or not ran.run_secs:
+                    failed += 1
+                    continue
+                values = [float(v) for v in ran.run_secs]
+                state["best"] = min(state["best"], sum(values) / len(values))
+            state["done"] += len(runner_results)
+            progress.batch(task_name, state["done"], task_total, state["best"] * 1e3,
+                           baseline_ms, len(runner_results), failed)
+
+    return _Callback()
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(width * min(done / total, 1.0)) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
