@@ -59,7 +59,7 @@ def latency(ratios: list[float]) -> None:
                 pruned_path = Path(tmp) / f"{name}_{ratio}.onnx"
                 onnx.save(pruned, str(pruned_path))
                 artifact = compile_model(model, Path(tmp) / f"{ratio}.so",
-                                         CompileConfig(num_cores=THREADS, prune=config))
+                                         CompileConfig(num_cores=THREADS, features=(config,)))
                 variants.append((ratio, artifact.manifest.report["prune"],
                                  relaycomp.load(artifact.path), pruned_path))
             ours = {ratio: float("inf") for ratio, *_ in variants}
@@ -113,7 +113,7 @@ def accuracy(ratios: list[float], round_to: int) -> None:
 
     def relax_accuracy(config, options, tmp) -> float:
         artifact = compile_model(model, Path(tmp) / "digits.so", CompileConfig(
-            input_shapes={"input": images.shape}, prune=config, pass_options=options))
+            input_shapes={"input": images.shape}, pass_options=options, features=(config,)))
         logits = relaycomp.load(artifact.path).run(feed)["logits"]
         return float(np.mean(logits.argmax(axis=1) == labels))
 

@@ -52,8 +52,8 @@ def bench(name: str, model: onnx.ModelProto, model_path: Path, method: str,
 
     import relaycomp
     from relaycomp.compiler.build import CompileConfig, compile_model
-    from relaycomp.schedules.cpu.int8 import prefers_pair_safe_weights
     from relaycomp.quantize.quantizer import QuantConfig
+    from relaycomp.schedules.cpu.int8 import prefers_pair_safe_weights
 
     input_name, shape, calib, held_out, labels = _data(name, model)
     inputs = {input_name: held_out[:shape[0]] if shape[0] > 1 else held_out[:1]}

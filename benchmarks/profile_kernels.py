@@ -27,8 +27,8 @@ from common import THREADS
 
 def scheduled_module(path: Path, quantize: bool):
     """The model's Relax module after the ``schedule`` stage, and the target."""
-    from relaycomp.frontend.onnx_import import import_onnx
     from relaycomp.compiler.pipeline import default_stages, run_stages, split_before
+    from relaycomp.frontend.onnx_import import import_onnx
     from relaycomp.targets import resolve
 
     target = resolve("host", num_cores=THREADS).tvm_target()

@@ -18,7 +18,6 @@ from tvm.relax.dpl import is_const, is_op, is_tuple_get_item, wildcard
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.rules import Rule, rule_pass
 
-
 _x, _weight, _bias = wildcard(), is_const(), is_const()
 _conv = is_op("relax.nn.conv2d")(_x, _weight)
 _conv_bias = is_op("relax.add")(_conv, _bias)

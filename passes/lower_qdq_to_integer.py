@@ -36,7 +36,6 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.rules import Rule, rule_pass
-
 from relaycomp.schedules.cpu.int8 import int8_data_dtype
 
 INTEGER_DTYPES = ("uint8", "int8")

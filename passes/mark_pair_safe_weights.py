@@ -20,7 +20,6 @@ from tvm import relax, tirx
 
 from relaycomp import ir
 from relaycomp.registry import register_pass
-
 from relaycomp.schedules.cpu.int8 import PAIR_SAFE_PARAMS, pair_safe
 
 

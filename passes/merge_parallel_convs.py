@@ -17,7 +17,6 @@ from __future__ import annotations
 import tvm
 
 from relaycomp.registry import register_pass
-
 from relaycomp.rewrite.parallel_merge import Sibling, constant_weight, merge_pass
 
 

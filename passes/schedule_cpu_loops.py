@@ -43,12 +43,11 @@ from tvm.s_tir.dlight import cpu as dlight_cpu
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from relaycomp.passes.mark_pair_safe_weights import with_pair_safe_marks
 from relaycomp.registry import register_pass
-
 from relaycomp.schedules.cpu.contraction import ContractionRule
 from relaycomp.schedules.cpu.elementwise import GuardedRule, InjectiveRule, ParallelOuterRule
 from relaycomp.schedules.cpu.reduction import InnerReductionRule
-from relaycomp.passes.mark_pair_safe_weights import with_pair_safe_marks
 
 IS_SCHEDULED = "tirx.is_scheduled"
 RULE_ATTR = "relaycomp.cpu_schedule_rule"

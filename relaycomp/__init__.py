@@ -12,12 +12,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from relaycomp import passes as _passes  # noqa: F401 - registers the built-in passes
-from relaycomp.distill import feature as _distill_feature  # noqa: F401 - registers it
-from relaycomp.prune import feature as _prune_feature  # noqa: F401 - registers the feature
-from relaycomp.quantize import feature as _quantize_feature  # noqa: F401 - registers it
-from relaycomp.tune import feature as _tune_feature  # noqa: F401 - registers it
 from relaycomp.compiler.build import Artifact, CompileConfig, compile_model
 from relaycomp.distill import DistillConfig, DistillReport, distill
+from relaycomp.distill import feature as _distill_feature  # noqa: F401 - registers it
 from relaycomp.errors import RelaycompError
 from relaycomp.frontend import (
     ImportedModel,
@@ -28,10 +25,13 @@ from relaycomp.frontend import (
     model_info,
 )
 from relaycomp.prune import PruneConfig, PruneReport, prune
+from relaycomp.prune import feature as _prune_feature  # noqa: F401 - registers the feature
 from relaycomp.quantize import QuantConfig, QuantReport, quantize
+from relaycomp.quantize import feature as _quantize_feature  # noqa: F401 - registers it
 from relaycomp.registry import register_pass
 from relaycomp.runtime import LoadedModel, load
 from relaycomp.tune import TuneConfig, TuneReport, tune
+from relaycomp.tune import feature as _tune_feature  # noqa: F401 - registers it
 
 
 def compile(model, output, *, target: str = "host", inputs=None, mcpu=None, arch=None,

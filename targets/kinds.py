@@ -14,7 +14,6 @@ import tvm
 
 from relaycomp.errors import TargetError
 from relaycomp.registry import Registry
-
 from relaycomp.targets import llvm
 from relaycomp.targets.host import host_triple
 from relaycomp.targets.triples import TRIPLES, Triple

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from relaycomp.errors import TargetError
 from relaycomp.registry import Registry
-
 from relaycomp.targets.kinds import KINDS
 from relaycomp.targets.triples import TRIPLES, triple_names
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import platform
 
 from relaycomp.errors import TargetError
-
 from relaycomp.targets import llvm
 from relaycomp.targets.host import host_triple, physical_cores
 from relaycomp.targets.kinds import KINDS

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import tvm
 
 from relaycomp.errors import TargetError
-
 from relaycomp.targets.elf import machine_of_triple
 from relaycomp.targets.kinds import KINDS
 from relaycomp.targets.toolchain import Toolchain

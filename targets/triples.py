@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from relaycomp.registry import Registry
-
 from relaycomp.targets.toolchain import Toolchain
 
 

@@ -16,8 +16,8 @@ from models import (
 )
 
 import relaycomp
-from relaycomp.errors import BuildError, TargetError
 from relaycomp.compiler.manifest import manifest_path
+from relaycomp.errors import BuildError, TargetError
 from relaycomp.targets import elf_machine
 
 MODELS = {

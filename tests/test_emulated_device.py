@@ -16,11 +16,11 @@ import pytest
 from helpers import free_port, ort_outputs, rpc_tracker, run_cli
 from models import conv_net, random_inputs, resnet_block_net
 
-from relaycomp.compiler.build import CompileConfig, compile_model
 from relaycomp.cli.main import main
-from relaycomp.runtime.emulated_device import EmulatedDevice, EmulatorError, default_root, prepare
+from relaycomp.compiler.build import CompileConfig, compile_model
 from relaycomp.quantize.quantizer import QuantConfig
 from relaycomp.registry import RegistryError
+from relaycomp.runtime.emulated_device import EmulatedDevice, EmulatorError, default_root, prepare
 from relaycomp.runtime.remote import load_remote
 from relaycomp.tune.tuner import TuneConfig, tune
 
@@ -108,7 +108,7 @@ def test_int8_sdot_kernels_compute_what_the_plain_int8_kernels_do(device, tmp_pa
     calibration = [random_inputs(model, seed=seed) for seed in range(8)]
     outputs = {}
     for board in ("raspberry-pi-5", "raspberry-pi-4"):
-        config = CompileConfig(target=board, quantize=QuantConfig(), calibration=calibration)
+        config = CompileConfig(target=board, calibration=calibration, features=(QuantConfig(),))
         artifact = compile_model(model, tmp_path / f"{board}.so", config)
         outputs[board] = load_remote(artifact.path, device, KEY).run(random_inputs(model))
     for name, sdot in outputs["raspberry-pi-5"].items():
@@ -124,8 +124,8 @@ def test_tuning_on_the_device_measures_there_and_the_tuned_build_runs_there(devi
     report = tune(model, config)
     assert all(t.heuristic_ms < float("inf") for t in report.tasks), "a baseline failed"
     assert report.new_trials > 0
-    reuse = CompileConfig(target="raspberry-pi-4", tuning=TuneConfig(
-        trials=0, tuning_db=tmp_path / "db", progress=False))
+    reuse = CompileConfig(target="raspberry-pi-4", features=(TuneConfig(
+        trials=0, tuning_db=tmp_path / "db", progress=False),))
     artifact = compile_model(model, tmp_path / "tuned.so", reuse)
     assert "schedule/apply_tuning_database" in artifact.manifest.passes
     inputs = random_inputs(model)

@@ -7,13 +7,13 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops
 from relaycomp.schedules.cpu.int8 import (
     DOT_8X2_AVX2,
     int8_data_dtype,
     pair_safe,
     schedule_int8_conv,
 )
-from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops
 
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})
 

@@ -5,9 +5,9 @@ import tvm
 from models import conv_net
 from tvm import relax
 
+from relaycomp.compiler.pipeline import Stage, default_stages, run_stages
 from relaycomp.errors import PassError
 from relaycomp.frontend.onnx_import import import_onnx
-from relaycomp.compiler.pipeline import Stage, default_stages, run_stages
 from relaycomp.registry import PASSES, register_pass
 
 TARGET = tvm.target.Target({"kind": "llvm"})

@@ -11,9 +11,9 @@ from models import conv_net
 
 import relaycomp
 from relaycomp.compiler.build import CompileConfig, compile_model
-from relaycomp.errors import PassError
 from relaycomp.compiler.manifest import manifest_path
 from relaycomp.compiler.plugins import PluginError, load_pass_spec
+from relaycomp.errors import PassError
 from relaycomp.registry import PASSES, register_pass
 
 USER_PASSES = textwrap.dedent('''

@@ -20,13 +20,13 @@ from models import (
 )
 from onnx import numpy_helper
 
+from relaycomp.channels.graph import ChannelGraph
 from relaycomp.cli.main import main
 from relaycomp.errors import CalibrationError
 from relaycomp.frontend.examples import get_example
 from relaycomp.frontend.onnx_import import load_onnx
-from relaycomp.prune.pruner import PruneConfig, PruneError, Pruner, prune
-from relaycomp.prune.graph import ChannelGraph
 from relaycomp.prune.importance import group_slices
+from relaycomp.prune.pruner import PruneConfig, PruneError, Pruner, prune
 
 
 def concat_net() -> onnx.ModelProto:

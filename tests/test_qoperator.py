@@ -32,10 +32,9 @@ from qdq import ort_run
 
 import relaycomp
 from relaycomp.errors import OnnxImportError
-from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.frontend.model_info import model_info
+from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.frontend.qoperator import CONVERTERS, convert_qoperator
-from relaycomp.passes import lower_qdq_to_integer
 
 MODELS = {"conv_net": conv_net, "resnet_block_net": resnet_block_net,
           "mobilenet_style_net": mobilenet_style_net, "mlp": mlp}
@@ -83,7 +82,7 @@ def compile_and_run(model: onnx.ModelProto, inputs: dict, folder: Path):
     """Our compiled output and the integer rewrites lower_qdq_to_integer made."""
     artifact = relaycomp.compile(model, folder / "q.so",
                                  inputs={k: v.shape for k, v in inputs.items()})
-    fired = dict(lower_qdq_to_integer.COUNTER.fired)
+    fired = artifact.pipeline.facts("lower_qdq_to_integer")
     return next(iter(relaycomp.load(artifact.path).run(inputs).values())), fired
 
 

@@ -16,6 +16,7 @@ import relaycomp
 from relaycomp.compiler.build import CompileConfig, compile_model
 from relaycomp.errors import CalibrationError
 from relaycomp.frontend.examples import get_example
+from relaycomp.frontend.inputs import load_batches
 from relaycomp.frontend.onnx_import import TensorSpec
 from relaycomp.quantize.quantizer import (
     QuantConfig,
@@ -24,7 +25,6 @@ from relaycomp.quantize.quantizer import (
     quantize,
     weight_params,
 )
-from relaycomp.quantize.data import load_batches
 
 X = [TensorSpec("x", (2, 3), "float32")]
 
@@ -148,9 +148,8 @@ def test_int8_needs_calibration_data_and_known_keep_float_names():
 def digits_int8(tmp_path_factory):
     folder = tmp_path_factory.mktemp("digits")
     images, labels = held_out_digits()
-    config = CompileConfig(input_shapes={"input": (8, 1, 8, 8)}, quantize=QuantConfig(),
-                           calibration="example:digits", dump_ir=folder / "ir",
-                           evaluation={"input": images, "labels": labels})
+    config = CompileConfig(input_shapes={"input": (8, 1, 8, 8)}, calibration="example:digits", dump_ir=folder / "ir",
+                           evaluation={"input": images, "labels": labels}, features=(QuantConfig(),))
     return compile_model("example:digits", folder / "digits.so", config), folder
 
 
@@ -208,8 +207,8 @@ def test_per_tensor_symmetric_digits_also_stay_within_one_point():
 @pytest.mark.parametrize("build", [resnet_block_net, mobilenet_style_net])
 def test_test_models_agree_with_float_on_random_inputs(build, tmp_path):
     model = build()
-    config = CompileConfig(quantize=QuantConfig(), calibration={"x": random_samples(64)},
-                           dump_ir=tmp_path / "ir")
+    config = CompileConfig(calibration={"x": random_samples(64)},
+                           dump_ir=tmp_path / "ir", features=(QuantConfig(),))
     artifact = compile_model(model, tmp_path / "m.so", config)
     assert integer_contractions(tmp_path / "ir") == len(model_layers(model))
     samples = random_samples(200, seed=1)
@@ -260,7 +259,7 @@ def test_accuracy_guard_returns_the_most_sensitive_layers_to_float_until_within_
 def test_weight_only_needs_no_calibration_and_stores_int8_weights(tmp_path):
     model = mlp()
     artifact = compile_model(model, tmp_path / "m.so",
-                             CompileConfig(quantize=QuantConfig(weight_only=True)))
+                             CompileConfig(features=(QuantConfig(weight_only=True),)))
     report = artifact.manifest.report["quantize"]
     assert [la["mode"] for la in report["layers"]] == ["weight_only"] * 3
     assert report["weight_bytes_quantized"] <= 0.30 * report["weight_bytes_float"]
@@ -274,8 +273,7 @@ def test_int4_weight_only_runs_the_model_with_int4_rounded_weights_stored_two_a_
     int4 grid (per output channel, [-7, 7]); the weights are stored packed, an eighth of float
     plus the scales, and stay packed in the build (not unpacked at compile time)."""
     model = mlp()
-    artifact = compile_model(model, tmp_path / "m.so", CompileConfig(
-        quantize=QuantConfig(weight_only=True, weight_bits=4)))
+    artifact = compile_model(model, tmp_path / "m.so", CompileConfig(features=(QuantConfig(weight_only=True, weight_bits=4),)))
     report = artifact.manifest.report["quantize"]
     assert [la["weight_bits"] for la in report["layers"]] == [4, 4, 4]
     floats = report["weight_bytes_float"]
@@ -332,8 +330,7 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
 
 
 def test_float16_mixed_precision_builds_for_cuda_and_is_refused_on_cpus(tmp_path):
-    config = CompileConfig(target="cuda", quantize=QuantConfig(dtype="float16"),
-                           dump_ir=tmp_path / "ir")
+    config = CompileConfig(target="cuda", dump_ir=tmp_path / "ir", features=(QuantConfig(dtype="float16"),))
     artifact = compile_model(mlp(), tmp_path / "m.so", config)
     report = artifact.manifest.report["quantize"]
     assert [la["mode"] for la in report["layers"]] == ["float16"] * 3
@@ -343,4 +340,4 @@ def test_float16_mixed_precision_builds_for_cuda_and_is_refused_on_cpus(tmp_path
     assert after.count('dtype="float16"') >= 6  # fp16 operands of the three matmuls
     with pytest.raises(Exception, match="float16 mixed precision is for CUDA targets"):
         compile_model(mlp(), tmp_path / "c.so",
-                      CompileConfig(quantize=QuantConfig(dtype="float16")))
+                      CompileConfig(features=(QuantConfig(dtype="float16"),)))

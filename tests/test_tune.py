@@ -31,18 +31,18 @@ from tvm.s_tir import meta_schedule as ms
 
 import relaycomp
 from relaycomp.compiler.build import CompileConfig, compile_model
+from relaycomp.compiler.pipeline import default_stages, run_stages, split_before
 from relaycomp.errors import TuningError
 from relaycomp.frontend.onnx_import import import_onnx
+from relaycomp.passes.apply_tuning_database import with_layout_free_weights
 from relaycomp.passes.schedule_cpu_loops import RULE_ATTR
-from relaycomp.compiler.pipeline import default_stages, run_stages
 from relaycomp.registry import PASSES
+from relaycomp.runtime.tracker import Device
 from relaycomp.targets import resolve
-from relaycomp.tune.tuner import MIN_TASK_TRIALS, TuneConfig, _budgets, tune
-from relaycomp.tune.apply import before_schedule, with_layout_free_weights
 from relaycomp.tune.check import heuristic_module
 from relaycomp.tune.db import NOTES, RECORDS, TuningDatabase, WorkloadState
-from relaycomp.tune.measure import Device
 from relaycomp.tune.space import POSTPROCS, heuristic_spaces
+from relaycomp.tune.tuner import MIN_TASK_TRIALS, TuneConfig, _budgets, tune
 
 TRIALS = 8
 
@@ -62,7 +62,7 @@ def tuned(model, tmp_path_factory):
 
 
 def _compile_tuned(model, database, output: Path, trials: int = 0):
-    config = CompileConfig(tuning=TuneConfig(trials=trials, tuning_db=database, progress=False))
+    config = CompileConfig(features=(TuneConfig(trials=trials, tuning_db=database, progress=False),))
     return compile_model(model, output, config)
 
 
@@ -107,8 +107,7 @@ def test_a_quantized_compile_tunes_its_int8_kernels_not_the_float_ones(model, tu
     database, _ = tuned
     calibration = {name: np.stack([random_inputs(model, seed=s)[name] for s in range(8)])
                    for name in random_inputs(model)}
-    config = CompileConfig(quantize=QuantConfig(), calibration=calibration,
-                           tuning=TuneConfig(trials=0, tuning_db=database, progress=False))
+    config = CompileConfig(calibration=calibration, features=(QuantConfig(), TuneConfig(trials=0, tuning_db=database, progress=False)))
     artifact = compile_model(model, tmp_path / "int8.so", config)
     assert artifact.manifest.report["quantize"]["layers"]
     assert "schedule/apply_tuning_database" in artifact.manifest.passes
@@ -178,7 +177,7 @@ def test_heuristic_design_space_as_sampled_is_the_heuristic_schedule(model):
     spec = resolve("host")
     target = spec.tvm_target()
     stages = default_stages(spec.kind)
-    fused, _ = run_stages(import_onnx(model).mod, before_schedule(stages), target)
+    fused, _ = run_stages(import_onnx(model).mod, split_before(stages, "schedule")[0], target)
     tasks = ms.relax_integration.extract_tasks(with_layout_free_weights(fused), target)
     postprocs = [make() for make in POSTPROCS]
     spaced = 0
@@ -245,7 +244,7 @@ def test_cuda_without_a_gpu_builds_tasks_then_fails_clearly(model, tmp_path):
 
 def test_cli_tune_and_compile_options_parse():
     from relaycomp.cli.main import build_parser
-    from relaycomp.tune.cli import tuning_option
+    from relaycomp.tune.cli import compile_config as tuning_option
 
     args = build_parser().parse_args(["compile", "m.onnx", "--tune", "32", "--tuning-db", "db"])
     option = tuning_option(args)
@@ -411,16 +410,16 @@ def test_run_with_an_unreachable_tracker_is_one_line(model, tmp_path):
 def test_candidates_for_an_aarch64_device_are_cross_compiled(model):
     from tvm.s_tir import meta_schedule as ms
 
+    from relaycomp.compiler.pipeline import default_stages, run_stages, split_before
     from relaycomp.frontend.onnx_import import import_onnx
-    from relaycomp.compiler.pipeline import default_stages, run_stages
+    from relaycomp.passes.apply_tuning_database import with_layout_free_weights
     from relaycomp.targets import elf_machine
-    from relaycomp.tune.apply import before_schedule, with_layout_free_weights
     from relaycomp.tune.check import heuristic_module
     from relaycomp.tune.measure import make_builder
 
     spec = resolve("raspberry-pi-4")
     target, stages = spec.tvm_target(), default_stages(spec.kind)
-    fused, _ = run_stages(import_onnx(model, {}).mod, before_schedule(stages), target)
+    fused, _ = run_stages(import_onnx(model, {}).mod, split_before(stages, "schedule")[0], target)
     task = ms.relax_integration.extract_tasks(with_layout_free_weights(fused), target)[0]
     kernel = heuristic_module(task.dispatched[0], stages, target)
     builder = make_builder(spec)

@@ -14,8 +14,8 @@ import numpy as np
 from relaycomp.compiler.build import CompileConfig, compile_model
 from relaycomp.frontend.examples import get_example
 from relaycomp.frontend.onnx_import import load_onnx
-from relaycomp.runtime.reference import compare, run_reference
 from relaycomp.runtime.local import load
+from relaycomp.runtime.reference import compare, run_reference
 
 
 def run_demo(output_dir: str | Path = "relaycomp-demo") -> int:

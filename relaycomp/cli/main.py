@@ -235,8 +235,8 @@ def _check(model_ref: str, inputs, outputs, rtol: float = 1e-3) -> int:
 def cmd_inspect(args) -> int:
     """``relaycomp inspect``."""
     from relaycomp.frontend.examples import resolve_model_path
-    from relaycomp.frontend.onnx_import import load_onnx
     from relaycomp.frontend.model_info import model_info
+    from relaycomp.frontend.onnx_import import load_onnx
 
     info = model_info(load_onnx(resolve_model_path(args.model)), _input_shapes(args.input))
     if args.json:

@@ -18,11 +18,8 @@ import onnx
 import tvm
 
 from relaycomp import __version__, ir
-from relaycomp.errors import BuildError, RelaycompError, last_line
-from relaycomp.frontend.examples import resolve_model_path
-from relaycomp.frontend.onnx_import import ImportedModel, import_onnx, load_onnx
-from relaycomp.compiler.manifest import Manifest, file_digest, write_manifest
 from relaycomp.compiler.features import Plan, PlanContext, feature_of
+from relaycomp.compiler.manifest import Manifest, file_digest, write_manifest
 from relaycomp.compiler.pipeline import (
     PipelineReport,
     Placement,
@@ -33,6 +30,9 @@ from relaycomp.compiler.pipeline import (
     stage_names,
     with_passes,
 )
+from relaycomp.errors import BuildError, RelaycompError, last_line
+from relaycomp.frontend.examples import resolve_model_path
+from relaycomp.frontend.onnx_import import ImportedModel, import_onnx, load_onnx
 from relaycomp.targets import TargetSpec, resolve
 
 ARTIFACT_FORMATS = {".so": "shared-library", ".tar": "object-archive"}
@@ -126,7 +126,7 @@ def _run_planned(imported: ImportedModel, stages: list[Stage], spec: TargetSpec,
         context = PlanContext(mod, spec, imported, rest, config.calibration, config.evaluation)
         plan = feature.plan(feature_config, context)
         name = feature.placement.name
-        options[name] = {**options.get(name, {}), **plan.options}
+        options[name] = {**plan.options, **options.get(name, {})}  # the caller's options win
         plans.append(plan)
     mod, report = run_stages(mod, stages[done:], target, dump_ir=config.dump_ir,
                              options=options, report=report)

@@ -22,8 +22,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from relaycomp.errors import RelaycompError, last_line
 from relaycomp.compiler.pipeline import Placement, placement_of
+from relaycomp.errors import RelaycompError, last_line
 from relaycomp.registry import PASSES, RegistryError, register_pass
 
 ENTRY_POINT_GROUP = "relaycomp.passes"

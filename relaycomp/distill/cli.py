@@ -51,8 +51,8 @@ def run_distill(args) -> int:
     """``relaycomp distill``."""
     import onnx
 
-    from relaycomp.distill.distiller import DistillConfig, DistillError, distill
     from relaycomp.compiler.manifest import write_atomically
+    from relaycomp.distill.distiller import DistillConfig, DistillError, distill
 
     output = Path(args.output)
     if output.suffix != ".onnx":

@@ -26,7 +26,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from relaycomp.distill.data import Dataset, batches, check_dataset, sample_shapes, split, teacher_logits
+from relaycomp.distill.data import (
+    Dataset,
+    batches,
+    check_dataset,
+    sample_shapes,
+    split,
+    teacher_logits,
+)
 from relaycomp.distill.loss import kd_loss_coefficients, kd_loss_per_sample
 from relaycomp.distill.optim import OPTIMIZERS, SCHEDULES
 from relaycomp.distill.student import DistillError, Student, student_from_onnx, student_from_relax

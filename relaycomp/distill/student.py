@@ -29,6 +29,7 @@ from tvm import relax
 
 from relaycomp import ir
 from relaycomp.errors import OnnxImportError, RelaycompError
+from relaycomp.frontend.fold import fold_shape_subgraphs
 from relaycomp.frontend.onnx_import import (
     ImportedModel,
     TensorSpec,
@@ -39,7 +40,6 @@ from relaycomp.frontend.onnx_import import (
     pin_input_shapes,
     set_input_shapes,
 )
-from relaycomp.frontend.fold import fold_shape_subgraphs
 
 
 class DistillError(RelaycompError):

@@ -17,8 +17,14 @@ from onnx import helper
 
 from relaycomp import ir
 from relaycomp.errors import OnnxImportError
-from relaycomp.frontend.onnx_import import TensorSpec, graph_inputs, opset_of, pin_input_shapes, set_input_shapes
 from relaycomp.frontend.fold import fold_shape_subgraphs, static_shapes
+from relaycomp.frontend.onnx_import import (
+    TensorSpec,
+    graph_inputs,
+    opset_of,
+    pin_input_shapes,
+    set_input_shapes,
+)
 from relaycomp.frontend.qoperator import convert_qoperator, is_convertible
 
 

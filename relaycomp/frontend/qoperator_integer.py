@@ -19,7 +19,14 @@ import numpy as np
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from relaycomp.frontend.qoperator import CONVERTERS, QGraph, append_dequantize, append_op, attributes, input_at
+from relaycomp.frontend.qgraph import (
+    CONVERTERS,
+    QGraph,
+    append_dequantize,
+    append_op,
+    attributes,
+    input_at,
+)
 
 # Sums of integers below this are exact in float32.
 FLOAT32_EXACT = 2**24

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from relaycomp.compiler.features import Feature, Plan, PlanContext, register_feature
 from relaycomp.compiler.pipeline import Placement
+from relaycomp.frontend.inputs import load_batches
 from relaycomp.frontend.layer_names import onnx_layer_names
-from relaycomp.passes.prune_channels import plan_pruning
-from relaycomp.prune.pruner import PruneConfig
-from relaycomp.quantize.data import load_batches
+from relaycomp.prune.pruner import PruneConfig, plan_pruning
 
 
 def plan_channels(config: PruneConfig, context: PlanContext) -> Plan:
@@ -20,7 +19,9 @@ def plan_channels(config: PruneConfig, context: PlanContext) -> Plan:
         calib = batches[0]
     names = onnx_layer_names(context.imported.onnx_model)
     keep = plan_pruning(context.mod, config, calib, names)
-    return Plan(options={"config": config, "keep": keep, "calib": calib, "layer_names": names})
+    options = {"keep": keep, "compensate": config.compensate, "calib": calib,
+               "layer_names": names, "protected": config.protected}
+    return Plan(options=options, report={"config": config.to_json()})
 
 
 PRUNE = register_feature(Feature(

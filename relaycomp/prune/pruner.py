@@ -1,6 +1,6 @@
 """Structured pruning: remove whole channels, filters and dense neurons from an ONNX model.
 
-The upper level of the two-level API (the dependency analysis is :mod:`relaycomp.prune.graph`)::
+The upper level of the two-level API (the dependency analysis is :mod:`relaycomp.channels.graph`)::
 
     pruned, report = relaycomp.prune(model, PruneConfig(ratio=0.3, importance="l2"))
     print(report.summary())          # params, MACs, size before/after; channels kept per layer
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from relaycomp.channels.graph import ChannelGraph, Group
+from relaycomp.channels.rewrite import kept_groups, pruned_model
+from relaycomp.channels.view import GraphView, OnnxView
 from relaycomp.errors import RelaycompError
-from relaycomp.prune.apply import sliced_constants
-from relaycomp.prune.graph import ChannelGraph, Group
 from relaycomp.prune.importance import IMPORTANCE, make_importance
-from relaycomp.prune.view import GraphView, OnnxView
 
 SCOPES = ("uniform", "global")
 
@@ -51,7 +51,7 @@ class PruneConfig:
     The last layer is always intact: graph outputs never change shape. ``compensate``: fold
     the removed channels' mean contribution into the next conv/dense layer's bias (their mean
     activation on the calibration data when given, else their activation as a constant channel
-    equal to its bias); see :mod:`relaycomp.prune.compensate`.
+    equal to its bias); see :mod:`relaycomp.channels.compensate`.
     """
 
     ratio: float = 0.3
@@ -128,7 +128,7 @@ class Pruner:
     """Plans and applies structured pruning of one model under one :class:`PruneConfig`.
 
     ``model`` is an ONNX model or a :class:`GraphView` of any front end (the ``prune_channels``
-    Relax pass passes a :class:`relaycomp.prune.relax_view.RelaxView`).
+    Relax pass passes a :class:`relaycomp.channels.relax_view.RelaxView`).
     """
 
     def __init__(self, model, config: PruneConfig | None = None,
@@ -220,26 +220,12 @@ class Pruner:
 
     def apply(self, keep: dict[int, np.ndarray]):
         """The model rewritten to the plan ``keep`` (with bias compensation if configured)."""
-        constants = sliced_constants(self.graph, keep)
-        if self.config.compensate and keep:
-            from relaycomp.prune.compensate import compensated_constants
-
-            constants = compensated_constants(self.graph, keep, constants, self.calib)
-        return self.view.apply(self.graph, keep, constants)
+        return pruned_model(self.view, self.graph, keep, compensate=self.config.compensate,
+                            calib=self.calib)
 
     def report(self, pruned, keep: dict[int, np.ndarray]) -> PruneReport:
         """Totals of the model before and ``pruned`` after, the groups kept and skipped."""
-        protected = set(self.config.protected)
-        groups, skipped = [], []
-        for group in self.graph.groups:
-            entry = {"name": group.name, "producers": group.producers, "channels": group.size}
-            reasons = list(group.blocked)
-            if protected & set(group.producers):
-                reasons.append("protected")
-            if reasons:
-                skipped.append({**entry, "reasons": reasons})
-            else:
-                groups.append({**entry, "kept": len(keep.get(group.id, range(group.size)))})
+        groups, skipped = kept_groups(self.graph, keep, self.config.protected)
         return PruneReport(self.config.to_json(), self.view.totals(self.model),
                            self.view.totals(pruned), groups, skipped,
                            {g: np.asarray(k) for g, k in keep.items()})
@@ -249,3 +235,13 @@ def prune(model: onnx.ModelProto, config: PruneConfig | None = None,
           calib: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Structured pruning of ``model`` under ``config``; ``calib`` feeds the activation criterion."""
     return Pruner(model, config, calib).run()
+
+
+def plan_pruning(mod, config: PruneConfig, calib: Mapping[str, np.ndarray] | None = None,
+                 layer_names: list[str] | None = None) -> dict[int, np.ndarray]:
+    """The channels to keep per group of a Relax module ``mod`` under ``config`` (empty when
+    the analysis cannot follow the graph): the ``keep`` option of the ``prune_channels`` pass."""
+    from relaycomp.channels.relax_view import RelaxView
+
+    pruner = Pruner(RelaxView(mod, layer_names=layer_names), config, calib)
+    return {} if pruner.view.unsupported else pruner.plan()

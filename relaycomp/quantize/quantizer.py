@@ -23,9 +23,9 @@ import onnx
 import tvm
 
 from relaycomp.errors import CalibrationError, RelaycompError
+from relaycomp.frontend.inputs import load_batches
 from relaycomp.frontend.layer_names import onnx_layer_names
 from relaycomp.frontend.onnx_import import TensorSpec
-from relaycomp.schedules.cpu.int8 import prefers_pair_safe_weights
 from relaycomp.passes.quantize_int8 import (
     Layer,
     LayerPlan,
@@ -36,9 +36,9 @@ from relaycomp.passes.quantize_int8 import (
     switchable,
 )
 from relaycomp.quantize.calib import CALIBRATORS, make_calibrator
-from relaycomp.quantize.data import load_batches
 from relaycomp.quantize.guard import Agreement, Evaluator, HostModule, guard
 from relaycomp.quantize.report import QuantReport, constant_bytes, layer_entry, stored_bytes
+from relaycomp.schedules.cpu.int8 import prefers_pair_safe_weights
 
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "matmul")
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")  # the ONNX ops whose Relax form find_layers matches
@@ -120,7 +120,7 @@ def quantize(mod, config: QuantConfig | None = None, *, calib=None,
 
     ``mod``: a Relax module that has been through the ``simplify`` stage (BatchNorm folded), or
     an ONNX model (path, ``example:NAME`` or ModelProto), imported and simplified here. ``calib``:
-    calibration data (see :mod:`relaycomp.quantize.data`; not needed with ``weight_only``);
+    calibration data (see :mod:`relaycomp.frontend.inputs`; not needed with ``weight_only``);
     ``eval_data``: held-out data (optionally with ``labels``) for the accuracy guard, else the
     calibration data is used. ``inputs``: names of ``main``'s parameters as the data keys them
     (default: the parameter names); ``onnx_names``: the ONNX node of each layer, for reports;
@@ -186,7 +186,6 @@ def plan_and_annotate(mod, config: QuantConfig | None = None, *, calib=None, eva
 
 def _mixed_precision(mod, config, layers, names) -> tuple[tvm.IRModule, QuantReport]:
     """fp16 compute with fp32 accumulation (TVM's ToMixedPrecision); inputs/outputs stay fp32."""
-    from tvm import relax
 
     report = QuantReport(config=config.to_json(), evaluated_on="not evaluated (needs a GPU)")
     report.layers = [{"name": name or la.name, "layer": la.name, "onnx_name": name,
@@ -202,9 +201,9 @@ def _mixed_precision(mod, config, layers, names) -> tuple[tvm.IRModule, QuantRep
 def simplified_module(model, input_shapes=None) -> tuple[tvm.IRModule, list, list[str]]:
     """An ONNX model imported and through the ``simplify`` stage, its inputs, and the ONNX
     names of its quantizable nodes (Conv, Gemm, MatMul with a constant weight), in order."""
+    from relaycomp.compiler.pipeline import default_stages, run_stages
     from relaycomp.frontend.examples import resolve_model_path
     from relaycomp.frontend.onnx_import import import_onnx, load_onnx
-    from relaycomp.compiler.pipeline import default_stages, run_stages
     from relaycomp.targets import resolve
 
     if not isinstance(model, onnx.ModelProto):

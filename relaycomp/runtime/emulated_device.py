@@ -203,7 +203,7 @@ class EmulatedDevice:
 
     def start(self, log=print) -> Self:
         """Prepare the folder, start the server, and return once the tracker lists it."""
-        from relaycomp.tune.measure import tracker_summary
+        from relaycomp.runtime.tracker import tracker_summary
 
         _require(ARCHES.get(self.arch).qemu, "qemu-user-static")
         tracker_summary(*self.tracker, error=EmulatorError)  # fails before a minute of preparing
@@ -226,7 +226,7 @@ class EmulatedDevice:
 
     def _wait_until_registered(self) -> None:
         """Wait for the server's start line, then for its key at the tracker."""
-        from relaycomp.tune.measure import tracker_summary
+        from relaycomp.runtime.tracker import tracker_summary
 
         deadline = time.monotonic() + REGISTER_TIMEOUT_SECONDS
         while "serving on" not in self.log_path.read_text():

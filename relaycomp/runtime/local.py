@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from relaycomp import ir
-from relaycomp.errors import ArtifactError, InputSpecError, last_line
 from relaycomp.compiler.manifest import Manifest, read_manifest
+from relaycomp.errors import ArtifactError, InputSpecError, last_line
 from relaycomp.targets import TargetSpec, elf_machine
 
 

@@ -23,11 +23,11 @@ import tvm
 from tvm import relax
 
 from relaycomp import ir
-from relaycomp.errors import ArtifactError, RelaycompError, last_line
 from relaycomp.compiler.manifest import Manifest, read_manifest
+from relaycomp.errors import ArtifactError, RelaycompError, last_line
 from relaycomp.runtime.local import LoadedModel, Timing
+from relaycomp.runtime.tracker import Device, count_devices
 from relaycomp.targets import TargetSpec
-from relaycomp.tune.measure import Device, count_devices
 
 SESSION_TIMEOUT_SECONDS = 600
 

@@ -39,16 +39,16 @@ from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
 from tvm.s_tir.meta_schedule.utils import fork_seed
 
 from relaycomp import ir
+from relaycomp.compiler.pipeline import Stage, default_stages, run_stages, split_before
 from relaycomp.errors import TuningError, last_line
 from relaycomp.frontend.examples import resolve_model_path
 from relaycomp.frontend.onnx_import import import_onnx, load_onnx
-from relaycomp.compiler.pipeline import Stage, default_stages, run_stages, split_before
 from relaycomp.passes.apply_tuning_database import with_layout_free_weights
+from relaycomp.runtime.tracker import Device
 from relaycomp.targets import TargetSpec, resolve
 from relaycomp.tune.check import REPEATS, check_records, heuristic_module
 from relaycomp.tune.db import FAILED_SECONDS, TuningDatabase, workload_key
 from relaycomp.tune.measure import (
-    Device,
     Progress,
     make_builder,
     make_runner,

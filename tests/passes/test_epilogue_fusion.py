@@ -6,9 +6,9 @@ import tvm
 from helpers import assert_matches_ort
 from onnx import TensorProto, helper, numpy_helper
 
+from relaycomp.compiler.pipeline import default_stages, run_stages
 from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.ir import kernel_traffic
-from relaycomp.compiler.pipeline import default_stages, run_stages
 
 ACTIVATIONS = {
     "Relu": lambda: [helper.make_node("Relu", ["c"], ["a"])],

@@ -19,12 +19,12 @@ from test_prune import BUILDERS, FilterNorm, constant_channel_net, digits_model,
 
 import relaycomp
 from relaycomp.compiler.build import CompileConfig, compile_model
+from relaycomp.compiler.pipeline import default_stages, run_stages
 from relaycomp.frontend.examples import get_example
 from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.ir import op_counts
 from relaycomp.passes.prune_channels import prune_channels
-from relaycomp.compiler.pipeline import default_stages, run_stages
-from relaycomp.prune.pruner import PruneConfig, Pruner, prune
+from relaycomp.prune.pruner import PruneConfig, Pruner, PruneReport, plan_pruning, prune
 from relaycomp.runtime.reference import compare
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -41,9 +41,14 @@ def simplified(model: onnx.ModelProto) -> tvm.IRModule:
 
 
 def prune_relax(mod: tvm.IRModule, config: PruneConfig, calib=None):
-    reports = []
-    pruned = prune_channels(None, config=config, reports=reports, calib=calib)(mod)
-    return pruned, reports[0]
+    """The prune feature's two halves on ``mod``: the plan, then the pass applying it."""
+    report = {}
+    keep = plan_pruning(mod, config, calib)
+    pruned = prune_channels(None, keep=keep, compensate=config.compensate, calib=calib,
+                            protected=config.protected, report=report)(mod)
+    return pruned, PruneReport(config.to_json(), report["before"], report["after"],
+                               report["groups"], report["skipped"],
+                               {g: np.array(kept) for g, kept in report["kept_channels"].items()})
 
 
 def plans(report) -> dict[int, list[int]]:
@@ -93,7 +98,7 @@ def test_activation_criterion_agrees_on_a_batchnorm_model():
 def test_compiled_relax_pruned_model_matches_onnxruntime_on_the_onnx_pruned_one(name, tmp_path):
     model = MODELS[name]()
     config = PruneConfig(ratio=0.5, round_to=1, importance="random")
-    artifact = compile_model(model, tmp_path / "pruned.so", CompileConfig(prune=config))
+    artifact = compile_model(model, tmp_path / "pruned.so", CompileConfig(features=(config,)))
     onnx_pruned, onnx_report = prune(model, config)
     inputs = random_inputs(model)
     actual = relaycomp.load(artifact.path).run(inputs)
@@ -137,7 +142,7 @@ def test_ratio_zero_returns_the_module_unchanged_and_the_same_outputs(tmp_path):
     assert report.after == report.before
     inputs = random_inputs(model)
     plain = relaycomp.load(compile_model(model, tmp_path / "a.so").path).run(inputs)
-    zero = compile_model(model, tmp_path / "b.so", CompileConfig(prune=PruneConfig(ratio=0.0)))
+    zero = compile_model(model, tmp_path / "b.so", CompileConfig(features=(PruneConfig(ratio=0.0),)))
     for key, value in relaycomp.load(zero.path).run(inputs).items():
         np.testing.assert_array_equal(value, plain[key])
 
@@ -161,8 +166,7 @@ def _calls(mod, op_name):
 def _compiled_outputs(model, path, config, inputs, calib=None):
     options = {"prune_channels": {"calib": calib}} if calib else {}
     shapes = {name: (1, *value.shape[1:]) for name, value in inputs.items()}
-    artifact = compile_model(model, path, CompileConfig(input_shapes=shapes, prune=config,
-                                                        pass_options=options))
+    artifact = compile_model(model, path, CompileConfig(input_shapes=shapes, pass_options=options, features=(config,)))
     loaded = relaycomp.load(artifact.path)
     count = len(next(iter(inputs.values())))
     runs = [loaded.run({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(count)]
@@ -198,7 +202,7 @@ def test_compile_names_groups_after_the_onnx_layers_and_honours_protected_and_ov
     model = digits_model()
     config = PruneConfig(ratio=0.5, round_to=1, protected=("/conv2/Conv",),
                          overrides={"/conv1/Conv": 0.75})
-    artifact = compile_model(model, tmp_path / "d.so", CompileConfig(prune=config))
+    artifact = compile_model(model, tmp_path / "d.so", CompileConfig(features=(config,)))
     report = artifact.manifest.report["prune"]
     _, onnx_report = prune(model, config)
     assert [(g["name"], g["kept"]) for g in report["groups"]] == \

@@ -7,6 +7,7 @@ import pytest
 import tvm
 from tvm import relax
 
+from relaycomp.compiler.pipeline import Placement, default_stages, run_stages, with_passes
 from relaycomp.passes.quantize_int8 import (
     LayerPlan,
     annotate,
@@ -14,8 +15,7 @@ from relaycomp.passes.quantize_int8 import (
     instrumented,
     switchable,
 )
-from relaycomp.compiler.pipeline import Placement, default_stages, run_stages, with_passes
-from relaycomp.quantize.quantizer import QuantConfig, QuantReport, weight_params
+from relaycomp.quantize.quantizer import QuantConfig, plan_and_annotate, weight_params
 
 RNG = np.random.default_rng(0)
 W_CONV = RNG.standard_normal((8, 4, 3, 3)).astype(np.float32) * 0.3
@@ -165,21 +165,24 @@ def test_weight_only_layers_keep_int8_weights_through_constant_folding():
     np.testing.assert_allclose(run(annotated, x)[0], run(mod, x)[0], rtol=0.05, atol=0.02)
 
 
-def test_runs_at_the_start_of_the_quantize_stage_with_its_options():
+def test_runs_at_the_start_of_the_quantize_stage_and_applies_the_plans_it_is_given():
     mod = tiny_net()
     stages = with_passes(default_stages("llvm"), [Placement("quantize_int8", "quantize", "start")])
     quantize_stage = next(s for s in stages if s.name == "quantize")
     assert quantize_stage.passes[0] == "quantize_int8"
-    report = QuantReport()
     calib = {"x": RNG.random((8, 2, 4, 6, 6), dtype=np.float32)}
-    front = [s for s in stages if s.name in ("simplify", "quantize")]
-    front = [s if s.name != "quantize" else type(s)("quantize", ("quantize_int8",)) for s in front]
-    _, pipeline = run_stages(mod, front, tvm.target.Target("llvm"),
-                                  options={"quantize_int8": {"config": QuantConfig(),
-                                                             "calib": calib, "report": report}})
-    assert pipeline.records[-1].ops_changed == {"dequantize": 6, "quantize": 3}
+    simplify = [s for s in stages if s.name == "simplify"]
+    simplified, _ = run_stages(mod, simplify, tvm.target.Target("llvm"))
+    expected, report, plans = plan_and_annotate(simplified, QuantConfig(), calib=calib)
     assert [la["mode"] for la in report.layers] == ["int8", "int8", "int8"]
     assert report.samples["calibration"] == 16
+
+    only_quantize = [type(s)("quantize", ("quantize_int8",)) for s in stages if s.name == "quantize"]
+    after, pipeline = run_stages(simplified, only_quantize, tvm.target.Target("llvm"),
+                                 options={"quantize_int8": {"layer_plans": plans}})
+    assert pipeline.records[-1].ops_changed == {"dequantize": 6, "quantize": 3}
+    assert pipeline.facts("quantize_int8") == {"layers_int8": 3, "layers_weight_only": 0}
+    tvm.ir.assert_structural_equal(after, expected)  # the pass applies the plan, nothing else
 
 
 def test_layers_reading_one_tensor_with_equal_parameters_share_one_quantize():

@@ -28,9 +28,10 @@ def noop_model(transpose_perm=(0, 1, 2, 3), add_value=0.0):
 
 
 def test_identity_ops_are_removed():
-    after = pass_module.remove_noop_ops()(import_onnx(noop_model()).mod)
+    report = {}
+    after = pass_module.remove_noop_ops(report=report)(import_onnx(noop_model()).mod)
     assert op_counts(after) == {"nn.conv2d": 1}
-    assert pass_module.COUNTER.fired == {"identity_transpose": 1, "identity_cast": 1,
+    assert report == {"identity_transpose": 1, "identity_cast": 1,
                                          "add_zero": 1}
 
 

@@ -5,9 +5,9 @@ import pytest
 import tvm
 from models import conv_net, dynamic_dims_net, mlp, mobilenet_style_net, random_inputs
 
+from relaycomp.compiler.pipeline import default_stages, run_stages
 from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.passes.schedule_cpu_loops import schedule_report
-from relaycomp.compiler.pipeline import default_stages, run_stages
 
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 BUILDERS = {"conv_net": conv_net, "mobilenet_style_net": mobilenet_style_net, "mlp": mlp}

@@ -14,10 +14,10 @@ from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.s_tir.dlight.base import ScheduleRule
 
+from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops, schedule_report
 from relaycomp.schedules.cpu.common import cpu_facts
 from relaycomp.schedules.cpu.elementwise import GuardedRule
 from relaycomp.schedules.cpu.plan import plan_contraction
-from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops, schedule_report
 
 R = relax.op
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2})

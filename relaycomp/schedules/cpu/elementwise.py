@@ -16,7 +16,12 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 from tvm.target import Target
 
-from relaycomp.schedules.cpu.common import MIN_PARALLEL_ELEMENTS, CpuFacts, CpuRule, schedule_spatial_block
+from relaycomp.schedules.cpu.common import (
+    MIN_PARALLEL_ELEMENTS,
+    CpuFacts,
+    CpuRule,
+    schedule_spatial_block,
+)
 
 
 class InjectiveRule(CpuRule):

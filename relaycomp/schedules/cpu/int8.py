@@ -40,11 +40,13 @@ from tvm import s_tir, tirx
 from tvm.target import Target, codegen
 
 from relaycomp.schedules.cpu.common import CpuFacts, schedule_spatial_block, single_reduction
+from relaycomp.schedules.cpu.int8_names import (
+    DOT_4X4_SDOT,
+    DOT_8X2_AVX2,
+    DOT_8X4_AVX2,
+    DOT_16X4_VNNI,
+)
 
-DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
-DOT_8X4_AVX2 = "relaycomp_dot_8x4_u8i8i32_avx2_pairs"
-DOT_16X4_VNNI = "relaycomp_dot_16x4_u8i8i32_vnni"
-DOT_4X4_SDOT = "relaycomp_dot_4x4_i8i8i32_sdot"
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 EPILOGUE_COST = 14  # instructions per vector of outputs: gather, rescale, round, clip, store
 STACK_TILE_BYTES = 1024  # TVM puts a "global" buffer on the stack only below 1 KB

@@ -1,8 +1,8 @@
-"""The int8 dot-product tensor intrinsics of ``_cpu_int8``: AVX2 vpmaddwd 8x2 (exact), AVX2
+"""The int8 dot-product tensor intrinsics of :mod:`relaycomp.schedules.cpu.int8`: AVX2 vpmaddwd 8x2 (exact), AVX2
 vpmaddubsw 8x4 (exact for pair-safe weights only) and AVX-512 VNNI vpdpbusd 16x4 (exact), all
 u8 x s8 -> s32; AArch64 sdot 4x4 (s8 x s8 -> s32, exact). One description (:func:`_dot_desc`),
-an implementation each. Importing this module registers them; ``_cpu_int8`` imports it on first
-use only, because parsing TVMScript at import costs seconds.
+an implementation each. Importing this module registers them; that module imports it
+on first use only, because parsing TVMScript at import costs seconds.
 """
 
 from __future__ import annotations
@@ -10,7 +10,12 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.script import tirx as T
 
-from relaycomp.schedules.cpu.int8 import DOT_4X4_SDOT, DOT_8X2_AVX2, DOT_8X4_AVX2, DOT_16X4_VNNI
+from relaycomp.schedules.cpu.int8_names import (
+    DOT_4X4_SDOT,
+    DOT_8X2_AVX2,
+    DOT_8X4_AVX2,
+    DOT_16X4_VNNI,
+)
 
 
 def _dot_desc(lanes: int, group: int, data: str):

@@ -2,11 +2,11 @@
 
 The lower level of structured pruning (the Torch-Pruning split: ``ChannelGraph.build(model)``
 underneath, :class:`relaycomp.prune.pruner.Pruner` on top). It reads a front-end-neutral
-:class:`relaycomp.prune.view.GraphView` (ONNX or Relax), so both front ends share it. Every op that *creates* channels (a Conv's
-filters, a Gemm/MatMul's output features) opens a channel *space*. Each tensor's channel axis is
+:class:`relaycomp.channels.view.GraphView` (ONNX or Relax), so both front ends share it.
+Every op that *creates* channels (a Conv's filters, a Gemm/MatMul's output features) opens a channel *space*. Each tensor's channel axis is
 described as a layout: a sequence of segments, each a space (or an opaque run of channels that may
 not change) repeated ``repeat`` times per channel (``Flatten`` of ``[N, C, H, W]`` makes blocks of
-``H*W``). Ops propagate layouts (``prune_ops.HANDLERS``):
+``H*W``). Ops propagate layouts (``relaycomp.channels.ops.HANDLERS``):
 
 - BatchNormalization, activations, pooling, Transpose, reductions over other axes pass through;
   depthwise Conv (group == channels) passes its input's channels through;
@@ -31,38 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from relaycomp.prune.view import GraphView, OnnxView
-
-
-@dataclass(frozen=True)
-class Segment:
-    """``size`` channels of ``space`` (None: channels no pruning may touch), each ``repeat`` wide."""
-
-    space: int | None
-    size: int
-    repeat: int = 1
-
-    @property
-    def width(self) -> int:
-        """Extent along the axis."""
-        return self.size * self.repeat
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The channel axis of a tensor (``axis``, non-negative) and what runs along it."""
-
-    axis: int
-    segments: tuple[Segment, ...]
-
-    @property
-    def width(self) -> int:
-        """Extent of the channel axis."""
-        return sum(s.width for s in self.segments)
-
-    def spaces(self) -> list[int]:
-        """The prunable spaces along the axis."""
-        return [s.space for s in self.segments if s.space is not None]
+from relaycomp.channels.layout import Layout, Segment
+from relaycomp.channels.view import GraphView, OnnxView
 
 
 @dataclass(frozen=True)
@@ -171,8 +141,8 @@ class ChannelGraph:
     def build(cls, model, input_shapes: dict | None = None) -> ChannelGraph:
         """Analyze ``model``: a :class:`GraphView`, or an ONNX model (inputs pinned to
         ``input_shapes``, other dynamic dims 1)."""
-        from relaycomp.prune import ops_shape  # noqa: F401 - registers the shape-op handlers
-        from relaycomp.prune.ops import handle_node
+        from relaycomp.channels import ops_shape  # noqa: F401 - registers the shape-op handlers
+        from relaycomp.channels.ops import handle_node
 
         view = model if isinstance(model, GraphView) else OnnxView(model, input_shapes)
         pieces: dict[str, set[int]] = {}

@@ -1,6 +1,6 @@
 """The Relax adapter of channel analysis: ``main`` of a module after ``simplify`` as a graph view.
 
-Each binding becomes an :class:`~relaycomp.prune.view.OpNode` in ONNX vocabulary
+Each binding becomes an :class:`~relaycomp.channels.view.OpNode` in ONNX vocabulary
 (``nn.conv2d`` → ``Conv`` with ``group``, ``add`` → ``Add``, ``matmul`` → ``MatMul``, ``mean`` →
 ``ReduceMean``, ``reshape`` → ``Reshape``, ``split`` + ``TupleGetItem`` → ``Split`` outputs …),
 tensors named by their variables, inline constants named ``<var>:arg<i>[.<j>]``. The stock ONNX
@@ -23,10 +23,10 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
+from relaycomp.channels.apply import by_space, kept_width
+from relaycomp.channels.relax_ops import call_to_node, elementwise_tir, rewrite_call
+from relaycomp.channels.view import GraphView, OpNode
 from relaycomp.ir import substitute_vars
-from relaycomp.prune.apply import by_space, kept_width
-from relaycomp.prune.relax_ops import call_to_node, elementwise_tir, rewrite_call
-from relaycomp.prune.view import GraphView, OpNode
 
 
 class RelaxView(GraphView):

@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from relaycomp.prune.view import OpNode
+from relaycomp.channels.view import OpNode
 from relaycomp.registry import Registry
 
 RELAX_READERS: Registry = Registry("relax op reader")

@@ -1,6 +1,6 @@
 """What channel analysis reads: a front-end-neutral view of a graph, and its ONNX adapter.
 
-:class:`relaycomp.prune.graph.ChannelGraph` never looks at ONNX or Relax objects directly: it
+:class:`relaycomp.channels.graph.ChannelGraph` never looks at ONNX or Relax objects directly: it
 walks a :class:`GraphView`, a list of :class:`OpNode` (ONNX op vocabulary: ``Conv`` with a
 ``group`` attribute, ``Add``, ``Relu``, ``Reshape`` …, tensors named by strings) with the
 constants and static shapes it needs. Each front end provides one adapter and the mechanical
@@ -8,7 +8,7 @@ half of pruning (:meth:`GraphView.apply`, rewriting its own graph to a plan), so
 share one dependency analysis, one set of op handlers and one planner:
 
 - :class:`OnnxView` (here): an ``onnx.ModelProto``, used by ``relaycomp prune -o pruned.onnx``;
-- :class:`relaycomp.prune.relax_view.RelaxView`: ``main`` of a Relax module after ``simplify``, used
+- :class:`relaycomp.channels.relax_view.RelaxView`: ``main`` of a Relax module after ``simplify``, used
   by the ``prune_channels`` pass (``compile --prune``).
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from relaycomp.frontend.onnx_import import graph_inputs, pin_input_shapes, set_input_shapes
 from relaycomp.frontend.fold import infer_shapes, static_shapes
+from relaycomp.frontend.onnx_import import graph_inputs, pin_input_shapes, set_input_shapes
 
 
 @dataclass
@@ -96,7 +96,7 @@ class OnnxView(GraphView):
         self.input_shapes = dict(input_shapes or {})
 
     def apply(self, graph, keep, constants):
-        from relaycomp.prune.apply import apply_plan
+        from relaycomp.channels.apply import apply_plan
 
         return apply_plan(self.source, graph, keep, constants)
 
@@ -107,7 +107,7 @@ class OnnxView(GraphView):
         return {"params": info.params, "param_bytes": info.param_bytes, "macs": info.macs}
 
     def activations(self, inputs, names):
-        from relaycomp.prune.importance import run_with_intermediates
+        from relaycomp.channels.activations import run_with_intermediates
 
         return run_with_intermediates(self.source, inputs, names)
 

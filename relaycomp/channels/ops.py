@@ -1,6 +1,6 @@
 """How each ONNX op moves channels: the handler registry of :class:`ChannelGraph`.
 
-Handlers read :class:`relaycomp.prune.view.OpNode` (ONNX op vocabulary, whichever front end
+Handlers read :class:`relaycomp.channels.view.OpNode` (ONNX op vocabulary, whichever front end
 the graph came from). A handler ``(graph, node, attrs)`` sets the layouts of the node's outputs, records the constants
 to slice (``graph.cut``) and node edits (``graph.edits``), and blocks what it cannot follow.
 An op without a handler blocks every space that reaches it, so unknown ops are never broken.
@@ -8,9 +8,14 @@ An op without a handler blocks every space that reaches it, so unknown ops are n
 
 from __future__ import annotations
 
-from relaycomp.prune.graph import ChannelGraph, Layout
-from relaycomp.prune.view import OpNode
+from typing import TYPE_CHECKING
+
+from relaycomp.channels.layout import Layout
+from relaycomp.channels.view import OpNode
 from relaycomp.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: the graph's builder imports this module
+    from relaycomp.channels.graph import ChannelGraph
 
 HANDLERS: Registry = Registry("channel handler")
 

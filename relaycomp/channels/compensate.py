@@ -12,7 +12,7 @@ into a constant, added to the consumer's bias: ``b[o] += sum_k W[o, c, k] * m_c`
   concat/split/slice, flatten), so ``relu(bias)`` for conv → ReLU → conv. Channels it cannot
   follow get no compensation.
 
-Front-end neutral: works on :class:`relaycomp.prune.graph.ChannelGraph` and the view's nodes; the
+Front-end neutral: works on :class:`relaycomp.channels.graph.ChannelGraph` and the view's nodes; the
 consumer's bias is its bias input (ONNX Conv/Gemm), else an ``Add`` of a constant that alone reads
 its output (Relax after ``simplify``, ONNX MatMul + Add), else a new bias ``<node>:bias`` when the
 front end can add one. Border pixels of a padded conv see zeros, so a conv consumer's correction
@@ -25,8 +25,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from relaycomp.prune.apply import by_space
-from relaycomp.prune.compensate_values import ConstantChannels
+from relaycomp.channels.apply import by_space
+from relaycomp.channels.compensate_values import ConstantChannels
 
 CONSUMERS = ("Conv", "Gemm", "MatMul")
 

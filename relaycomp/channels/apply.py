@@ -8,12 +8,15 @@ whose attributes count channels (depthwise ``group``, ``Split`` sizes, ``Reshape
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from relaycomp.prune.graph import ChannelGraph
+if TYPE_CHECKING:  # annotations only: the graph imports this module (through its view)
+    from relaycomp.channels.graph import ChannelGraph
+
 
 
 def by_space(graph: ChannelGraph, keep: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:

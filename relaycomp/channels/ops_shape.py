@@ -2,15 +2,15 @@
 
 Concat (offsets), Split/Slice (pieces), Flatten/Reshape (channel x spatial blocks), Transpose,
 Squeeze/Unsqueeze, reductions, Softmax, Pad, Resize, and ConvTranspose. Registered in
-:data:`relaycomp.prune.ops.HANDLERS` on import.
+:data:`relaycomp.channels.ops.HANDLERS` on import.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from relaycomp.prune.graph import Layout, Segment
-from relaycomp.prune.ops import (
+from relaycomp.channels.layout import Layout, Segment
+from relaycomp.channels.ops import (
     HANDLERS,
     _elementwise,
     _fresh,

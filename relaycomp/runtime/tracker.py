@@ -1,0 +1,68 @@
+"""Devices at a TVM RPC tracker: where a device is (``Device``), and asking the tracker what it
+has, with a clear error at once when it cannot be reached."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from relaycomp.errors import RelaycompError, TuningError, last_line
+
+RUN_TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where candidates run: this machine, or devices under ``key`` at an RPC tracker."""
+
+    rpc: str | None = None      # "HOST:PORT" of a TVM RPC tracker
+    key: str | None = None
+    timeout_sec: int = RUN_TIMEOUT_SECONDS
+
+    def __post_init__(self):
+        if (self.rpc is None) != (self.key is None):
+            raise TuningError("--rpc HOST:PORT and --key KEY go together",
+                              hint="give both to tune on a device, neither to tune here")
+        if self.rpc is not None:
+            host, _, port = self.rpc.rpartition(":")
+            if not host or not port.isdigit():
+                raise TuningError(f"--rpc expects HOST:PORT, got '{self.rpc}'")
+
+    @property
+    def tracker(self) -> tuple[str, int]:
+        """(host, port) of the tracker."""
+        host, _, port = self.rpc.rpartition(":")
+        return host, int(port)
+
+
+TRACKER_HINT = "start one: python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port 9190"
+
+
+def tracker_summary(host: str, port: int, error: type[RelaycompError] = TuningError) -> dict:
+    """The summary of the TVM RPC tracker at ``host:port`` (``queue_info``: key -> free/pending
+    servers); an unreachable tracker raises ``error`` at once, where TVM's own client would
+    retry for its whole session timeout, warning every 5 s."""
+    from tvm import rpc
+
+    try:  # a plain connect first
+        socket.create_connection((host, port), timeout=5).close()
+        return rpc.connect_tracker(host, port).summary()
+    except Exception as err:  # noqa: BLE001 - connection errors come in many types
+        raise error(f"cannot reach the RPC tracker at {host}:{port}: {last_line(err)}",
+                    hint=TRACKER_HINT) from None
+
+
+def count_devices(config) -> int:
+    """Devices free or busy under the key; raises TuningError when there are none."""
+    summary = tracker_summary(config.tracker_host, config.tracker_port)
+    queue = summary.get("queue_info", {}).get(config.tracker_key, {})
+    count = int(queue.get("free", 0)) + int(queue.get("pending", 0))
+    servers = [s for s in summary.get("server_info", [])
+               if str(s.get("key", "")).split(":")[-1] == config.tracker_key]
+    count = max(count, len(servers))
+    if count == 0:
+        known = sorted(summary.get("queue_info", {})) or ["none"]
+        raise TuningError(f"no device is registered under key '{config.tracker_key}' at the "
+                          f"tracker {config.tracker_host}:{config.tracker_port}",
+                          hint=f"keys the tracker knows: {', '.join(known)}")
+    return count

@@ -1,0 +1,8 @@
+"""Names of the int8 dot-product tensor intrinsics: the schedules refer to them by name, and
+:mod:`relaycomp.schedules.cpu.int8_intrin` registers them (only when first needed: parsing
+their TVMScript costs seconds)."""
+
+DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
+DOT_8X4_AVX2 = "relaycomp_dot_8x4_u8i8i32_avx2_pairs"
+DOT_16X4_VNNI = "relaycomp_dot_16x4_u8i8i32_vnni"
+DOT_4X4_SDOT = "relaycomp_dot_4x4_i8i8i32_sdot"
