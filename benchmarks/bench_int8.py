@@ -5,7 +5,8 @@ Models: benchmarks/models/{resnet18,mobilenet_v2}.onnx, quantized by onnxruntime
 see tests/qdq.py), asked for ``reduce_range`` (onnxruntime's advice for x86 without VNNI) on
 such a CPU unless ``--full-range``. onnxruntime 1.32 keeps per-channel QDQ weights 8-bit even
 then (the table prints the weights' range), so relaycomp runs these models on its exact
-``vpmaddwd`` kernel; ``bench_quantize.py`` shows its own 7-bit quantization on ``vpmaddubsw``. Four builds per model: relaycomp fp32, relaycomp int8 (the QDQ model through
+``vpmaddwd`` kernel; ``bench_quantize.py`` shows its own 7-bit quantization on ``vpmaddubsw``. Four
+builds per model: relaycomp fp32, relaycomp int8 (the QDQ model through
 ``lower_qdq_to_integer`` and the int8 kernels), onnxruntime fp32 and onnxruntime int8 (its QLinear
 kernels). Prints median latencies, the int8/fp32 ratios, onnxruntime-int8 as the reference, the
 artifact sizes and the agreement of relaycomp int8 with onnxruntime int8 (top-1, cosine).

@@ -51,7 +51,8 @@ def _timers(name: str, path: Path, work: Path, budgets, rounds_log: dict) -> dic
         report = tune(path, config)
         seconds += time.perf_counter() - started
         print(report.table(), flush=True)
-        artifact = compile_model(path, work / f"{name}-{budget}.so", CompileConfig(features=(config,)))
+        artifact = compile_model(path, work / f"{name}-{budget}.so",
+                                 CompileConfig(features=(config,)))
         applied = sum(t.applied for t in report.tasks)
         note = (f"tuning {seconds:5.0f} s cumulative ({report.new_trials} new trials), "
                 f"{applied}/{len(report.tasks)} kernels tuned")

@@ -11,7 +11,8 @@ repository root:
 Weights are random (``weights=None``: nothing is downloaded) but seeded; speed does not depend
 on their values. BatchNorm statistics are then estimated on random images: with torchvision's
 initialisation and default statistics, mobilenet_v2's eval-mode logits are about 1e-9, too small
-for a meaningful numeric comparison against onnxruntime. Each model is exported in eval mode with a static 1x3x224x224 input named
+for a meaningful numeric comparison against onnxruntime. Each model is exported in eval mode with a
+static 1x3x224x224 input named
 "input", output "logits", opset 17, by the legacy TorchScript exporter with its default
 constant folding, the form most deployed ONNX files have (BatchNorm folded into the convs).
 """

@@ -67,7 +67,8 @@ def main() -> None:
         f"pruned {args.ratio:.0%} (float)": (pruned, CompileConfig(input_shapes=shapes)),
         "distilled (float)": (student, CompileConfig(input_shapes=shapes)),
         "distilled (int8)": (student, CompileConfig(
-            input_shapes=shapes, calibration={"input": train_x[:len(test_x)]}, features=(QuantConfig(),))),  # one batch of the compiled shape
+            input_shapes=shapes, features=(QuantConfig(),),
+            calibration={"input": train_x[:len(test_x)]})),  # one batch of the compiled shape
     }
     print(f"\n{'step':<22} {'accuracy':>9} {'MACs':>10} {'params':>8} {'latency':>9}")
     for step, (model, config) in steps.items():

@@ -5,7 +5,8 @@ statistics (channel axis 1). Produces: ``conv2d(x, W * s) + (b - mean) * s + bet
 ``s = gamma / sqrt(var + eps)``: one conv and one bias add, no normalisation at run time.
 Keeps: outputs within fp32 rounding (1e-5 relative), the function signature, output names.
 Runs: stage ``simplify``, before ``decompose_ops_for_inference`` (which would otherwise expand the
-BatchNorm into four elementwise ops). Reports: ``fold_batchnorm`` folds, into the runner's report dict.
+BatchNorm into four elementwise ops). Reports:
+``fold_batchnorm`` folds, into the runner's report dict.
 """
 
 from __future__ import annotations

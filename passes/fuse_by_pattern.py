@@ -10,7 +10,8 @@ can fuse what the stock ``FuseOps`` keeps apart (e.g. two reductions) in a few l
 
     x, w, b = wildcard(), wildcard(), wildcard()
     register_fusion_pattern(
-        "dense_bias_relu", is_op("relax.nn.relu")(is_op("relax.add")(is_op("relax.matmul")(x, w), b)))
+        "dense_bias_relu",
+        is_op("relax.nn.relu")(is_op("relax.add")(is_op("relax.matmul")(x, w), b)))
 
 Keeps: numerics and the signature. Runs: stage ``simplify`` (end), before ``legalize``.
 Reports: groups fused per pattern, via :func:`fused_groups`. No pattern registered: no change.

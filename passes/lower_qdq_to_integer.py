@@ -12,7 +12,8 @@ constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q
 (the quantized zero), a dense conv's ``x_q`` is shifted by 128 (zero point along) to the dtype
 the target's kernels multiply (uint8 on x86, int8 for AArch64 ``sdot``), and an odd number of
 input channels (an RGB stem) gets one more channel with zero weights, as the int8 kernels take
-channels in pairs. A depthwise conv (no channel reduction for a dot product) reads the integers and sums them in
+channels in pairs. A depthwise conv (no channel reduction for a dot product) reads the integers and
+sums them in
 float32 - exact below 2^24 - where the CPU schedule vectorizes it well. The following bias,
 activation and the next ``quantize`` are elementwise and fuse into the same kernel (FuseOps), so
 int8 tensors flow between kernels.

@@ -1,6 +1,7 @@
 """One base error, a subclass per stage.
 
-Every error a user can cause is a ``RelaycompError``: the CLI prints its message (and ``hint``) on one
+Every error a user can cause is a ``RelaycompError``: the CLI prints its message (and ``hint``) on
+one
 line and exits non-zero. Anything else escaping is a bug in relaycomp.
 """
 

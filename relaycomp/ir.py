@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
@@ -38,6 +39,29 @@ class _NamingImporter(onnx_frontend.ONNXGraphImporter):
                 f"cannot import node '{node}' (op {op_name}, opset {opset}): {reason}",
                 hint="run `relaycomp inspect` on the model; pin dynamic inputs with --input",
             ) from err
+
+
+class LiftingImporter(_NamingImporter):
+    """The relaycomp importer, with the initializers named in ``trainable`` as ``main``
+    parameters (``lifted``: their names and values, in order), the rest as constants. Overrides
+    the importer's private ``_parse_graph_initializers``: TVM has no public hook to choose
+    which initializers become parameters (distillation trains exactly those)."""
+
+    def __init__(self, shapes, trainable: set[str]):
+        super().__init__(shapes, "float32", keep_params_in_input=True, sanitize=True)
+        self.trainable = trainable
+        self.lifted: list[tuple[str, np.ndarray]] = []
+
+    def _parse_graph_initializers(self, graph):
+        for init in graph.initializer:
+            array = onnx.numpy_helper.to_array(init)
+            if init.name in self.trainable:
+                var = self._new_var(init.name, shape=array.shape, dtype=str(array.dtype))
+                self._nodes[init.name] = var
+                self._params[init.name] = (var, tvm.runtime.tensor(array))
+                self.lifted.append((init.name, array))
+            else:
+                self._nodes[init.name] = relax.const(array)
 
 
 def import_onnx_graph(model, shapes: dict[str, Sequence[int]], opset: int) -> tvm.IRModule:
@@ -252,3 +276,12 @@ def import_tensor_intrinsics() -> None:
         import tvm.s_tir.tensor_intrin  # noqa: F401 - registers the intrinsics
     finally:
         inspect.getmodule = original
+
+
+def local_builder_worker():
+    """MetaSchedule's LocalBuilder worker and its parameter serializer, ``(worker, serialize)``.
+    Private in TVM, used by the tuner's pooled builder to build candidates exactly as the stock
+    builder does, in a pool it keeps alive across batches (the stock one restarts per batch)."""
+    from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+
+    return _worker_func, _serialize_params

@@ -55,7 +55,7 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     """Run ``relaycomp ARGS`` in a fresh interpreter, as a user would; captures text output."""
-    return subprocess.run([sys.executable, "-m", "relaycomp.cli.main", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "relaycomp.cli", *map(str, args)],
                           check=False, capture_output=True, text=True, cwd=cwd, timeout=600)
 
 

@@ -87,7 +87,7 @@ def _layer(module: str) -> int | None:
 def _cycle() -> list[str] | None:
     """One import cycle among relaycomp's modules (package ``__init__``s excluded: they only
     re-export), or None."""
-    graph = {m: {d for d in deps if not MODULES[d].name == "__init__.py"}
+    graph = {m: {d for d in deps if MODULES[d].name != "__init__.py"}
              for m, deps in GRAPH.items() if MODULES[m].name != "__init__.py"}
     state: dict[str, int] = {}
     stack: list[str] = []

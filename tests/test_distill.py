@@ -354,7 +354,8 @@ def test_teacher_prune_distill_int8_compile_run(recovery, digits, tmp_path):
 
     (unpruned, pruned, recovered), _, student = recovery
     train_x, test_x, _, test_y = digits
-    config = CompileConfig(input_shapes={"input": test_x.shape}, calibration={"input": train_x[:len(test_x)]}, features=(QuantConfig(),))  # compiled batch
+    config = CompileConfig(input_shapes={"input": test_x.shape}, features=(QuantConfig(),),
+                           calibration={"input": train_x[:len(test_x)]})  # compiled batch
     artifact = compile_model(student, tmp_path / "student_int8.so", config)
     logits = relaycomp.load(artifact.path).run({"input": test_x})["logits"]
     int8 = float((logits.argmax(axis=1) == test_y).mean())

@@ -119,8 +119,8 @@ def test_int8_sdot_kernels_compute_what_the_plain_int8_kernels_do(device, tmp_pa
 
 def test_tuning_on_the_device_measures_there_and_the_tuned_build_runs_there(device, tmp_path):
     model = conv_net()
-    config = TuneConfig(target="raspberry-pi-4", trials=4, trials_per_iter=4, tuning_db=tmp_path / "db",
-                        rpc=device, key=KEY, progress=False)
+    config = TuneConfig(target="raspberry-pi-4", trials=4, trials_per_iter=4,
+                        tuning_db=tmp_path / "db", rpc=device, key=KEY, progress=False)
     report = tune(model, config)
     assert all(t.heuristic_ms < float("inf") for t in report.tasks), "a baseline failed"
     assert report.new_trials > 0

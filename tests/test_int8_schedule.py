@@ -55,7 +55,8 @@ def _reference(x, weight, stride, zero_point):
     acc = np.zeros((1, weight.shape[0], out_size, out_size), np.int64)
     for ry in range(3):
         for rx in range(3):
-            window = padded[:, :, ry:ry + stride * out_size:stride, rx:rx + stride * out_size:stride]
+            span = stride * out_size
+            window = padded[:, :, ry:ry + span:stride, rx:rx + span:stride]
             acc += np.einsum("nchw,fc->nfhw", window, weight[:, :, ry, rx].astype(np.int64))
     y = np.maximum(acc.astype(np.float32) * np.float32(1e-3), 0)
     return np.clip(np.round(y / np.float32(0.05)), 0, 255).astype(np.uint8), acc

@@ -8,15 +8,9 @@ from tvm import relax
 from relaycomp.compiler.pipeline import Stage, default_stages, run_stages
 from relaycomp.errors import PassError
 from relaycomp.frontend.onnx_import import import_onnx
-from relaycomp.registry import PASSES, register_pass
+from relaycomp.registry import register_pass
 
 TARGET = tvm.target.Target({"kind": "llvm"})
-
-
-@pytest.fixture
-def scoped_passes():
-    with PASSES.scoped():
-        yield
 
 
 def test_default_pipeline_runs_every_pass_in_stage_order():

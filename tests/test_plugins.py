@@ -14,7 +14,7 @@ from relaycomp.compiler.build import CompileConfig, compile_model
 from relaycomp.compiler.manifest import manifest_path
 from relaycomp.compiler.plugins import PluginError, load_pass_spec
 from relaycomp.errors import PassError
-from relaycomp.registry import PASSES, register_pass
+from relaycomp.registry import register_pass
 
 USER_PASSES = textwrap.dedent('''
     import tvm
@@ -34,12 +34,6 @@ USER_PASSES = textwrap.dedent('''
     def two_args(mod, extra):
         return mod
 ''')
-
-
-@pytest.fixture
-def scoped_passes():
-    with PASSES.scoped():
-        yield
 
 
 @pytest.fixture
@@ -99,14 +93,14 @@ def test_installed_plugin_is_found_through_its_entry_point(tmp_path):
     import subprocess
     import sys
 
-    listed = subprocess.run([sys.executable, "-m", "relaycomp.cli.main", "passes"], env=env,
+    listed = subprocess.run([sys.executable, "-m", "relaycomp.cli", "passes"], env=env,
                             capture_output=True, text=True, check=False)
     assert "acme_tag" in listed.stdout, listed.stderr
     onnx_path = tmp_path / "conv.onnx"
     import onnx
 
     onnx.save(conv_net(), onnx_path)
-    built = subprocess.run([sys.executable, "-m", "relaycomp.cli.main", "compile", str(onnx_path),
+    built = subprocess.run([sys.executable, "-m", "relaycomp.cli", "compile", str(onnx_path),
                             "-o", str(tmp_path / "m.so"), "--pass", "acme_tag@fuse"],
                            env=env, capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr

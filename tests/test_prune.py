@@ -110,7 +110,8 @@ def digits_model() -> onnx.ModelProto:
 
 
 BUILDERS = {"resnet": resnet_block_net, "mobilenet": mobilenet_style_net, "concat": concat_net,
-            "c2f": c2f_net, "decoder": decoder_net, "mlp": mlp, "flatten": flatten_net, "digits": digits_model}
+            "c2f": c2f_net, "decoder": decoder_net, "mlp": mlp, "flatten": flatten_net,
+            "digits": digits_model}
 
 
 def _feed(model):

@@ -148,8 +148,9 @@ def test_int8_needs_calibration_data_and_known_keep_float_names():
 def digits_int8(tmp_path_factory):
     folder = tmp_path_factory.mktemp("digits")
     images, labels = held_out_digits()
-    config = CompileConfig(input_shapes={"input": (8, 1, 8, 8)}, calibration="example:digits", dump_ir=folder / "ir",
-                           evaluation={"input": images, "labels": labels}, features=(QuantConfig(),))
+    config = CompileConfig(input_shapes={"input": (8, 1, 8, 8)}, features=(QuantConfig(),),
+                           calibration="example:digits", dump_ir=folder / "ir",
+                           evaluation={"input": images, "labels": labels})
     return compile_model("example:digits", folder / "digits.so", config), folder
 
 
@@ -273,7 +274,8 @@ def test_int4_weight_only_runs_the_model_with_int4_rounded_weights_stored_two_a_
     int4 grid (per output channel, [-7, 7]); the weights are stored packed, an eighth of float
     plus the scales, and stay packed in the build (not unpacked at compile time)."""
     model = mlp()
-    artifact = compile_model(model, tmp_path / "m.so", CompileConfig(features=(QuantConfig(weight_only=True, weight_bits=4),)))
+    artifact = compile_model(model, tmp_path / "m.so", CompileConfig(
+        features=(QuantConfig(weight_only=True, weight_bits=4),)))
     report = artifact.manifest.report["quantize"]
     assert [la["weight_bits"] for la in report["layers"]] == [4, 4, 4]
     floats = report["weight_bytes_float"]
@@ -330,7 +332,8 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
 
 
 def test_float16_mixed_precision_builds_for_cuda_and_is_refused_on_cpus(tmp_path):
-    config = CompileConfig(target="cuda", dump_ir=tmp_path / "ir", features=(QuantConfig(dtype="float16"),))
+    config = CompileConfig(target="cuda", features=(QuantConfig(dtype="float16"),),
+                           dump_ir=tmp_path / "ir")
     artifact = compile_model(mlp(), tmp_path / "m.so", config)
     report = artifact.manifest.report["quantize"]
     assert [la["mode"] for la in report["layers"]] == ["float16"] * 3

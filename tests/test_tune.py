@@ -62,7 +62,8 @@ def tuned(model, tmp_path_factory):
 
 
 def _compile_tuned(model, database, output: Path, trials: int = 0):
-    config = CompileConfig(features=(TuneConfig(trials=trials, tuning_db=database, progress=False),))
+    tuning = TuneConfig(trials=trials, tuning_db=database, progress=False)
+    config = CompileConfig(features=(tuning,))
     return compile_model(model, output, config)
 
 
@@ -107,7 +108,8 @@ def test_a_quantized_compile_tunes_its_int8_kernels_not_the_float_ones(model, tu
     database, _ = tuned
     calibration = {name: np.stack([random_inputs(model, seed=s)[name] for s in range(8)])
                    for name in random_inputs(model)}
-    config = CompileConfig(calibration=calibration, features=(QuantConfig(), TuneConfig(trials=0, tuning_db=database, progress=False)))
+    tuning = TuneConfig(trials=0, tuning_db=database, progress=False)
+    config = CompileConfig(calibration=calibration, features=(QuantConfig(), tuning))
     artifact = compile_model(model, tmp_path / "int8.so", config)
     assert artifact.manifest.report["quantize"]["layers"]
     assert "schedule/apply_tuning_database" in artifact.manifest.passes
@@ -259,7 +261,7 @@ def test_cli_tune_and_compile_options_parse():
 
 def _tune_process(model_path, database, trials, *extra) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "relaycomp.cli.main", "tune", str(model_path), "--trials", str(trials),
+        [sys.executable, "-m", "relaycomp.cli", "tune", str(model_path), "--trials", str(trials),
          "--tuning-db", str(database), "--trials-per-iter", "4", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -3,7 +3,8 @@
 The lower level of structured pruning (the Torch-Pruning split: ``ChannelGraph.build(model)``
 underneath, :class:`relaycomp.prune.pruner.Pruner` on top). It reads a front-end-neutral
 :class:`relaycomp.channels.view.GraphView` (ONNX or Relax), so both front ends share it.
-Every op that *creates* channels (a Conv's filters, a Gemm/MatMul's output features) opens a channel *space*. Each tensor's channel axis is
+Every op that *creates* channels (a Conv's filters, a Gemm/MatMul's output features) opens a
+channel *space*. Each tensor's channel axis is
 described as a layout: a sequence of segments, each a space (or an opaque run of channels that may
 not change) repeated ``repeat`` times per channel (``Flatten`` of ``[N, C, H, W]`` makes blocks of
 ``H*W``). Ops propagate layouts (``relaycomp.channels.ops.HANDLERS``):

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Segment:
-    """``size`` channels of ``space`` (None: channels no pruning may touch), each ``repeat`` wide."""
+    """``size`` channels of ``space`` (None: channels no pruning may touch), each ``repeat``
+    wide."""
 
     space: int | None
     size: int

@@ -1,7 +1,8 @@
 """How each ONNX op moves channels: the handler registry of :class:`ChannelGraph`.
 
 Handlers read :class:`relaycomp.channels.view.OpNode` (ONNX op vocabulary, whichever front end
-the graph came from). A handler ``(graph, node, attrs)`` sets the layouts of the node's outputs, records the constants
+the graph came from). A handler ``(graph, node, attrs)`` sets the layouts of the node's outputs,
+records the constants
 to slice (``graph.cut``) and node edits (``graph.edits``), and blocks what it cannot follow.
 An op without a handler blocks every space that reaches it, so unknown ops are never broken.
 """

@@ -8,7 +8,8 @@ half of pruning (:meth:`GraphView.apply`, rewriting its own graph to a plan), so
 share one dependency analysis, one set of op handlers and one planner:
 
 - :class:`OnnxView` (here): an ``onnx.ModelProto``, used by ``relaycomp prune -o pruned.onnx``;
-- :class:`relaycomp.channels.relax_view.RelaxView`: ``main`` of a Relax module after ``simplify``, used
+- :class:`relaycomp.channels.relax_view.RelaxView`: ``main`` of a Relax module after
+  ``simplify``, used
   by the ``prune_channels`` pass (``compile --prune``).
 """
 

@@ -55,7 +55,7 @@ def _int8_step(images: np.ndarray, labels: np.ndarray, path: Path, float_accurac
     batch = images.shape[0]
     print(f"$ relaycomp compile example:digits --input input:{batch},1,8,8 --quantize int8 "
           f"--calib example:digits -o {path}")
-    config = CompileConfig(input_shapes={"input": images.shape}, quantize=QuantConfig(),
+    config = CompileConfig(input_shapes={"input": images.shape}, features=(QuantConfig(),),
                            calibration="example:digits")
     report = compile_model("example:digits", path, config).manifest.report["quantize"]
     model = load(path)

@@ -127,7 +127,8 @@ def cmd_compile(args) -> int:
           f"-> {artifact.path}")
     print(f"  inputs:  {_signature(manifest.inputs)}")
     print(f"  outputs: {_signature(manifest.outputs)}")
-    print(f"  {len(manifest.passes)} passes in {seconds:.1f} s, {manifest.report['kernels']} kernels")
+    print(f"  {len(manifest.passes)} passes in {seconds:.1f} s, "
+          f"{manifest.report['kernels']} kernels")
     from relaycomp.compiler.features import feature_of
 
     for feature_config in config.features:  # in the order the features ran
@@ -164,16 +165,9 @@ def _read_inputs(path: str | None, model) -> dict[str, np.ndarray]:
     if path is None:
         print("note: no --inputs given; running on seeded random data", file=sys.stderr)
         return random_inputs(specs)
-    from relaycomp.frontend.examples import get_example, is_example
+    from relaycomp.frontend.inputs import read_arrays
 
-    if is_example(path):
-        data = get_example(path).samples()
-    else:
-        try:
-            with np.load(path) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as err:
-            raise InputSpecError(f"cannot read --inputs {path}: {err}") from None
+    data = read_arrays(path, "--inputs", [s.name for s in specs], InputSpecError)
     missing = [s.name for s in specs if s.name not in data]
     if missing:
         raise InputSpecError(f"{path} lacks input(s) {missing}",

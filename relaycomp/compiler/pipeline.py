@@ -3,6 +3,12 @@
 A pipeline is data (:data:`PIPELINES`, one per target kind) composed by concatenation. The runner
 guarantees that every pass is named, timed and checked: the module must stay well-formed and
 ``main`` must keep its signature; a failure is a :class:`PassError` naming the pass and stage.
+It owns the reports: a pass reports what it did into the dict the runner hands it (its
+``report`` parameter), recorded in the pass's :class:`PassRecord`.
+
+The checks are the runner's own rather than TVM's ``WellFormedInstrument``: that instrument
+prints the whole module and raises a bare ``AssertionError`` (the reason is lost), and fires on
+every nested pass; the runner checks each registered pass once and reports TVM's reason.
 """
 
 from __future__ import annotations
@@ -56,8 +62,8 @@ _FRONT = [
     ("simplify", ["fold_batchnorm", "remove_noop_ops", "decompose_ops_for_inference",
                   "canonicalize_bindings", "fold_constant", "merge_parallel_matmuls",
                   "fuse_by_pattern"]),
-    ("prune", []),  # filled by CompileConfig.prune (passes/prune_channels)
-    ("quantize", ["lower_qdq_to_integer"]),  # CompileConfig.quantize adds quantize_int8 first
+    ("prune", []),  # where a feature's pass may go (the prune feature's prune_channels)
+    ("quantize", ["lower_qdq_to_integer"]),  # the quantize feature puts quantize_int8 first
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["legalize_ops", "annotate_op_pattern", "fold_constant"]),
     ("fuse", ["fuse_ops", "fuse_tir", "mark_pair_safe_weights"]),

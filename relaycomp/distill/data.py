@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from relaycomp.distill.student import DistillError
+from relaycomp.frontend.inputs import read_arrays
 from relaycomp.frontend.onnx_import import TensorSpec
 
 UNLABELLED = -1  # a label that marks a sample without one (semi-supervised distillation)
@@ -40,15 +41,7 @@ class Dataset:
 
 
 def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DistillError(f"cannot read data {path}: {err}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DistillError(f"data {path} is not an .npz archive",
-                           hint="save it with numpy.savez(path, input_name=array)")
-    with loaded:
-        return {key: loaded[key] for key in loaded.files}
+    return read_arrays(path, "training", error=DistillError)
 
 
 def _read_labels(labels) -> np.ndarray | None:

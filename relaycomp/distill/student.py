@@ -3,8 +3,8 @@
 An ONNX student is imported with its trainable initializers turned into function parameters
 (named after the initializers), so the trained values are written back into a copy of the same
 graph: same nodes, same names, new initializers. A Relax student (an ``IRModule`` or
-:class:`~relaycomp.frontend.onnx_import.ImportedModel` with weights as constants) has its weight constants
-lifted to parameters and bound back after training.
+:class:`~relaycomp.frontend.onnx_import.ImportedModel` with weights as constants) has its
+weight constants lifted to parameters and bound back after training.
 
 Trainable: float initializers consumed only as weights/biases of Conv, ConvTranspose, Gemm,
 MatMul, the scale/bias of BatchNormalization / Instance- / LayerNormalization, PRelu slopes, and
@@ -100,26 +100,6 @@ def _trainable_initializers(model: onnx.ModelProto) -> tuple[set[str], list[str]
     return trainable, sorted(set(floats) - trainable)
 
 
-class _LiftingImporter(ir._NamingImporter):
-    """The relaycomp importer, with the chosen initializers as ``main`` parameters."""
-
-    def __init__(self, shapes, trainable: set[str]):
-        super().__init__(shapes, "float32", keep_params_in_input=True, sanitize=True)
-        self.trainable = trainable
-        self.lifted: list[tuple[str, np.ndarray]] = []
-
-    def _parse_graph_initializers(self, graph):
-        for init in graph.initializer:
-            array = onnx.numpy_helper.to_array(init)
-            if init.name in self.trainable:
-                var = self._new_var(init.name, shape=array.shape, dtype=str(array.dtype))
-                self._nodes[init.name] = var
-                self._params[init.name] = (var, tvm.runtime.tensor(array))
-                self.lifted.append((init.name, array))
-            else:
-                self._nodes[init.name] = relax.const(array)
-
-
 def batch_of(specs: Sequence[TensorSpec], wanted: int) -> int:
     """The training batch: ``wanted`` when the batch dim is symbolic, else the model's own."""
     fixed = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)
@@ -148,7 +128,7 @@ def student_from_onnx(model: onnx.ModelProto | str, sample_shapes: Mapping[str, 
     check_supported_ops(pinned)
     original = {init.name for init in source.graph.initializer}
     trainable, frozen = _trainable_initializers(pinned)
-    importer = _LiftingImporter({s.name: list(s.shape) for s in inputs}, trainable & original)
+    importer = ir.LiftingImporter({s.name: list(s.shape) for s in inputs}, trainable & original)
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             mod = importer.from_onnx(pinned.graph, opset)

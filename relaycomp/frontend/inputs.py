@@ -17,21 +17,24 @@ these forms, non-float data for a float input, NaN/Inf, fewer samples than requi
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from relaycomp.errors import CalibrationError
+from relaycomp.errors import CalibrationError, RelaycompError, last_line
 
 LABELS = "labels"  # an evaluation set may carry integer class labels under this key
 
 
 def load_batches(source, inputs, min_samples: int = 1, what: str = "calibration",
-                 allow_labels: bool = False) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+                 allow_labels: bool = False,
+                 ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
     """``source`` as a list of input batches (and the labels, if ``allow_labels`` and present).
 
-    ``inputs`` are the model's :class:`~relaycomp.frontend.onnx_import.TensorSpec` (compiled shapes).
+    ``inputs`` are the model's :class:`~relaycomp.frontend.onnx_import.TensorSpec` (compiled
+    shapes).
     """
     arrays, label = _read(source, inputs, what)
     if isinstance(arrays, list):  # an iterable of batches
@@ -72,41 +75,45 @@ def _read(source, inputs, what: str):
                                 "or an iterable of dicts")
 
 
-def _read_path(source, names: list[str], what: str):
+def read_arrays(source: str | os.PathLike, what: str, names: list[str] | None = None,
+                error: type[RelaycompError] = CalibrationError) -> dict[str, np.ndarray]:
+    """The arrays stored at ``source``, by name: an ``.npz`` file, a directory of ``NAME.npy``
+    files, or ``example:NAME`` (its samples under the first of ``names``, ``labels`` too).
+    Never unpickles; every problem (missing, unreadable, not an archive, a folder without
+    arrays) is one ``error`` naming ``what`` the data is for."""
     from relaycomp.frontend.examples import get_example, is_example
 
     if is_example(source):
         samples = get_example(str(source)).samples()
         key = "calibration" if what == "calibration" and "calibration" in samples else "input"
-        return {names[0]: samples[key]}, samples.get(LABELS)
+        arrays = {(names or ["input"])[0]: samples[key]}
+        if LABELS in samples:
+            arrays[LABELS] = samples[LABELS]
+        return arrays
     path = Path(source)
-    if path.is_dir():
-        files = sorted(path.glob("*.npy"))
-        if not files:
-            raise CalibrationError(f"{what} directory {path} holds no .npy files")
-        arrays = {f.stem: _load_npy(f, what) for f in files}
-    elif path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if not hasattr(data, "files"):
-                    raise CalibrationError(f"{what} file {path} is a single .npy array",
-                                           hint="save an .npz keyed by input name "
-                                                "(np.savez(path, NAME=array))")
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as err:
-            raise CalibrationError(f"cannot read {what} data {path}: {err}") from None
-    else:
-        raise CalibrationError(f"no such {what} file or directory: {path}")
-    label = arrays.pop(LABELS, None)
-    _check_names(arrays, names, what, str(path))
-    return arrays, label
-
-
-def _load_npy(path: Path, what: str) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise CalibrationError(f"cannot read {what} file {path}: {err}") from None
+        if path.is_dir():
+            files = sorted(path.glob("*.npy"))
+            if not files:
+                raise error(f"{what} directory {path} holds no .npy files")
+            return {f.stem: np.load(f, allow_pickle=False) for f in files}
+        if not path.exists():
+            raise error(f"no such {what} file or directory: {path}")
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise error(f"{what} file {path} is a single .npy array",
+                            hint="save an .npz keyed by input name (np.savez(path, NAME=array))")
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise error(f"cannot read {what} data {path}: {last_line(err)}",
+                    hint="give an .npz written by numpy.savez (no pickled objects)") from None
+
+
+def _read_path(source, names: list[str], what: str):
+    arrays = read_arrays(source, what, names)
+    label = arrays.pop(LABELS, None)
+    _check_names(arrays, names, what, str(source))
+    return arrays, label
 
 
 def _check_names(arrays: Mapping, names: list[str], what: str, where: str) -> None:

@@ -80,20 +80,11 @@ def _overrides(specs: list[str]) -> dict[str, float]:
 def _calibration(ref: str | None, model) -> dict | None:
     if ref is None:
         return None
-    import numpy as np
-
-    from relaycomp.frontend.examples import get_example, is_example
+    from relaycomp.frontend.inputs import read_arrays
 
     names = [i.name for i in model.graph.input
              if i.name not in {t.name for t in model.graph.initializer}]
-    if is_example(ref):
-        samples = get_example(ref).samples()
-        return {names[0]: samples.get("calibration", samples.get(names[0]))}
-    try:
-        with np.load(ref) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
-        raise CalibrationError(f"cannot read --calib {ref}: {err}") from None
+    arrays = read_arrays(ref, "calibration", names)
     missing = [n for n in names if n not in arrays]
     if missing:
         raise CalibrationError(f"{ref} lacks input(s) {missing}", hint=f"it holds {sorted(arrays)}")

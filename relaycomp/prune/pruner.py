@@ -233,7 +233,8 @@ class Pruner:
 
 def prune(model: onnx.ModelProto, config: PruneConfig | None = None,
           calib: Mapping[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, PruneReport]:
-    """Structured pruning of ``model`` under ``config``; ``calib`` feeds the activation criterion."""
+    """Structured pruning of ``model`` under ``config``; ``calib`` feeds the activation
+    criterion."""
     return Pruner(model, config, calib).run()
 
 

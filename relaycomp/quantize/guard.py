@@ -3,7 +3,8 @@
 Calibration and the guard really run the model: an instrumented or switchable copy of the module
 is compiled with relaycomp's own pipeline for the *host* (also when the artifact targets ARM or
 CUDA: the same integers) and executed batch by batch; its QDQ layers run on the integer kernels
-of ``lower_qdq_to_integer``, as in the artifact. The switchable copy (:func:`relaycomp.passes.quantize_int8.
+of ``lower_qdq_to_integer``, as in the artifact. The switchable copy
+(:func:`relaycomp.passes.quantize_int8.
 switchable`) takes a per-layer mask, so one compile measures the float model, the quantized one
 and every leave-one-layer-in-float variant the sensitivity analysis needs.
 """
@@ -18,11 +19,12 @@ import tvm
 from tvm import relax
 
 from relaycomp import ir
-from relaycomp.compiler.pipeline import default_stages, run_stages
+from relaycomp.compiler.pipeline import default_stages, run_stages, split_before
 
-# Already applied to the module we are given. The quantize stage's lowering runs: the guard
-# measures the integer kernels (QDQ conv/matmul lowered as in the build), not a float QDQ graph.
-_FRONT_STAGES = ("simplify", "prune")
+# The module we are given has been through the stages before this one. From here on the build's
+# pipeline runs: the guard measures the integer kernels (QDQ conv/matmul lowered as in the
+# build), not a float QDQ graph.
+QUANTIZE_STAGE = "quantize"
 
 
 class HostModule:
@@ -33,7 +35,7 @@ class HostModule:
 
         spec = resolve("host")
         target = spec.tvm_target()
-        stages = [s for s in default_stages(spec.kind) if s.name not in _FRONT_STAGES]
+        stages = split_before(default_stages(spec.kind), QUANTIZE_STAGE)[1]
         lowered, _ = run_stages(mod, stages, target)
         self._device = tvm.cpu(0)
         self._vm = relax.VirtualMachine(ir.build_executable(lowered, target), self._device)

@@ -3,8 +3,7 @@
     mod, report = relaycomp.quantize(mod, QuantConfig(calibration="entropy"), calib="data.npz")
     print(report.summary())   # per-layer scheme and scales, sizes, accuracy, layers kept float
 
-    relaycomp.compile_model("m.onnx", "m.so", CompileConfig(quantize=QuantConfig(),
-                                                            calibration="data.npz"))
+    relaycomp.compile("m.onnx", "m.so", quantize=QuantConfig(), calibration="data.npz")
 
 Steps: find the layers (:mod:`relaycomp.passes.quantize_int8`); run an instrumented copy of the
 float module on the calibration batches, compiled for this machine, and let a calibrator
@@ -61,7 +60,8 @@ class QuantConfig:
     per tensor). ``activations``: ``asymmetric`` (uint8 with a zero point) or ``symmetric`` (int8,
     zero point 0).
     ``keep_float``: layer kinds (``conv2d``, ``depthwise_conv2d``, ``matmul``) or layer names
-    (the ONNX node name; ``conv2d_0``-style for modules without one) left in float. ``max_accuracy_drop``: allowed loss
+    (the ONNX node name; ``conv2d_0``-style for modules without one) left in float.
+    ``max_accuracy_drop``: allowed loss
     (label accuracy if the evaluation data has labels, else 1 - top-1 agreement with float);
     layers fall back to float until it holds. ``weight_only``: int8 weights, float activations.
     ``weight_bits``: 4 stores the weights of weight-only matmul layers as int4, two a byte
@@ -194,7 +194,8 @@ def _mixed_precision(mod, config, layers, names) -> tuple[tvm.IRModule, QuantRep
     report.weight_bytes_float = sum(la.weight.nbytes for la in layers)
     report.weight_bytes_quantized = report.weight_bytes_float // 2
     mixed = mixed_precision(mod)
-    report.model_bytes_float, report.model_bytes_quantized = constant_bytes(mod), constant_bytes(mixed)
+    report.model_bytes_float = constant_bytes(mod)
+    report.model_bytes_quantized = constant_bytes(mixed)
     return mixed, report
 
 

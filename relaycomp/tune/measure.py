@@ -17,9 +17,9 @@ import cloudpickle
 import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
+from relaycomp import ir
 from relaycomp.errors import TuningError
 from relaycomp.runtime.tracker import Device, count_devices
 from relaycomp.tune.db import FAILED_SECONDS
@@ -57,10 +57,11 @@ class PooledBuilder(ms.builder.PyBuilder):
             self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
                                            initializer=_warm_up_builder)
         self._batches += 1
-        jobs = [(build_kernel, self.export, b.mod, b.target, _serialize_params(b.params))
+        worker, serialize = ir.local_builder_worker()
+        jobs = [(build_kernel, self.export, b.mod, b.target, serialize(b.params))
                 for b in build_inputs]
         results = []
-        for outcome in self._pool.map_with_error_catching(lambda job: _worker_func(*job), jobs):
+        for outcome in self._pool.map_with_error_catching(lambda job: worker(*job), jobs):
             if outcome.status == StatusKind.COMPLETE:
                 results.append(ms.builder.BuilderResult(outcome.value, None))
             elif outcome.status == StatusKind.TIMEOUT:

@@ -23,7 +23,6 @@ record is checked once.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -48,6 +47,7 @@ from relaycomp.runtime.tracker import Device
 from relaycomp.targets import TargetSpec, resolve
 from relaycomp.tune.check import REPEATS, check_records, heuristic_module
 from relaycomp.tune.db import FAILED_SECONDS, TuningDatabase, workload_key
+from relaycomp.tune.logs import scoped_meta_schedule_logging
 from relaycomp.tune.measure import (
     Progress,
     make_builder,
@@ -203,8 +203,9 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
     try:
         if todo:
             run = run or database.new_run()
-            new_trials.update(_search(tasks, keys, todo, budgets, database, run, builder,
-                                      runner, config))
+            with scoped_meta_schedule_logging():  # our progress line says more than its console
+                new_trials.update(_search(tasks, keys, todo, budgets, database, run,
+                                          builder, runner, config))
             database.load()
         unchecked = sum(database.state(key).needs_check for key in keys)
         if unchecked and runner is None and device.rpc is None and not runs_here:
@@ -270,9 +271,6 @@ def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, 
     progress = Progress(sum(todo.values()), {t.task_name: t.weight for t in tasks}, heuristic,
                         enabled=config.progress)
     done = {}
-    # The console handler MetaSchedule installs takes the package logger's level: keep it to
-    # warnings (the full log still goes to the run folder's logs/), our progress line says more.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     population = min(256, max(64, 4 * max(todo.values())))
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=population, init_min_unmeasured=min(50, population // 2))

@@ -68,7 +68,8 @@ def inception_style_net() -> onnx.ModelProto:
         helper.make_node("Relu", ["cat"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "inception", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 16])],
+        nodes, "inception",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, 16, 16])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 

@@ -142,7 +142,8 @@ def test_ratio_zero_returns_the_module_unchanged_and_the_same_outputs(tmp_path):
     assert report.after == report.before
     inputs = random_inputs(model)
     plain = relaycomp.load(compile_model(model, tmp_path / "a.so").path).run(inputs)
-    zero = compile_model(model, tmp_path / "b.so", CompileConfig(features=(PruneConfig(ratio=0.0),)))
+    zero = compile_model(model, tmp_path / "b.so",
+                         CompileConfig(features=(PruneConfig(ratio=0.0),)))
     for key, value in relaycomp.load(zero.path).run(inputs).items():
         np.testing.assert_array_equal(value, plain[key])
 
@@ -166,7 +167,8 @@ def _calls(mod, op_name):
 def _compiled_outputs(model, path, config, inputs, calib=None):
     options = {"prune_channels": {"calib": calib}} if calib else {}
     shapes = {name: (1, *value.shape[1:]) for name, value in inputs.items()}
-    artifact = compile_model(model, path, CompileConfig(input_shapes=shapes, pass_options=options, features=(config,)))
+    artifact = compile_model(model, path, CompileConfig(input_shapes=shapes, features=(config,),
+                                                        pass_options=options))
     loaded = relaycomp.load(artifact.path)
     count = len(next(iter(inputs.values())))
     runs = [loaded.run({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(count)]

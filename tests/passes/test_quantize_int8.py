@@ -7,7 +7,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from relaycomp.compiler.pipeline import Placement, default_stages, run_stages, with_passes
+from relaycomp.compiler.pipeline import Placement, Stage, default_stages, run_stages, with_passes
 from relaycomp.passes.quantize_int8 import (
     LayerPlan,
     annotate,
@@ -177,7 +177,7 @@ def test_runs_at_the_start_of_the_quantize_stage_and_applies_the_plans_it_is_giv
     assert [la["mode"] for la in report.layers] == ["int8", "int8", "int8"]
     assert report.samples["calibration"] == 16
 
-    only_quantize = [type(s)("quantize", ("quantize_int8",)) for s in stages if s.name == "quantize"]
+    only_quantize = [Stage("quantize", ("quantize_int8",))]
     after, pipeline = run_stages(simplified, only_quantize, tvm.target.Target("llvm"),
                                  options={"quantize_int8": {"layer_plans": plans}})
     assert pipeline.records[-1].ops_changed == {"dequantize": 6, "quantize": 3}

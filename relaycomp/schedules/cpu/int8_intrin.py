@@ -1,4 +1,5 @@
-"""The int8 dot-product tensor intrinsics of :mod:`relaycomp.schedules.cpu.int8`: AVX2 vpmaddwd 8x2 (exact), AVX2
+"""The int8 dot-product tensor intrinsics of :mod:`relaycomp.schedules.cpu.int8`: AVX2 vpmaddwd
+8x2 (exact), AVX2
 vpmaddubsw 8x4 (exact for pair-safe weights only) and AVX-512 VNNI vpdpbusd 16x4 (exact), all
 u8 x s8 -> s32; AArch64 sdot 4x4 (s8 x s8 -> s32, exact). One description (:func:`_dot_desc`),
 an implementation each. Importing this module registers them; that module imports it
