@@ -32,6 +32,21 @@ class Timing:
     runs: int
 
 
+def read_artifact(path: str | os.PathLike) -> tuple[Path, Manifest, TargetSpec]:
+    """A runnable artifact's path, manifest and target: the file exists, its manifest beside
+    it is valid, and it is a shared library (an object archive must be linked first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"no such artifact: {path}")
+    manifest = read_manifest(path)
+    target = TargetSpec.from_json(manifest.target)
+    if manifest.artifact_format != "shared-library":
+        raise ArtifactError(f"{path} is an object archive for {target.triple}",
+                            hint="link it into a shared library on the device, or compile "
+                                 "with an output named *.so; running needs a .so")
+    return path, manifest, target
+
+
 class LoadedModel:
     """A compiled model ready to run: ``outputs = model.run({"x": array})``.
 
@@ -40,11 +55,7 @@ class LoadedModel:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ArtifactError(f"no such artifact: {self.path}")
-        self.manifest: Manifest = read_manifest(self.path)
-        self.target = TargetSpec.from_json(self.manifest.target)
+        self.path, self.manifest, self.target = read_artifact(path)
         self._check_runnable_here()
         if self.target.kind == "llvm":
             ir.request_threads(threads or self.target.target.get("num-cores") or os.cpu_count())
@@ -57,10 +68,6 @@ class LoadedModel:
         return "cuda" if self.target.kind == "cuda" else "cpu"
 
     def _check_runnable_here(self) -> None:
-        if self.manifest.artifact_format != "shared-library":
-            raise ArtifactError(
-                f"{self.path} is an object archive for {self.target.triple}",
-                hint="link it into a shared library on the device; `run` needs a .so")
         machine = elf_machine(self.path)
         host = elf_machine_of_this_process()
         if machine != host:

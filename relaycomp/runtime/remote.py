@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from relaycomp import ir
-from relaycomp.compiler.manifest import Manifest, read_manifest
-from relaycomp.errors import ArtifactError, RelaycompError, last_line
-from relaycomp.runtime.local import LoadedModel, Timing
+from relaycomp.errors import RelaycompError, last_line
+from relaycomp.runtime.local import LoadedModel, Timing, read_artifact
 from relaycomp.runtime.tracker import Device, count_devices
-from relaycomp.targets import TargetSpec
 
 SESSION_TIMEOUT_SECONDS = 600
 
@@ -40,14 +37,7 @@ class RemoteModel(LoadedModel):
 
     def __init__(self, path: str | os.PathLike, rpc: str, key: str, threads: int | None = None,
                  session_timeout: int = SESSION_TIMEOUT_SECONDS):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ArtifactError(f"no such artifact: {self.path}")
-        self.manifest: Manifest = read_manifest(self.path)
-        self.target = TargetSpec.from_json(self.manifest.target)
-        if self.manifest.artifact_format != "shared-library":
-            raise ArtifactError(f"{self.path} is an object archive; `run --rpc` needs a .so",
-                                hint="compile with an output named *.so")
+        self.path, self.manifest, self.target = read_artifact(path)
         device = Device(rpc, key, timeout_sec=session_timeout)
         config = tvm.s_tir.meta_schedule.runner.RPCConfig(
             tracker_host=device.tracker[0], tracker_port=device.tracker[1], tracker_key=key,
