@@ -30,7 +30,10 @@ def _to_input(expr, matches):
 
 def _identity_permutation(expr, matches):
     axes = expr.attrs.axes
-    if axes is not None and [int(a) for a in axes] != list(range(len(axes))):
+    if axes is None:  # no axes: reverse them, the identity only up to rank 1
+        rank = getattr(matches[_x].ty, "ndim", -1)
+        return _to_input(expr, matches) if 0 <= rank <= 1 else expr
+    if [int(a) for a in axes] != list(range(len(axes))):
         return expr
     return _to_input(expr, matches)
 

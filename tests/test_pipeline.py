@@ -40,20 +40,22 @@ def test_a_pass_that_raises_is_named(scoped_passes):
         run_stages(import_onnx(conv_net()).mod, [Stage("simplify", ("explode",))], TARGET)
 
 
-def test_options_reach_the_pass_factory_and_a_report_comes_back(scoped_passes):
+def test_options_reach_the_pass_factory_and_its_report_reaches_the_record(scoped_passes):
     @register_pass("count_functions", stage="simplify")
-    def count_functions(target, report, label):
+    def count_functions(target, label, report=None):
         @tvm.transform.module_pass(opt_level=0)
         def run(mod, ctx):
             report[label] = len(mod.functions)
             return mod
         return run
 
-    seen = {}
-    options = {"count_functions": {"report": seen, "label": "functions"}}
-    run_stages(import_onnx(conv_net()).mod, [Stage("simplify", ("count_functions",))], TARGET,
-               options=options)
-    assert seen == {"functions": 1}
+    options = {"count_functions": {"label": "functions"}}
+    _, pipeline = run_stages(import_onnx(conv_net()).mod,
+                             [Stage("simplify", ("count_functions", "count_functions"))], TARGET,
+                             options=options)
+    assert [r.facts for r in pipeline.records] == [{"functions": 1}, {"functions": 1}]
+    assert pipeline.records[0].facts is not pipeline.records[1].facts  # a fresh dict per run
+    assert pipeline.facts("count_functions") == {"functions": 1}
 
 
 def _replace_main(make_main):

@@ -5,7 +5,8 @@ and a file handler on the ``tvm.s_tir.meta_schedule`` logger, a file handler per
 each file in the run's folder. Left in place, they leak from one run into the next: file handlers
 stay open on the folders of earlier runs, and the next configuration rebuilds its handler list
 from the handlers it finds attached (by name; one without a name breaks it). The
-:func:`scoped_meta_schedule_logging` context puts every logger under that name back as it was.
+:func:`scoped_meta_schedule_logging` context puts every logger under that name back as it was,
+and keeps handlers someone else attached without a name out of MetaSchedule's way meanwhile.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def scoped_meta_schedule_logging(level: int = logging.WARNING) -> Iterator[None]
     ``tvm.s_tir.meta_schedule*`` logger's handlers, level and propagation."""
     saved = {lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in _loggers()}
     root = logging.getLogger(ROOT)
+    for handler in [h for h in root.handlers if h.get_name() is None]:
+        root.removeHandler(handler)  # MetaSchedule's configuration cannot take an unnamed one
     root.setLevel(level)  # the console handler MetaSchedule installs takes this level
     try:
         yield

@@ -2,7 +2,6 @@
 
 import numpy as np
 import onnx
-import pytest
 import tvm
 from helpers import assert_matches_ort
 from onnx import TensorProto, helper, numpy_helper
@@ -108,9 +107,7 @@ def test_ops_that_change_type_or_value_are_kept():
     assert report == {}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: permute_dims(x) with axes=None reverses the axes; "
-                   "on a square tensor its type equals the input's, so it is taken for a no-op")
-def test_a_transpose_without_axes_is_kept():
+def test_a_transpose_without_axes_is_kept():  # it reverses the axes: on a square tensor too
     @I.ir_module
     class Before:
         @R.function
