@@ -1,19 +1,16 @@
 """Export the benchmark models, torchvision's resnet18 and mobilenet_v2, to benchmarks/models/.
 
 The files are large (47 MB and 14 MB) and not committed; make them before benchmarking. torch is
-never a dependency of relaycomp, so this runs in a separate virtual environment, from the
-repository root:
+never a dependency of relaycomp, so this runs in a separate virtual environment (with torch,
+torchvision, onnx and numpy installed), from the repository root:
 
-    python -m venv /work/benchenv
-    /work/benchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 onnx numpy
-    /work/benchenv/bin/python benchmarks/export_torchvision.py
+    VENV/bin/python benchmarks/export_torchvision.py
 
 Weights are random (``weights=None``: nothing is downloaded) but seeded; speed does not depend
 on their values. BatchNorm statistics are then estimated on random images: with torchvision's
 initialisation and default statistics, mobilenet_v2's eval-mode logits are about 1e-9, too small
-for a meaningful numeric comparison against onnxruntime. Each model is exported in eval mode with a
-static 1x3x224x224 input named
-"input", output "logits", opset 17, by the legacy TorchScript exporter with its default
+for a meaningful numeric comparison against onnxruntime. Each model is exported in eval mode
+with a static 1x3x224x224 input named "input", output "logits", opset 17, by the legacy TorchScript exporter with its default
 constant folding, the form most deployed ONNX files have (BatchNorm folded into the convs).
 """
 

@@ -4,9 +4,9 @@ Writes ``relaycomp/data/digits_cnn.onnx`` and ``relaycomp/data/digits_samples.np
 never a dependency of relaycomp, so this runs in a separate virtual environment, from the
 repository root:
 
-    python -m venv /work/benchenv
-    /work/benchenv/bin/pip install torch==2.14.1 onnx numpy scikit-learn
-    /work/benchenv/bin/python tools/make_digits_example.py
+    python -m venv VENV
+    VENV/bin/pip install torch==2.14.1 onnx numpy scikit-learn
+    VENV/bin/python tools/make_digits_example.py
 
 Everything is seeded and training runs on one CPU thread, so a re-run reproduces the accuracy
 printed at the end (bit-identical weights are likely, not promised, across torch builds).
