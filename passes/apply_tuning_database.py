@@ -26,7 +26,7 @@ from relaycomp.registry import register_pass
 def apply_tuning_database(target: tvm.target.Target | None = None,
                           database: ms.database.Database | None = None,
                           report: dict | None = None) -> tvm.transform.Pass:
-    """Apply the best tuned schedules of ``database`` (see the module docstring)."""
+    """Apply the tuned schedules of a MetaSchedule database (see the module docstring)."""
 
     @tvm.transform.module_pass(opt_level=0, name="apply_tuning_database")
     def _apply(mod: tvm.IRModule, _ctx) -> tvm.IRModule:

@@ -43,9 +43,10 @@ def prune_channels(target: tvm.target.Target | None = None,
                    calib: Mapping[str, np.ndarray] | None = None,
                    layer_names: list[str] | None = None, protected: Sequence[str] = (),
                    report: dict | None = None) -> tvm.transform.Pass:
-    """Cut each channel group of ``main`` to the channels ``keep`` names (group id -> kept
-    indices, as the prune feature's plan ranked them on this very module; groups it does not
-    name stay whole).
+    """Cut the channel groups of ``main`` to the channels a pruning plan keeps.
+
+    ``keep``: group id -> kept indices, as the prune feature's plan ranked them on this very
+    module; groups it does not name stay whole.
 
     ``compensate``: fold the removed channels' mean contribution (on ``calib``, input name ->
     batch, when given) into the next layer's bias. ``layer_names``: the ONNX names of the

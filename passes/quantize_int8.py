@@ -275,9 +275,11 @@ def mixed_precision(mod: tvm.IRModule) -> tvm.IRModule:
 def quantize_int8(target: tvm.target.Target | None = None,
                   layer_plans: Mapping[int, LayerPlan] | None = None, dtype: str = "int8",
                   report: dict | None = None) -> tvm.transform.Pass:
-    """Annotate the planned layers with QDQ (``layer_plans``: layer index -> LayerPlan, as
-    :func:`relaycomp.quantize.quantizer.plan_and_annotate` decided them), or with
-    ``dtype="float16"`` apply mixed precision (CUDA targets)."""
+    """Annotate the planned conv/matmul layers with int8 QDQ, or apply fp16 mixed precision.
+
+    ``layer_plans``: layer index -> LayerPlan, as
+    :func:`relaycomp.quantize.quantizer.plan_and_annotate` decided them; ``dtype="float16"``
+    applies mixed precision instead (CUDA targets)."""
     if dtype == "float16" and target is not None and target.kind.name != "cuda":
         raise PassError("quantize_int8", "quantize", "float16 mixed precision is for CUDA "
                         f"targets, not {target.kind.name}", hint="use int8 on CPUs")

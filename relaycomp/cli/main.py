@@ -263,14 +263,21 @@ def cmd_passes(args) -> int:
     from relaycomp.registry import PASSES
     from relaycomp.targets import resolve
 
+    from relaycomp.compiler.features import FEATURES
+
     load_entry_points()
     kind = resolve(args.target).kind
     stages = default_stages(kind)
-    in_pipeline = {name for stage in stages for name in stage.passes}
+    features = {f.placement.name: f for f in map(FEATURES.get, FEATURES) if f.placement}
+    in_pipeline = {name for stage in stages for name in stage.passes} | set(features)
     for stage in stages:
         print(f"{stage.name}:")
         for name in stage.passes:
             print(f"  {name:30} {PASSES.get(name).description}")
+        for name, feature in features.items():
+            if feature.placement.stage == stage.name and kind in PASSES.get(name).kinds:
+                print(f"  {name:30} (with the {feature.name} feature) "
+                      f"{PASSES.get(name).description}")
     extra = [PASSES.get(name) for name in PASSES.names()
              if name not in in_pipeline and kind in PASSES.get(name).kinds]
     if extra:
