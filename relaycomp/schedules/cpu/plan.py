@@ -25,7 +25,7 @@ input owns ``n, y, x``; dense: ``A`` owns ``m``, ``B`` owns ``n``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import tvm
@@ -83,7 +83,7 @@ def plan_variants(block, facts: CpuFacts, most: int = 8) -> list[Plan]:
     """The heuristic plan of ``block`` first, then up to ``most - 1`` alternatives the auto-tuner
     may measure: the same vector axis and operand with another number of vectors per row of the
     tile, or another register axis (empty when the block does not fit the rule)."""
-    found = _analyze(block, facts)
+    found = _analyze_any_width(block, facts)
     if not isinstance(found, _Candidate):
         return [found] if found is not None else []
     extents, lanes = found.extents, found.lanes
@@ -131,6 +131,17 @@ class _Candidate(NamedTuple):
     register_candidates: list
     outer_register_iter: int | None
     outer_tile: int
+
+
+def _analyze_any_width(block, facts: CpuFacts) -> _Candidate | Plan | None:
+    """:func:`_analyze` at the CPU's vector width, or at half of it when only half-width
+    vectors give a register tile: on AVX-512, 256-bit vectors for the channel counts that are
+    multiples of 8 but not of 16 (MobileNetV2's 24-channel 1x1 convs) or a 1000-class dense."""
+    found = _analyze(block, facts)
+    if isinstance(found, _Candidate) or facts.vector_bits <= 256:
+        return found
+    narrower = _analyze(block, replace(facts, vector_bits=facts.vector_bits // 2))
+    return narrower if isinstance(narrower, _Candidate) else found
 
 
 def _analyze(block, facts: CpuFacts) -> _Candidate | Plan | None:
