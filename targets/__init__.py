@@ -13,7 +13,7 @@ Triples live in ``TRIPLES`` (``triples.py``), boards in ``presets/*.toml`` (``PR
 differs between TVM kinds (llvm, cuda) in ``KINDS``.
 """
 
-from relaycomp.targets.elf import elf_machine, machine_of_triple
+from relaycomp.targets.elf import check_shared_library, elf_machine, machine_of_triple
 from relaycomp.targets.host import host_triple
 from relaycomp.targets.kinds import KINDS, Kind
 from relaycomp.targets.presets import PRESETS, Preset, load_preset
@@ -31,6 +31,7 @@ __all__ = [
     "TargetSpec",
     "Toolchain",
     "Triple",
+    "check_shared_library",
     "elf_machine",
     "host_triple",
     "known_targets",

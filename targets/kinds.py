@@ -15,7 +15,7 @@ import tvm
 from relaycomp.errors import TargetError
 from relaycomp.registry import Registry
 from relaycomp.targets import llvm
-from relaycomp.targets.host import host_triple
+from relaycomp.targets.host import default_num_cores, host_triple
 from relaycomp.targets.triples import TRIPLES, Triple
 
 if TYPE_CHECKING:
@@ -56,7 +56,11 @@ KINDS: Registry[Kind] = Registry("target kind")
 def cpu_target(
     triple: Triple, mcpu: str | None, mattr: tuple[str, ...], num_cores: int | None, where: str
 ) -> dict:
-    """The llvm target dict for a CPU of ``triple``, with mcpu and mattr checked against LLVM."""
+    """The llvm target dict for a CPU of ``triple``, with mcpu and mattr checked against LLVM.
+
+    ``num-cores`` is always set (MetaSchedule needs it): ``num_cores``, else
+    :func:`~relaycomp.targets.host.default_num_cores`.
+    """
     target = {"kind": "llvm", **copy.deepcopy(triple.defaults)}
     mtriple = target["mtriple"]
     if mcpu is not None:
@@ -69,8 +73,7 @@ def cpu_target(
     merged_mattr = list(dict.fromkeys([*target.get("mattr", ()), *mattr]))
     if merged_mattr:
         target["mattr"] = merged_mattr
-    if num_cores is not None:
-        target["num-cores"] = num_cores
+    target["num-cores"] = num_cores if num_cores is not None else default_num_cores()
     unknown = llvm.unknown_features(target)
     if unknown:
         raise TargetError(

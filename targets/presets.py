@@ -9,6 +9,8 @@ A preset file names a triple and what is known about the board::
 
 Keys: description, triple (required), mcpu, mattr, num-cores (CPU targets); arch, host-triple,
 host-mcpu, num-cores (cuda targets, whose CPU side the host-* keys and num-cores describe).
+Without num-cores (here or from ``--num-cores``) a CPU target gets this machine's logical CPU
+count (:func:`relaycomp.targets.host.default_num_cores`): MetaSchedule needs one.
 """
 
 from __future__ import annotations
@@ -131,9 +133,12 @@ def load_preset(path: str | Path) -> Preset:
     """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise TargetError(f"cannot read preset file '{path}': {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise TargetError(f"{path}: not a TOML preset (binary bytes, not UTF-8 text)",
+                          hint="a preset is a small text file; see `relaycomp targets`") from None
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"{path}: not valid TOML: {exc}") from None
     unknown = sorted(set(data) - set(_KEYS))

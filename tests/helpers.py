@@ -53,10 +53,14 @@ def op_counts(model: onnx.ModelProto) -> Counter:
     return Counter(node.op_type for node in model.graph.node)
 
 
-def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    """Run ``relaycomp ARGS`` in a fresh interpreter, as a user would; captures text output."""
+def run_cli(*args: str, cwd=None, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``relaycomp ARGS`` in a fresh interpreter, as a user would; captures text output.
+
+    ``env`` adds to (or overrides) this process's environment for the run."""
     return subprocess.run([sys.executable, "-m", "relaycomp.cli", *map(str, args)],
-                          check=False, capture_output=True, text=True, cwd=cwd, timeout=600)
+                          check=False, capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **env} if env else None, timeout=timeout)
 
 
 def free_port() -> int:

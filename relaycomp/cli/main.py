@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,8 @@ def cmd_compile(args) -> int:
     from relaycomp.compiler.build import CompileConfig, compile_model
 
     output = args.output or f"{Path(args.model.removeprefix('example:')).stem}.so"
+    if args.dump_ir:
+        _check_dump_folder(Path(args.dump_ir))
     from relaycomp.compiler.plugins import load_entry_points, load_pass_spec
 
     load_entry_points()
@@ -146,6 +149,17 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _check_dump_folder(folder: Path) -> None:
+    """``--dump-ir DIR`` must be a folder or creatable as one: checked before compiling."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise RelaycompError(f"--dump-ir {folder}: {existing} is a file, not a folder",
+                             hint="name a folder (it is created if missing)")
+    if not os.access(existing, os.W_OK):
+        raise RelaycompError(f"--dump-ir {folder}: cannot write in {existing}: "
+                             "permission denied")
+
+
 def print_pass_times(report) -> None:
     """One line per pass: stage, name, milliseconds and the Relax ops it changed."""
     print(f"  {'stage':10} {'pass':32} {'ms':>9}  ops changed")
@@ -177,18 +191,21 @@ def _read_inputs(path: str | None, model) -> dict[str, np.ndarray]:
 
 def cmd_run(args) -> int:
     """``relaycomp run``."""
+    from relaycomp.compiler.manifest import check_output_file, write_atomically
     from relaycomp.runtime.local import load
 
     if args.threads is not None and args.threads < 1:
         raise InputSpecError(f"--threads must be at least 1, got {args.threads}")
+    if args.repeat < 0:
+        raise InputSpecError(f"--repeat must be 0 (no timing) or more, got {args.repeat}")
+    if args.outputs:
+        check_output_file(Path(args.outputs), "--outputs")
     model = load_for_run(args) or load(args.artifact, threads=args.threads)
     inputs = _read_inputs(args.inputs, model)
     outputs = model.run(inputs)
     for name, value in outputs.items():
         print(f"{name}: {value.dtype}{list(value.shape)}")
     if args.outputs:
-        from relaycomp.compiler.manifest import write_atomically
-
         buffer = _npz_bytes(outputs)
         write_atomically(Path(args.outputs), buffer)
         print(f"wrote {args.outputs}")
@@ -210,19 +227,39 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _check(model_ref: str, inputs, outputs, rtol: float = 1e-3) -> int:
+    """Compare ``outputs`` with the reference runtime's on ``model_ref``; a difference above
+    ``rtol``, or a NaN/Inf where the reference has none (or another), is a user-facing error."""
     from relaycomp.frontend.examples import resolve_model_path
     from relaycomp.frontend.onnx_import import load_onnx
     from relaycomp.runtime.reference import compare, run_reference
 
     expected, runtime = run_reference(load_onnx(resolve_model_path(model_ref)), inputs)
+    for name, want in expected.items():
+        if name not in outputs or np.shape(outputs[name]) != np.shape(want):
+            have = {key: list(np.shape(value)) for key, value in outputs.items()}
+            raise RelaycompError(
+                f"--check {model_ref}: its output '{name}' {list(np.shape(want))} is not among "
+                f"the artifact's outputs {have}",
+                hint="check against the ONNX model the artifact was compiled from")
     errors = compare(outputs, expected)
-    worst = max((e["max_rel"] for e in errors.values()), default=0.0)
     for name, err in errors.items():
         print(f"check vs {runtime}: {name}: max abs error {err['max_abs']:.3g}, "
-              f"relative {err['max_rel']:.3g}")
+              f"relative {err['max_rel']:.3g}"
+              + (f", {err['nonfinite_mismatches']} NaN/Inf mismatch(es)"
+                 if err["nonfinite_mismatches"] else ""))
+    nonfinite = {name: e["nonfinite_mismatches"] for name, e in errors.items()
+                 if e["nonfinite_mismatches"]}
+    if nonfinite:
+        raise RelaycompError(
+            f"outputs differ from {runtime}: NaN/Inf where it has other values "
+            f"({', '.join(f'{name}: {count}' for name, count in nonfinite.items())})",
+            hint="save the outputs with --outputs FILE to see where; NaN or Inf in the inputs "
+                 "can make kernels disagree")
+    worst = max((e["max_rel"] for e in errors.values()), default=0.0)
     if worst > rtol:
-        print(f"error: outputs differ from {runtime} by more than {rtol:g}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        raise RelaycompError(f"outputs differ from {runtime} by {worst:.3g} (relative), more "
+                             f"than {rtol:g}",
+                             hint="save the outputs with --outputs FILE to compare them")
     return 0
 
 
@@ -258,12 +295,11 @@ def cmd_targets(args) -> int:
 
 def cmd_passes(args) -> int:
     """``relaycomp passes``."""
+    from relaycomp.compiler.features import FEATURES
     from relaycomp.compiler.pipeline import default_stages
     from relaycomp.compiler.plugins import load_entry_points
     from relaycomp.registry import PASSES
     from relaycomp.targets import resolve
-
-    from relaycomp.compiler.features import FEATURES
 
     load_entry_points()
     kind = resolve(args.target).kind
@@ -309,6 +345,19 @@ COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect,
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``relaycomp`` script."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # restores the previous showwarning on the way out
+        warnings.showwarning = _print_warning
+        return _dispatch(args)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one ``warning:`` line, like the ``note:`` lines (no source line)."""
+    lines = str(message).strip().splitlines()
+    print(f"warning: {lines[0] if lines else category.__name__}", file=sys.stderr)
+
+
+def _dispatch(args) -> int:
+    """Run the chosen command; every failure ends as one error line and an exit code."""
     try:
         handler = COMMANDS.get(args.command) or args.feature_commands[args.command]
         return handler(args)

@@ -17,6 +17,7 @@ these forms, non-float data for a float input, NaN/Inf, fewer samples than requi
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,12 +30,14 @@ LABELS = "labels"  # an evaluation set may carry integer class labels under this
 
 
 def load_batches(source, inputs, min_samples: int = 1, what: str = "calibration",
-                 allow_labels: bool = False,
+                 allow_labels: bool = False, classes: int | None = None,
                  ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
     """``source`` as a list of input batches (and the labels, if ``allow_labels`` and present).
 
     ``inputs`` are the model's :class:`~relaycomp.frontend.onnx_import.TensorSpec` (compiled
-    shapes).
+    shapes). Labels must be integer class indices, at least 0 and below ``classes`` when it is
+    given. Data that is constant in every sample (all zeros, say) gives a warning: ranges or
+    accuracies computed from it mean nothing.
     """
     arrays, label = _read(source, inputs, what)
     if isinstance(arrays, list):  # an iterable of batches
@@ -44,13 +47,48 @@ def load_batches(source, inputs, min_samples: int = 1, what: str = "calibration"
         batches, samples = _split(arrays, inputs, what)
     labels = None
     if label is not None and allow_labels:
-        labels = np.asarray(label).reshape(-1)
+        labels = _checked_labels(label, what, classes)
     if samples < min_samples:
         raise CalibrationError(f"{what} data holds {samples} sample(s); at least {min_samples} "
                                "are needed", hint="supply more samples (a few hundred is typical)")
     if labels is not None and labels.size != samples:
         raise CalibrationError(f"{what} data has {labels.size} labels for {samples} samples")
+    _warn_if_constant(batches, inputs, what)
     return batches, labels
+
+
+def _checked_labels(label, what: str, classes: int | None) -> np.ndarray:
+    """Labels as a flat int64 array of class indices; anything else is a CalibrationError."""
+    labels = np.asarray(label).reshape(-1)
+    hint = "labels are integer class indices, one per sample: 0 .. classes-1"
+    whole_floats = labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels))) and bool(
+        np.all(labels == np.round(labels)))  # np.zeros(n) and friends: whole numbers
+    if labels.dtype.kind not in "iu" and not whole_floats:  # fractions, strings, bools, objects
+        raise CalibrationError(f"{what} labels have dtype {labels.dtype} and are not all whole "
+                               "numbers; class labels must be integers", hint=hint)
+    if labels.size and labels.min() < 0:
+        raise CalibrationError(f"{what} labels hold {int(labels.min())}; class labels cannot be "
+                               "negative", hint=hint)
+    if classes is not None and labels.size and labels.max() >= classes:
+        raise CalibrationError(f"{what} labels hold {int(labels.max())}, but the model's output "
+                               f"has {classes} classes (0..{classes - 1})", hint=hint)
+    return labels.astype(np.int64)
+
+
+def _warn_if_constant(batches: list[dict[str, np.ndarray]], inputs, what: str) -> None:
+    for spec in inputs:
+        if not np.issubdtype(np.dtype(spec.dtype), np.floating):
+            continue
+        arrays = [batch[spec.name] for batch in batches if batch[spec.name].size]
+        if not arrays:
+            continue
+        low = min(float(a.min()) for a in arrays)
+        high = max(float(a.max()) for a in arrays)
+        if low == high:
+            value = "all zeros" if low == 0 else f"the constant {low:g} everywhere"
+            warnings.warn(f"{what} data for input '{spec.name}' is {value}: ranges and "
+                          "accuracies measured on it will not hold for real inputs",
+                          stacklevel=3)
 
 
 def _read(source, inputs, what: str):

@@ -8,6 +8,7 @@ with fully static shapes, returns the ONNX graph outputs in graph order (names k
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,12 @@ ONNX_DTYPES = {
     onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
     onnx.TensorProto.BOOL: "bool", onnx.TensorProto.BFLOAT16: "bfloat16",
 }
+
+
+# TVM indexes with int32 where it can and int64 at most; ONNX dims are int64. A dim beyond
+# these bounds can only be a typo, and would surface as an overflow deep inside TVM.
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,10 @@ def parse_input_spec(text: str) -> tuple[str, tuple[int, ...]]:
             hint="expected NAME:DIMS, e.g. x:1,3,224,224") from None
     if any(d <= 0 for d in shape):
         raise InputSpecError(f"bad --input '{text}': dims must be positive")
+    if any(d > MAX_DIM for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise InputSpecError(
+            f"bad --input '{text}': too large (each dim at most {MAX_DIM}, "
+            f"{MAX_ELEMENTS} elements in all)", hint="expected NAME:DIMS, e.g. x:1,3,224,224")
     return name, shape
 
 
@@ -94,6 +105,12 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxImportError(f"no such ONNX file: {path}")
     try:
         model = onnx.load(str(path), load_external_data=True)
+    except onnx.checker.ValidationError as err:  # external data outside the folder, or missing
+        raise OnnxImportError(
+            f"{path}: its external data cannot be used: {_first_line(err)}",
+            hint=f"external data files must be regular files inside {path.parent}, named "
+                 "relative to the model, as onnx.save(..., save_as_external_data=True) writes "
+                 "them") from None
     except (DecodeError, RuntimeError, ValueError, OSError) as err:
         raise OnnxImportError(
             f"{path} is not a readable ONNX model (corrupt or truncated?): {_first_line(err)}"

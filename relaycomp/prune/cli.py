@@ -100,13 +100,14 @@ def print_summary(report: dict) -> None:
 
 def run_prune(args) -> int:
     """``relaycomp prune``: write the pruned ONNX and print what changed."""
-    import onnx
-
+    from relaycomp.compiler.manifest import check_output_file, write_atomically
     from relaycomp.frontend.examples import resolve_model_path
     from relaycomp.frontend.onnx_import import load_onnx, parse_input_specs
     from relaycomp.prune.pruner import PruneConfig, prune
 
     source = resolve_model_path(args.model)
+    output = Path(args.output or f"{source.stem}.pruned.onnx")
+    check_output_file(output, "pruned model")  # before the work, not after it
     model = load_onnx(source)
     config = PruneConfig(ratio=args.ratio, importance=args.importance, scope=args.scope,
                          round_to=args.round_to, protected=tuple(args.protect),
@@ -114,8 +115,7 @@ def run_prune(args) -> int:
                          input_shapes=parse_input_specs(args.input),
                          compensate=args.compensate)
     pruned, report = prune(model, config, calib=_calibration(args.calib, model))
-    output = Path(args.output or f"{source.stem}.pruned.onnx")
-    onnx.save(pruned, str(output))
+    write_atomically(output, pruned.SerializeToString())  # never a half-written model
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

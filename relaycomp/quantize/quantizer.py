@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import tvm
 
+from relaycomp import ir
 from relaycomp.errors import CalibrationError, RelaycompError
 from relaycomp.frontend.inputs import load_batches
 from relaycomp.frontend.layer_names import onnx_layer_names
@@ -164,7 +165,8 @@ def plan_and_annotate(mod, config: QuantConfig | None = None, *, calib=None, eva
 
     fallback, sensitivity = [], {}
     if batches or eval_data is not None:
-        held_out, labels = (load_batches(eval_data, inputs, 1, "evaluation", allow_labels=True)
+        held_out, labels = (load_batches(eval_data, inputs, 1, "evaluation", allow_labels=True,
+                                         classes=_class_count(mod))
                             if eval_data is not None else (batches, None))
         report.evaluated_on = (f"{len(held_out)} held-out batch(es)" if eval_data is not None
                                else f"the {len(held_out)} calibration batch(es)")
@@ -221,6 +223,13 @@ def _param_specs(mod: tvm.IRModule) -> list[TensorSpec]:
         shape = tuple(int(d) for d in param.ty.shape)
         specs.append(TensorSpec(param.name, shape, str(param.ty.dtype)))
     return specs
+
+
+def _class_count(mod: tvm.IRModule) -> int | None:
+    """Classes on the last axis of the first output (what the accuracy guard's labels index),
+    or None when it has no class axis."""
+    shape, _ = ir.main_output_types(mod)[0]
+    return int(shape[-1]) if len(shape) > 1 and isinstance(shape[-1], int) else None
 
 
 def _layer_names(layers: list[Layer], onnx_names: list[str] | None) -> list[str | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from relaycomp import ir
-from relaycomp.compiler.manifest import Manifest, read_manifest
+from relaycomp.compiler.manifest import Manifest, check_artifact, read_manifest
 from relaycomp.errors import ArtifactError, InputSpecError, last_line
-from relaycomp.targets import TargetSpec, elf_machine
+from relaycomp.targets import TargetSpec, check_shared_library, elf_machine
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class Timing:
 
 def read_artifact(path: str | os.PathLike) -> tuple[Path, Manifest, TargetSpec]:
     """A runnable artifact's path, manifest and target: the file exists, its manifest beside
-    it is valid, and it is a shared library (an object archive must be linked first)."""
+    it is valid, it is a shared library (an object archive must be linked first), the one the
+    manifest describes (size, sha256, signature) and a whole ELF file. All of this is checked
+    before anything loads it: a truncated library would crash the loading process."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"no such artifact: {path}")
@@ -44,6 +47,8 @@ def read_artifact(path: str | os.PathLike) -> tuple[Path, Manifest, TargetSpec]:
         raise ArtifactError(f"{path} is an object archive for {target.triple}",
                             hint="link it into a shared library on the device, or compile "
                                  "with an output named *.so; running needs a .so")
+    check_artifact(manifest, path)
+    check_shared_library(path)
     return path, manifest, target
 
 
@@ -51,14 +56,18 @@ class LoadedModel:
     """A compiled model ready to run: ``outputs = model.run({"x": array})``.
 
     CPU kernels run on ``threads`` threads (default: the target's ``num-cores``), unless
-    TVM_NUM_THREADS is set or TVM's thread pool already started in this process.
+    TVM_NUM_THREADS is set or TVM's thread pool already started in this process. Either is
+    capped at the CPUs this process may use (more threads only contend; TVM's pool aborts
+    at very large counts); capping an explicit ``threads`` warns.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        if threads is not None and threads < 1:
+            raise InputSpecError(f"threads must be at least 1, got {threads}")
         self.path, self.manifest, self.target = read_artifact(path)
         self._check_runnable_here()
         if self.target.kind == "llvm":
-            ir.request_threads(threads or self.target.target.get("num-cores") or os.cpu_count())
+            ir.request_threads(_thread_count(threads, self.target.target.get("num-cores")))
         try:
             self._vm, self._device = ir.load_vm(str(self.path), self._device_kind())
         except Exception as err:
@@ -80,12 +89,26 @@ class LoadedModel:
         """Run once; returns ``{output name: array}``."""
         arrays = self._check_inputs(inputs)
         tensors = [ir.to_device(a, self._device) for a in arrays]
-        results = ir.to_numpy(self._vm["main"](*tensors))
+        try:
+            results = ir.to_numpy(self._vm["main"](*tensors))
+        except Exception as err:  # noqa: BLE001 - TVM's checks raise its own error types
+            # The inputs fit the manifest, so the library disagrees with its manifest.
+            raise ArtifactError(f"{self.path} rejects inputs of its manifest's signature: "
+                                f"{last_line(err)}",
+                                hint="the manifest does not match the library; recompile") \
+                from None
+        if len(results) != len(self.manifest.outputs):
+            raise ArtifactError(f"{self.path} returns {len(results)} output(s), its manifest "
+                                f"names {len(self.manifest.outputs)}",
+                                hint="the manifest does not match the library; recompile")
         return {spec.name: value for spec, value in zip(self.manifest.outputs, results)}
 
     def time(self, inputs: Mapping[str, np.ndarray], repeat: int = 20,
              warmup: int = 3) -> Timing:
         """Latency of ``main`` with inputs already on the device (no copies timed)."""
+        if repeat < 1 or warmup < 0:
+            raise InputSpecError(f"timing needs repeat >= 1 and warmup >= 0, got {repeat} and "
+                                 f"{warmup}")
         tensors = [ir.to_device(a, self._device) for a in self._check_inputs(inputs)]
         main = self._vm["main"]
         for _ in range(warmup):
@@ -118,6 +141,23 @@ class LoadedModel:
                     f"input '{spec.name}' has dtype {array.dtype}, expected {spec.dtype}")
             arrays.append(np.ascontiguousarray(array))
         return arrays
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def _thread_count(requested: int | None, num_cores: int | None) -> int:
+    """Threads for TVM's pool: ``requested``, else the target's ``num_cores``, at most the
+    usable CPUs; capping a requested count warns."""
+    cpus = usable_cpus()
+    if requested is not None and requested > cpus:
+        warnings.warn(f"{requested} threads requested but this machine has {cpus} CPU(s); "
+                      f"using {cpus}", stacklevel=3)
+    return min(requested or num_cores or cpus, cpus)
 
 
 def random_inputs(specs, seed: int = 0) -> dict[str, np.ndarray]:

@@ -40,15 +40,26 @@ def run_reference(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
 
 def compare(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
             ) -> dict[str, dict[str, float]]:
-    """Per output: max absolute error and max error relative to the reference's largest value."""
+    """Per output: max absolute error and max error relative to the reference's largest finite
+    value, over the elements both runtimes give finite values; and ``nonfinite_mismatches``, the
+    elements where one side is NaN or ±Inf and the other is not the same (NaN matches NaN, +Inf
+    matches +Inf). Any such mismatch makes both errors ``inf``, so no tolerance accepts it."""
     errors = {}
     for name, want in expected.items():
         got = np.asarray(actual[name])
         want = np.asarray(want)
         if got.dtype == np.bool_ or want.dtype == np.bool_:
             got, want = got.astype(np.int64), want.astype(np.int64)
-        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        scale = max(float(np.abs(want).max(initial=0.0)), 1e-12)
+        got, want = got.astype(np.float64), want.astype(np.float64)
+        finite = np.isfinite(got) & np.isfinite(want)
+        same_special = (np.isnan(got) & np.isnan(want)) | (~finite & (got == want))
+        mismatches = int(np.count_nonzero(~finite & ~same_special))
+        diff = np.abs(got[finite] - want[finite])
+        scale = max(float(np.abs(want[np.isfinite(want)]).max(initial=0.0)), 1e-12)
         max_abs = float(diff.max(initial=0.0))
-        errors[name] = {"max_abs": max_abs, "max_rel": max_abs / scale}
+        max_rel = max_abs / scale
+        if mismatches:
+            max_abs = max_rel = float("inf")
+        errors[name] = {"max_abs": max_abs, "max_rel": max_rel,
+                        "nonfinite_mismatches": mismatches}
     return errors

@@ -28,7 +28,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from relaycomp import ir
-from relaycomp.errors import TuningError
+from relaycomp.errors import TuningError, last_line
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -105,7 +105,7 @@ class WorkloadState:
         if winner is None:
             return None
         record_json, workload = self.stored[winner]
-        return ms.database.TuningRecord.from_json(record_json, workload)
+        return _parse_record(record_json, workload, "the tuning database")
 
     @property
     def shipped_seconds(self) -> float | None:
@@ -143,13 +143,14 @@ class TuningDatabase:
         return self.states.setdefault(key, WorkloadState())
 
     def _load_run(self, run: Path) -> None:
-        notes = _complete_lines(run / NOTES)
+        notes = _complete_lines(run / NOTES, _is_note, "note")
         # The records a run seeded its search with (tune_space.seed_records) are not its trials.
         seeds: dict[str, list[float]] = {}
         for note in notes:
             seeds.setdefault(note["workload"], []).extend(note.get("seed_seconds", ()))
-        workloads = [_workload(line) for line in _complete_lines(run / WORKLOADS)]
-        for line in _complete_lines(run / RECORDS):
+        workloads = [_workload(line) for line in _complete_lines(run / WORKLOADS, _is_workload,
+                                                                  "workload")]
+        for line in _complete_lines(run / RECORDS, _is_record, "tuning record"):
             index, record_json = line
             if not 0 <= index < len(workloads) or workloads[index] is None:
                 continue
@@ -163,7 +164,7 @@ class TuningDatabase:
             state.stored.setdefault(seconds, (record_json, workload))
             if seconds < state.best_seconds:
                 state.best_seconds = seconds
-                state.best = ms.database.TuningRecord.from_json(record_json, workload)
+                state.best = _parse_record(record_json, workload, run / RECORDS)
         for note in notes:
             state = self.state(note["workload"])
             if "baseline_seconds" in note:
@@ -218,21 +219,75 @@ class TuningRun:
             os.fsync(file.fileno())
 
 
-def _complete_lines(path: Path) -> list:
-    """The JSON values of ``path``'s complete lines; a torn line (a killed writer) is skipped."""
+def _complete_lines(path: Path, valid, what: str) -> list:
+    """The JSON values of ``path``'s complete lines; a torn line (a killed writer) is skipped.
+
+    A file that cannot be read (a folder in its place, no permission, not UTF-8) or a complete
+    line that is JSON of the wrong shape (``valid(value)`` is False; ``what`` names the kind of
+    line) raises TuningError naming the file: it was not written by a tuning run.
+    """
+    hint = f"move the folder {path.parent} out of the tuning database (or delete it)"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         return []
+    except OSError as err:
+        raise TuningError(f"cannot read the tuning database file {path}: {err.strerror}",
+                          hint=hint) from None
+    except UnicodeDecodeError:
+        raise TuningError(f"the tuning database file {path} is not text (undecodable bytes)",
+                          hint=hint) from None
     values = []
-    for line in text.splitlines(keepends=True):
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
         if not line.endswith("\n") or not line.strip():
             continue
         try:
-            values.append(json.loads(line))
-        except json.JSONDecodeError:
+            value = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             continue
+        if not valid(value):
+            raise TuningError(f"{path}, line {number}: not a {what} of a tuning database",
+                              hint=hint)
+        values.append(value)
     return values
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_note(value) -> bool:
+    numbers = ("baseline_seconds", "budget_done", "checked_record_seconds",
+               "checked_heuristic_seconds", "checked_tuned_seconds")
+    check = ("checked_record_seconds", "checked_heuristic_seconds", "checked_tuned_seconds")
+    return (isinstance(value, dict) and isinstance(value.get("workload"), str)
+            and all(_is_number(value[key]) for key in numbers if key in value)
+            and (all(key in value for key in check) or not any(key in value for key in check))
+            and isinstance(value.get("seed_seconds", []), list)
+            and all(_is_number(v) for v in value.get("seed_seconds", [])))
+
+
+def _is_workload(value) -> bool:
+    # MetaSchedule's workload line: [structural hash, serialized module]
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+
+
+def _is_record(value) -> bool:
+    # MetaSchedule's record line: [workload index, [trace, run seconds, target, args info]]
+    if not (isinstance(value, list) and len(value) == 2 and type(value[0]) is int
+            and isinstance(value[1], list) and len(value[1]) >= 2):
+        return False
+    run_secs = value[1][1]
+    return run_secs is None or (isinstance(run_secs, list) and all(map(_is_number, run_secs)))
+
+
+def _parse_record(record_json, workload, where) -> ms.database.TuningRecord:
+    try:
+        return ms.database.TuningRecord.from_json(record_json, workload)
+    except Exception as err:  # noqa: BLE001 - TVM raises its own error types here
+        raise TuningError(f"a tuning record in {where} cannot be read: {last_line(err)}",
+                          hint="move the run-* folder holding it out of the tuning database"
+                          ) from None
 
 
 def _workload(line) -> tuple[str, ms.database.Workload] | None:
