@@ -156,3 +156,28 @@ def test_the_shipped_example_pass_runs_from_the_cli(tmp_path):
     convs = op_counts(import_onnx(mobilenet_style_net()).mod)["nn.conv2d"]
     dumped = next((tmp_path / "ir").glob("*_simplify_count_convs.py")).read_text()
     assert f'"conv_count": {convs}' in dumped
+
+
+def test_a_broken_plugin_is_loaded_only_when_asked_for_and_breaks_nothing_else(tmp_path):
+    (tmp_path / "acme_passes.py").write_text(USER_PASSES)
+    dist = tmp_path / "acme_passes-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-passes\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[relaycomp.passes]\nacme_tag = acme_passes:tag_main\nacme_broken = no_such_mod:x\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    import onnx
+
+    onnx.save(conv_net(), tmp_path / "conv.onnx")
+    plain = run_cli("compile", tmp_path / "conv.onnx", "-o", tmp_path / "m.so", env=env)
+    assert plain.returncode == 0 and "acme_broken" not in plain.stderr, plain.stderr
+    listed = run_cli("passes", env=env)
+    assert listed.returncode == 0 and "acme_tag" in listed.stdout
+    assert "warning: plugin 'acme_broken' (no_such_mod:x): No module named" in listed.stderr
+    tagged = run_cli("compile", tmp_path / "conv.onnx", "-o", tmp_path / "t.so",
+                     "--pass", "acme_tag@fuse", env=env)
+    assert tagged.returncode == 0, tagged.stderr
+    broken = run_cli("compile", tmp_path / "conv.onnx", "-o", tmp_path / "b.so",
+                     "--pass", "acme_broken", env=env)
+    assert broken.returncode == 1
+    assert "unknown pass 'acme_broken'" in broken.stderr and "no_such_mod" in broken.stderr

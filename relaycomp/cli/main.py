@@ -111,9 +111,8 @@ def cmd_compile(args) -> int:
     output = args.output or f"{Path(args.model.removeprefix('example:')).stem}.so"
     if args.dump_ir:
         _check_dump_folder(Path(args.dump_ir))
-    from relaycomp.compiler.plugins import load_entry_points, load_pass_spec
+    from relaycomp.compiler.plugins import load_pass_spec
 
-    load_entry_points()
     parts = [p for p in feature_clis() if hasattr(p, "compile_config")]
     features = tuple(c for c in (p.compile_config(args) for p in parts) if c is not None)
     config = CompileConfig(target=args.target, input_shapes=_input_shapes(args.input),
@@ -301,7 +300,9 @@ def cmd_passes(args) -> int:
     from relaycomp.registry import PASSES
     from relaycomp.targets import resolve
 
-    load_entry_points()
+    _, broken = load_entry_points()
+    for problem in broken:
+        print(f"warning: {problem}", file=sys.stderr)
     kind = resolve(args.target).kind
     stages = default_stages(kind)
     features = {f.placement.name: f for f in map(FEATURES.get, FEATURES) if f.placement}

@@ -11,7 +11,10 @@ A pass spec on the command line is ``SOURCE:NAME[@PLACE]`` or ``NAME[@PLACE]``:
 
 Installed packages expose passes through the entry-point group ``relaycomp.passes``: each entry
 point names a module (which registers its passes) or a pass object (registered under the entry
-point's name). :func:`load_entry_points` loads them all.
+point's name). They are loaded only when asked for: a ``--pass NAME`` that no built-in pass
+answers loads the entry point called ``NAME`` (then, if still unknown, the others), and
+``relaycomp passes`` loads them all to list them. A plugin that fails to load is reported by
+name and breaks nothing else (:func:`load_entry_points` returns it among the broken ones).
 """
 
 from __future__ import annotations
@@ -56,10 +59,13 @@ def load_pass_spec(spec: str) -> Placement:
         raise PluginError(f"bad pass spec '{spec}'", hint="use SOURCE:NAME[@STAGE], e.g. "
                           "./my_passes.py:drop_dropout@simplify")
     module = _import_source(source) if source else None
-    if name not in PASSES:
-        if module is None:
+    if name not in PASSES and module is None:
+        broken = _load_plugins_for(name)
+        if name not in PASSES:
+            note = f"; plugins that failed to load: {'; '.join(broken)}" if broken else ""
             raise PluginError(f"unknown pass '{name}'",
-                              hint=f"registered: {', '.join(PASSES.names())}")
+                              hint=f"registered: {', '.join(PASSES.names())}{note}")
+    if name not in PASSES:
         _register_attribute(module, name, source)
     if not place:
         return placement_of(name)
@@ -103,19 +109,30 @@ def _register_attribute(module, name: str, source: str) -> None:
         raise PluginError(f"'{source}:{name}' is not a usable pass: {err}", hint=err.hint) from err
 
 
-def load_entry_points() -> list[str]:
-    """Import every installed ``relaycomp.passes`` plugin; returns the entry points loaded."""
-    loaded = []
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+def _load_plugins_for(name: str) -> list[str]:
+    """Load the entry point called ``name``, else all of them; the broken ones, described."""
+    entries = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    named = [e for e in entries if e.name == name]
+    _, broken = load_entry_points(named or entries)
+    return broken
+
+
+def load_entry_points(entries=None) -> tuple[list[str], list[str]]:
+    """Import the installed ``relaycomp.passes`` plugins (``entries``, default: all of them).
+
+    Returns the names loaded and, for each plugin that failed to load or register, one line
+    naming it and why: a broken plugin is reported, it does not stop the others.
+    """
+    if entries is None:
+        entries = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    loaded, broken = [], []
+    for entry in entries:
         try:
             obj = entry.load()
-        except Exception as err:  # a broken plugin is named, not a crash
-            raise PluginError(f"plugin '{entry.name}' ({entry.value}) failed to load: "
-                              f"{last_line(err)}") from err
-        if not isinstance(obj, type(sys)) and entry.name not in PASSES:
-            try:
+            if not isinstance(obj, type(sys)) and entry.name not in PASSES:
                 register_pass(entry.name, DEFAULT_STAGE)(obj)
-            except RegistryError as err:
-                raise PluginError(f"plugin '{entry.name}': {err}", hint=err.hint) from err
+        except Exception as err:  # noqa: BLE001 - any failure of a plugin is the plugin's
+            broken.append(f"plugin '{entry.name}' ({entry.value}): {last_line(err)}")
+            continue
         loaded.append(entry.name)
-    return loaded
+    return loaded, broken
