@@ -39,7 +39,12 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target, codegen
 
-from relaycomp.schedules.cpu.common import CpuFacts, schedule_spatial_block, single_reduction
+from relaycomp.schedules.cpu.common import (
+    CpuFacts,
+    loop_extent,
+    schedule_spatial_block,
+    single_reduction,
+)
 from relaycomp.schedules.cpu.int8_names import (
     DOT_4X4_SDOT,
     DOT_8X2_AVX2,
@@ -174,7 +179,7 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     # A padding stage (or the copy) writes the input pairs-last; the conv reads it so.
     sch.transform_layout(main, ("read", 0), _groups_last(isa.group))
     for block in kept:
-        schedule_spatial_block(sch, block, facts)
+        _schedule_groups_last_stage(sch, block, isa.group, facts)
     weight_copy = sch.cache_read(main, 1, "global")
     sch.annotate(weight_copy, LAYOUT_REWRITE_PREPROC, True)
     sch.transform_layout(main, ("read", 1), _packed_weight(blocks, isa))
@@ -204,9 +209,31 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     for block in (init, write_back):
         tile_loops = sch.get_loops(block)
         sch.vectorize(tile_loops[-1])
-    for copy in (*copies, weight_copy):
-        schedule_spatial_block(sch, copy, facts)
+    for copy in copies:
+        _schedule_groups_last_stage(sch, copy, isa.group, facts)
+    schedule_spatial_block(sch, weight_copy, facts)
     return sch
+
+
+def _schedule_groups_last_stage(sch: s_tir.Schedule, block, group: int,
+                                facts: CpuFacts) -> None:
+    """A stage that writes the conv's input groups-last (``[n, c/G, h, w, G]``: the padding
+    stage or the copy), looped in that order - channel groups outside the rows, the ``G``
+    channels of a pixel innermost and unrolled - so its stores are contiguous; looped in the
+    input's order they were ``G`` bytes apart, one at a time (MobileNetV2's 4-channel stem:
+    most of its int8 conv's time). Other shapes get the generic recipe."""
+    loops = sch.get_loops(block)
+    extents = [loop_extent(sch, loop) for loop in loops]
+    if len(loops) < 3 or None in extents or extents[-3] % group:
+        schedule_spatial_block(sch, block, facts)
+        return
+    *batch, channels, rows, columns = loops
+    channel_outer, channel_group = sch.split(channels, [None, group])
+    sch.reorder(*batch, channel_outer, rows, columns, channel_group)
+    sch.unroll(channel_group)
+    outer = sch.fuse(*batch, channel_outer, rows)
+    if facts.parallel:
+        sch.parallel(outer)
 
 
 def _weight_is_pair_safe(func: tirx.PrimFunc, block) -> bool:
