@@ -1,11 +1,14 @@
 """The AVX2 int8 conv2d schedule (passes/_cpu_int8): tensorized with vpmaddwd (exact for any
 int8 weights) or, for pair-safe weights, vpmaddubsw (twice the products per instruction)."""
 
+import re
+
 import numpy as np
 import pytest
 import tvm
 from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu
+from tvm.target import codegen
 
 from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops
 from relaycomp.schedules.cpu.int8 import (
@@ -14,6 +17,7 @@ from relaycomp.schedules.cpu.int8 import (
     pair_safe,
     schedule_int8_conv,
 )
+from relaycomp.targets import resolve
 
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3", "num-cores": 2})
 
@@ -119,6 +123,23 @@ def test_avx512_vnni_target_uses_vpdpbusd():
                               "mcpu": "cascadelake", "num-cores": 2})
     mod, _ = _int8_conv(channels=16, out_channels=32)
     assert "vpdpbusd" in _build(mod, vnni).mod.imports[0].inspect_source("asm")
+
+
+@pytest.mark.parametrize(("out_channels", "register"), [(32, "zmm"), (24, "ymm")])
+def test_avx512_vnni_uses_512_bit_vpdpbusd_or_256_bit_for_channels_in_eights(out_channels,
+                                                                             register):
+    """24 output channels (MobileNetV2's) are no multiple of 16 lanes: 8-lane vpdpbusd on ymm
+    registers (AVX-512 VL) instead of the generic int32 loops; the result stays exact."""
+    vnni = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                              "mcpu": "cascadelake", "num-cores": 2})
+    mod, weight = _int8_conv(channels=16, out_channels=out_channels)
+    asm = _build(mod, vnni).mod.imports[0].inspect_source("asm")
+    assert re.search(rf"vpdpbusd\s+[^\n]*%{register}\d+", asm), "not tensorized"
+    if codegen.llvm_cpu_has_features(["avx512vnni", "avx512vl"], resolve("host").tvm_target()):
+        x = np.random.default_rng(1).integers(0, 256, (1, 16, 10, 10)).astype("uint8")
+        vm = relax.VirtualMachine(_build(mod, vnni), tvm.cpu())
+        out = vm["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_array_equal(out, _reference(x, weight, 1, 3)[0])
 
 
 def test_aarch64_dotprod_target_uses_sdot_on_int8_activations():

@@ -49,6 +49,7 @@ from relaycomp.schedules.cpu.int8_names import (
     DOT_4X4_SDOT,
     DOT_8X2_AVX2,
     DOT_8X4_AVX2,
+    DOT_8X4_VNNI,
     DOT_16X4_VNNI,
 )
 
@@ -87,6 +88,9 @@ AVX2_PAIRS = Int8Instructions(DOT_8X4_AVX2, lanes=8, group=4, registers=16, broa
 # AVX-512 VNNI vpdpbusd: four u8 x s8 products summed into s32, exact.
 AVX512_VNNI = Int8Instructions(DOT_16X4_VNNI, lanes=16, group=4, registers=32,
                                broadcast_cost=1, mac_cost=1)
+# The same on 256-bit registers (AVX-512 VL), for output channels a multiple of 8 but not 16.
+AVX512_VNNI_YMM = Int8Instructions(DOT_8X4_VNNI, lanes=8, group=4, registers=32,
+                                   broadcast_cost=1, mac_cost=1)
 # AArch64 dot product (ARMv8.2 +dotprod): sdot, four s8 x s8 products summed into s32, exact;
 # activations are int8 (``lower_qdq_to_integer`` shifts uint8 ones by -128 for such targets).
 ARM_SDOT = Int8Instructions(DOT_4X4_SDOT, lanes=4, group=4, registers=32, broadcast_cost=1,
@@ -164,6 +168,8 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     if isa is AVX2 and _weight_is_pair_safe(sch.mod["main"], sch.get(main)):
         isa = AVX2_PAIRS if _conv_shape(sch.get(main), AVX2_PAIRS) is not None else AVX2
     shape = _conv_shape(sch.get(main), isa)
+    if shape is None and isa is AVX512_VNNI:
+        isa, shape = AVX512_VNNI_YMM, _conv_shape(sch.get(main), AVX512_VNNI_YMM)
     if shape is None:
         return None
     out_channels, width, steps, batch_loops = shape

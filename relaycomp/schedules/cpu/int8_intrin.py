@@ -15,6 +15,7 @@ from relaycomp.schedules.cpu.int8_names import (
     DOT_4X4_SDOT,
     DOT_8X2_AVX2,
     DOT_8X4_AVX2,
+    DOT_8X4_VNNI,
     DOT_16X4_VNNI,
 )
 
@@ -97,6 +98,25 @@ def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
 
 
 @T.prim_func(s_tir=True)
+def _dot_8x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
+                  B: T.Buffer((8, 4), "int8", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        # vpdpbusd on 256-bit registers (AVX-512 VL): for channel counts that are multiples of
+        # 8 but not of 16.
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+            C.vload([0], dtype="int32x8"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
+                          dtype="int8x32"),
+            B.vload([0, 0], dtype="int8x32"),
+            dtype="int32x8",
+        )
+
+
+@T.prim_func(s_tir=True)
 def _dot_4x4_sdot(A: T.Buffer((4,), "int8", offset_factor=1),
                   B: T.Buffer((4, 4), "int8", offset_factor=1),
                   C: T.Buffer((4,), "int32", offset_factor=1)) -> None:
@@ -118,4 +138,6 @@ s_tir.TensorIntrin.register(DOT_8X2_AVX2, _dot_desc(8, 2, "uint8"), _dot_8x2_avx
 s_tir.TensorIntrin.register(DOT_8X4_AVX2, _dot_desc(8, 4, "uint8"), _dot_8x4_avx2,
                             override=True)
 s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_desc(16, 4, "uint8"), _dot_16x4_vnni,
+                            override=True)
+s_tir.TensorIntrin.register(DOT_8X4_VNNI, _dot_desc(8, 4, "uint8"), _dot_8x4_vnni,
                             override=True)
