@@ -2,6 +2,7 @@
 
 from relaycomp.passes import (  # noqa: F401 - importing registers them
     apply_tuning_database,
+    decompose_conv_transpose,
     fold_batchnorm,
     fuse_by_pattern,
     lower_qdq_to_integer,
