@@ -13,7 +13,8 @@ Keeps: the same sums in the same order per output (numerics within float roundin
 original), the signature. The stock lowering dilates the input with zeros and runs a full conv
 over it: ``s*t`` times the multiply-adds, in a loop nest no CPU rule tiles well (PP-OCRv4 det's
 24 -> 1 channel head took 28% of the model); a 1x1 conv is the best-scheduled kernel there is.
-Runs: stage ``simplify``, after ``fold_constant`` (weights are constants by then).
+Runs: stage ``legalize``, first: after ``prune`` and ``quantize``, whose analyses follow a
+transposed conv's channels but not a depth-to-space (weights are constants by then).
 Reports: ``decomposed``, the transposed convs rewritten.
 """
 
@@ -66,7 +67,7 @@ _transpose = is_op("relax.nn.conv2d_transpose")(_x, _w)
 RULES = (Rule("decomposed", _transpose, _decompose, _decomposable),)
 
 
-@register_pass("decompose_conv_transpose", stage="simplify")
+@register_pass("decompose_conv_transpose", stage="legalize", position="start")
 def decompose_conv_transpose(target: tvm.target.Target | None = None,
                              report: dict | None = None) -> tvm.transform.Pass:
     """Rewrite stride-equals-kernel transposed convs as a 1x1 conv and a depth-to-space."""

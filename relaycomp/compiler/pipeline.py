@@ -60,12 +60,13 @@ _LOWER = ["rewrite_dataflow_reshape", "to_non_dataflow", "remove_purity_checking
           "attach_global_symbol"]
 _FRONT = [
     ("simplify", ["fold_batchnorm", "remove_noop_ops", "decompose_ops_for_inference",
-                  "canonicalize_bindings", "fold_constant", "decompose_conv_transpose",
-                  "merge_parallel_matmuls", "fuse_by_pattern"]),
+                  "canonicalize_bindings", "fold_constant", "merge_parallel_matmuls",
+                  "fuse_by_pattern"]),
     ("prune", []),  # where a feature's pass may go (the prune feature's prune_channels)
     ("quantize", ["lower_qdq_to_integer"]),  # the quantize feature puts quantize_int8 first
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
-    ("legalize", ["legalize_ops", "annotate_op_pattern", "fold_constant"]),
+    ("legalize", ["decompose_conv_transpose", "legalize_ops", "annotate_op_pattern",
+                  "fold_constant"]),
     ("fuse", ["fuse_ops", "fuse_tir", "mark_pair_safe_weights"]),
 ]
 # Stage name -> pass names, per target kind. Stage names are the public vocabulary.
