@@ -82,14 +82,19 @@ def test_cli_adds_a_file_pass_and_times_passes(user_file, tmp_path):
     assert "fuse/tag_main" in passes
 
 
-def test_installed_plugin_is_found_through_its_entry_point(tmp_path):
-    (tmp_path / "acme_passes.py").write_text(USER_PASSES)
-    dist = tmp_path / "acme_passes-1.0.dist-info"
+def _install_plugin(folder, entry_points: str) -> dict[str, str]:
+    """A package ``acme-passes`` in ``folder`` with these ``relaycomp.passes`` entry points;
+    the environment that sees it installed."""
+    (folder / "acme_passes.py").write_text(USER_PASSES)
+    dist = folder / "acme_passes-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-passes\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[relaycomp.passes]\nacme_tag = acme_passes:tag_main\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    (dist / "entry_points.txt").write_text(f"[relaycomp.passes]\n{entry_points}")
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
+
+def test_installed_plugin_is_found_through_its_entry_point(tmp_path):
+    env = _install_plugin(tmp_path, "acme_tag = acme_passes:tag_main\n")
     import subprocess
     import sys
 
@@ -159,13 +164,8 @@ def test_the_shipped_example_pass_runs_from_the_cli(tmp_path):
 
 
 def test_a_broken_plugin_is_loaded_only_when_asked_for_and_breaks_nothing_else(tmp_path):
-    (tmp_path / "acme_passes.py").write_text(USER_PASSES)
-    dist = tmp_path / "acme_passes-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-passes\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[relaycomp.passes]\nacme_tag = acme_passes:tag_main\nacme_broken = no_such_mod:x\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = _install_plugin(tmp_path, "acme_tag = acme_passes:tag_main\n"
+                                    "acme_broken = no_such_mod:x\n")
     import onnx
 
     onnx.save(conv_net(), tmp_path / "conv.onnx")

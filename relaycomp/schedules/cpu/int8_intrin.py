@@ -79,41 +79,30 @@ def _dot_8x4_avx2(A: T.Buffer((4,), "uint8", offset_factor=1),
             dtype="int32x8")
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
-                   B: T.Buffer((16, 4), "int8", offset_factor=1),
-                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        # TVM's own dot_16x4_vnni passes i32 vectors, which LLVM 19+ refuses (<64 x i8> now).
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
-                          dtype="int8x64"),
-            B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16",
-        )
+def _dot_vnni(lanes: int):
+    """vpdpbusd on ``lanes`` int32 lanes: 16 (zmm) or 8 (ymm, AVX-512 VL, for channel counts
+    that are multiples of 8 but not of 16)."""
+    intrinsic, wide, products = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", f"int32x{lanes}", \
+        f"int8x{lanes * 4}"
 
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1),
+             B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            # TVM's own dot_16x4_vnni passes i32 vectors, which LLVM 19+ refuses (i8 now).
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(intrinsic),
+                C.vload([0], dtype=wide),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"),
+                                          lanes), dtype=products),
+                B.vload([0, 0], dtype=products),
+                dtype=wide,
+            )
 
-@T.prim_func(s_tir=True)
-def _dot_8x4_vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
-                  B: T.Buffer((8, 4), "int8", offset_factor=1),
-                  C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        # vpdpbusd on 256-bit registers (AVX-512 VL): for channel counts that are multiples of
-        # 8 but not of 16.
-        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-            C.vload([0], dtype="int32x8"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
-                          dtype="int8x32"),
-            B.vload([0, 0], dtype="int8x32"),
-            dtype="int32x8",
-        )
+    return impl
 
 
 @T.prim_func(s_tir=True)
@@ -137,7 +126,7 @@ s_tir.TensorIntrin.register(DOT_4X4_SDOT, _dot_desc(4, 4, "int8"), _dot_4x4_sdot
 s_tir.TensorIntrin.register(DOT_8X2_AVX2, _dot_desc(8, 2, "uint8"), _dot_8x2_avx2, override=True)
 s_tir.TensorIntrin.register(DOT_8X4_AVX2, _dot_desc(8, 4, "uint8"), _dot_8x4_avx2,
                             override=True)
-s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_desc(16, 4, "uint8"), _dot_16x4_vnni,
+s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_desc(16, 4, "uint8"), _dot_vnni(16),
                             override=True)
-s_tir.TensorIntrin.register(DOT_8X4_VNNI, _dot_desc(8, 4, "uint8"), _dot_8x4_vnni,
+s_tir.TensorIntrin.register(DOT_8X4_VNNI, _dot_desc(8, 4, "uint8"), _dot_vnni(8),
                             override=True)
