@@ -22,10 +22,9 @@ import traceback
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-from relaycomp.cli.device import add_emulate_parser, add_remote_options, load_for_run
-from relaycomp.errors import InputSpecError, RelaycompError
+from relaycomp.cli.device import add_emulate_parser, add_remote_options
+from relaycomp.cli.run import signature
+from relaycomp.errors import RelaycompError
 
 EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
 
@@ -127,8 +126,8 @@ def cmd_compile(args) -> int:
     seconds = sum(r.seconds for r in artifact.pipeline.records)
     print(f"compiled {args.model} for {manifest.target['name']} ({manifest.target['triple']}) "
           f"-> {artifact.path}")
-    print(f"  inputs:  {_signature(manifest.inputs)}")
-    print(f"  outputs: {_signature(manifest.outputs)}")
+    print(f"  inputs:  {signature(manifest.inputs)}")
+    print(f"  outputs: {signature(manifest.outputs)}")
     print(f"  {len(manifest.passes)} passes in {seconds:.1f} s, "
           f"{manifest.report['kernels']} kernels")
     from relaycomp.compiler.features import feature_of
@@ -167,101 +166,6 @@ def print_pass_times(report) -> None:
         print(f"  {record.stage:10} {record.name:32} {record.seconds * 1e3:9.2f}  {changed}")
 
 
-def _signature(specs) -> str:
-    return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs)
-
-
-def _read_inputs(path: str | None, model) -> dict[str, np.ndarray]:
-    from relaycomp.runtime.local import random_inputs
-
-    specs = model.manifest.inputs
-    if path is None:
-        print("note: no --inputs given; running on seeded random data", file=sys.stderr)
-        return random_inputs(specs)
-    from relaycomp.frontend.inputs import read_arrays
-
-    data = read_arrays(path, "--inputs", [s.name for s in specs], InputSpecError)
-    missing = [s.name for s in specs if s.name not in data]
-    if missing:
-        raise InputSpecError(f"{path} lacks input(s) {missing}",
-                             hint=f"it holds: {sorted(data)}; the model takes: {_signature(specs)}")
-    return {s.name: data[s.name] for s in specs}
-
-
-def cmd_run(args) -> int:
-    """``relaycomp run``."""
-    from relaycomp.compiler.manifest import check_output_file, write_atomically
-    from relaycomp.runtime.local import load
-
-    if args.threads is not None and args.threads < 1:
-        raise InputSpecError(f"--threads must be at least 1, got {args.threads}")
-    if args.repeat < 0:
-        raise InputSpecError(f"--repeat must be 0 (no timing) or more, got {args.repeat}")
-    if args.outputs:
-        check_output_file(Path(args.outputs), "--outputs")
-    model = load_for_run(args) or load(args.artifact, threads=args.threads)
-    inputs = _read_inputs(args.inputs, model)
-    outputs = model.run(inputs)
-    for name, value in outputs.items():
-        print(f"{name}: {value.dtype}{list(value.shape)}")
-    if args.outputs:
-        buffer = _npz_bytes(outputs)
-        write_atomically(Path(args.outputs), buffer)
-        print(f"wrote {args.outputs}")
-    if args.repeat:
-        timing = model.time(inputs, repeat=args.repeat)
-        print(f"latency: median {timing.median_ms:.3f} ms, min {timing.min_ms:.3f} ms "
-              f"over {timing.runs} runs")
-    if args.check:
-        return _check(args.check, inputs, outputs)
-    return 0
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def _check(model_ref: str, inputs, outputs, rtol: float = 1e-3) -> int:
-    """Compare ``outputs`` with the reference runtime's on ``model_ref``; a difference above
-    ``rtol``, or a NaN/Inf where the reference has none (or another), is a user-facing error."""
-    from relaycomp.frontend.examples import resolve_model_path
-    from relaycomp.frontend.onnx_import import load_onnx
-    from relaycomp.runtime.reference import compare, run_reference
-
-    expected, runtime = run_reference(load_onnx(resolve_model_path(model_ref)), inputs)
-    for name, want in expected.items():
-        if name not in outputs or np.shape(outputs[name]) != np.shape(want):
-            have = {key: list(np.shape(value)) for key, value in outputs.items()}
-            raise RelaycompError(
-                f"--check {model_ref}: its output '{name}' {list(np.shape(want))} is not among "
-                f"the artifact's outputs {have}",
-                hint="check against the ONNX model the artifact was compiled from")
-    errors = compare(outputs, expected)
-    for name, err in errors.items():
-        print(f"check vs {runtime}: {name}: max abs error {err['max_abs']:.3g}, "
-              f"relative {err['max_rel']:.3g}"
-              + (f", {err['nonfinite_mismatches']} NaN/Inf mismatch(es)"
-                 if err["nonfinite_mismatches"] else ""))
-    nonfinite = {name: e["nonfinite_mismatches"] for name, e in errors.items()
-                 if e["nonfinite_mismatches"]}
-    if nonfinite:
-        raise RelaycompError(
-            f"outputs differ from {runtime}: NaN/Inf where it has other values "
-            f"({', '.join(f'{name}: {count}' for name, count in nonfinite.items())})",
-            hint="save the outputs with --outputs FILE to see where; NaN or Inf in the inputs "
-                 "can make kernels disagree")
-    worst = max((e["max_rel"] for e in errors.values()), default=0.0)
-    if worst > rtol:
-        raise RelaycompError(f"outputs differ from {runtime} by {worst:.3g} (relative), more "
-                             f"than {rtol:g}",
-                             hint="save the outputs with --outputs FILE to compare them")
-    return 0
-
-
 def cmd_inspect(args) -> int:
     """``relaycomp inspect``."""
     from relaycomp.frontend.examples import resolve_model_path
@@ -272,7 +176,7 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info.to_json(), indent=2))
         return 0
-    print(f"opset {info.opset}; inputs: {_signature(info.inputs)}; outputs: {info.outputs}")
+    print(f"opset {info.opset}; inputs: {signature(info.inputs)}; outputs: {info.outputs}")
     print(f"params: {info.params:,} ({info.param_bytes / 2**20:.2f} MiB); "
           f"MACs: {info.macs:,} at these input shapes")
     print("ops: " + ", ".join(f"{op} x{n}" for op, n in info.op_counts.items()))
@@ -329,6 +233,13 @@ def cmd_demo(args) -> int:
     from relaycomp.cli.demo import run_demo
 
     return run_demo()
+
+
+def cmd_run(args) -> int:
+    """``relaycomp run``."""
+    from relaycomp.cli.run import run_artifact
+
+    return run_artifact(args)
 
 
 def cmd_emulate_device(args) -> int:
