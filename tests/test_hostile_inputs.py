@@ -365,3 +365,26 @@ def test_external_data_outside_the_folder_or_missing_is_refused(case, tmp_path):
                     entry.value = "../outside.data"
         onnx.save(model, path)
     assert_one_clean_error(run_cli("inspect", path), "external data")
+
+
+def test_a_tracker_that_accepts_and_never_answers_is_one_error_line_not_a_hang(mlp_artifact):
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+    accepting = threading.Thread(target=lambda: held.append(server.accept()), daemon=True)
+    accepting.start()
+    try:
+        started = time.monotonic()
+        result = run_cli("run", mlp_artifact, "--rpc", f"127.0.0.1:{server.getsockname()[1]}",
+                         "--key", "board", timeout=60)
+        assert time.monotonic() - started < 45
+        assert_one_clean_error(result, "cannot reach the RPC tracker")
+    finally:
+        server.close()
+        for connection, _ in held:
+            connection.close()

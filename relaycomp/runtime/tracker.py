@@ -4,11 +4,13 @@ has, with a clear error at once when it cannot be reached."""
 from __future__ import annotations
 
 import socket
+import struct
 from dataclasses import dataclass
 
 from relaycomp.errors import RelaycompError, TuningError, last_line
 
 RUN_TIMEOUT_SECONDS = 30
+HANDSHAKE_SECONDS = 5  # a tracker answers its handshake at once; a stalled one never does
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,30 @@ def tracker_summary(host: str, port: int, error: type[RelaycompError] = TuningEr
     retry for its whole session timeout, warning every 5 s."""
     from tvm import rpc
 
-    try:  # a plain connect first
-        socket.create_connection((host, port), timeout=5).close()
+    try:  # the tracker's handshake first, with a timeout: TVM's client waits forever
+        _handshake(host, port)
         return rpc.connect_tracker(host, port).summary()
     except Exception as err:  # noqa: BLE001 - connection errors come in many types
         raise error(f"cannot reach the RPC tracker at {host}:{port}: {last_line(err)}",
                     hint=TRACKER_HINT) from None
+
+
+def _handshake(host: str, port: int, timeout: float = HANDSHAKE_SECONDS) -> None:
+    """Exchange the tracker protocol's magic number with ``host:port`` within ``timeout``
+    seconds; anything else listening there (or nothing answering) raises ``OSError``."""
+    from tvm.rpc.base import RPC_TRACKER_MAGIC
+
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
+        answer = b""
+        while len(answer) < 4:
+            chunk = sock.recv(4 - len(answer))
+            if not chunk:
+                raise OSError("the connection closed during the tracker handshake")
+            answer += chunk
+    if struct.unpack("<i", answer)[0] != RPC_TRACKER_MAGIC:
+        raise OSError("what answers there is not a TVM RPC tracker")
 
 
 def count_devices(config) -> int:
