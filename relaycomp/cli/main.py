@@ -25,6 +25,7 @@ from pathlib import Path
 from relaycomp.cli.device import add_emulate_parser, add_remote_options
 from relaycomp.cli.run import signature
 from relaycomp.errors import RelaycompError
+from relaycomp.frontend.onnx_import import parse_input_specs
 
 EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
 
@@ -97,12 +98,6 @@ def feature_clis() -> list:
             if FEATURES.get(name).cli]
 
 
-def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
-    from relaycomp.frontend.onnx_import import parse_input_specs
-
-    return parse_input_specs(specs)
-
-
 def cmd_compile(args) -> int:
     """``relaycomp compile``."""
     from relaycomp.compiler.build import CompileConfig, compile_model
@@ -114,7 +109,7 @@ def cmd_compile(args) -> int:
 
     parts = [p for p in feature_clis() if hasattr(p, "compile_config")]
     features = tuple(c for c in (p.compile_config(args) for p in parts) if c is not None)
-    config = CompileConfig(target=args.target, input_shapes=_input_shapes(args.input),
+    config = CompileConfig(target=args.target, input_shapes=parse_input_specs(args.input),
                            mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores,
                            features=features, calibration=args.calib, evaluation=args.eval,
                            extra_passes=tuple(load_pass_spec(spec) for spec in args.passes),
@@ -172,7 +167,7 @@ def cmd_inspect(args) -> int:
     from relaycomp.frontend.model_info import model_info
     from relaycomp.frontend.onnx_import import load_onnx
 
-    info = model_info(load_onnx(resolve_model_path(args.model)), _input_shapes(args.input))
+    info = model_info(load_onnx(resolve_model_path(args.model)), parse_input_specs(args.input))
     if args.json:
         print(json.dumps(info.to_json(), indent=2))
         return 0

@@ -19,7 +19,7 @@ import tvm
 
 from relaycomp import __version__, ir
 from relaycomp.compiler.features import Plan, PlanContext, feature_of
-from relaycomp.compiler.manifest import Manifest, file_digest, write_manifest
+from relaycomp.compiler.manifest import Manifest, check_output_file, file_digest, write_manifest
 from relaycomp.compiler.pipeline import (
     PipelineReport,
     Placement,
@@ -80,7 +80,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
     config = config or CompileConfig()
     output = Path(output)
     artifact_format = _artifact_format(output)
-    _check_writable(output)
+    check_output_file(output, "the artifact", BuildError)
     spec = resolve(config.target, mcpu=config.mcpu, arch=config.arch, num_cores=config.num_cores)
     fcompile = spec.toolchain.fcompile() if artifact_format == "shared-library" else None
 
@@ -91,9 +91,10 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
         model = load_onnx(path)
     imported = import_onnx(model, config.input_shapes)
     stages = with_passes(config.stages or default_stages(spec.kind), config.extra_passes)
-    features = [(feature_of(c), c) for c in config.features]
-    features.sort(key=lambda pair: stage_names(stages).index(pair[0].placement.stage)
-                  if pair[0].placement.stage in stage_names(stages) else len(stages))
+    order = stage_names(stages)  # features plan and run in pipeline order
+    features = sorted(((feature_of(c), c) for c in config.features),
+                      key=lambda pair: order.index(pair[0].placement.stage)
+                      if pair[0].placement.stage in order else len(order))
     stages = with_passes(stages, [feature.placement for feature, _ in features])
     mod, report, plans = _run_planned(imported, stages, spec, config, features)
     try:
@@ -140,14 +141,6 @@ def _artifact_format(output: Path) -> str:
         raise BuildError(f"cannot tell the artifact format from '{output.name}'",
                          hint="name the output *.so (shared library) or *.tar (object archive "
                               "to link on the device)") from None
-
-
-def _check_writable(output: Path) -> None:
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise BuildError(f"cannot write {output}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-        raise BuildError(f"cannot write {output}: permission denied")
 
 
 def _export(executable, output: Path, fcompile, manifest: Manifest) -> None:

@@ -11,10 +11,13 @@ from relaycomp.prune.pruner import PruneConfig, plan_pruning
 
 
 def plan_channels(config: PruneConfig, context: PlanContext) -> Plan:
-    """Rank channels on the module (the ``activation`` criterion and compensation run on the
-    first calibration batch, when the compile has calibration data)."""
+    """Rank channels on the module. The ``activation`` criterion (or a user's), and
+    compensation, run on the first calibration batch when the compile has calibration data;
+    the other criteria do not read it."""
     calib = None
-    if context.calibration is not None:
+    reads_data = config.compensate or config.importance == "activation" or not isinstance(
+        config.importance, str)  # a user's criterion object may use the data
+    if context.calibration is not None and reads_data:
         batches, _ = load_batches(context.calibration, context.imported.inputs)
         calib = batches[0]
     names = onnx_layer_names(context.imported.onnx_model)
