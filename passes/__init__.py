@@ -2,6 +2,7 @@
 
 from relaycomp.passes import (  # noqa: F401 - importing registers them
     apply_tuning_database,
+    convert_to_bf16,
     decompose_conv_transpose,
     fold_batchnorm,
     fuse_by_pattern,

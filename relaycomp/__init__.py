@@ -24,6 +24,8 @@ from relaycomp.frontend import (
     load_onnx,
     model_info,
 )
+from relaycomp.precision import PrecisionConfig
+from relaycomp.precision import feature as _precision_feature  # noqa: F401 - registers it
 from relaycomp.prune import PruneConfig, PruneReport, prune
 from relaycomp.prune import feature as _prune_feature  # noqa: F401 - registers the feature
 from relaycomp.quantize import QuantConfig, QuantReport, quantize
@@ -37,16 +39,20 @@ from relaycomp.tune import feature as _tune_feature  # noqa: F401 - registers it
 def compile(model, output, *, target: str = "host", inputs=None, mcpu=None, arch=None,
             num_cores=None, quantize: QuantConfig | None = None,
             prune: PruneConfig | float | None = None, tune: TuneConfig | None = None,
-            calibration=None, evaluation=None) -> Artifact:
+            precision: PrecisionConfig | str | None = None, calibration=None,
+            evaluation=None) -> Artifact:
     """Compile ``model`` (path, ``example:NAME`` or ModelProto) into ``output`` (.so or .tar).
 
     ``inputs`` maps input names to shapes, pinning dynamic dims (others default to 1).
-    ``quantize``, ``prune`` (a config, or the fraction of channels to remove) and ``tune`` turn
-    those features on; ``calibration``/``evaluation`` are the data they use.
+    ``quantize``, ``prune`` (a config, or the fraction of channels to remove), ``tune`` and
+    ``precision`` (``"bf16"`` or a config; ``"fp32"`` is the default) turn those features on;
+    ``calibration``/``evaluation`` are the data they use.
     """
     if isinstance(prune, (int, float)) and not isinstance(prune, bool):
         prune = PruneConfig(ratio=float(prune))
-    features = tuple(f for f in (quantize, prune, tune) if f is not None)
+    if isinstance(precision, str):
+        precision = None if precision == "fp32" else PrecisionConfig(dtype=precision)
+    features = tuple(f for f in (quantize, prune, precision, tune) if f is not None)
     config = CompileConfig(target=target, input_shapes=dict(inputs or {}), mcpu=mcpu, arch=arch,
                            num_cores=num_cores, features=features, calibration=calibration,
                            evaluation=evaluation)
@@ -54,7 +60,7 @@ def compile(model, output, *, target: str = "host", inputs=None, mcpu=None, arch
 
 
 __all__ = ["Artifact", "CompileConfig", "DistillConfig", "DistillReport", "ImportedModel",
-           "LoadedModel", "ModelInfo", "PruneConfig", "PruneReport", "QuantConfig",
-           "QuantReport", "RelaycompError", "TensorSpec", "TuneConfig", "TuneReport", "compile",
-           "compile_model", "distill", "import_onnx", "load", "load_onnx", "model_info", "prune",
+           "LoadedModel", "ModelInfo", "PrecisionConfig", "PruneConfig", "PruneReport",
+           "QuantConfig", "QuantReport", "RelaycompError", "TensorSpec", "TuneConfig",
+           "TuneReport", "compile", "compile_model", "distill", "import_onnx", "load", "load_onnx", "model_info", "prune",
            "quantize", "register_pass", "tune"]

@@ -20,7 +20,8 @@ SOURCES = {"relaycomp": ROOT / "relaycomp", "relaycomp.passes": ROOT / "passes",
            "relaycomp.targets": ROOT / "targets"}
 LAYERS = [
     {"relaycomp.cli"},
-    {"relaycomp.quantize", "relaycomp.prune", "relaycomp.tune", "relaycomp.distill"},
+    {"relaycomp.quantize", "relaycomp.prune", "relaycomp.tune", "relaycomp.distill",
+     "relaycomp.precision"},
     {"relaycomp.runtime"},
     {"relaycomp.compiler"},
     {"relaycomp.passes", "relaycomp.schedules", "relaycomp.rewrite"},

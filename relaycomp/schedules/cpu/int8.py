@@ -39,6 +39,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target, codegen
 
+from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA, LLVM_IR
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
     loop_extent,
@@ -48,8 +49,10 @@ from relaycomp.schedules.cpu.common import (
 from relaycomp.schedules.cpu.int8_names import (
     DOT_4X4_SDOT,
     DOT_8X2_AVX2,
+    DOT_8X2_BF16,
     DOT_8X4_AVX2,
     DOT_8X4_VNNI,
+    DOT_16X2_BF16,
     DOT_16X4_VNNI,
 )
 
@@ -74,7 +77,10 @@ class Int8Instructions:
     broadcast_cost: int
     mac_cost: int  # instructions per accumulator and step: product(s) and add
     scratch: int = 2  # registers besides accumulators and weights: broadcast input, product
-    data_dtype: str = "uint8"  # what the instruction multiplies the int8 weights with
+    data_dtype: str = "uint8"  # what the instruction multiplies the weights with
+    weight_dtype: str = "int8"
+    accumulator_dtype: str = "int32"
+    llvm_ir: str | None = None  # LLVM IR the intrinsic calls into, imported by the kernel
 
 
 # vpmaddwd on 16-bit widened operands (exact); a u8 pair broadcast is movzwl, vmovd, vpmovzxbw,
@@ -95,6 +101,29 @@ AVX512_VNNI_YMM = Int8Instructions(DOT_8X4_VNNI, lanes=8, group=4, registers=32,
 # activations are int8 (``lower_qdq_to_integer`` shifts uint8 ones by -128 for such targets).
 ARM_SDOT = Int8Instructions(DOT_4X4_SDOT, lanes=4, group=4, registers=32, broadcast_cost=1,
                             mac_cost=1, scratch=1, data_dtype="int8")
+
+# AVX-512 BF16 vdpbf16ps: two bf16 x bf16 products added to each fp32 lane; on 512-bit registers
+# and, for output channels a multiple of 8 but not 16, on 256-bit ones (AVX-512 VL). Two spare
+# registers more than VNNI's: with 28 accumulators of a 28-wide row LLVM spilled.
+AVX512_BF16 = Int8Instructions(DOT_16X2_BF16, lanes=16, group=2, registers=32,
+                               broadcast_cost=1, mac_cost=1, scratch=4, data_dtype="uint16",
+                               weight_dtype="uint16", accumulator_dtype="float32",
+                               llvm_ir=LLVM_IR)
+AVX512_BF16_YMM = Int8Instructions(DOT_8X2_BF16, lanes=8, group=2, registers=32,
+                                   broadcast_cost=1, mac_cost=1, scratch=4, data_dtype="uint16",
+                                   weight_dtype="uint16", accumulator_dtype="float32",
+                                   llvm_ir=LLVM_IR)
+
+
+def bf16_instructions(target: Target) -> Int8Instructions | None:
+    """``target``'s bf16 dot product: x86 AVX-512 BF16 (``vdpbf16ps``), else ``None``."""
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    if target.kind.name != "llvm" or not triple.startswith(("x86_64", "i686", "i386")):
+        return None
+    try:
+        return AVX512_BF16 if codegen.llvm_cpu_has_features(["avx512bf16"], target) else None
+    except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
+        return None
 
 
 def int8_instructions(target: Target) -> Int8Instructions | None:
@@ -150,33 +179,55 @@ def pair_safe(weight: np.ndarray) -> bool:
 def _register_intrinsics() -> None:
     """Parse and register the tensor intrinsics on first use (TVMScript parsing costs ~4 s,
     which every ``import relaycomp`` would otherwise pay)."""
-    from relaycomp.schedules.cpu import int8_intrin  # noqa: F401 - registering is importing
+    from relaycomp.schedules.cpu import bf16_intrin, int8_intrin  # noqa: F401 - registering
+
+
+def _reads_bf16(block) -> bool:
+    """Whether ``block`` sums into fp32 from bf16 bits (``uint16``: ``convert_to_bf16``)."""
+    return (any(str(region.source.dtype) == "float32" for region in block.writes)
+            and any(str(region.source.dtype) == "uint16" for region in block.reads))
+
+
+def _feeds(sch: s_tir.Schedule, block, consumer) -> bool:
+    return any(sch.get(c).same_as(sch.get(consumer)) for c in sch.get_consumers(block))
+
+
+def _is_cast(block) -> bool:
+    """Whether ``block`` writes a dtype none of its inputs has (``astype``)."""
+    written = {str(region.source.dtype) for region in block.writes}
+    return bool(block.reads) and not written & {str(r.source.dtype) for r in block.reads}
 
 
 def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
                        facts: CpuFacts) -> s_tir.Schedule | None:
     """The schedule of the module docstring, or ``None`` when ``func`` does not match."""
-    isa = int8_instructions(target)
-    if isa is None:
-        return None
-    _register_intrinsics()
     sch = s_tir.Schedule(func)
     nest = single_reduction(sch)
     if nest is None:
         return None
     main = nest.main.block_rv
+    bf16 = _reads_bf16(sch.get(main))
+    isa = bf16_instructions(target) if bf16 else int8_instructions(target)
+    if isa is None:
+        return None
+    _register_intrinsics()
     if isa is AVX2 and _weight_is_pair_safe(sch.mod["main"], sch.get(main)):
         isa = AVX2_PAIRS if _conv_shape(sch.get(main), AVX2_PAIRS) is not None else AVX2
     shape = _conv_shape(sch.get(main), isa)
-    if shape is None and isa is AVX512_VNNI:
-        isa, shape = AVX512_VNNI_YMM, _conv_shape(sch.get(main), AVX512_VNNI_YMM)
+    narrower = {AVX512_VNNI: AVX512_VNNI_YMM, AVX512_BF16: AVX512_BF16_YMM}
+    if shape is None and isa in narrower:
+        isa = narrower[isa]
+        shape = _conv_shape(sch.get(main), isa)
     if shape is None:
         return None
     out_channels, width, steps, batch_loops = shape
-    # Padding stays a stage of its own (writing the input pairs-last, once); other elementwise
-    # producers are inlined.
+    # Padding stays a stage of its own, writing the input pairs-last, once; so does a cast that
+    # feeds the conv directly (round_to_bf16 of a 1x1 conv's input); other elementwise producers
+    # are inlined (a cast into the padding stage).
     kept = [info.block_rv for info in nest.prologue
-            if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not _inlined(sch, info.block_rv)]
+            if _HAS_IF_THEN_ELSE(sch.get(info.block_rv))
+            or (_is_cast(sch.get(info.block_rv)) and _feeds(sch, info.block_rv, main))
+            or not _inlined(sch, info.block_rv)]
     blocks, tile = _register_tile(out_channels // isa.lanes, width, steps, isa)
     data = sch.get(main).reads[0].source  # the parameter itself once a copy was inlined
     copies = []
@@ -200,6 +251,8 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     outer = sch.fuse(*loops[:batch_loops], f_outer, y, x_outer)
     if facts.parallel:
         sch.parallel(outer)
+    if isa.llvm_ir:
+        sch.annotate(outer, IMPORT_PRAGMA, isa.llvm_ir)
     write_back = sch.cache_write(main, 0, "global")
     sch.transform_layout(main, ("write", 0), _channels_last)
     epilogue = [info.block_rv for info in nest.epilogue]
@@ -264,10 +317,11 @@ def _conv_shape(block, isa: Int8Instructions) -> tuple[int, int, int, int] | Non
     """``(out_channels, out_width, reduction steps of the instruction, batch loops)`` of an
     int8 NCHW conv2d block, else ``None``."""
     store = block.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+    if (not isinstance(store, tirx.BufferStore)
+            or str(store.buffer.dtype) != isa.accumulator_dtype):
         return None
     reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
-    if len(reads) != 2 or [str(b.dtype) for b in reads] != [isa.data_dtype, "int8"]:
+    if len(reads) != 2 or [str(b.dtype) for b in reads] != [isa.data_dtype, isa.weight_dtype]:
         return None
     data, weight = reads
     if len(data.shape) != 4 or len(weight.shape) != 4:

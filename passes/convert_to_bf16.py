@@ -1,0 +1,147 @@
+"""Run convolutions in bf16: bf16 weights and activations, fp32 accumulation.
+
+Matches: ``conv2d(x, W)`` in NCHW/OIHW with an fp32 input, a constant fp32 weight, one group and
+an even number of input channels - the convs whose dot product the bf16 instructions take two
+input channels at a time (``vdpbf16ps``, :mod:`relaycomp.schedules.cpu.int8`).
+Produces: ``conv2d_bf16(round_to_bf16(x), W_bits)``, two kernels (``call_tir``):
+
+- ``round_to_bf16``: fp32 -> bf16 bits (``uint16``), rounded to nearest even, NaN kept NaN.
+  Elementwise, so FuseOps puts it in the producing kernel's epilogue where it can: activations
+  cross memory as bf16, half the bytes.
+- ``conv2d_bf16``: the conv over bf16 bits (the weight rounded the same way at compile time,
+  half the bytes), each operand widened to fp32 exactly (``bits << 16``) and summed in fp32;
+  bias, activation and residual adds stay fp32 in its epilogue, as before.
+
+bf16 travels as ``uint16`` bits because TVM 0.27 cannot keep a bf16 buffer inside a kernel (its
+``BF16ComputeLegalize`` widens every one to fp32), and the kernel must hand bf16 pairs to the
+instruction.
+Keeps: the function signature; outputs within the bf16 rounding of each conv's operands (8
+significant bits; sums in fp32) - the bf16 feature measures the loss against fp32.
+Runs: at the start of stage ``quantize`` when ``--precision bf16`` asks for it (after
+``fold_batchnorm``: the folded weights are the ones rounded). Reports: ``convert_to_bf16`` convs
+converted and the constants' bytes before and after.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx, topi
+
+from relaycomp.registry import register_pass
+
+ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """fp32 -> bf16 bits as ``uint16``, round to nearest even (NaN stays NaN)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
+
+
+def _round_to_bf16(x: te.Tensor) -> te.Tensor:
+    def rounded(*index):
+        bits = tirx.reinterpret("uint32", x(*index))
+        nearest_even = (bits + tirx.const(0x7FFF, "uint32")
+                        + ((bits >> tirx.const(16, "uint32")) & tirx.const(1, "uint32")))
+        return tirx.Select(x(*index) != x(*index), tirx.const(0x7FC0, "uint16"),
+                           (nearest_even >> tirx.const(16, "uint32")).astype("uint16"))
+
+    return te.compute(x.shape, rounded, name="round_to_bf16")
+
+
+def widen(bits):
+    """bf16 bits (``uint16``) -> the fp32 of the same value, exactly."""
+    return tirx.reinterpret("float32", bits.astype("uint32") << tirx.const(16, "uint32"))
+
+
+def _conv2d_bf16(data: te.Tensor, weight: te.Tensor, strides, padding, dilation) -> te.Tensor:
+    batch, in_channels, height, width = data.shape
+    out_channels, _, kernel_h, kernel_w = weight.shape
+    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
+    top, left, bottom, right = padding
+    padded = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], pad_value=0,
+                         name="pad_temp") if any(padding) else data
+    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    rc = te.reduce_axis((0, in_channels), name="rc")
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    return te.compute(
+        (batch, out_channels, out_h, out_w),
+        lambda n, f, y, x: te.sum(
+            widen(padded[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w])
+            * widen(weight[f, rc, ry, rx]), axis=[rc, ry, rx]),
+        name="conv2d_nchw", tag="conv2d_nchw")
+
+
+def _convertible(call: relax.Call) -> bool:
+    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+        return False
+    data, weight = call.args
+    attrs = call.attrs
+    return (isinstance(weight, tvm.ir.expr.Constant) and attrs.data_layout == "NCHW"
+            and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"
+            and int(attrs.groups) == 1 and str(data.ty.dtype) == "float32"
+            and str(weight.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"
+            and weight.value.numpy().ndim == 4 and weight.value.numpy().shape[1] % 2 == 0)
+
+
+@relax.expr_functor.mutator
+class _ConvsToBf16(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.converted = 0
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not _convertible(call):
+            return call
+        data, weight = call.args
+        attrs = call.attrs
+        bits = self.builder_.emit(self.builder_.call_te(
+            _round_to_bf16, data, primfunc_name_hint=ROUND_KERNEL))
+        padding = [int(p) for p in attrs.padding]
+        self.converted += 1
+        return self.builder_.call_te(
+            _conv2d_bf16, bits, relax.const(bf16_bits(weight.value.numpy())),
+            [int(s) for s in attrs.strides], padding, [int(d) for d in attrs.dilation],
+            primfunc_name_hint=CONV_KERNEL)
+
+
+def constant_bytes(mod: tvm.IRModule) -> int:
+    """Bytes of every constant in ``mod``'s Relax functions."""
+    total = 0
+
+    def visit(expr) -> None:
+        nonlocal total
+        if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy"):
+            total += expr.value.numpy().nbytes
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return total
+
+
+@register_pass("convert_to_bf16", stage="quantize")
+def convert_to_bf16(target: tvm.target.Target | None = None, report: dict | None = None,
+                    ) -> tvm.transform.Pass:
+    """Convert every matching conv2d to bf16 operands with fp32 accumulation."""
+
+    @tvm.transform.module_pass(opt_level=0, name="convert_to_bf16")
+    def _convert(mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        before = constant_bytes(mod)
+        mutator = _ConvsToBf16(mod)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+        converted = relax.transform.DeadCodeElimination()(mutator.builder_.get())
+        if report is not None:
+            report.update({"convert_to_bf16": mutator.converted,
+                           "constant_bytes": {"before": before,
+                                              "after": constant_bytes(converted)}})
+        return converted
+
+    return _convert
