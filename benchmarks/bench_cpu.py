@@ -7,8 +7,9 @@ For each model (ResNet-18 and MobileNet-V2 at 1x3x224x224, the PP-OCRv4 text det
 - OpenVINO fp32 (``INFERENCE_PRECISION_HINT`` f32), OpenVINO default precision (bf16 on CPUs
   with BF16; the row names what OpenVINO reports) and OpenVINO int8 (the QDQ model, non-quantized
   ops pinned to f32 like the other int8 builds); n/a without openvino;
-- relaycomp fp32 and relaycomp int8 (the QDQ model through relaycomp's integer kernels), and
-  relaycomp bf16: n/a until ``relaycomp.compile`` takes ``precision="bf16"``.
+- relaycomp fp32, relaycomp int8 (the QDQ model through relaycomp's integer kernels) and
+  relaycomp bf16 (``precision="bf16"``: convs on ``vdpbf16ps``; n/a on a CPU without AVX-512
+  BF16, where the row gives the reason).
 
 The int8 model is one QDQ file for all three tools: onnxruntime's ``quant_pre_process`` then
 ``quantize_static`` (uint8 activations, per-channel int8 weights; ``common.ort_qdq_file``) on 4
@@ -33,7 +34,6 @@ rapidocr-onnxruntime 1.4.4 wheel into benchmarks/models/ppocrv4_det.onnx (needs 
 from __future__ import annotations
 
 import argparse
-import inspect
 import subprocess
 import sys
 import tempfile
@@ -181,12 +181,13 @@ def relaycomp_build(path: Path, output: Path, shapes: dict, **options) -> tuple[
 
 
 def relaycomp_bf16_build(path: Path, output: Path, shapes: dict) -> tuple[Run, str]:
-    """relaycomp in bf16, once ``relaycomp.compile`` has a ``precision`` keyword."""
-    import relaycomp
+    """relaycomp in bf16 (refused, so n/a, on a CPU without AVX-512 BF16)."""
+    from relaycomp.errors import RelaycompError, last_line
 
-    if "precision" not in inspect.signature(relaycomp.compile).parameters:
-        raise Unavailable("relaycomp.compile has no precision= yet")
-    return relaycomp_build(path, output, shapes, precision="bf16")
+    try:
+        return relaycomp_build(path, output, shapes, precision="bf16")
+    except RelaycompError as err:
+        raise Unavailable(last_line(err)) from err
 
 
 def builds(fp32: Path, int8: Path, folder: Path, shapes: dict) -> list[Build]:
