@@ -7,7 +7,8 @@ total time (time x calls), with their argument types, so the slowest are the fir
 The sum leaves out what the whole model adds (the VM, allocations, thread-pool wake-ups between
 kernels, colder caches): compare it with ``relaycomp run``'s latency.
 
-    python benchmarks/profile_kernels.py benchmarks/models/mobilenet_v2.onnx [--quantize] [--top 20]
+    python benchmarks/profile_kernels.py benchmarks/models/mobilenet_v2.onnx [--quantize | --bf16]
+        [--top 20]
 """
 
 from __future__ import annotations
@@ -25,14 +26,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import THREADS
 
 
-def scheduled_module(path: Path, quantize: bool):
+def scheduled_module(path: Path, quantize: bool, bf16: bool = False):
     """The model's Relax module after the ``schedule`` stage, and the target."""
-    from relaycomp.compiler.pipeline import default_stages, run_stages, split_before
+    from relaycomp.compiler.pipeline import (
+        Placement,
+        default_stages,
+        run_stages,
+        split_before,
+        with_passes,
+    )
     from relaycomp.frontend.onnx_import import import_onnx
     from relaycomp.targets import resolve
 
     target = resolve("host", num_cores=THREADS).tvm_target()
     stages, _ = split_before(default_stages("llvm"), "lower")
+    if bf16:
+        stages = with_passes(stages, [Placement("convert_to_bf16", "quantize", "start")])
     if not quantize:
         return run_stages(import_onnx(onnx.load(str(path))).mod, stages, target)[0], target
     from relaycomp.quantize.quantizer import QuantConfig
@@ -84,12 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--quantize", action="store_true", help="int8, own calibration")
+    parser.add_argument("--bf16", action="store_true", help="convs in bf16 (convert_to_bf16)")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
     from relaycomp import ir
 
     ir.request_threads(THREADS)
-    mod, target = scheduled_module(args.model, args.quantize)
+    mod, target = scheduled_module(args.model, args.quantize, args.bf16)
     times, calls = kernel_times(mod, target)
     total = sum(times[k] * calls[k] for k in times)
     print(f"{args.model.name}{' int8' if args.quantize else ''}: {total:.2f} ms in "

@@ -1,8 +1,9 @@
 """Run convolutions in bf16: bf16 weights and activations, fp32 accumulation.
 
-Matches: ``conv2d(x, W)`` in NCHW/OIHW with an fp32 input, a constant fp32 weight, one group and
-an even number of input channels - the convs whose dot product the bf16 instructions take two
-input channels at a time (``vdpbf16ps``, :mod:`relaycomp.schedules.cpu.int8`).
+Matches: ``conv2d(x, W)`` in NCHW/OIHW with an fp32 input, a constant fp32 weight and one group.
+The bf16 instructions take two input channels at a time (``vdpbf16ps``,
+:mod:`relaycomp.schedules.cpu.int8`): an odd channel count (an RGB stem) gets one zero channel,
+in the rounded input and in the weight.
 Produces: ``conv2d_bf16(round_to_bf16(x), W_bits)``, two kernels (``call_tir``):
 
 - ``round_to_bf16``: fp32 -> bf16 bits (``uint16``), rounded to nearest even, NaN kept NaN.
@@ -40,7 +41,9 @@ def bf16_bits(values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
 
 
-def _round_to_bf16(x: te.Tensor) -> te.Tensor:
+def _round_to_bf16(x: te.Tensor, channels: int) -> te.Tensor:
+    """``x`` as bf16 bits, with zero channels up to ``channels`` (axis 1)."""
+
     def rounded(*index):
         bits = tirx.reinterpret("uint32", x(*index))
         nearest_even = (bits + tirx.const(0x7FFF, "uint32")
@@ -48,7 +51,11 @@ def _round_to_bf16(x: te.Tensor) -> te.Tensor:
         return tirx.Select(x(*index) != x(*index), tirx.const(0x7FC0, "uint16"),
                            (nearest_even >> tirx.const(16, "uint32")).astype("uint16"))
 
-    return te.compute(x.shape, rounded, name="round_to_bf16")
+    if int(x.shape[1]) == channels:
+        return te.compute(x.shape, rounded, name="round_to_bf16")
+    shape = (x.shape[0], channels, *x.shape[2:])
+    return te.compute(shape, lambda n, c, *rest: tirx.if_then_else(
+        c < x.shape[1], rounded(n, c, *rest), tirx.const(0, "uint16")), name="round_to_bf16")
 
 
 def widen(bits):
@@ -85,7 +92,7 @@ def _convertible(call: relax.Call) -> bool:
             and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"
             and int(attrs.groups) == 1 and str(data.ty.dtype) == "float32"
             and str(weight.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"
-            and weight.value.numpy().ndim == 4 and weight.value.numpy().shape[1] % 2 == 0)
+            and weight.value.numpy().ndim == 4)
 
 
 @relax.expr_functor.mutator
@@ -100,12 +107,15 @@ class _ConvsToBf16(relax.PyExprMutator):
             return call
         data, weight = call.args
         attrs = call.attrs
+        weight = weight.value.numpy()
+        if weight.shape[1] % 2:  # one zero channel: the instructions take channel pairs
+            weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
         bits = self.builder_.emit(self.builder_.call_te(
-            _round_to_bf16, data, primfunc_name_hint=ROUND_KERNEL))
+            _round_to_bf16, data, weight.shape[1], primfunc_name_hint=ROUND_KERNEL))
         padding = [int(p) for p in attrs.padding]
         self.converted += 1
         return self.builder_.call_te(
-            _conv2d_bf16, bits, relax.const(bf16_bits(weight.value.numpy())),
+            _conv2d_bf16, bits, relax.const(bf16_bits(weight)),
             [int(s) for s in attrs.strides], padding, [int(d) for d in attrs.dilation],
             primfunc_name_hint=CONV_KERNEL)
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tvm
-from models import conv_net, random_inputs, resnet_block_net
+from models import random_inputs, resnet_block_net
 
 import relaycomp
 from relaycomp.frontend.onnx_import import import_onnx
@@ -47,21 +47,34 @@ def test_rounding_to_bf16_is_nearest_even_and_keeps_nan():
     assert np.isnan(widened[5])
 
 
-def test_every_even_channel_conv_is_converted_and_its_weight_halved():
+def test_every_conv_is_converted_and_its_weight_halved():
     mod = import_onnx(resnet_block_net()).mod  # a 3-channel stem, then 8- and 16-channel convs
     report = {}
     converted = convert_to_bf16(report=report)(mod)
-    assert op_counts(converted)["nn.conv2d"] == 1  # the stem
-    assert report["convert_to_bf16"] == op_counts(mod)["nn.conv2d"] - 1 >= 4
+    assert "nn.conv2d" not in op_counts(converted)
+    assert report["convert_to_bf16"] == op_counts(mod)["nn.conv2d"] >= 5
     assert report["constant_bytes"]["after"] < report["constant_bytes"]["before"]
     names = {gvar.name_hint for gvar, _ in converted.functions_items()}
     assert {"round_to_bf16", "conv2d_bf16"} <= names
 
 
-def test_odd_channel_convs_stay_fp32():
-    mod = import_onnx(conv_net()).mod  # its first conv reads 3 channels
-    converted = convert_to_bf16()(mod)
-    assert op_counts(converted)["nn.conv2d"] >= 1
+def test_an_odd_channel_conv_reads_one_zero_channel_more():
+    mod = convert_to_bf16()(import_onnx(resnet_block_net()).mod)
+    stem = next(func for gvar, func in mod.functions_items() if gvar.name_hint == "round_to_bf16")
+    assert [int(d) for d in stem.params[-1].shape][1] == 4  # 3 RGB channels + 1 zero channel
+
+
+def test_a_grouped_conv_stays_fp32():
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 8, 8), "float32"))
+    weight = relax.const(np.ones((8, 1, 3, 3), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.nn.conv2d(x, weight, padding=1, groups=8))
+        bb.emit_func_output(y)
+    assert op_counts(convert_to_bf16()(bb.get()))["nn.conv2d"] == 1
 
 
 def test_converted_module_matches_onnxruntime_to_bf16_rounding():
