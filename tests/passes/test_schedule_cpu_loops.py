@@ -125,6 +125,16 @@ def test_dense_bias_keeps_numerics(transpose_b):
     )
 
 
+@pytest.mark.parametrize("shapes", [((8, 1), (1, 8)), ((2, 4, 8, 1), (2, 4, 1, 8))],
+                         ids=["2d", "batched"])
+def test_a_matmul_over_a_single_column_with_an_add_keeps_numerics(shapes):
+    # The reduction axis has extent 1, so the block looks injective but keeps its init: inlining
+    # the add into it once added the addend twice (a silent wrong answer).
+    a, b = shapes
+    _assert_schedule_keeps_numerics({"a": a, "b": b, "c": (*a[:-1], b[-1])},
+                                    lambda a, b, c: R.add(R.matmul(a, b), c))
+
+
 def test_batch_matmul_keeps_numerics():
     _assert_schedule_keeps_numerics(
         {"a": (3, 5, 16), "b": (3, 16, 24)}, lambda a, b: R.matmul(a, b)

@@ -30,9 +30,13 @@ class InjectiveRule(CpuRule):
     name = "injective"
 
     def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
-        """Schedule an all-injective function; ``None`` if any block reduces."""
+        """Schedule an all-injective function; ``None`` if any block reduces - also over a
+        reduction axis of extent 1 (a ``[m, 1] @ [1, n]`` matmul): its block keeps an ``init``,
+        and inlining a consumer into it adds that consumer's other operands twice."""
         infos = normalize_prim_func(sch)
         if not infos or not all(info.is_injective() for info in infos):
+            return None
+        if any(sch.get(info.block_rv).init is not None for info in infos):
             return None
         for info in try_inline(sch, infos):
             schedule_spatial_block(sch, info.block_rv, facts)
