@@ -10,9 +10,11 @@ from relaycomp.passes import (  # noqa: F401 - importing registers them
     mark_pair_safe_weights,
     merge_parallel_convs,
     merge_parallel_matmuls,
+    propagate_nan_in_max_min,
     prune_channels,
     quantize_int8,
     remove_noop_ops,
     schedule_cpu_loops,
     schedule_gpu_default,
+    unstack_max_min,
 )

@@ -6,6 +6,7 @@ Everything else in relaycomp calls these helpers, so a TVM upgrade is a change t
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import shutil
@@ -26,19 +27,103 @@ def supported_onnx_ops() -> frozenset[str]:
     return frozenset(onnx_frontend._get_convert_map()) | {"If", "Constant"}
 
 
+@functools.cache
+def _importer_classes() -> dict[str, str]:
+    """Class name -> source text of every class in TVM's ONNX importer module, from one parse
+    (``inspect.getsource`` per class re-parses the 6000-line module every time)."""
+    import ast
+    import inspect
+
+    try:
+        lines = inspect.getsource(onnx_frontend).splitlines()
+    except (OSError, TypeError):
+        return {}
+    tree = ast.parse("\n".join(lines))
+    return {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno])
+            for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+@functools.cache
+def converter_source(op_type: str) -> str:
+    """The source text of the stock importer's converter class for ``op_type`` and its base
+    classes ("" if none or unreadable): which attribute names it reads is only written there."""
+    converter = onnx_frontend._get_convert_map().get(op_type)
+    if converter is None:
+        return ""
+    classes = _importer_classes()
+    return "\n".join(classes.get(cls.__name__, "") for cls in converter.__mro__
+                     if cls.__module__ == onnx_frontend.__name__)
+
+
+class _OneNode:
+    """A graph holding one node, for the stock ``_construct_nodes`` (it reads ``.node`` only)."""
+
+    def __init__(self, node):
+        self.node = [node]
+
+
 class _NamingImporter(onnx_frontend.ONNXGraphImporter):
-    """The stock importer, except that a failing node is named in the error."""
+    """The stock importer, except that a failing node is named in the error, and every node's
+    outputs are checked against ``expected`` (tensor name -> (static shape or None, dtype), from
+    ONNX shape inference): a conversion that gives another shape or dtype, or drops an output
+    something reads, is refused rather than compiled into a wrong answer."""
+
+    def __init__(self, *args, expected=None, needed=frozenset(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.expected = expected or {}
+        self.needed = needed
+        self._label = "?"
+
+    def _construct_nodes(self, graph):
+        # Overrides the stock loop (private) to look at each node's outputs as it is converted.
+        for node in graph.node:
+            self._label = node.name or next((o for o in node.output if o), "?")
+            try:
+                super()._construct_nodes(_OneNode(node))
+            except OnnxImportError:
+                raise
+            except Exception as err:
+                raise self._error(node.op_type, err) from err
+            self._check_outputs(node)
+
+    def _check_outputs(self, node) -> None:
+        where = f"node '{self._label}' (op {node.op_type}, opset {self.opset})"
+        for name in node.output:
+            if not name:
+                continue
+            if name not in self._nodes:
+                if name in self.needed:
+                    raise OnnxImportError(f"cannot import {where}: its output '{name}' is used, "
+                                          "but the converter does not produce it")
+                continue
+            value_type = getattr(self._nodes[name], "ty", None)
+            want = self.expected.get(name)
+            if want is None or not isinstance(value_type, relax.TensorType):
+                continue
+            shape, dtype = want
+            have_dtype = str(value_type.dtype)
+            have = None
+            if value_type.shape is not None and all(
+                    isinstance(d, tvm.tirx.IntImm) for d in value_type.shape):
+                have = tuple(int(d) for d in value_type.shape)
+            if have_dtype != dtype or (shape is not None and have is not None and have != shape):
+                raise OnnxImportError(
+                    f"cannot import {where}: output '{name}' would be {have_dtype}"
+                    f"{list(have) if have is not None else '[?]'}, but ONNX defines it as "
+                    f"{dtype}{list(shape) if shape is not None else '[?]'}; refusing rather "
+                    "than compiling a wrong answer")
+
+    def _error(self, op_name, err) -> OnnxImportError:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        return OnnxImportError(
+            f"cannot import node '{self._label}' (op {op_name}, opset {self.opset}): {reason}",
+            hint="run `relaycomp inspect` on the model; pin dynamic inputs with --input")
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
         try:
             return super()._convert_operator(op_name, inputs, attrs, opset)
         except Exception as err:
-            node = attrs.get("tvm_custom", {}).get("name", "?")
-            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise OnnxImportError(
-                f"cannot import node '{node}' (op {op_name}, opset {opset}): {reason}",
-                hint="run `relaycomp inspect` on the model; pin dynamic inputs with --input",
-            ) from err
+            raise self._error(op_name, err) from err
 
 
 class LiftingImporter(_NamingImporter):
@@ -64,14 +149,19 @@ class LiftingImporter(_NamingImporter):
                 self._nodes[init.name] = relax.const(array)
 
 
-def import_onnx_graph(model, shapes: dict[str, Sequence[int]], opset: int) -> tvm.IRModule:
+def import_onnx_graph(model, shapes: dict[str, Sequence[int]], opset: int,
+                      expected: dict | None = None) -> tvm.IRModule:
     """Translate an ONNX ModelProto into a Relax IRModule with ``main`` (weights as constants).
 
-    The stock importer prints a wall of text on failure; it is captured and replaced with an
-    :class:`OnnxImportError` naming the node.
+    ``expected`` maps tensor names to (static shape or None, dtype) as ONNX defines them; a
+    node whose conversion disagrees is refused. The stock importer prints a wall of text on
+    failure; it is captured and replaced with an :class:`OnnxImportError` naming the node.
     """
+    needed = {name for node in model.graph.node for name in node.input if name}
+    needed.update(o.name for o in model.graph.output)
     importer = _NamingImporter({k: list(v) for k, v in shapes.items()}, "float32",
-                               keep_params_in_input=False, sanitize=True)
+                               keep_params_in_input=False, sanitize=True, expected=expected,
+                               needed=frozenset(needed))
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             return importer.from_onnx(model.graph, opset)
@@ -82,9 +172,12 @@ def import_onnx_graph(model, shapes: dict[str, Sequence[int]], opset: int) -> tv
 
 
 def tensor_types(expr_type) -> list[tuple[tuple[int, ...], str]]:
-    """(shape, dtype) of each tensor in a Relax type (a tensor or a tuple of tensors)."""
+    """(shape, dtype) of each tensor in a Relax type (a tensor or a tuple of tensors); the
+    shape is None when not even the rank is known."""
     if isinstance(expr_type, relax.TupleType):
         return [t for field in expr_type.fields for t in tensor_types(field)]
+    if getattr(expr_type, "shape", None) is None:  # unknown rank (a data-dependent result)
+        return [(None, str(getattr(expr_type, "dtype", "?")))]
     shape = tuple(int(d) if isinstance(d, tvm.tirx.IntImm) else str(d) for d in expr_type.shape)
     return [(shape, str(expr_type.dtype))]
 

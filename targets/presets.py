@@ -8,7 +8,8 @@ A preset file names a triple and what is known about the board::
     num-cores = 4
 
 Keys: description, triple (required), mcpu, mattr, num-cores (CPU targets); arch, host-triple,
-host-mcpu, num-cores (cuda targets, whose CPU side the host-* keys and num-cores describe).
+host-mcpu, num-cores (cuda targets, whose CPU side the host-* keys and num-cores describe); an
+optional ``[energy]`` table (:mod:`relaycomp.targets.energy`) for ``relaycomp benchmark``.
 Without num-cores (here or from ``--num-cores``) a CPU target gets this machine's logical CPU
 count (:func:`relaycomp.targets.host.default_num_cores`): MetaSchedule needs one.
 """
@@ -16,12 +17,14 @@ count (:func:`relaycomp.targets.host.default_num_cores`): MetaSchedule needs one
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from relaycomp.errors import TargetError
 from relaycomp.registry import Registry
+from relaycomp.targets.energy import EnergyModel
 from relaycomp.targets.kinds import KINDS
 from relaycomp.targets.triples import TRIPLES, triple_names
 
@@ -37,6 +40,7 @@ _KEYS = {
     "arch": "arch",
     "host-triple": "host_triple",
     "host-mcpu": "host_mcpu",
+    "energy": "energy",
 }
 _FIELD_KEYS = {field: key for key, field in _KEYS.items()}
 _TEXT_FIELDS = ("description", "mcpu", "arch", "host_triple", "host_mcpu")
@@ -60,6 +64,7 @@ class Preset:
     arch: str | None = None
     host_triple: str | None = None
     host_mcpu: str | None = None
+    energy: EnergyModel | None = None
     source: str = ""
 
     @property
@@ -99,6 +104,8 @@ class Preset:
             isinstance(attr, str) and attr[:1] in ("+", "-") for attr in self.mattr
         ):
             self._fail(f"'mattr' must be a list like [\"+neon\"], got {self.mattr!r}")
+        if self.energy is not None and not isinstance(self.energy, EnergyModel):
+            self._fail(f"'energy' must be an [energy] table, got {self.energy!r}")
         cores = self.num_cores
         if cores is not None and (type(cores) is not int or cores < 1):  # bool is not a count
             self._fail(f"'num-cores' must be a positive integer, got {cores!r}")
@@ -107,9 +114,15 @@ class Preset:
         raise TargetError(f"{self.where}: {message}")
 
     def with_overrides(
-        self, *, mcpu: str | None = None, arch: str | None = None, num_cores: int | None = None
+        self,
+        *,
+        mcpu: str | None = None,
+        arch: str | None = None,
+        num_cores: int | None = None,
+        mattr: tuple[str, ...] = (),
     ) -> Preset:
-        """A copy with the given values replaced (None keeps the preset's own).
+        """A copy with the given values replaced (None keeps the preset's own); ``mattr`` is
+        added to the preset's (``+dotprod`` switches a feature on, ``-neon`` off).
 
         For cuda presets ``mcpu`` sets the CPU side's mcpu.
         """
@@ -117,6 +130,7 @@ class Preset:
             KINDS.get(self.kind).mcpu_field: mcpu,
             "arch": arch,
             "num_cores": num_cores,
+            "mattr": (*self.mattr, *mattr) if mattr else None,
         }
         changes = {field: value for field, value in changes.items() if value is not None}
         if not changes:
@@ -152,7 +166,24 @@ def load_preset(path: str | Path) -> Preset:
             hint="known triples: " + ", ".join(triple_names()),
         )
     fields = {_KEYS[key]: value for key, value in data.items()}
+    if "energy" in fields:
+        fields["energy"] = EnergyModel.from_table(fields["energy"], str(path))
     return Preset(name=path.stem, source=str(path), **fields)
+
+
+def user_preset_dir() -> Path:
+    """The folder of the user's own board presets: ``$XDG_CONFIG_HOME/relaycomp/targets``
+    (``~/.config/relaycomp/targets`` when XDG_CONFIG_HOME is unset, the XDG default)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "relaycomp" / "targets"
+
+
+def user_preset_files() -> dict[str, Path]:
+    """The user's preset files by board name (read on every call: the folder may change)."""
+    folder = user_preset_dir()
+    if not folder.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(folder.glob("*.toml"))}
 
 
 PRESETS: Registry[Preset] = Registry("target preset")

@@ -1,7 +1,7 @@
 """The tree draws the architecture: imports flow one way, and ``passes/`` holds passes only.
 
 Layers, top to bottom (a module may import from its own layer and the layers below):
-cli → features (quantize, prune, tune, distill) → runtime → compiler → passes, schedules,
+cli → features (quantize, prune, tune, distill) → runtime, bundle → compiler → passes, schedules,
 rewrite → channels → frontend, targets → ir, registry, errors.
 """
 
@@ -22,7 +22,7 @@ LAYERS = [
     {"relaycomp.cli"},
     {"relaycomp.quantize", "relaycomp.prune", "relaycomp.tune", "relaycomp.distill",
      "relaycomp.precision"},
-    {"relaycomp.runtime"},
+    {"relaycomp.runtime", "relaycomp.bundle"},
     {"relaycomp.compiler"},
     {"relaycomp.passes", "relaycomp.schedules", "relaycomp.rewrite"},
     {"relaycomp.channels"},

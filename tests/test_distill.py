@@ -20,9 +20,11 @@ from sklearn.model_selection import train_test_split
 from tvm import relax
 
 import relaycomp
+from relaycomp.distill.budget import Budget
 from relaycomp.distill.distiller import DistillConfig, DistillError, distill
 from relaycomp.distill.loss import kd_loss_coefficients, kd_loss_function, kd_loss_reference
-from relaycomp.distill.optim import OPTIMIZERS
+from relaycomp.distill.lr_find import find_lr, pick_lr
+from relaycomp.distill.optim import OPTIMIZERS, SCHEDULES
 from relaycomp.distill.student import student_from_onnx
 from relaycomp.distill.train import Trainer, training_program
 from relaycomp.frontend.examples import get_example
@@ -238,6 +240,72 @@ def test_adam_matches_numpy():
     np.testing.assert_allclose(params[0].numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
+# --- the learning rate and the budget -----------------------------------------------------------
+
+def test_range_test_picks_the_steepest_descent_below_the_minimum():
+    lrs = np.logspace(-6, 0, 200)
+    # the loss falls fastest around 1e-4 and is lowest near 3e-2, then diverges
+    log_lr = np.log10(lrs)
+    loss = 2.0 - 1.5 / (1 + np.exp(-3 * (log_lr + 4))) + np.maximum(0, log_lr + 1.5) ** 2 * 4
+    picked, steepest, minimum, reason = pick_lr(lrs, loss)
+    assert steepest == pytest.approx(1e-4, rel=0.3)
+    assert 1e-2 < minimum < 1e-1
+    assert picked == steepest and "steepest descent" in reason
+    # a curve whose minimum is right next to its steepest point: a tenth of the minimum
+    late = 2.0 - 1.5 / (1 + np.exp(-6 * (log_lr + 1.2))) + np.maximum(0, log_lr + 1) ** 2 * 40
+    picked, steepest, minimum, _ = pick_lr(lrs, late)
+    assert picked == pytest.approx(minimum / 10) and steepest > picked
+
+
+def test_range_test_leaves_the_trainer_as_it_found_it(digits, teacher_logits):
+    _, trainer = _mlp_trainer()
+    before = trainer.values()
+    x, t = digits[0][:8], teacher_logits[:8]
+    onehot = np.eye(CLASSES, dtype=np.float32)[digits[2][:8]]
+    weights = np.full(8, 1 / 8, np.float32)
+    finding = find_lr(trainer, lambda lr: trainer.step([x], t, onehot, weights, lr), steps=60)
+    assert 1e-6 <= finding.lr <= 1.0 and finding.steps == len(finding.losses) <= 60
+    assert trainer.steps == 0
+    for value, again in zip(before, trainer.values()):
+        np.testing.assert_array_equal(value, again)
+
+
+def _budget(epochs=None, max_epochs=30, patience=3, warmup=1.0):
+    return Budget(1e-2, 10, epochs, max_epochs, patience, warmup, SCHEDULES.get("cosine"),
+                  validated=True)
+
+
+def _epochs_until_stop(budget, losses):
+    for epoch, loss in enumerate(losses, start=1):
+        if budget.end_epoch(loss):
+            return epoch
+    raise AssertionError("never stopped")
+
+
+def test_budget_warms_up_holds_then_anneals_after_a_plateau():
+    budget = _budget()
+    assert budget.lr(0) < budget.lr(5) < budget.lr(9) < 1e-2 == budget.lr(10) == budget.lr(60)
+    losses = [1.0, 0.5, 0.3, 0.2] + [0.2] * 26
+    stopped = _epochs_until_stop(budget, losses)
+    # smoothed loss stops improving at epoch 6; after 3 stale epochs, anneal 3 epochs, stop
+    assert stopped == budget.epoch and 9 <= stopped <= 14
+    assert budget.lr(budget.anneal_start) == pytest.approx(1e-2)
+    assert budget.lr(stopped * 10 - 1) < 1e-4  # decayed to ~0 by the end
+    assert budget.warning() is None
+
+
+def test_budget_warns_when_the_cap_ends_an_improving_run():
+    budget = _budget(max_epochs=12)
+    assert _epochs_until_stop(budget, [1.0 / k for k in range(1, 30)]) == 12
+    assert "still improving" in budget.warning() and "12-epoch cap" in budget.warning()
+    fixed = _budget(epochs=6)
+    assert _epochs_until_stop(fixed, [1.0 / k for k in range(1, 30)]) == 6
+    assert "last of the 6 epochs" in fixed.warning()
+    stalled = _budget(epochs=20)
+    assert _epochs_until_stop(stalled, [1.0, 0.5] + [0.5] * 20) < 20  # patience stops it
+    assert stalled.warning() is None
+
+
 # --- training behaviour ------------------------------------------------------------------------
 
 def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -325,11 +393,11 @@ def test_relax_student_comes_back_as_relax(digits, teacher_logits):
 
 # --- the digits results ------------------------------------------------------------------------
 
-def _pruned_recovery(digits, teacher, epochs):
+def _pruned_recovery(digits, teacher, config=None):
+    """The bundled digits CNN pruned by half, distilled back (defaults unless ``config``)."""
     train_x, test_x, train_y, test_y = digits
     pruned, _ = prune(teacher, PruneConfig(ratio=0.5))
-    recovered, report = distill(teacher, pruned, {"input": train_x},
-                                DistillConfig(epochs=epochs, lr=1e-2, patience=0),
+    recovered, report = distill(teacher, pruned, {"input": train_x}, config or DistillConfig(),
                                 labels=train_y)
     accuracies = [test_accuracy(m, test_x, test_y) for m in (teacher, pruned, recovered)]
     return accuracies, report, recovered
@@ -337,14 +405,57 @@ def _pruned_recovery(digits, teacher, epochs):
 
 @pytest.fixture(scope="module")
 def recovery(digits, teacher):
-    return _pruned_recovery(digits, teacher, epochs=10)
+    return _pruned_recovery(digits, teacher)
 
 
-def test_pruned_digits_cnn_recovers_within_one_point(recovery):
+def test_pruned_digits_cnn_recovers_within_one_point_with_defaults(recovery):
     (unpruned, pruned, recovered), report, _ = recovery
     assert pruned < 0.5  # halving every layer without retraining wrecks the model ...
-    assert recovered >= unpruned - 0.01  # ... and distillation brings it back
+    assert recovered >= unpruned - 0.01  # ... and distillation with defaults brings it back
     assert report.teacher == 1.0  # the compiled teacher's logits reached the report
+    assert report.lr["found"] and 1e-4 < report.lr["value"] < 1e-1
+    assert report.history[-1]["annealing"] and not report.warnings  # it ended when done
+
+
+def small_cnn_student(seed=0, width=8):
+    """conv 3x3 → ReLU → strided conv 3x3 → ReLU → flatten → linear: 8x8 → 10 classes."""
+    rng = np.random.default_rng(seed)
+    flat = 2 * width * 16
+    inits = [numpy_helper.from_array(_he(rng, (width, 1, 3, 3), 9), "conv1.weight"),
+             numpy_helper.from_array(np.zeros(width, np.float32), "conv1.bias"),
+             numpy_helper.from_array(_he(rng, (2 * width, width, 3, 3), 9 * width),
+                                     "conv2.weight"),
+             numpy_helper.from_array(np.zeros(2 * width, np.float32), "conv2.bias"),
+             numpy_helper.from_array(_he(rng, (CLASSES, flat), flat), "fc.weight"),
+             numpy_helper.from_array(np.zeros(CLASSES, np.float32), "fc.bias")]
+    nodes = [helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["c1"],
+                              kernel_shape=[3, 3], pads=[1] * 4, name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"],
+                              kernel_shape=[3, 3], pads=[1] * 4, strides=[2, 2], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Flatten", ["r2"], ["flat"], axis=1, name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1,
+                              name="fc")]
+    return _model(nodes, inits, "batch", "small_cnn_student")
+
+
+def under_trained_student(digits, teacher_logits, seed=0):
+    """A small CNN after two epochs of supervised training at a timid rate (~70% held out)."""
+    student, _ = distill(teacher_logits, small_cnn_student(seed), {"input": digits[0]},
+                         DistillConfig(epochs=2, lr=1e-3, alpha=0.0, warmup=0, seed=seed),
+                         labels=digits[2])
+    return student
+
+
+def test_under_trained_cnn_reaches_95_percent_with_defaults(digits, teacher, teacher_logits):
+    train_x, test_x, train_y, test_y = digits
+    student = under_trained_student(digits, teacher_logits)
+    assert test_accuracy(teacher, test_x, test_y) >= 0.99
+    assert 0.5 < test_accuracy(student, test_x, test_y) < 0.8
+    distilled, report = distill(teacher_logits, student, {"input": train_x}, labels=train_y)
+    assert test_accuracy(distilled, test_x, test_y) >= 0.95
+    assert report.lr["found"] and "range test" in report.lr["reason"]
 
 
 def test_teacher_prune_distill_int8_compile_run(recovery, digits, tmp_path):
@@ -468,9 +579,10 @@ def test_cli_distills_and_writes_onnx(tmp_path, digits):
     out = tmp_path / "trained.onnx"
     result = run_cli("distill", "--teacher", teacher, "--student", student, "--data",
                      tmp_path / "train.npz", "--labels", tmp_path / "labels.npy", "--epochs", "2",
-                     "--seed", "3", "-o", out)
+                     "--seed", "3", "--hint", "h:h", "--augment", "crop", "-o", out)
     assert result.returncode == 0, result.stderr
     assert "epoch   2/2" in result.stdout and f"wrote {out}" in result.stdout
+    assert "learning rate" in result.stdout and "range test" in result.stdout
     trained = onnx.load(str(out))
     onnx.checker.check_model(trained, full_check=True)
     assert _initializers(trained).keys() == _initializers(onnx.load(str(student))).keys()
@@ -481,3 +593,6 @@ def test_cli_distills_and_writes_onnx(tmp_path, digits):
     assert bad.returncode == 1
     assert bad.stderr.startswith("relaycomp: error: cannot read labels")
     assert "Traceback" not in bad.stderr
+    bad_hint = run_cli("distill", "--teacher", teacher, "--student", student, "--data",
+                       tmp_path / "train.npz", "--hint", "no-colon", "-o", out)
+    assert bad_hint.returncode == 1 and "TEACHER_TENSOR:STUDENT_TENSOR" in bad_hint.stderr

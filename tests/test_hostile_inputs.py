@@ -113,6 +113,21 @@ def test_tuning_a_pooling_kernel_for_a_triple_target_works(pooling_tuned):
     assert "max_pool2d" in result.stdout
 
 
+@pytest.mark.parametrize("target", ["x86-64-avx512", "board.toml"])
+def test_tuning_a_pooling_kernel_for_a_preset_and_a_user_toml_works(folder, target, tmp_path):
+    """Issue 16: a preset or a user's TOML names no num-cores; MetaSchedule's pooling rules
+    read it. Tuning must succeed and leave a record of the pooling kernel for that target."""
+    if target.endswith(".toml"):
+        (tmp_path / target).write_text('triple = "x86_64-linux-gnu"\nmcpu = "znver4"\n')
+        target = str(tmp_path / target)
+    result = run_cli("tune", _pooling_model(tmp_path / "pool.onnx"), "--target", target,
+                     "--trials", 2, "--trials-per-iter", 2, "--tuning-db", tmp_path / "db",
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "max_pool2d" in result.stdout
+    assert list((tmp_path / "db").glob(f"*/run-*/{RECORDS}")), "no tuning records written"
+
+
 def test_a_corrupted_tuning_record_is_refused(pooling_tuned, tmp_path):
     model, database, result = pooling_tuned
     assert result.returncode == 0, result.stderr

@@ -377,8 +377,9 @@ def test_a_device_lost_mid_run_gives_failed_trials_not_a_crash(model, rpc_device
         warnings.simplefilter("always")
         try:   # the tracker may still list the dead server, or may have dropped it already
             report = tune(model, config)
-        except TuningError as err:
-            assert "no device is registered" in str(err)
+        except TuningError as err:  # or the device, still listed, never becomes free
+            assert ("no device is registered" in str(err)
+                    or "no device under key 'loopback'" in str(err)), str(err)
             return
     assert any("could not be measured" in str(w.message) for w in caught)
     assert all(t.tuned_ms is None for t in report.tasks)

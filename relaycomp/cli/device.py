@@ -11,6 +11,9 @@ def add_remote_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--rpc", metavar="HOST:PORT",
                      help="run on a device registered at this TVM RPC tracker")
     run.add_argument("--key", help="the device key at the RPC tracker")
+    run.add_argument("--rpc-timeout", type=float, metavar="SECONDS", default=None,
+                     help="longest wait for the device to be free and to answer each request "
+                          "(default: 300)")
 
 
 def add_emulate_parser(sub) -> None:
@@ -38,15 +41,21 @@ def run_emulate(args) -> int:
                             threads=args.threads, root=args.root).start()
     print("Ctrl-C to stop", flush=True)
     try:
-        return device.wait()
+        device.wait()  # returns only by raising: Ctrl-C/SIGTERM, or the server died
     finally:
-        device.stop()
+        device.stop()  # qemu and the sessions it forked: its whole process group
+    return 0
 
 
 def load_for_run(args):
     """The remote model ``run --rpc`` asks for, or None to run here."""
     if args.rpc is None and args.key is None:
         return None
-    from relaycomp.runtime.remote import load_remote
+    from relaycomp.errors import RelaycompError
+    from relaycomp.runtime.remote import REPLY_TIMEOUT_SECONDS, load_remote
 
-    return load_remote(args.artifact, args.rpc, args.key, threads=args.threads)
+    timeout = REPLY_TIMEOUT_SECONDS if args.rpc_timeout is None else args.rpc_timeout
+    if not timeout > 0:
+        raise RelaycompError(f"--rpc-timeout must be more than 0 seconds, got {timeout:g}")
+    return load_remote(args.artifact, args.rpc, args.key, threads=args.threads,
+                       reply_timeout=timeout)

@@ -1,19 +1,23 @@
-"""The ``relaycomp`` command line: compile, run, inspect, targets, passes, demo, and each
+"""The ``relaycomp`` command line: compile, run, benchmark, inspect, targets, passes, demo, and each
 registered feature's commands and ``compile`` options.
 
 A feature's command-line part is the module its :class:`relaycomp.compiler.features.Feature`
 names in ``cli``, with four functions: ``add_commands(sub) -> {name: handler}`` (its own
 sub-commands), ``add_compile_options(parser)``, ``compile_config(args)`` (its config for
 ``compile``, or None when not asked for) and ``print_summary(report)`` (lines under the compile
-summary, from its manifest report). The last three may be absent for a feature without a pass.
+summary, from its manifest report); optionally ``after_compile(args, report)`` (files it writes
+from its report, e.g. a plot). The last four may be absent for a feature without a pass.
 
-User mistakes print one ``error:`` line (plus a ``hint:``) on stderr and exit 1; ``--debug`` shows
-the traceback instead. Anything else is reported as an internal error (exit 70).
+User mistakes print one ``error:`` line (plus a ``hint:``) on stderr and exit 1; ``--debug`` (before
+or after the command) shows the traceback instead. Anything else is reported as an internal error
+(exit 70). Commands that report take ``--json``: one JSON document on stdout and nothing else
+there (notes, warnings and progress go to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -22,8 +26,12 @@ import traceback
 import warnings
 from pathlib import Path
 
+from relaycomp.bundle import cli as bundle_cli
+from relaycomp.cli import targets as targets_cli
+from relaycomp.cli.benchmark import add_parser as add_benchmark_parser
 from relaycomp.cli.device import add_emulate_parser, add_remote_options
 from relaycomp.cli.run import signature
+from relaycomp.cli.signals import sigterm_interrupts
 from relaycomp.errors import RelaycompError
 from relaycomp.frontend.onnx_import import parse_input_specs
 
@@ -32,7 +40,8 @@ EXIT_USER_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 70, 130
 
 def _add_shape_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", action="append", default=[], metavar="NAME:DIMS",
-                        help="pin an input's shape, e.g. x:1,3,224,224 (repeatable)")
+                        help="pin an input's shape, e.g. x:1,3,224,224; sr: for a scalar, 0 "
+                             "for an empty dim (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relaycomp", description="ONNX in, optimized deployable library out (Apache TVM).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=targets_cli.version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     compile_ = sub.add_parser("compile", help="compile an ONNX model into a library")
     compile_.add_argument("model", help="ONNX file, or example:NAME for a bundled model")
     compile_.add_argument("-o", "--output", help="artifact: *.so (default: MODEL.so) or *.tar")
-    compile_.add_argument("--target", default="host", help="triple, preset or .toml (see targets)")
+    compile_.add_argument("--target", default="host", help=targets_cli.TARGET_HELP)
     compile_.add_argument("--mcpu", help="override the target CPU (e.g. cortex-a72)")
+    compile_.add_argument("--mattr", help=targets_cli.MATTR_HELP)
     compile_.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
     compile_.add_argument("--num-cores", type=int, help="threads the library will use")
     _add_shape_options(compile_)
@@ -66,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "@STAGE, @before:STAGE or @after:STAGE places it (repeatable)")
     compile_.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass here")
     compile_.add_argument("--time-passes", action="store_true", help="print time per pass")
+    bundle_cli.add_compile_options(compile_)
+    commands.update(bundle_cli.add_commands(sub))
 
     run = sub.add_parser("run", help="run a compiled artifact on this machine")
     run.add_argument("artifact", help="a .so built by `relaycomp compile`")
@@ -74,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check", metavar="MODEL", help="compare with the ONNX model's reference run")
     run.add_argument("--repeat", type=int, default=0, help="also time N runs")
     run.add_argument("--threads", type=int, help="CPU threads (default: the target's num-cores)")
+    run.add_argument("--rtol", type=float,
+                     help="--check tolerance relative to the largest reference value (default "
+                          "1e-3; 0.1 for int8 builds, compared with the float model)")
+    run.add_argument("--atol", type=float, help="--check absolute tolerance (default 0)")
     add_remote_options(run)
 
     inspect = sub.add_parser("inspect", help="ops, shapes, params, MACs, unsupported ops")
@@ -82,12 +99,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shape_options(inspect)
 
     add_emulate_parser(sub)
-    sub.add_parser("targets", help="list known target triples and board presets")
+    sub.add_parser("targets", help="list known target triples and board presets (yours too)")
+    add_benchmark_parser(sub)
     passes = sub.add_parser("passes", help="list the pipeline's stages and passes")
     passes.add_argument("--target", default="host", help="whose pipeline to show")
     sub.add_parser("demo", help="compile and run the bundled digits example end to end")
+    _add_common_options(sub)
     parser.set_defaults(feature_commands=commands)
     return parser
+
+
+# Commands whose output is a report: each takes --json (a feature command may already have it).
+JSON_COMMANDS = ("compile", "run", "inspect", "targets", "passes", "benchmark", "tune", "prune",
+                 "distill")
+
+
+def _add_common_options(sub) -> None:
+    """``--debug`` after any command too; ``--json`` on every reporting command."""
+    for name, command in sub.choices.items():
+        with contextlib.suppress(argparse.ArgumentError):  # the command has it already
+            # SUPPRESS: not given after the command keeps the value given before it
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show tracebacks on errors")
+        if name in JSON_COMMANDS:
+            with contextlib.suppress(argparse.ArgumentError):
+                command.add_argument("--json", action="store_true",
+                                     help="print one JSON document on stdout (nothing else)")
 
 
 def feature_clis() -> list:
@@ -103,17 +140,28 @@ def cmd_compile(args) -> int:
     from relaycomp.compiler.build import CompileConfig, compile_model
 
     output = args.output or f"{Path(args.model.removeprefix('example:')).stem}.so"
+    target = targets_cli.with_mattr(args.target, args.mattr)
+    if args.passes:  # `--pass mypkg.passes:fn` finds mypkg here, as `python -m` would
+        targets_cli.add_working_folder_to_path()
     if args.dump_ir:
         _check_dump_folder(Path(args.dump_ir))
+    bundle_cli.check_compile_options(args)
     from relaycomp.compiler.plugins import load_pass_spec
 
     parts = [p for p in feature_clis() if hasattr(p, "compile_config")]
     features = tuple(c for c in (p.compile_config(args) for p in parts) if c is not None)
-    config = CompileConfig(target=args.target, input_shapes=parse_input_specs(args.input),
+    config = CompileConfig(target=target, input_shapes=parse_input_specs(args.input),
                            mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores,
                            features=features, calibration=args.calib, evaluation=args.eval,
                            extra_passes=tuple(load_pass_spec(spec) for spec in args.passes),
                            dump_ir=Path(args.dump_ir) if args.dump_ir else None)
+    if args.json:  # the features' and the compiler's own lines go to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            artifact = compile_model(args.model, output, config)
+            bundle_cli.after_compile(args, artifact)
+            _after_compile_hooks(args, config, artifact.manifest)
+        print(json.dumps(compile_json(artifact), indent=2))
+        return 0
     artifact = compile_model(args.model, output, config)
     manifest = artifact.manifest
     for note in manifest.report["import"]["notes"]:
@@ -132,6 +180,7 @@ def cmd_compile(args) -> int:
         part = importlib.import_module(feature.cli) if feature.cli else None
         if part is not None and hasattr(part, "print_summary"):
             part.print_summary(manifest.report[feature.name])
+    _after_compile_hooks(args, config, manifest)
     fusion = manifest.report.get("fusion")
     if fusion:
         print(f"  fusion: {fusion['kernels_before']} -> {fusion['kernels_after']} kernels, "
@@ -139,7 +188,30 @@ def cmd_compile(args) -> int:
               f"{fusion['intermediate_bytes_after'] / 1024:.1f} KiB")
     if args.time_passes:
         print_pass_times(artifact.pipeline)
+    bundle_cli.after_compile(args, artifact)
     return 0
+
+
+def _after_compile_hooks(args, config, manifest) -> None:
+    """Each feature's ``after_compile(args, report)``, in the order the features ran."""
+    from relaycomp.compiler.features import feature_of
+
+    for feature_config in config.features:
+        feature = feature_of(feature_config)
+        part = importlib.import_module(feature.cli) if feature.cli else None
+        if part is not None and hasattr(part, "after_compile"):
+            part.after_compile(args, manifest.report.get(feature.name, {}))
+
+
+def compile_json(artifact) -> dict:
+    """``compile --json``: the artifact, its target and signature, and the manifest's report."""
+    manifest = artifact.manifest
+    return {"artifact": str(artifact.path), "target": manifest.target,
+            "inputs": [s.to_json() for s in manifest.inputs],
+            "outputs": [s.to_json() for s in manifest.outputs],
+            "passes": list(manifest.passes),
+            "seconds": sum(r.seconds for r in artifact.pipeline.records),
+            "report": manifest.report}
 
 
 def _check_dump_folder(folder: Path) -> None:
@@ -183,44 +255,15 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_targets(args) -> int:
-    """``relaycomp targets``."""
-    from relaycomp.targets import known_targets
-
-    for spec in known_targets():
-        print(f"{spec.name:28} {spec.triple:26} {spec.description}")
-    return 0
+    """``relaycomp targets``: bundled targets, then the user's presets."""
+    return targets_cli.list_targets(args)
 
 
 def cmd_passes(args) -> int:
     """``relaycomp passes``."""
-    from relaycomp.compiler.features import FEATURES
-    from relaycomp.compiler.pipeline import default_stages
-    from relaycomp.compiler.plugins import load_entry_points
-    from relaycomp.registry import PASSES
-    from relaycomp.targets import resolve
+    from relaycomp.cli.passes import list_passes
 
-    _, broken = load_entry_points()
-    for problem in broken:
-        print(f"warning: {problem}", file=sys.stderr)
-    kind = resolve(args.target).kind
-    stages = default_stages(kind)
-    features = {f.placement.name: f for f in map(FEATURES.get, FEATURES) if f.placement}
-    in_pipeline = {name for stage in stages for name in stage.passes} | set(features)
-    for stage in stages:
-        print(f"{stage.name}:")
-        for name in stage.passes:
-            print(f"  {name:30} {PASSES.get(name).description}")
-        for name, feature in features.items():
-            if feature.placement.stage == stage.name and kind in PASSES.get(name).kinds:
-                print(f"  {name:30} (with the {feature.name} feature) "
-                      f"{PASSES.get(name).description}")
-    extra = [PASSES.get(name) for name in PASSES.names()
-             if name not in in_pipeline and kind in PASSES.get(name).kinds]
-    if extra:
-        print("available with --pass NAME:")
-        for info in extra:
-            print(f"  {info.name:30} [{info.stage}] {info.description}")
-    return 0
+    return list_passes(args)
 
 
 def cmd_demo(args) -> int:
@@ -244,7 +287,15 @@ def cmd_emulate_device(args) -> int:
     return run_emulate(args)
 
 
+def cmd_benchmark(args) -> int:
+    """``relaycomp benchmark``."""
+    from relaycomp.cli.benchmark import run_benchmark
+
+    return run_benchmark(args)
+
+
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect,
+            "benchmark": cmd_benchmark,
             "targets": cmd_targets, "passes": cmd_passes, "demo": cmd_demo,
             "emulate-device": cmd_emulate_device}
 
@@ -252,7 +303,7 @@ COMMANDS = {"compile": cmd_compile, "run": cmd_run, "inspect": cmd_inspect,
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``relaycomp`` script."""
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():  # restores the previous showwarning on the way out
+    with warnings.catch_warnings(), sigterm_interrupts():  # both restored on the way out
         warnings.showwarning = _print_warning
         return _dispatch(args)
 

@@ -23,6 +23,7 @@ from tvm import relax
 
 from relaycomp import ir
 from relaycomp import passes as _builtin_passes  # noqa: F401 - importing registers them
+from relaycomp.compiler.manifest import write_atomically
 from relaycomp.errors import PassError, RelaycompError, last_line
 from relaycomp.registry import PASSES, register_pass
 
@@ -59,14 +60,14 @@ _LOWER = ["rewrite_dataflow_reshape", "to_non_dataflow", "remove_purity_checking
           "kill_after_last_use", "lower_runtime_builtin", "compute_prim_value", "vm_shape_lower",
           "attach_global_symbol"]
 _FRONT = [
-    ("simplify", ["fold_batchnorm", "remove_noop_ops", "decompose_ops_for_inference",
-                  "canonicalize_bindings", "fold_constant", "merge_parallel_matmuls",
-                  "fuse_by_pattern"]),
+    ("simplify", ["fold_batchnorm", "remove_noop_ops", "unstack_max_min",
+                  "decompose_ops_for_inference", "canonicalize_bindings", "fold_constant",
+                  "merge_parallel_matmuls", "fuse_by_pattern"]),
     ("prune", []),  # where a feature's pass may go (the prune feature's prune_channels)
     ("quantize", ["lower_qdq_to_integer"]),  # the quantize feature puts quantize_int8 first
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["decompose_conv_transpose", "legalize_ops", "annotate_op_pattern",
-                  "fold_constant"]),
+                  "fold_constant", "propagate_nan_in_max_min"]),
     ("fuse", ["fuse_ops", "fuse_tir", "mark_pair_safe_weights"]),
 ]
 # Stage name -> pass names, per target kind. Stage names are the public vocabulary.
@@ -209,7 +210,7 @@ def run_stages(mod: tvm.IRModule, stages: Sequence[Stage], target: tvm.target.Ta
     signature = ir.signature_of(mod)
     if dump_ir is not None and not continuing:
         dump_ir.mkdir(parents=True, exist_ok=True)
-        (dump_ir / "000_input.py").write_text(ir.as_script(mod))
+        write_atomically(dump_ir / "000_input.py", ir.as_script(mod).encode())
     with target, tvm.transform.PassContext(opt_level=3):
         for stage in stages:
             for name in stage.passes:
@@ -218,7 +219,7 @@ def run_stages(mod: tvm.IRModule, stages: Sequence[Stage], target: tvm.target.Ta
                 if dump_ir is not None:
                     index = len(report.records)
                     path = dump_ir / f"{index:03d}_{stage.name}_{name}.py"
-                    path.write_text(ir.as_script(mod))
+                    write_atomically(path, ir.as_script(mod).encode())
             if stage.name in ("legalize", "fuse"):
                 report.after_stage[stage.name] = ir.kernel_traffic(mod)
     return mod, report

@@ -1,9 +1,14 @@
 """``relaycomp distill``: the command-line side of distillation.
 
     relaycomp distill --teacher t.onnx --student s.onnx --data train.npz [--labels y.npy]
-                      [--temperature 4 --alpha 0.7 --epochs 20 --lr 1e-3 --batch-size 32
-                       --val-split 0.1 --seed 0 --optimizer adam --schedule cosine
-                       --weight-decay 0 --patience 5] -o student.onnx [--json]
+                      [--temperature 4 --alpha 0.7 --epochs N --max-epochs 60 --lr LR
+                       --batch-size 32 --val-split 0.1 --seed 0 --optimizer adam
+                       --schedule cosine --warmup 1 --weight-decay 0 --patience 5
+                       --hint TEACHER_TENSOR:STUDENT_TENSOR ... --hint-loss mse
+                       --hint-weight 1 --augment crop,flip] -o student.onnx [--json]
+
+Without ``--lr`` a learning-rate range test picks the rate; without ``--epochs`` training runs
+until the smoothed validation loss stops improving (at most ``--max-epochs``).
 
 The distill feature's command-line part (see :mod:`relaycomp.cli.main` for the protocol);
 imports nothing heavy at module level.
@@ -31,18 +36,30 @@ def add_commands(sub) -> dict:
     distill.add_argument("-o", "--output", required=True, help="the trained student (.onnx)")
     options = [("--temperature", float, "softmax temperature T"),
                ("--alpha", float, "weight of the soft-target term (1-alpha: labels)"),
-               ("--epochs", int, "passes over the training data"),
-               ("--lr", float, "peak learning rate"),
+               ("--epochs", int, ("a fixed number of passes over the training data "
+                                  "(default: until the validation loss stops improving)")),
+               ("--max-epochs", int, "the cap when training until done"),
+               ("--lr", float, "peak learning rate (default: found by a range test)"),
                ("--batch-size", int, "samples per step (when the batch dim is symbolic)"),
                ("--val-split", float, "fraction held out for validation / early stopping"),
                ("--seed", int, "shuffling and split seed"),
                ("--optimizer", str, "adam or sgd (momentum 0.9)"),
-               ("--schedule", str, "cosine, step or constant"),
+               ("--schedule", str, "the decay: cosine, step or constant"),
+               ("--warmup", float, "epochs of linear warm-up"),
                ("--weight-decay", float, "L2 weight decay"),
-               ("--patience", int, "epochs without improvement before stopping (0: never)")]
+               ("--patience", int, "epochs without improvement before stopping (0: never)"),
+               ("--hint-loss", str, "distance of hinted tensors: mse or cosine"),
+               ("--hint-weight", float, "weight of the hint terms")]
     for flag, kind, text in options:
         default = getattr(defaults, flag[2:].replace("-", "_"))
-        distill.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+        shown = "" if default is None or "default:" in text else f" (default {default})"
+        distill.add_argument(flag, type=kind, default=default, help=text + shown)
+    distill.add_argument("--hint", action="append", default=[],
+                         metavar="TEACHER_TENSOR:STUDENT_TENSOR",
+                         help="match an intermediate tensor of the teacher (FitNets hint; "
+                              "repeatable; a 1x1 adapter bridges differing channel counts)")
+    distill.add_argument("--augment", default="",
+                         help="image augmentations, comma-separated: crop[:PIXELS], flip")
     distill.add_argument("--json", action="store_true", help="print the report as JSON")
     return {"distill": run_distill}
 
@@ -53,6 +70,7 @@ def run_distill(args) -> int:
 
     from relaycomp.compiler.manifest import write_atomically
     from relaycomp.distill.distiller import DistillConfig, DistillError, distill
+    from relaycomp.distill.hints import parse_hint
 
     output = Path(args.output)
     if output.suffix != ".onnx":
@@ -60,9 +78,13 @@ def run_distill(args) -> int:
     if not output.parent.is_dir():
         raise DistillError(f"-o {output}: no such directory {output.parent}")
     config = DistillConfig(temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
-                           lr=args.lr, batch_size=args.batch_size, val_split=args.val_split,
-                           seed=args.seed, optimizer=args.optimizer, schedule=args.schedule,
-                           weight_decay=args.weight_decay, patience=args.patience)
+                           max_epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size,
+                           val_split=args.val_split, seed=args.seed, optimizer=args.optimizer,
+                           schedule=args.schedule, warmup=args.warmup,
+                           weight_decay=args.weight_decay, patience=args.patience,
+                           hints=tuple(parse_hint(text) for text in args.hint),
+                           hint_loss=args.hint_loss, hint_weight=args.hint_weight,
+                           augment=tuple(name for name in args.augment.split(",") if name))
     progress = None if args.json else (lambda line: print(line, flush=True))
     student, report = distill(args.teacher, args.student, args.data, config,
                               labels=args.labels, progress=progress)

@@ -147,43 +147,77 @@ def teacher_logits(teacher, data: Dataset, specs: Sequence[TensorSpec],
     machine), a :class:`~relaycomp.runtime.local.LoadedModel`, a Relax ``IRModule`` or
     ``ImportedModel`` (built with TVM), or precomputed logits (an array [N, classes]).
     """
+    return teacher_outputs(teacher, data, specs, (), chunk)[0]
+
+
+def teacher_outputs(teacher, data: Dataset, specs: Sequence[TensorSpec],
+                    features: Sequence[str] = (), chunk: int = 64) -> list[np.ndarray]:
+    """The teacher's logits [N, classes], then its tensors named in ``features`` (for hints;
+    those need an ONNX teacher), each float32 with the samples on the first axis."""
     if isinstance(teacher, np.ndarray):
+        if features:
+            raise DistillError("hints need the teacher as an ONNX model, not its logits",
+                               hint="give the teacher's .onnx file or ModelProto")
         logits = np.asarray(teacher, np.float32)
         if logits.ndim != 2 or len(logits) != len(data):
             raise DistillError(f"teacher logits have shape {list(logits.shape)}; expected "
                                f"[{len(data)}, classes]")
-        return logits
+        return [logits]
     outputs = []
     with tempfile.TemporaryDirectory(prefix="relaycomp-teacher-") as folder:
-        run, batch = _teacher_runner(teacher, data, specs, chunk, Path(folder))
+        run, batch = _teacher_runner(teacher, data, specs, chunk, Path(folder), features)
         for rows, weights in batches(np.arange(len(data)), batch):
             real = int((weights > 0).sum())
-            outputs.append(np.asarray(run(data.take(rows)), np.float32)[:real])
-    logits = np.concatenate(outputs)
-    if logits.ndim != 2:
-        raise DistillError(f"the teacher's output has shape {list(logits.shape[1:])} per "
+            outputs.append([np.asarray(a, np.float32)[:real] for a in run(data.take(rows))])
+    arrays = [np.concatenate(column) for column in zip(*outputs)]
+    if arrays[0].ndim != 2:
+        raise DistillError(f"the teacher's output has shape {list(arrays[0].shape[1:])} per "
                            f"sample; distillation needs [classes] logits")
-    return logits
+    return arrays
 
 
-def _teacher_runner(teacher, data: Dataset, specs, chunk: int, folder: Path):
+def batch_teacher(teacher, data: Dataset, features: Sequence[str], batch: int, folder: Path):
+    """``run(feed) -> [logits, *features]`` for batches of ``batch`` samples (for augmented
+    batches, which the teacher must see as the student does); the library goes in ``folder``."""
+    import onnx
+
+    if not isinstance(teacher, (str, os.PathLike, onnx.ModelProto)):
+        raise DistillError(f"augmentation needs the teacher as an ONNX model (it labels every "
+                           f"augmented batch), not a {type(teacher).__name__}",
+                           hint="give the teacher's .onnx file or ModelProto")
+    run, compiled = _compiled_onnx_teacher(teacher, data, batch, folder, features)
+    if compiled != batch:
+        raise DistillError(f"augmentation runs the teacher on training batches of {batch}, "
+                           f"but its batch dim is fixed at {compiled}",
+                           hint=f"use --batch-size {compiled} or a teacher with a symbolic "
+                                f"batch dim")
+    return run
+
+
+def _teacher_runner(teacher, data: Dataset, specs, chunk: int, folder: Path, features):
+    """``(run(feed) -> [logits, *features], batch)``."""
     import onnx
 
     from relaycomp.runtime.local import LoadedModel
 
+    if isinstance(teacher, (str, os.PathLike, onnx.ModelProto)):
+        return _compiled_onnx_teacher(teacher, data, chunk, folder, features)
+    if features:
+        raise DistillError(f"hints need the teacher as an ONNX model, not a "
+                           f"{type(teacher).__name__}",
+                           hint="give the teacher's .onnx file or ModelProto")
     if isinstance(teacher, LoadedModel):
         batch = int(teacher.manifest.inputs[0].shape[0])
-        return (lambda feed: next(iter(teacher.run(feed).values()))), batch
-    if isinstance(teacher, (str, os.PathLike, onnx.ModelProto)):
-        return _compiled_onnx_teacher(teacher, data, chunk, folder)
-    return _relax_teacher(teacher, specs)
+        return (lambda feed: [next(iter(teacher.run(feed).values()))]), batch
+    run, batch = _relax_teacher(teacher, specs)
+    return (lambda feed: [run(feed)]), batch
 
 
-def _compiled_onnx_teacher(teacher, data: Dataset, chunk: int, folder: Path):
+def _compiled_onnx_teacher(teacher, data: Dataset, chunk: int, folder: Path, features):
     import onnx
 
     from relaycomp.compiler import build
-    from relaycomp.distill.student import batch_of
+    from relaycomp.distill.student import batch_of, with_outputs
     from relaycomp.frontend.examples import resolve_model_path
     from relaycomp.frontend.onnx_import import graph_inputs, load_onnx
     from relaycomp.runtime.local import load
@@ -195,13 +229,21 @@ def _compiled_onnx_teacher(teacher, data: Dataset, chunk: int, folder: Path):
     if missing:
         raise DistillError(f"the teacher takes input(s) {missing} that the data does not hold",
                            hint="teacher and student must read the same inputs")
+    first = model.graph.output[0].name
+    if features:
+        model = with_outputs(model, features, "teacher")
     batch = batch_of(specs, chunk)
     shapes = {s.name: (batch, *data.inputs[s.name].shape[1:]) for s in specs}
     artifact = build.compile_model(model, folder / "teacher.so",
                                    build.CompileConfig(input_shapes=shapes))
     loaded = load(artifact.path)
     names = [s.name for s in specs]
-    return (lambda feed: next(iter(loaded.run({n: feed[n] for n in names}).values()))), batch
+
+    def run(feed):
+        results = loaded.run({n: feed[n] for n in names})
+        return [results[first], *(results[name] for name in features)]
+
+    return run, batch
 
 
 def _relax_teacher(teacher, specs):

@@ -1,14 +1,15 @@
 """Knowledge distillation: retrain a student to match a teacher, on TVM, before compiling it.
 
-    student, report = relaycomp.distill("teacher.onnx", pruned_student, "train.npz",
-                                        DistillConfig(epochs=20), labels=y)
+    student, report = relaycomp.distill("teacher.onnx", pruned_student, "train.npz", labels=y)
     print(report.summary())
 
 The teacher runs once over the data (compiled by relaycomp) and its logits are cached for the
 whole run; the student trains on TVM (:mod:`relaycomp.distill.train`) with the loss
 α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1−α)·CE(s, y) (pure soft targets without labels), in
-mini-batches with shuffling, a learning-rate schedule, and a validation split with early
-stopping that keeps the best weights. Same seed, same data → the same student.
+shuffled mini-batches. With the defaults nothing needs tuning: a learning-rate range test
+(:mod:`relaycomp.distill.lr_find`) picks the rate, and the run warms up, holds the rate while
+the smoothed validation loss improves, anneals and ends (:mod:`relaycomp.distill.budget`),
+keeping the best validation weights. Same seed, same data → the same student.
 
 An ONNX student (path, ``example:NAME`` or ModelProto) comes back as an ONNX ModelProto: the same
 graph with new initializers. A Relax student (``IRModule`` / ``ImportedModel``) comes back as a
@@ -17,25 +18,31 @@ Relax module. ``alpha=0`` with labels is plain supervised training (the from-scr
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 
+from relaycomp.distill.augment import augmenter, parse_augment
+from relaycomp.distill.budget import Budget
 from relaycomp.distill.data import (
-    Dataset,
-    batches,
+    batch_teacher,
     check_dataset,
     sample_shapes,
     split,
-    teacher_logits,
+    teacher_outputs,
 )
-from relaycomp.distill.loss import kd_loss_coefficients, kd_loss_per_sample
+from relaycomp.distill.hints import HINT_LOSSES, check_hint_shapes, initial_adapter
+from relaycomp.distill.loss import kd_loss_coefficients
+from relaycomp.distill.lr_find import find_lr
 from relaycomp.distill.optim import OPTIMIZERS, SCHEDULES
+from relaycomp.distill.session import Session, run_metric_name, train_epochs
 from relaycomp.distill.student import DistillError, Student, student_from_onnx, student_from_relax
 from relaycomp.distill.train import Trainer, training_program
 
@@ -44,45 +51,67 @@ __all__ = ["DistillConfig", "DistillError", "DistillReport", "distill"]
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """How to distill. Every field has a default that works for small classifiers.
+    """How to distill. The defaults need no tuning for small classifiers.
 
     ``temperature`` T > 0 softens both distributions; ``alpha`` in [0, 1] weighs the soft-target
     term against cross-entropy on labels (ignored without labels: pure soft targets).
+    ``lr``: the peak learning rate; None (default) finds it with a range test on the training
+    data. ``epochs``: None (default) trains until the smoothed validation loss stops improving
+    for ``patience`` epochs, then anneals, capped at ``max_epochs``; a number fixes the budget
+    (``patience`` then stops early, 0: never). ``warmup``: epochs of linear warm-up.
     ``batch_size`` applies when the student's batch dim is symbolic (a fixed one is used as is).
-    ``optimizer``: ``adam`` or ``sgd`` (with ``momentum``); ``schedule``: ``cosine``, ``step``
-    or ``constant``. ``val_split``: fraction held out for validation (0: none, no early stop);
-    ``patience``: epochs without improvement before stopping (0: never stop early).
+    ``optimizer``: ``adam`` or ``sgd`` (with ``momentum``); ``schedule``: the decay's shape,
+    ``cosine``, ``step`` or ``constant``. ``val_split``: fraction held out for validation.
+    ``hints``: ``(teacher tensor, student tensor)`` pairs matched by ``hint_loss`` (``mse`` or
+    ``cosine``) with weight ``hint_weight`` (:mod:`relaycomp.distill.hints`). ``augment``:
+    image augmentations, e.g. ``("crop", "flip")`` (:mod:`relaycomp.distill.augment`).
     """
 
     temperature: float = 4.0
     alpha: float = 0.7
-    epochs: int = 20
-    lr: float = 1e-3
+    epochs: int | None = None
+    max_epochs: int = 60
+    lr: float | None = None
     batch_size: int = 32
     val_split: float = 0.1
     seed: int = 0
     optimizer: str = "adam"
     schedule: str = "cosine"
+    warmup: float = 1.0
     weight_decay: float = 0.0
     momentum: float = 0.9
     patience: int = 5
+    hints: tuple[tuple[str, str], ...] = ()
+    hint_loss: str = "mse"
+    hint_weight: float = 1.0
+    augment: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "hints", tuple(tuple(pair) for pair in self.hints))
+        object.__setattr__(self, "augment", tuple(self.augment))
         checks = [(self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
                   (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
-                  (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-                  (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+                  (self.epochs is None or self.epochs >= 1,
+                   f"epochs must be at least 1, got {self.epochs}"),
+                  (self.max_epochs >= 1, f"max_epochs must be at least 1, got {self.max_epochs}"),
+                  (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
                   (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
                   (0.0 <= self.val_split < 1.0,
                    f"val_split must be in [0, 1), got {self.val_split}"),
+                  (self.warmup >= 0, f"warmup must be >= 0 epochs, got {self.warmup}"),
                   (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
                   (0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}"),
-                  (self.patience >= 0, f"patience must be >= 0, got {self.patience}")]
+                  (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+                  (self.hint_weight >= 0, f"hint_weight must be >= 0, got {self.hint_weight}"),
+                  (all(len(pair) == 2 for pair in self.hints),
+                   f"hints must be (teacher tensor, student tensor) pairs, got {self.hints}")]
         for ok, message in checks:
             if not ok:
                 raise DistillError(message)
         OPTIMIZERS.get(self.optimizer)  # unknown names raise, listing the known ones
         SCHEDULES.get(self.schedule)
+        HINT_LOSSES.get(self.hint_loss)
+        parse_augment(self.augment)  # unknown names and bad arguments raise here
 
     def to_json(self) -> dict:
         """JSON form for reports."""
@@ -95,7 +124,9 @@ class DistillReport:
 
     ``metric`` is ``accuracy`` (against labels) or ``teacher_agreement`` (argmax equal to the
     teacher's) without labels; ``before``/``after``/``teacher`` are measured on the validation
-    split (on the training data when there is none).
+    split (on the training data when there is none). ``lr``: the peak rate, whether the range
+    test found it, and why that value (with the sweep). ``warnings``: e.g. that the run ended
+    while the validation loss was still improving.
     """
 
     config: dict
@@ -108,6 +139,8 @@ class DistillReport:
     after: dict
     best_epoch: int
     stopped_early: bool
+    lr: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     samples_per_second: float = 0.0
     seconds: float = 0.0
@@ -119,7 +152,8 @@ class DistillReport:
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
         where = "validation" if self.samples["val"] else "training data"
-        return "\n".join([
+        lines = [
+            f"learning rate {self.lr['value']:.2e}: {self.lr['reason']}",
             f"trained {self.trained['tensors']} tensors ({self.trained['params']:,} params) on "
             f"{self.samples['train']} samples, batch {self.batch}; "
             f"{len(self.history)} epoch(s), best {self.best_epoch}"
@@ -127,14 +161,15 @@ class DistillReport:
             (f"{self.metric} on {where}: teacher {self.teacher:.2%}, student "
              f"{self.before['metric']:.2%} -> {self.after['metric']:.2%}"),
             (f"loss {self.before['loss']:.4f} -> {self.after['loss']:.4f}; "
-             f"{self.samples_per_second:,.0f} training samples/s, {self.seconds:.1f} s")])
+             f"{self.samples_per_second:,.0f} training samples/s, {self.seconds:.1f} s")]
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
 def _is_onnx(model) -> bool:
     return isinstance(model, (str, os.PathLike, onnx.ModelProto))
 
 
-def _load_student(student, data, batch_size: int) -> tuple[Student, dict]:
+def _load_student(student, data, batch_size: int, features) -> tuple[Student, dict]:
     if _is_onnx(student):
         from relaycomp.frontend.examples import resolve_model_path
         from relaycomp.frontend.onnx_import import graph_inputs, load_onnx
@@ -142,51 +177,24 @@ def _load_student(student, data, batch_size: int) -> tuple[Student, dict]:
         if not isinstance(student, onnx.ModelProto):
             student = load_onnx(resolve_model_path(student))
         arrays, shapes = sample_shapes(data, graph_inputs(student))
-        return student_from_onnx(student, shapes, batch_size), arrays
+        return student_from_onnx(student, shapes, batch_size, features), arrays
+    if features:
+        raise DistillError("hints need the student as an ONNX model",
+                           hint="give the student's .onnx file or ModelProto")
     loaded = student_from_relax(student)
     arrays, _ = sample_shapes(data, loaded.inputs)
     return loaded, arrays
 
 
-class _Run:
-    """One distillation run's data, teacher outputs and metrics."""
-
-    def __init__(self, student: Student, data: Dataset, teacher: np.ndarray,
-                 config: DistillConfig):
-        self.student, self.data, self.teacher, self.config = student, data, teacher, config
-        self.names = [s.name for s in student.inputs]
-        self.onehot = np.zeros((len(data), student.classes), np.float32)
-        if data.labels is not None:  # rows of unlabelled samples (-1) stay all-zero
-            labelled = data.labels >= 0
-            self.onehot[np.flatnonzero(labelled), data.labels[labelled]] = 1.0
-
-    def feed(self, rows: np.ndarray) -> list[np.ndarray]:
-        return [self.data.inputs[name][rows] for name in self.names]
-
-    def evaluate(self, trainer: Trainer, index: np.ndarray) -> dict:
-        """Loss and metric of the current student on ``index``."""
-        logits = [trainer.predict(self.feed(rows))[:int((w > 0).sum())]
-                  for rows, w in batches(index, self.student.batch)]
-        logits = np.concatenate(logits)
-        labels = self.data.labels[index] if self.data.labels is not None else None
-        loss = kd_loss_per_sample(logits, self.teacher[index], labels,
-                                  self.config.temperature, self.config.alpha).mean()
-        return {"loss": float(loss), "metric": self.metric_of(logits, index)}
-
-    def metric_of(self, logits: np.ndarray, index: np.ndarray) -> float:
-        """Accuracy on the labelled samples of ``index`` (agreement with the teacher without)."""
-        predicted = logits.argmax(axis=1)
-        labels = self.data.labels[index] if self.data.labels is not None else None
-        if labels is None or not (labels >= 0).any():
-            return float((predicted == self.teacher[index].argmax(axis=1)).mean())
-        known = labels >= 0
-        return float((predicted[known] == labels[known]).mean())
-
-
-def _better(new: dict, best: dict | None) -> bool:
-    if best is None:
-        return True
-    return (new["metric"], -new["loss"]) > (best["metric"], -best["loss"])
+def _learning_rate(config: DistillConfig, session: Session, trainer: Trainer,
+                   train_index: np.ndarray) -> dict:
+    if config.lr is not None:
+        return {"value": config.lr, "found": False, "reason": "given"}
+    sweep_rng = np.random.default_rng([config.seed, 1])  # the run's own shuffling is unaffected
+    finding = find_lr(trainer, session.stepper(trainer, train_index, sweep_rng))
+    return {"value": finding.lr, "found": True,
+            "reason": f"range test over {finding.steps} steps: {finding.reason}",
+            "sweep": finding.to_json()}
 
 
 def distill(teacher, student, data: Mapping[str, np.ndarray] | str | os.PathLike,
@@ -199,73 +207,69 @@ def distill(teacher, student, data: Mapping[str, np.ndarray] | str | os.PathLike
     initializers) or a Relax ``IRModule`` / ``ImportedModel`` (returned as the same kind).
     ``data``: ``.npz`` or mapping keyed by the student's input names, first axis = samples.
     ``labels``: integer classes [N] (array or ``.npy``), optional. ``progress`` receives one
-    line per epoch.
+    line per epoch (and one for the learning rate).
     """
     config = config or DistillConfig()
+    with contextlib.ExitStack() as stack:  # the per-batch teacher's library, when augmenting
+        return _distill(teacher, student, data, config, labels, progress, stack)
+
+
+def _distill(teacher, student, data, config: DistillConfig, labels, progress,
+             stack: contextlib.ExitStack):
     started = time.perf_counter()
-    loaded, arrays = _load_student(student, data, config.batch_size)
+    hinted = [s for _, s in config.hints]
+    loaded, arrays = _load_student(student, data, config.batch_size, hinted)
     dataset = check_dataset(arrays, labels, loaded.inputs, loaded.classes)
-    logits = teacher_logits(teacher, dataset, loaded.inputs)
+    logits, *features = teacher_outputs(teacher, dataset, loaded.inputs,
+                                        [t for t, _ in config.hints])
     if logits.shape[1] != loaded.classes:
         raise DistillError(f"the teacher outputs {logits.shape[1]} classes per sample, the "
                            f"student {loaded.classes}",
                            hint="teacher and student must predict the same classes")
     rng = np.random.default_rng(config.seed)
     train_index, val_index = split(len(dataset), config.val_split, rng)
-    run = _Run(loaded, dataset, logits, config)
+    augment = augmenter(config.augment)
+    teach = None
+    if augment is not None:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="relaycomp-")))
+        teach = batch_teacher(teacher, dataset, [t for t, _ in config.hints], loaded.batch,
+                              folder)
+    session = Session(loaded, dataset, logits, config, features, augment, teach)
     optimizer = OPTIMIZERS.get(config.optimizer)(config.weight_decay, config.momentum)
     coefficients = kd_loss_coefficients(config.temperature, config.alpha,
                                         dataset.labels is not None)
-    trainer = Trainer(training_program(loaded, optimizer), loaded.param_values, optimizer,
-                      coefficients)
+    hints = check_hint_shapes(config.hints, [(loaded.batch, *f.shape[1:]) for f in features],
+                              loaded.feature_shapes, config.hint_loss)
+    adapters = [initial_adapter(h, np.random.default_rng([config.seed, 2]))
+                for h in hints if h.adapter]
+    if hints:
+        coefficients.append(np.array(config.hint_weight, np.float32))
+    trainer = Trainer(training_program(loaded, optimizer, hints),
+                      loaded.param_values + adapters, optimizer, coefficients)
     monitor = val_index if len(val_index) else train_index
-    before = run.evaluate(trainer, monitor)
-    best, best_values, best_epoch, history, stale = None, trainer.values(), 0, [], 0
-    steps_per_epoch = math.ceil(len(train_index) / loaded.batch)
-    total_steps, train_seconds, trained_samples = config.epochs * steps_per_epoch, 0.0, 0
-    schedule = SCHEDULES.get(config.schedule)
-    for epoch in range(1, config.epochs + 1):
-        order = rng.permutation(train_index)
-        losses, lr, tic = [], config.lr, time.perf_counter()
-        for i, (rows, weights) in enumerate(batches(order, loaded.batch)):
-            lr = schedule(config.lr, ((epoch - 1) * steps_per_epoch + i) / total_steps)
-            loss = trainer.step(run.feed(rows), logits[rows], run.onehot[rows], weights, lr)
-            losses.append(loss * float((weights > 0).sum()))
-        seconds = time.perf_counter() - tic
-        train_seconds += seconds
-        trained_samples += len(train_index)
-        current = run.evaluate(trainer, monitor)
-        entry = {"epoch": epoch, "loss": sum(losses) / len(train_index), "lr": lr,
-                 "val_loss": current["loss"], "val_metric": current["metric"],
-                 "samples_per_second": len(train_index) / seconds}
-        history.append(entry)
-        if _better(current, best) or not len(val_index):
-            best, best_values, best_epoch, stale = current, trainer.values(), epoch, 0
-        else:
-            stale += 1
-        if progress:
-            where = "val" if len(val_index) else "train"
-            progress(f"epoch {epoch:3d}/{config.epochs}  loss {entry['loss']:.4f}  {where} loss "
-                     f"{current['loss']:.4f}  {where} {run_metric_name(dataset)} "
-                     f"{current['metric']:.2%}  lr {lr:.2e}  "
-                     f"{entry['samples_per_second']:,.0f} samples/s")
-        if len(val_index) and config.patience and stale >= config.patience:
-            break
-    trainer.load(best_values)
-    after = run.evaluate(trainer, monitor)
+    before = session.evaluate(trainer, monitor)
+    lr = _learning_rate(config, session, trainer, train_index)
+    if progress:
+        progress(f"learning rate {lr['value']:.2e} ({lr['reason']})")
+    steps_per_epoch = -(-len(train_index) // loaded.batch)
+    budget = Budget(lr["value"], steps_per_epoch, config.epochs, config.max_epochs,
+                    config.patience, config.warmup, SCHEDULES.get(config.schedule),
+                    validated=bool(len(val_index)))
+    trained = train_epochs(session, trainer, budget, train_index, monitor, rng, progress)
+    after = session.evaluate(trainer, monitor)
+    warning = budget.warning()
+    history = trained["history"]
     report = DistillReport(
         config=config.to_json(), metric=run_metric_name(dataset),
         samples={"train": len(train_index), "val": len(val_index)}, batch=loaded.batch,
-        trained={"tensors": len(loaded.param_names),
+        trained={"tensors": len(loaded.param_names), "adapters": len(adapters),
+                 "hints": [list(pair) for pair in config.hints],
                  "params": int(sum(v.size for v in loaded.param_values)),
                  "names": list(loaded.param_names), "frozen": list(loaded.frozen)},
-        teacher=run.metric_of(logits[monitor], monitor), before=before, after=after,
-        best_epoch=best_epoch, stopped_early=len(history) < config.epochs, history=history,
-        samples_per_second=trained_samples / train_seconds if train_seconds else 0.0,
+        teacher=session.metric_of(logits[monitor], monitor), before=before, after=after,
+        best_epoch=trained["best_epoch"],
+        stopped_early=config.epochs is not None and len(history) < config.epochs,
+        lr=lr, warnings=[warning] if warning else [], history=history,
+        samples_per_second=trained["samples"] / trained["seconds"] if trained["seconds"] else 0.0,
         seconds=time.perf_counter() - started)
-    return loaded.write_back(best_values), report
-
-
-def run_metric_name(data: Dataset) -> str:
-    """``accuracy`` with labels, ``teacher_agreement`` without."""
-    return "accuracy" if data.labels is not None else "teacher_agreement"
+    return loaded.write_back(trainer.values()[:len(loaded.param_values)]), report

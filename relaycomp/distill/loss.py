@@ -12,9 +12,13 @@ The T² factor keeps the soft-target gradients on the scale of the hard-label on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from tvm import relax
 from tvm.relax import op as R
+
+from relaycomp.distill.hints import HINT_LOSSES, HintShape, apply_adapter
 
 
 def kd_loss_coefficients(temperature: float, alpha: float, labelled: bool = True) -> list:
@@ -24,18 +28,35 @@ def kd_loss_coefficients(temperature: float, alpha: float, labelled: bool = True
             for value in (1.0 / temperature, alpha * temperature**2, 1.0 - alpha)]
 
 
-def kd_loss_function(batch: int, classes: int) -> relax.Function:
-    """``kd_loss(s, t, y, w, inverse_t, soft_weight, hard_weight) -> scalar``, one dataflow block
-    (for AppendLoss). T and α are arguments (:func:`kd_loss_coefficients`), so one compiled
-    program serves every temperature and mix."""
+def kd_loss_function(batch: int, classes: int, hints: Sequence[HintShape] = ()) -> relax.Function:
+    """``kd_loss(s, f..., t, y, w, inverse_t, soft_weight, hard_weight[, hint_weight, g...,
+    adapters...]) -> scalar``, one dataflow block (for AppendLoss). T and α are arguments
+    (:func:`kd_loss_coefficients`), so one compiled program serves every temperature and mix.
+
+    With ``hints`` (:mod:`relaycomp.distill.hints`): ``f`` are the student's hinted tensors
+    (backbone outputs after the logits), ``g`` the teacher's, ``adapters`` the 1x1 adapters of
+    the hints whose channel counts differ; ``hint_weight`` scales their summed distances."""
     logits = relax.TensorType((batch, classes), "float32")
-    s, t, y = (relax.Var(name, logits) for name in ("s", "t", "y"))
+    scalar = relax.TensorType((), "float32")
+    s = relax.Var("s", logits)
+    features = [relax.Var(f"f{i}", relax.TensorType(h.student, "float32"))
+                for i, h in enumerate(hints)]
+    t, y = relax.Var("t", logits), relax.Var("y", logits)
     w = relax.Var("w", relax.TensorType((batch,), "float32"))
-    inverse_t, soft_weight, hard_weight = (relax.Var(name, relax.TensorType((), "float32"))
+    inverse_t, soft_weight, hard_weight = (relax.Var(name, scalar)
                                            for name in ("inverse_t", "soft_weight",
                                                         "hard_weight"))
+    params = [s, *features, t, y, w, inverse_t, soft_weight, hard_weight]
+    targets, adapters = [], []
+    if hints:
+        hint_weight = relax.Var("hint_weight", scalar)
+        targets = [relax.Var(f"g{i}", relax.TensorType(h.teacher, "float32"))
+                   for i, h in enumerate(hints)]
+        adapters = [relax.Var(f"adapter{i}", relax.TensorType(h.adapter, "float32"))
+                    if h.adapter else None for i, h in enumerate(hints)]
+        params += [hint_weight, *targets, *[a for a in adapters if a is not None]]
     bb = relax.BlockBuilder()
-    with bb.function("kd_loss", [s, t, y, w, inverse_t, soft_weight, hard_weight]):
+    with bb.function("kd_loss", params):
         with bb.dataflow():
             log_ps = bb.emit(R.nn.log_softmax(R.multiply(s, inverse_t), axis=-1))
             log_pt = bb.emit(R.nn.log_softmax(R.multiply(t, inverse_t), axis=-1))
@@ -43,6 +64,10 @@ def kd_loss_function(batch: int, classes: int) -> relax.Function:
             log_p = bb.emit(R.nn.log_softmax(s, axis=-1))
             ce = bb.emit(R.negative(R.sum(R.multiply(y, log_p), axis=[1])))
             per_sample = bb.emit(R.add(R.multiply(kl, soft_weight), R.multiply(ce, hard_weight)))
+            for hint, feature, target, adapter in zip(hints, features, targets, adapters):
+                mapped = bb.emit(apply_adapter(feature, adapter))
+                distance = bb.emit(HINT_LOSSES.get(hint.loss)(mapped, target))
+                per_sample = bb.emit(R.add(per_sample, R.multiply(distance, hint_weight)))
             loss = bb.emit_output(R.sum(R.multiply(per_sample, w)))
         bb.emit_func_output(loss)
     return bb.get()["kd_loss"]

@@ -61,7 +61,8 @@ class Student:
     """A student ready for training: ``backbone(inputs..., params...) -> logits[batch, classes]``.
 
     ``source`` is the model the user gave (ONNX ModelProto or Relax IRModule); ``write_back``
-    returns it with new parameter values.
+    returns it with new parameter values. With hinted tensors (``feature_shapes``, one per
+    hint) the backbone returns ``(logits, *tensors)``.
     """
 
     backbone: relax.Function
@@ -74,6 +75,7 @@ class Student:
     kind: str
     frozen: list[str] = field(default_factory=list)
     _lifted: list = field(default_factory=list, repr=False)
+    feature_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
     def write_back(self, values: Sequence[np.ndarray]):
         """The user's model with ``values`` (in ``param_names`` order) as its trained weights."""
@@ -109,19 +111,45 @@ def batch_of(specs: Sequence[TensorSpec], wanted: int) -> int:
     return fixed.pop() if fixed else wanted
 
 
+def with_outputs(model: onnx.ModelProto, names: Sequence[str], role: str) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the tensors ``names`` (after its own outputs)."""
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    inferred = onnx.shape_inference.infer_shapes(copy)
+    known = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output,
+                                 *inferred.graph.input)}
+    produced = {out for node in copy.graph.node for out in node.output}
+    outputs = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in produced:
+            close = sorted(produced)[:8]
+            raise DistillError(f"the {role} has no tensor named {name!r}",
+                               hint=f"its node outputs include {close}")
+        if name in outputs:
+            continue
+        if name in known:
+            copy.graph.output.append(known[name])
+        else:
+            copy.graph.output.append(onnx.helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, None))
+        outputs.add(name)
+    return copy
+
+
 def student_from_onnx(model: onnx.ModelProto | str, sample_shapes: Mapping[str, tuple],
-                      batch_size: int) -> Student:
+                      batch_size: int, features: Sequence[str] = ()) -> Student:
     """Import an ONNX student for training at ``batch_size`` (unless its batch dim is fixed).
 
     ``sample_shapes`` maps each input to the shape of one sample (the data's shape without its
-    first axis); it pins the student's other dims.
+    first axis); it pins the student's other dims. ``features``: intermediate tensors the
+    backbone returns after the logits (for hints).
     """
     source = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
     specs = graph_inputs(source)
     batch = batch_of(specs, batch_size)
     shapes = {s.name: (batch, *sample_shapes[s.name]) for s in specs}
     inputs, _ = pin_input_shapes(specs, shapes)
-    pinned = onnx.ModelProto.FromString(source.SerializeToString())
+    pinned = with_outputs(source, features, "student") if features else (
+        onnx.ModelProto.FromString(source.SerializeToString()))
     set_input_shapes(pinned, inputs)
     opset = opset_of(pinned)
     pinned, _ = fold_shape_subgraphs(pinned, opset)
@@ -139,14 +167,27 @@ def student_from_onnx(model: onnx.ModelProto | str, sample_shapes: Mapping[str, 
     main = mod["main"].without_attr("params").without_attr("num_input")
     names = [name for name, _ in importer.lifted]
     values = [array for _, array in importer.lifted]
-    return _finish(main, inputs, names, values, batch, source, "onnx", frozen)
+    return _finish(main, inputs, names, values, batch, source, "onnx", frozen,
+                   features=len(features))
 
 
-def _finish(main, inputs, names, values, batch, source, kind, frozen, lifted=()) -> Student:
+def _finish(main, inputs, names, values, batch, source, kind, frozen, lifted=(),
+            features=0) -> Student:
     if not names:
         raise DistillError("the student has no trainable weights",
                            hint="its weights must be float32 initializers (or constants)")
-    ret = main.ret_ty
+    ret, feature_shapes = main.ret_ty, []
+    if features:
+        fields = list(ret.fields)
+        if len(fields) != 1 + features:
+            raise DistillError(f"the student must have one output of shape [batch, classes]; "
+                               f"it has {len(fields) - features}")
+        ret = fields[0]
+        for hinted in fields[1:]:
+            if not isinstance(hinted, relax.TensorType) or hinted.shape is None or not all(
+                    isinstance(d, tvm.tirx.IntImm) for d in hinted.shape):
+                raise DistillError(f"a hinted student tensor has no static shape ({hinted})")
+            feature_shapes.append(tuple(int(d) for d in hinted.shape))
     if not isinstance(ret, relax.TensorType) or ret.ndim != 2:
         raise DistillError(f"the student must have one output of shape [batch, classes]; its "
                            f"output type is {ret}",
@@ -156,7 +197,7 @@ def _finish(main, inputs, names, values, batch, source, kind, frozen, lifted=())
         raise DistillError(f"the student's output {list(ret.shape)} does not follow its batch "
                            f"dim {batch}", hint="export the output as [batch, classes]")
     return Student(main, inputs, names, values, batch, classes, source, kind, frozen,
-                   list(lifted))
+                   list(lifted), feature_shapes)
 
 
 def _onnx_with_values(source: onnx.ModelProto, values: Mapping[str, np.ndarray]):

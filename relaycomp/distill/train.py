@@ -19,6 +19,7 @@ from tvm import relax
 from tvm.relax.training.utils import AppendLoss
 
 from relaycomp.distill.grad import make_differentiable
+from relaycomp.distill.hints import HintShape
 from relaycomp.distill.loss import kd_loss_function
 from relaycomp.distill.student import DistillError, Student
 from relaycomp.errors import last_line
@@ -55,14 +56,42 @@ def ops_without_gradient(func: relax.Function, trainable: Sequence[relax.Var]) -
     return missing
 
 
+def _return_tuple_literally(func: relax.Function) -> relax.Function:
+    """``func`` returning ``(a, b, ...)`` as a literal tuple of non-dataflow variables (what
+    ``AppendLoss`` counts as several backbone outputs) instead of one tuple-valued variable."""
+    body = func.body
+    block = body.blocks[-1]
+    bindings = list(block.bindings)
+    found = [i for i, b in enumerate(bindings) if b.var.same_as(body.body)]
+    if not found or not isinstance(bindings[found[0]].value, relax.Tuple):
+        return func
+    index = found[0]
+    outputs, fields = [], []
+    for k, field in enumerate(bindings[index].value.fields):
+        out = relax.Var(f"output_{k}", field.ty)
+        outputs.append(relax.VarBinding(out, field))
+        fields.append(out)
+    bindings[index:index + 1] = outputs
+    kind = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
+    blocks = list(body.blocks[:-1]) + [kind(bindings)]
+    return relax.Function(func.params, relax.SeqExpr(blocks, relax.Tuple(fields)), func.ret_ty,
+                          func.is_pure, func.attrs)
+
+
 class TrainingProgram:
     """``backbone`` (predict), ``backbone_loss_adjoint`` (loss and gradients) and ``optimizer``,
-    compiled for this CPU. Temperature and α are not part of it (runtime scalars)."""
+    compiled for this CPU. Temperature and α are not part of it (runtime scalars). With
+    ``hints`` the backbone also returns the hinted tensors and the trainable parameters end
+    with the hints' adapters (``adapters`` of them)."""
 
-    def __init__(self, student: Student, optimizer):
+    def __init__(self, student: Student, optimizer, hints: Sequence[HintShape] = ()):
         self.student = student
         self.inputs = len(student.inputs)
+        self.hints = len(hints)
+        self.adapters = sum(h.adapter is not None for h in hints)
         backbone = make_differentiable(student.backbone).with_attr("global_symbol", BACKBONE)
+        if hints:
+            backbone = _return_tuple_literally(backbone)
         mod = relax.transform.DecomposeOpsForInference(BACKBONE)(tvm.IRModule({BACKBONE:
                                                                               backbone}))
         params = list(mod[BACKBONE].params[self.inputs:])
@@ -72,10 +101,12 @@ class TrainingProgram:
             raise DistillError(f"the student uses op(s) TVM cannot differentiate: {listed}",
                                hint="replace them in the student (e.g. Clip → Relu, Pad → "
                                     "Conv padding) or train it elsewhere")
-        loss = kd_loss_function(student.batch, student.classes)
+        loss = kd_loss_function(student.batch, student.classes, hints)
         try:
-            mod = AppendLoss(BACKBONE, loss, 1, LOSS)(mod)
-            params = list(mod[LOSS].params[self.inputs:self.inputs + len(params)])
+            mod = AppendLoss(BACKBONE, loss, 1 + len(hints), LOSS)(mod)
+            loss_params = list(mod[LOSS].params)
+            params = loss_params[self.inputs:self.inputs + len(params)]
+            params += loss_params[len(loss_params) - self.adapters:] if self.adapters else []
             mod = relax.transform.Gradient(LOSS, require_grads=params, target_index=0)(mod)
         except Exception as err:  # TVM raises its own error types; the reason is the last line
             raise DistillError(f"TVM cannot differentiate the student: {last_line(err)}") from err
@@ -90,15 +121,17 @@ _PROGRAMS: OrderedDict[tuple, TrainingProgram] = OrderedDict()
 _CACHED_PROGRAMS = 4
 
 
-def training_program(student: Student, optimizer) -> TrainingProgram:
-    """The compiled program for this student structure and optimizer, reused within a process
-    (seed sweeps and scratch baselines recompile nothing). :func:`clear_programs` empties it."""
+def training_program(student: Student, optimizer,
+                     hints: Sequence[HintShape] = ()) -> TrainingProgram:
+    """The compiled program for this student structure, optimizer and hints, reused within a
+    process (seed sweeps and scratch baselines recompile nothing). :func:`clear_programs`
+    empties it."""
     key = (structural_key(tvm.IRModule({"main": student.backbone})), type(optimizer).__name__,
-           optimizer.weight_decay, optimizer.momentum)
+           optimizer.weight_decay, optimizer.momentum, tuple(hints))
     if key in _PROGRAMS:
         _PROGRAMS.move_to_end(key)
         return _PROGRAMS[key]
-    program = TrainingProgram(student, optimizer)
+    program = TrainingProgram(student, optimizer, hints)
     _PROGRAMS[key] = program
     while len(_PROGRAMS) > _CACHED_PROGRAMS:
         _PROGRAMS.popitem(last=False)
@@ -114,7 +147,8 @@ class Trainer:
     """Holds parameters and optimizer state on the device; one :meth:`step` per batch.
 
     ``coefficients``: the loss's runtime scalars (:func:`~relaycomp.distill.loss.
-    kd_loss_coefficients`)."""
+    kd_loss_coefficients`, then the hint weight when the program has hints). ``values``: the
+    student's parameters, then the hints' adapters."""
 
     def __init__(self, program: TrainingProgram, values: Sequence[np.ndarray], optimizer,
                  coefficients: Sequence[np.ndarray]):
@@ -125,6 +159,12 @@ class Trainer:
         self.load(values)
         self.state = [tvm.runtime.tensor(s) for s in optimizer.initial_state(values)]
 
+    def reset(self, values: Sequence[np.ndarray]) -> None:
+        """Set the parameters and start the optimizer afresh (zero state, step 0)."""
+        self.load(values)
+        self.state = [tvm.runtime.tensor(s) for s in self.optimizer.initial_state(values)]
+        self.steps = 0
+
     def load(self, values: Sequence[np.ndarray]) -> None:
         """Set the parameters (numpy arrays, in the student's ``param_names`` order)."""
         self.params = [tvm.runtime.tensor(np.ascontiguousarray(v, np.float32)) for v in values]
@@ -134,17 +174,22 @@ class Trainer:
         return [p.numpy() for p in self.params]
 
     def gradients(self, inputs: Sequence[np.ndarray], teacher: np.ndarray, onehot: np.ndarray,
-                  weights: np.ndarray):
-        """(loss, gradients as TVM tensors) of one batch at the current parameters."""
+                  weights: np.ndarray, features: Sequence[np.ndarray] = ()):
+        """(loss, gradients as TVM tensors) of one batch at the current parameters;
+        ``features``: the teacher's hinted tensors for the batch."""
         feed = [tvm.runtime.tensor(a) for a in inputs]
         targets = [tvm.runtime.tensor(a) for a in (teacher, onehot, weights)]
-        loss, grads = self.program.vm[ADJOINT](*feed, *self.params, *targets, *self.coefficients)
+        hinted = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in features]
+        split = len(self.params) - self.program.adapters
+        loss, grads = self.program.vm[ADJOINT](*feed, *self.params[:split], *targets,
+                                               *self.coefficients, *hinted,
+                                               *self.params[split:])
         return float(loss.numpy()), grads
 
     def step(self, inputs: Sequence[np.ndarray], teacher: np.ndarray, onehot: np.ndarray,
-             weights: np.ndarray, lr: float) -> float:
+             weights: np.ndarray, lr: float, features: Sequence[np.ndarray] = ()) -> float:
         """One gradient step on one batch; returns the batch loss (before the update)."""
-        loss, grads = self.gradients(inputs, teacher, onehot, weights)
+        loss, grads = self.gradients(inputs, teacher, onehot, weights, features)
         self.steps += 1
         rate = tvm.runtime.tensor(np.float32(self.optimizer.step_lr(lr, self.steps)))
         new_params, new_state = self.program.vm[OPTIMIZER](self.params, grads, self.state, rate)
@@ -154,4 +199,6 @@ class Trainer:
     def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         """Student logits for one batch."""
         feed = [tvm.runtime.tensor(a) for a in inputs]
-        return self.program.vm[BACKBONE](*feed, *self.params).numpy()
+        split = len(self.params) - self.program.adapters
+        out = self.program.vm[BACKBONE](*feed, *self.params[:split])
+        return (out[0] if self.program.hints else out).numpy()

@@ -31,6 +31,11 @@ NEVER_FOLDED = frozenset({
 })
 
 
+# Ops folded even when they produce a graph output: the importer would return a shape value
+# (not a tensor) or a sequence length it cannot compute.
+OUTPUTS_FOLDED = frozenset({"Shape", "Size", "SequenceLength"})
+
+
 @dataclass
 class FoldReport:
     """What folding did: nodes replaced by constants, dead nodes removed, pads folded into convs."""
@@ -83,11 +88,39 @@ def _shape_of(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
     return np.array(shape[start:end], dtype=np.int64)
 
 
+def _sequence_length(node: onnx.NodeProto, producers: dict, values: dict,
+                     shapes: dict) -> np.ndarray | None:
+    """The length of a sequence built by SequenceConstruct, or by SplitToSequence of a static
+    shape with a constant (or no) split; None when it depends on run-time values."""
+    source = producers.get(node.input[0])
+    if source is None:
+        return None
+    if source.op_type == "SequenceConstruct":
+        return np.array(len(source.input), dtype=np.int64)
+    if source.op_type != "SplitToSequence" or source.input[0] not in shapes:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in source.attribute}
+    shape = shapes[source.input[0]]
+    if not shape:
+        return None
+    size = shape[attrs.get("axis", 0) % len(shape)]
+    split_name = source.input[1] if len(source.input) > 1 else ""
+    if not split_name:
+        return np.array(size, dtype=np.int64)  # one element per index along the axis
+    if split_name not in values:
+        return None
+    split = np.asarray(values[split_name])
+    if split.ndim == 0:
+        return np.array(-(-size // int(split)) if int(split) > 0 else 0, dtype=np.int64)
+    return np.array(len(split), dtype=np.int64)
+
+
 def _fold_once(model: onnx.ModelProto, opset: int, report: FoldReport) -> bool:
     graph = model.graph
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     shapes = static_shapes(model)
     outputs = {o.name for o in graph.output}
+    producers = {name: node for node in graph.node for name in node.output}
     kept, changed = [], False
     for node in graph.node:
         result = None
@@ -95,6 +128,9 @@ def _fold_once(model: onnx.ModelProto, opset: int, report: FoldReport) -> bool:
             pass
         elif node.op_type in ("Shape", "Size") and node.input[0] in shapes:
             result = [_shape_of(node, shapes[node.input[0]])]
+        elif node.op_type == "SequenceLength":
+            length = _sequence_length(node, producers, values, shapes)
+            result = None if length is None else [length]
         elif all(not name or name in values for name in node.input):
             try:
                 result = _evaluate(node, values, opset)
@@ -102,7 +138,7 @@ def _fold_once(model: onnx.ModelProto, opset: int, report: FoldReport) -> bool:
                 result = None
         if result is not None and len(result) == len(node.output) and all(
             np.asarray(r).size <= MAX_FOLDED_ELEMENTS for r in result
-        ) and not outputs.intersection(node.output):
+        ) and (not outputs.intersection(node.output) or node.op_type in OUTPUTS_FOLDED):
             for name, array in zip(node.output, result):
                 values[name] = np.asarray(array)
                 graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))

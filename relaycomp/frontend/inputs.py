@@ -116,7 +116,8 @@ def _read(source, inputs, what: str):
 def read_arrays(source: str | os.PathLike, what: str, names: list[str] | None = None,
                 error: type[RelaycompError] = CalibrationError) -> dict[str, np.ndarray]:
     """The arrays stored at ``source``, by name: an ``.npz`` file, a directory of ``NAME.npy``
-    files, or ``example:NAME`` (its samples under the first of ``names``, ``labels`` too).
+    files, a single ``.npy`` file (for a model whose only input is ``names[0]``), or
+    ``example:NAME`` (its samples under the first of ``names``, ``labels`` too).
     Never unpickles; every problem (missing, unreadable, not an archive, a folder without
     arrays) is one ``error`` naming ``what`` the data is for."""
     from relaycomp.frontend.examples import get_example, is_example
@@ -137,10 +138,14 @@ def read_arrays(source: str | os.PathLike, what: str, names: list[str] | None = 
             return {f.stem: np.load(f, allow_pickle=False) for f in files}
         if not path.exists():
             raise error(f"no such {what} file or directory: {path}")
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise error(f"{what} file {path} is a single .npy array",
-                            hint="save an .npz keyed by input name (np.savez(path, NAME=array))")
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):  # a single .npy array: the model's only input
+            if names is not None and len(names) == 1:
+                return {names[0]: data}
+            raise error(f"{what} file {path} is a single .npy array, but the model takes "
+                        f"{len(names) if names is not None else 'several'} inputs",
+                        hint="save an .npz keyed by input name (np.savez(path, NAME=array))")
+        with data:
             return {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise error(f"cannot read {what} data {path}: {last_line(err)}",
@@ -231,4 +236,5 @@ def _checked_array(value, spec, what: str) -> np.ndarray:
     elif array.dtype.kind != expected.kind:
         raise CalibrationError(f"{what} array '{spec.name}' has dtype {array.dtype}; the input "
                                f"is {spec.dtype}")
-    return np.ascontiguousarray(array.astype(expected, copy=False))
+    # np.require keeps a 0-d (scalar) input 0-d; np.ascontiguousarray would make it [1]
+    return np.require(array.astype(expected, copy=False), requirements="C")

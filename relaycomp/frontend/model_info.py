@@ -17,6 +17,7 @@ from onnx import helper
 
 from relaycomp import ir
 from relaycomp.errors import OnnxImportError
+from relaycomp.frontend.decompose import decompose_graph, is_decomposable
 from relaycomp.frontend.fold import fold_shape_subgraphs, static_shapes
 from relaycomp.frontend.onnx_import import (
     TensorSpec,
@@ -77,6 +78,11 @@ def model_info(model: onnx.ModelProto,
     inputs, _ = pin_input_shapes(graph_inputs(model), dict(input_shapes or {}))
     pinned = onnx.ModelProto.FromString(model.SerializeToString())
     set_input_shapes(pinned, inputs)
+    try:  # LSTM, Loop, sequences, ... into standard ops (their MACs count too)
+        pinned, _ = decompose_graph(pinned, opset_of(model))
+        decomposed = True
+    except OnnxImportError:  # then they are listed as unsupported: compile would refuse them
+        decomposed = False
     with contextlib.suppress(OnnxImportError):  # a quantized op without a conversion is listed
         convert_qoperator(pinned)
     folded, _ = fold_shape_subgraphs(pinned, opset_of(model))
@@ -87,7 +93,7 @@ def model_info(model: onnx.ModelProto,
     supported = ir.supported_onnx_ops()
     unsupported = [f"{n.op_type} (node '{n.name or n.output[0]}')" for n in model.graph.node
                    if (n.op_type not in supported or n.domain not in ("", "ai.onnx"))
-                   and not is_convertible(n)]
+                   and not is_convertible(n) and not (decomposed and is_decomposable(n))]
     params = [init for init in model.graph.initializer]
     return ModelInfo(
         opset=opset_of(model), inputs=inputs, outputs=[o.name for o in model.graph.output],

@@ -14,12 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
 from relaycomp import ir
 from relaycomp.errors import InputSpecError, OnnxImportError
-from relaycomp.frontend.fold import fold_shape_subgraphs
+from relaycomp.frontend.attribute_guard import check_attributes
+from relaycomp.frontend.checker import check_leniently
+from relaycomp.frontend.decompose import decompose_graph
+from relaycomp.frontend.fold import fold_shape_subgraphs, static_shapes
+from relaycomp.frontend.patch_nodes import patch_nodes
 from relaycomp.frontend.qoperator import convert_qoperator
 
 ONNX_DTYPES = {
@@ -28,6 +33,8 @@ ONNX_DTYPES = {
     onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT16: "int16",
     onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
     onnx.TensorProto.BOOL: "bool", onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.UINT16: "uint16", onnx.TensorProto.UINT32: "uint32",
+    onnx.TensorProto.UINT64: "uint64",
 }
 
 
@@ -39,7 +46,8 @@ MAX_ELEMENTS = 2**63 - 1
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor: ``shape`` holds ints, or strings for dims still symbolic."""
+    """A named tensor: ``shape`` holds ints, or strings for dims still symbolic (``()`` for a
+    scalar; ``None`` only for a model input declared without any shape, before pinning)."""
 
     name: str
     shape: tuple
@@ -79,18 +87,22 @@ def parse_input_specs(texts: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def parse_input_spec(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME:D0,D1,...`` (``x:1,3,224,224``); the name may itself contain ':'."""
+    """Parse ``NAME:D0,D1,...`` (``x:1,3,224,224``); the name may itself contain ':'.
+
+    ``NAME:`` (no dims) is a scalar (0-d) input; a dim may be 0 (a zero-size tensor is legal
+    ONNX)."""
     name, sep, dims = text.rpartition(":")
-    if not sep or not name or not dims:
-        raise InputSpecError(f"bad --input '{text}'", hint="expected NAME:DIMS, e.g. x:1,3,224,224")
+    if not sep or not name:
+        raise InputSpecError(f"bad --input '{text}'", hint="expected NAME:DIMS, e.g. x:1,3,224,224"
+                             " (NAME: for a scalar)")
     try:
-        shape = tuple(int(d) for d in dims.split(","))
+        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
     except ValueError:
         raise InputSpecError(
             f"bad --input '{text}': dims must be comma-separated integers",
-            hint="expected NAME:DIMS, e.g. x:1,3,224,224") from None
-    if any(d <= 0 for d in shape):
-        raise InputSpecError(f"bad --input '{text}': dims must be positive")
+            hint="expected NAME:DIMS, e.g. x:1,3,224,224 (NAME: for a scalar)") from None
+    if any(d < 0 for d in shape):
+        raise InputSpecError(f"bad --input '{text}': dims cannot be negative")
     if any(d > MAX_DIM for d in shape) or math.prod(shape) > MAX_ELEMENTS:
         raise InputSpecError(
             f"bad --input '{text}': too large (each dim at most {MAX_DIM}, "
@@ -117,10 +129,7 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         ) from None
     if not model.graph.node and not model.graph.output:
         raise OnnxImportError(f"{path} is not a readable ONNX model: the graph is empty")
-    try:
-        onnx.checker.check_model(str(path) if path.stat().st_size > 2**30 else model)
-    except onnx.checker.ValidationError as err:
-        raise OnnxImportError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
+    check_leniently(str(path) if path.stat().st_size > 2**30 else model, str(path))
     return model
 
 
@@ -137,6 +146,9 @@ def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
             raise OnnxImportError(
                 f"input '{value.name}' has an unsupported element type "
                 f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}")
+        if not tensor_type.HasField("shape"):  # unknown rank: only --input can tell
+            specs.append(TensorSpec(value.name, None, dtype))
+            continue
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                      for d in tensor_type.shape.dim)
         specs.append(TensorSpec(value.name, dims, dtype))
@@ -157,8 +169,11 @@ def pin_input_shapes(inputs: Sequence[TensorSpec], requested: Mapping[str, Seque
     pinned, notes = [], []
     for spec in inputs:
         shape = requested.get(spec.name)
+        if shape is None and spec.shape is None:
+            raise InputSpecError(f"input '{spec.name}' has no shape in the model (not even a "
+                                 "rank)", hint=f"give it with --input {spec.name}:DIMS")
         if shape is None:
-            shape = tuple(d if isinstance(d, int) and d > 0 else default_dim for d in spec.shape)
+            shape = tuple(d if isinstance(d, int) else default_dim for d in spec.shape)
             if shape != spec.shape:
                 notes.append(f"input '{spec.name}' {list(spec.shape)} pinned to {list(shape)}; "
                              f"choose with --input {spec.name}:DIMS")
@@ -169,12 +184,17 @@ def pin_input_shapes(inputs: Sequence[TensorSpec], requested: Mapping[str, Seque
 
 
 def _check_compatible(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    if any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+        raise InputSpecError(f"input '{spec.name}': dims must be integers of at least 0, got "
+                             f"{list(shape)}")
+    if spec.shape is None:
+        return
     if len(shape) != len(spec.shape):
         raise InputSpecError(
             f"input '{spec.name}' has rank {len(spec.shape)} {list(spec.shape)}, "
             f"but {len(shape)} dims were given {list(shape)}")
     for axis, (have, want) in enumerate(zip(spec.shape, shape)):
-        if isinstance(have, int) and have > 0 and have != want:
+        if isinstance(have, int) and have != want:
             raise InputSpecError(
                 f"input '{spec.name}' dim {axis} is fixed to {have} in the model, "
                 f"but {want} was given", hint=f"the model's inputs are: {_describe([spec])}")
@@ -188,6 +208,7 @@ def set_input_shapes(model: onnx.ModelProto, specs: Sequence[TensorSpec]) -> Non
         spec = by_name.get(value.name)
         if spec is None:
             continue
+        value.type.tensor_type.shape.SetInParent()  # a 0-d input still has a (empty) shape
         dims = value.type.tensor_type.shape.dim
         del dims[:]
         for size in spec.shape:
@@ -221,26 +242,60 @@ def import_onnx(model: onnx.ModelProto | str | os.PathLike,
     """Import an ONNX model (or path) into Relax with the given input shapes pinned."""
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx(model)
+    # Checked again (cheap) for its notes; one over 2 GiB was checked from its file by load_onnx.
+    check_notes = check_leniently(model, "the model") if model.ByteSize() < 2**31 else []
     original_inputs = graph_inputs(model)
     inputs, notes = pin_input_shapes(original_inputs, dict(input_shapes or {}))
     model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's copy stays
     set_input_shapes(model, inputs)
     opset = opset_of(model)
+    # LSTM, Loop, sequences, ... -> std ops; first, as convert_qoperator refuses the quantized
+    # com.microsoft.DynamicQuantizeLSTM this turns into an LSTM
+    model, decomposed = decompose_graph(model, opset)
     qoperator = convert_qoperator(model)  # QLinearConv, QGemm, MatMulInteger, ... -> QDQ
     model, fold = fold_shape_subgraphs(model, opset)
+    patched = patch_nodes(model, opset, static_shapes(model))  # converter gaps, legacy opsets
     check_supported_ops(model)
-    mod = ir.import_onnx_graph(model, {s.name: s.shape for s in inputs}, opset)
+    check_attributes(model, opset)
+    mod = ir.import_onnx_graph(model, {s.name: s.shape for s in inputs}, opset,
+                               expected=defined_types(model))
     output_types = ir.main_output_types(mod)
     names = [o.name for o in model.graph.output]
+    unknown = [name for name, (shape, _) in zip(names, output_types) if shape is None]
+    if unknown:
+        raise OnnxImportError(
+            f"output(s) {unknown} have a rank that depends on the input values; relaycomp "
+            "compiles tensors of known rank only",
+            hint="such outputs come from data-dependent ops (Unique, NonZero, Expand or "
+                 "Reshape of run-time shapes); make their shape inputs constant")
     outputs = [TensorSpec(name, shape, dtype) for name, (shape, dtype) in zip(names, output_types)]
     report = {"onnx_nodes": len(model.graph.node), "shape_nodes_folded": fold.folded,
               "dead_nodes_removed": fold.removed, "pads_folded_into_conv": fold.pads_folded,
-              "qoperator_nodes_converted": dict(qoperator), "notes": notes}
+              "qoperator_nodes_converted": dict(qoperator), "nodes_decomposed": decomposed,
+              "nodes_patched": patched,
+              "notes": check_notes + notes}
     return ImportedModel(mod, inputs, outputs, model, report)
 
 
+def defined_types(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...] | None, str]]:
+    """Tensor name -> (static shape, or None when not fully known; dtype) for every tensor ONNX
+    shape inference typed (``model`` is shape-inferred)."""
+    types = {}
+    for info in list(model.graph.value_info) + list(model.graph.output):
+        tensor_type = info.type.tensor_type
+        dtype = ONNX_DTYPES.get(tensor_type.elem_type) if info.type.HasField("tensor_type") \
+            else None
+        if dtype is None:
+            continue
+        dims = tensor_type.shape.dim
+        static = tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims)
+        types[info.name] = (tuple(d.dim_value for d in dims) if static else None, dtype)
+    return types
+
+
 def _describe(specs: Sequence[TensorSpec]) -> str:
-    return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs)
+    return ", ".join(f"{s.name}:{s.dtype}{'[?]' if s.shape is None else list(s.shape)}"
+                     for s in specs)
 
 
 def _first_line(err: Exception) -> str:

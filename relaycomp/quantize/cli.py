@@ -11,10 +11,12 @@ imports nothing heavy at module level.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from relaycomp.errors import InputSpecError
 
-_DEPENDENT = ("calib", "eval", "calib_method", "keep_float", "max_accuracy_drop")
+_DEPENDENT = ("calib", "eval", "calib_method", "keep_float", "max_accuracy_drop",
+              "plot_sensitivity")
 
 
 def add_commands(sub) -> dict:
@@ -43,6 +45,9 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
                        help="int8 weights, float activations (memory-bound models)")
     group.add_argument("--weight-bits", type=int, choices=(8, 4), default=8,
                        help="with --weight-only: 4 stores matmul weights as int4")
+    group.add_argument("--plot-sensitivity", metavar="FILE.png",
+                       help="draw the accuracy guard's per-layer sensitivity (needs "
+                            "--max-accuracy-drop; pip install 'relaycomp[plots]')")
 
 
 def compile_config(args):
@@ -58,6 +63,13 @@ def compile_config(args):
         return None
     from relaycomp.quantize.quantizer import QuantConfig
 
+    if args.plot_sensitivity:
+        from relaycomp.compiler.figures import check_figure_path
+
+        if args.max_accuracy_drop is None:
+            raise InputSpecError("--plot-sensitivity needs --max-accuracy-drop (the guard "
+                                 "measures the per-layer sensitivity)")
+        check_figure_path(args.plot_sensitivity, "--plot-sensitivity")
     keep = tuple(name.strip() for text in args.keep_float for name in text.split(",")
                  if name.strip())
     config = QuantConfig(dtype=args.quantize, calibration=args.calib_method or "minmax",
@@ -66,6 +78,15 @@ def compile_config(args):
                          keep_float=keep, max_accuracy_drop=args.max_accuracy_drop,
                          weight_only=args.weight_only, weight_bits=args.weight_bits)
     return config
+
+
+def after_compile(args, report: dict) -> None:
+    """``--plot-sensitivity FILE``: the chart, from the compile's quantize report."""
+    if getattr(args, "plot_sensitivity", None):
+        from relaycomp.quantize.plot import plot_sensitivity
+
+        path = plot_sensitivity(report, args.plot_sensitivity)
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def print_summary(report: dict) -> None:

@@ -34,6 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Self
 
+from relaycomp.compiler.manifest import write_atomically
 from relaycomp.errors import RelaycompError, last_line
 from relaycomp.registry import Registry
 
@@ -129,7 +130,7 @@ def prepare(arch: str = "aarch64", root: str | os.PathLike | None = None,
     log(f"preparing an emulated {spec.name} device in {sysroot.path} (once, about a minute)")
     _unpack_python(sysroot, mirror)
     _install_wheels(sysroot, versions)
-    stamp.write_text(json.dumps(versions))
+    write_atomically(stamp, json.dumps(versions).encode())  # written last: the folder is whole
     return sysroot
 
 
@@ -178,7 +179,9 @@ host, port, tracker_host, tracker_port, key = sys.argv[1:6]
 state = PopenRPCServerState(host, int(port), int(port) + 100, tracker_addr=(tracker_host,
                             int(tracker_port)), key=key)
 print(f"serving on {host}:{state.port}", flush=True)
-state.thread.join()
+state.thread.join()  # returns only when the server loop died (a session crashed it)
+print("the RPC server loop ended", flush=True)
+sys.exit(3)
 """
 
 
@@ -244,9 +247,15 @@ class EmulatedDevice:
         raise EmulatorError(f"the emulated {self.arch} server did not register at the tracker "
                             f"within {REGISTER_TIMEOUT_SECONDS} s; see {self.log_path}")
 
-    def wait(self) -> int:
-        """Serve until the server exits (or Ctrl-C); returns its exit code."""
-        return self.process.wait()
+    def wait(self) -> None:
+        """Serve until Ctrl-C (or SIGTERM, through the CLI); the server ending on its own is an
+        ``EmulatorError`` naming its exit status and the last line of its log."""
+        code = self.process.wait()
+        status = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        raise EmulatorError(f"the emulated {self.arch} device's RPC server stopped ({status}): "
+                            f"{last_line(self.log_path.read_text())}",
+                            hint=f"its log: {self.log_path}; a crashing artifact (a truncated "
+                                 "or foreign .so) takes it down - start it again")
 
     def stop(self) -> None:
         """Kill the server and the sessions it forked."""

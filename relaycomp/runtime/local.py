@@ -139,7 +139,8 @@ class LoadedModel:
             if str(array.dtype) != spec.dtype:
                 raise InputSpecError(
                     f"input '{spec.name}' has dtype {array.dtype}, expected {spec.dtype}")
-            arrays.append(np.ascontiguousarray(array))
+            # np.ascontiguousarray would turn a 0-d input into shape [1]
+            arrays.append(np.require(array, requirements="C"))
         return arrays
 
 

@@ -22,6 +22,8 @@ def run_reference(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
         import onnxruntime
     except ImportError:
         onnxruntime = None
+    if _has_bfloat16(model, inputs):
+        onnxruntime = None  # its Python API neither takes nor returns numpy bfloat16 arrays
     try:
         if onnxruntime is not None:
             options = onnxruntime.SessionOptions()
@@ -36,6 +38,12 @@ def run_reference(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray],
     except Exception as err:
         raise RelaycompError(f"the reference runtime could not run the model: {last_line(err)}",
                              ) from err
+
+
+def _has_bfloat16(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> bool:
+    outputs = [o.type.tensor_type.elem_type for o in model.graph.output]
+    return onnx.TensorProto.BFLOAT16 in outputs or any(
+        np.asarray(a).dtype.name == "bfloat16" for a in inputs.values())
 
 
 def compare(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],

@@ -42,24 +42,55 @@ TRACKER_HINT = "start one: python -m tvm.exec.rpc_tracker --host 127.0.0.1 --por
 
 def tracker_summary(host: str, port: int, error: type[RelaycompError] = TuningError) -> dict:
     """The summary of the TVM RPC tracker at ``host:port`` (``queue_info``: key -> free/pending
-    servers); an unreachable tracker raises ``error`` at once, where TVM's own client would
-    retry for its whole session timeout, warning every 5 s."""
-    from tvm import rpc
+    servers); an unreachable or silent tracker raises ``error`` within ``HANDSHAKE_SECONDS``,
+    where TVM's own client would retry for its whole session timeout, or wait forever."""
+    from tvm.rpc.base import TrackerCode, recvjson, sendjson
 
-    try:  # the tracker's handshake first, with a timeout: TVM's client waits forever
-        _handshake(host, port)
-        return rpc.connect_tracker(host, port).summary()
+    try:
+        with _tracker_socket(host, port) as sock:
+            sendjson(sock, [TrackerCode.SUMMARY])
+            value = recvjson(sock)
+        if not isinstance(value, list) or value[0] != TrackerCode.SUCCESS:
+            raise OSError(f"the tracker answered {str(value)[:80]}")
+        return value[1]
     except Exception as err:  # noqa: BLE001 - connection errors come in many types
         raise error(f"cannot reach the RPC tracker at {host}:{port}: {last_line(err)}",
                     hint=TRACKER_HINT) from None
 
 
-def _handshake(host: str, port: int, timeout: float = HANDSHAKE_SECONDS) -> None:
-    """Exchange the tracker protocol's magic number with ``host:port`` within ``timeout``
-    seconds; anything else listening there (or nothing answering) raises ``OSError``."""
+def request_server(host: str, port: int, key: str, timeout: float,
+                   error: type[RelaycompError] = TuningError) -> tuple[str, int, str]:
+    """Ask the tracker at ``host:port`` for a free device under ``key``: its (host, port,
+    match key) for ``tvm.rpc.connect``. Waits at most ``timeout`` seconds for one to be free
+    (TVM's ``TrackerSession.request`` waits forever)."""
+    from tvm.rpc.base import TrackerCode, recvjson, sendjson
+
+    try:
+        with _tracker_socket(host, port) as sock:
+            sendjson(sock, [TrackerCode.REQUEST, key, "", 1])
+            sock.settimeout(timeout)
+            value = recvjson(sock)
+    except TimeoutError:
+        raise error(f"no device under key '{key}' at the tracker {host}:{port} became free "
+                    f"within {timeout:g} s",
+                    hint="is the device busy with another session, or did it stop?") from None
+    except Exception as err:  # noqa: BLE001 - connection errors come in many types
+        raise error(f"cannot reach the RPC tracker at {host}:{port}: {last_line(err)}",
+                    hint=TRACKER_HINT) from None
+    if not isinstance(value, list) or value[0] != TrackerCode.SUCCESS:
+        raise error(f"the RPC tracker at {host}:{port} refused a device under '{key}': "
+                    f"{str(value)[:80]}")
+    server_host, server_port, match_key = value[1]
+    return str(server_host), int(server_port), str(match_key)
+
+
+def _tracker_socket(host: str, port: int, timeout: float = HANDSHAKE_SECONDS) -> socket.socket:
+    """A socket to the tracker at ``host:port``, its protocol's magic number exchanged, with
+    ``timeout`` on every send and receive; anything else listening there raises ``OSError``."""
     from tvm.rpc.base import RPC_TRACKER_MAGIC
 
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
         sock.settimeout(timeout)
         sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
         answer = b""
@@ -68,8 +99,12 @@ def _handshake(host: str, port: int, timeout: float = HANDSHAKE_SECONDS) -> None
             if not chunk:
                 raise OSError("the connection closed during the tracker handshake")
             answer += chunk
-    if struct.unpack("<i", answer)[0] != RPC_TRACKER_MAGIC:
-        raise OSError("what answers there is not a TVM RPC tracker")
+        if struct.unpack("<i", answer)[0] != RPC_TRACKER_MAGIC:
+            raise OSError("what answers there is not a TVM RPC tracker")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def count_devices(config) -> int:

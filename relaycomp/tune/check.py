@@ -18,9 +18,11 @@ notes in the run's folder: a record is checked once, whichever run or model find
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import tvm
+from tqdm import tqdm
 from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
@@ -50,23 +52,29 @@ def tuned_module(record: ms.database.TuningRecord) -> tvm.IRModule:
 
 
 def check_records(tasks: Sequence, keys: Sequence[str], database: TuningDatabase,
-                  run_folder, stages, target, builder, runner) -> int:
+                  run_folder, stages, target, builder, runner, progress: bool = False) -> int:
     """Check every task whose best record is unchecked; notes the results. Returns how many.
 
-    ``run_folder`` is a callable returning the :class:`TuningRun` to note into (opened lazily).
+    ``run_folder`` is a callable returning the :class:`TuningRun` to note into (opened lazily);
+    ``progress`` shows a bar on stderr (scheduling the pairs, building, each round).
     """
     pending = [i for i, key in enumerate(keys) if database.state(key).needs_check]
     if not pending:
         return 0
-    mods = []
-    for i in pending:
-        mods.append(heuristic_module(tasks[i].dispatched[0], stages, target))
-        mods.append(tuned_module(database.state(keys[i]).best))
-    built = build_modules(mods, target, builder)
-    best = [math.inf] * len(mods)
-    for _ in range(ROUNDS):  # rounds alternate in time; each puts a task's pair side by side
-        for j, seconds in enumerate(run_built(built, target, runner)):
-            best[j] = min(best[j], seconds)
+    with tqdm(total=len(pending) + 1 + ROUNDS, desc="paired check", unit="step",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        mods = []
+        for i in pending:
+            mods.append(heuristic_module(tasks[i].dispatched[0], stages, target))
+            mods.append(tuned_module(database.state(keys[i]).best))
+            bar.update()
+        built = build_modules(mods, target, builder)
+        bar.update()
+        best = [math.inf] * len(mods)
+        for _ in range(ROUNDS):  # rounds alternate in time; each puts a task's pair side by side
+            for j, seconds in enumerate(run_built(built, target, runner)):
+                best[j] = min(best[j], seconds)
+            bar.update()
     run: TuningRun = run_folder()
     for n, i in enumerate(pending):
         state = database.state(keys[i])

@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import sys
 
 from relaycomp.tune.tuner import DEFAULT_DB, TuneConfig
 
@@ -15,6 +18,8 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpc", metavar="HOST:PORT",
                         help="measure on devices registered at this TVM RPC tracker")
     parser.add_argument("--key", help="the device key at the RPC tracker")
+    parser.add_argument("--rpc-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="longest wait for the device per candidate (default: 30)")
     parser.add_argument("--trials-per-iter", type=int, default=16,
                         help="candidates per batch; XGBoost is refit between batches")
     parser.add_argument("--seed", type=int, help="seed of the search")
@@ -31,12 +36,18 @@ def add_commands(sub) -> dict:
     """Add the ``tune`` sub-command; its handler by name."""
     tune = sub.add_parser("tune", help="auto-tune a model's kernels into a tuning database")
     tune.add_argument("model", help="ONNX file, or example:NAME")
-    tune.add_argument("--target", default="host", help="triple, preset or .toml (see targets)")
+    tune.add_argument("--target", default="host",
+                      help='triple, preset, .toml or TVM target string ("llvm -mtriple=...")')
     tune.add_argument("--mcpu", help="override the target CPU (e.g. cortex-a72)")
+    tune.add_argument("--mattr", help="CPU features added to the target's: +dotprod,+i8mm")
     tune.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
     tune.add_argument("--num-cores", type=int, help="threads the kernels will use")
     tune.add_argument("--trials", type=int, default=64, help="candidates to measure in total")
     tune.add_argument("--quiet", action="store_true", help="no progress lines")
+    tune.add_argument("--plot", metavar="FILE.png",
+                      help="draw best latency vs trials (pip install 'relaycomp[plots]')")
+    tune.add_argument("--json", action="store_true",
+                      help="print the report as one JSON document (progress goes to stderr)")
     tune.add_argument("--input", action="append", default=[], metavar="NAME:DIMS",
                       help="pin an input's shape, e.g. x:1,3,224,224 (repeatable)")
     _add_device_options(tune)
@@ -48,7 +59,7 @@ def compile_config(args) -> TuneConfig | None:
     if not args.tune and not args.tuning_db:
         return None
     return TuneConfig(trials=args.tune, tuning_db=args.tuning_db or DEFAULT_DB, rpc=args.rpc,
-                      key=args.key, trials_per_iter=args.trials_per_iter, seed=args.seed)
+                      key=args.key, rpc_timeout=args.rpc_timeout, trials_per_iter=args.trials_per_iter, seed=args.seed)
 
 
 def print_summary(report: dict) -> None:
@@ -64,12 +75,25 @@ def run_tune(args) -> int:
     from relaycomp.tune.tuner import tune
 
     input_shapes = parse_input_specs(args.input)
-    config = TuneConfig(target=args.target, trials=args.trials,
+    if args.plot:
+        from relaycomp.compiler.figures import check_figure_path
+
+        check_figure_path(args.plot, "--plot")
+    target = f"{args.target} -mattr={args.mattr}" if args.mattr else args.target
+    config = TuneConfig(target=target, trials=args.trials,
                         tuning_db=args.tuning_db or DEFAULT_DB, input_shapes=input_shapes,
                         mcpu=args.mcpu, arch=args.arch, num_cores=args.num_cores, rpc=args.rpc,
-                        key=args.key, trials_per_iter=args.trials_per_iter, seed=args.seed,
+                        key=args.key, rpc_timeout=args.rpc_timeout, trials_per_iter=args.trials_per_iter, seed=args.seed,
                         progress=not args.quiet)
-    report = tune(args.model, config)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        report = tune(args.model, config)  # with --json, stdout holds the document only
+        if args.plot:
+            from relaycomp.tune.plot import plot_tuning_curve
+
+            print(f"wrote {plot_tuning_curve(report, args.plot)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
     print(report.table())
     print(f"tuning database: {report.database}")
     return 0

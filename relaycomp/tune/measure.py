@@ -1,5 +1,5 @@
 """Measuring kernels: the builder and runner (local or through a TVM RPC tracker), the heuristic
-baseline of each task, and the progress line printed after every measured batch.
+baseline of each task, and the progress bar (tqdm) updated after every measured batch.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import cloudpickle
 import tvm
+from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
@@ -151,8 +152,43 @@ def make_runner(device: Device, kind: str, repeat: int = 1,
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=device.key,
                                  session_timeout_sec=device.timeout_sec)
     servers = count_devices(config)
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
-                               max_workers=servers)
+    return WatchedRunner(ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
+                                             max_workers=servers), device)
+
+
+class DeviceLostError(TuningError):
+    """The RPC device stopped answering in the middle of a tuning session."""
+
+
+@derived_object
+class WatchedRunner(ms.runner.PyRunner):
+    """An RPC runner that notices when the device is gone.
+
+    Every candidate of a batch failing to run (each waits at most the device's timeout) is
+    followed by a probe of the device (:func:`relaycomp.runtime.remote.probe_device`); if it
+    does not answer either, :class:`DeviceLostError` ends the batch and ``lost`` says why (an
+    error raised here reaches the tuner through MetaSchedule's C++ as a plain RuntimeError).
+    """
+
+    def __init__(self, inner: ms.runner.Runner, device: Device):
+        super().__init__()
+        self.inner, self.device = inner, device
+        self.lost: str | None = None
+
+    def run(self, runner_inputs):
+        """Run the batch on the device; raises DeviceLostError if the device is gone."""
+        futures = self.inner.run(runner_inputs)
+        results = [future.result() for future in futures]
+        if results and all(r.error_msg is not None or not r.run_secs for r in results):
+            from relaycomp.runtime.remote import probe_device
+
+            reason = probe_device(self.device)
+            if reason is not None:
+                self.lost = (f"{reason} (every candidate of the last batch failed to run on "
+                             "it); the records measured so far are kept: tune again to continue")
+                raise DeviceLostError(self.lost, hint="is the device's RPC server running? "
+                                                      "(--rpc-timeout SECONDS waits longer)")
+        return futures
 
 
 def measure_modules(mods: Sequence[tvm.IRModule], target, builder, runner) -> list[float]:
@@ -200,7 +236,13 @@ def _device_type(target) -> str:
 
 @dataclass
 class Progress:
-    """Live progress over a whole tuning session: trials, best per task and for the model, ETA."""
+    """Live progress over a whole tuning session: trials, best per task and for the model, ETA.
+
+    A tqdm bar on stderr (``stream``). Its numbers are search-time measurements, the same
+    ones the final table shows in its "search best" column: a candidate's mean run time and the
+    heuristic schedule's baseline. The table's "tuned ms" comes from the paired check afterwards
+    (both schedules built as they ship and timed alternately), which decides what is applied.
+    """
 
     total_trials: int
     weights: dict[str, int]        # task name -> occurrences in the model
@@ -211,6 +253,13 @@ class Progress:
     failed: int = 0
     best_ms: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    bar: object = None
+    curve: list[dict] = field(default_factory=list)  # one point per batch (for --plot)
+
+    def close(self) -> None:
+        """End the bar (its last state stays on screen)."""
+        if self.bar is not None:
+            self.bar.close()
 
     def model_ms(self) -> float:
         """Estimated model latency: each kernel at its best so far, times its occurrences."""
@@ -225,20 +274,23 @@ class Progress:
         self.done += measured
         self.failed += failed
         self.best_ms[task_name] = min(self.best_ms.get(task_name, math.inf), best_ms)
+        self.curve.append({"trials": self.done, "task": task_name,
+                           "best_ms": self.best_ms[task_name]
+                           if self.best_ms[task_name] < FAILED_SECONDS else None,
+                           "heuristic_ms": baseline_ms, "model_ms": self.model_ms()})
         if failed and failed == measured:
             warnings.warn(f"all {measured} candidates of {task_name} failed to build or run "
                           "(device lost?); tuning goes on with what it has", stacklevel=2)
         if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.started
-        left = max(self.total_trials - self.done, 0)
-        eta = elapsed / self.done * left if self.done else math.nan
+        if self.bar is None:
+            self.bar = tqdm(total=self.total_trials, desc="tuning", unit="trial",
+                            file=self.stream or sys.stderr, dynamic_ncols=True)
         best = f"{best_ms:.4f} ms" if best_ms < FAILED_SECONDS else "none yet"
-        bar = _bar(self.done, self.total_trials)
-        print(f"{bar} {self.done}/{self.total_trials} trials | {task_name}: {task_done}/"
-              f"{task_total}, best {best} (heuristic {baseline_ms:.4f} ms) | "
-              f"model ~{self.model_ms():.3f} ms | ETA {_duration(eta)}",
-              file=self.stream or sys.stdout, flush=True)
+        self.bar.set_postfix_str(f"{task_name[:32]}: {task_done}/{task_total}, search best "
+                                 f"{best} vs heuristic {baseline_ms:.4f} ms | model "
+                                 f"~{self.model_ms():.3f} ms", refresh=False)
+        self.bar.update(measured)
 
 
 def progress_callback(progress: Progress, task_name: str, task_total: int, baseline_ms: float):
@@ -261,15 +313,3 @@ def progress_callback(progress: Progress, task_name: str, task_total: int, basel
                            baseline_ms, len(runner_results), failed)
 
     return _Callback()
-
-
-def _bar(done: int, total: int, width: int = 20) -> str:
-    filled = int(width * min(done / total, 1.0)) if total else width
-    return "[" + "#" * filled + "." * (width - filled) + "]"
-
-
-def _duration(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

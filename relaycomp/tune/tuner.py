@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import onnx
 import tvm
+from tqdm import tqdm
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
 from tvm.s_tir.meta_schedule.utils import fork_seed
@@ -43,18 +45,20 @@ from relaycomp.errors import TuningError, last_line
 from relaycomp.frontend.examples import resolve_model_path
 from relaycomp.frontend.onnx_import import import_onnx, load_onnx
 from relaycomp.passes.apply_tuning_database import with_layout_free_weights
-from relaycomp.runtime.tracker import Device
+from relaycomp.runtime.tracker import RUN_TIMEOUT_SECONDS, Device
 from relaycomp.targets import TargetSpec, resolve
 from relaycomp.tune.check import REPEATS, check_records, heuristic_module
 from relaycomp.tune.db import FAILED_SECONDS, TuningDatabase, workload_key
 from relaycomp.tune.logs import scoped_meta_schedule_logging
 from relaycomp.tune.measure import (
+    DeviceLostError,
     Progress,
     make_builder,
     make_runner,
     measure_modules,
     progress_callback,
 )
+from relaycomp.tune.report import TaskReport, TuneReport
 from relaycomp.tune.space import seed_records, space_generator
 
 DEFAULT_DB = Path("~/.cache/relaycomp/tuning")
@@ -74,6 +78,7 @@ class TuneConfig:
     num_cores: int | None = None
     rpc: str | None = None                # "HOST:PORT" of a TVM RPC tracker
     key: str | None = None                # the device key at that tracker
+    rpc_timeout: float = RUN_TIMEOUT_SECONDS  # longest wait for the device, per candidate
     trials_per_iter: int = 16             # candidates per batch: XGBoost refits between batches
     seed: int | None = None
     progress: bool = True
@@ -83,62 +88,9 @@ class TuneConfig:
             raise TuningError(f"trials must be at least 0, got {self.trials}")
         if self.trials_per_iter < 1:
             raise TuningError(f"trials_per_iter must be at least 1, got {self.trials_per_iter}")
+        if not self.rpc_timeout > 0:
+            raise TuningError(f"--rpc-timeout must be more than 0 seconds, got {self.rpc_timeout}")
         Device(self.rpc, self.key)  # validates the pair
-
-
-@dataclass
-class TaskReport:
-    """One kernel: its share of the model's latency, heuristic and tuned time.
-
-    Times come from the paired check when the task has one (both measured side by side, as
-    they ship), else from the search: the heuristic baseline and the best candidate.
-    """
-
-    name: str
-    weight: int
-    share: float
-    heuristic_ms: float
-    tuned_ms: float | None
-    trials: int
-    new_trials: int
-    applied: bool = False   # the build uses the tuned schedule (it won the paired check)
-
-    @property
-    def applied_ms(self) -> float:
-        """What the build uses: the tuned time if it won the check, else the heuristic one."""
-        return self.tuned_ms if self.applied and self.tuned_ms is not None else self.heuristic_ms
-
-
-@dataclass
-class TuneReport:
-    """What a tuning session did, task by task."""
-
-    target: str
-    database: Path
-    tasks: list[TaskReport]
-    seconds: float = 0.0
-
-    @property
-    def new_trials(self) -> int:
-        """Candidates measured by this session (0 when the database already had everything)."""
-        return sum(t.new_trials for t in self.tasks)
-
-    def model_ms(self, tuned: bool = True) -> float:
-        """Estimated model latency: kernel times x occurrences (heuristic or as built)."""
-        return sum(t.weight * (t.applied_ms if tuned else t.heuristic_ms) for t in self.tasks)
-
-    def table(self) -> str:
-        """The final table: task, share of latency, heuristic ms -> tuned ms."""
-        lines = [f"{'task':44} {'share':>6} {'trials':>6}  heuristic ms -> tuned ms"]
-        for t in sorted(self.tasks, key=lambda t: -t.share):
-            tuned = f"{t.tuned_ms:.4f}" if t.tuned_ms is not None else "-"
-            mark = " *" if t.applied else ""
-            lines.append(f"{t.name[:44]:44} {t.share:6.1%} {t.trials:6d}  "
-                         f"{t.heuristic_ms:12.4f} -> {tuned}{mark}")
-        lines.append(f"model (kernel sum): {self.model_ms(False):.3f} ms -> "
-                     f"{self.model_ms(True):.3f} ms; {self.new_trials} new trials in "
-                     f"{self.seconds:.0f} s; * = tuned schedule applied")
-        return "\n".join(lines)
 
 
 def tune(model: str | os.PathLike | onnx.ModelProto, config: TuneConfig | None = None,
@@ -170,7 +122,7 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
     if not tasks:
         raise TuningError("the model has no kernels to tune")
     database = tuning_database(config.tuning_db, spec)
-    device = Device(config.rpc, config.key)
+    device = Device(config.rpc, config.key, timeout_sec=config.rpc_timeout)
     runs_here = spec.runs_on_this_machine
     # A compile reusing a database (no trials) needs a device only for unchecked records.
     runner = make_runner(device, spec.kind, runs_here=runs_here) if config.trials > 0 else None
@@ -183,13 +135,9 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
                if database.state(key).baseline_seconds is None and config.trials > 0]
     if missing:
         run = run or database.new_run()
-        heuristic = [heuristic_module(tasks[i].dispatched[0], stages, target) for i in missing]
-        # Repeated: a baseline decides the budgets and seeds the search, once per kernel.
-        baseline_runner = make_runner(device, spec.kind, repeat=REPEATS, runs_here=runs_here)
-        for i, seconds in zip(missing, measure_modules(heuristic, target, builder,
-                                                       baseline_runner)):
-            database.state(keys[i]).baseline_seconds = seconds
-            run.note(keys[i], baseline_seconds=seconds)
+        _measure_baselines(missing, tasks, keys, database, run, stages, target, builder,
+                           make_runner(device, spec.kind, repeat=REPEATS, runs_here=runs_here),
+                           config.progress)
         failed = sum(database.state(keys[i]).baseline_seconds >= FAILED_SECONDS for i in missing)
         if failed:
             warnings.warn(f"the heuristic schedule of {failed} of {len(missing)} kernels could "
@@ -200,12 +148,13 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
             for i, k in enumerate(keys)}
     todo = {i: todo[i] for i in sorted(todo, key=lambda i: -budgets[i]) if todo[i] > 0}
     new_trials = dict.fromkeys(range(len(tasks)), 0)
+    curve: list[dict] = []
     try:
         if todo:
             run = run or database.new_run()
             with scoped_meta_schedule_logging():  # our progress line says more than its console
                 new_trials.update(_search(tasks, keys, todo, budgets, database, run,
-                                          builder, runner, config))
+                                          builder, runner, config, curve))
             database.load()
         unchecked = sum(database.state(key).needs_check for key in keys)
         if unchecked and runner is None and device.rpc is None and not runs_here:
@@ -217,12 +166,32 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
                 return run or database.new_run()
 
             check_records(tasks, keys, database, run_folder, stages, target, builder,
-                          make_runner(device, spec.kind, repeat=REPEATS, runs_here=runs_here))
+                          make_runner(device, spec.kind, repeat=REPEATS, runs_here=runs_here),
+                          progress=config.progress)
     finally:
         builder.close()
     report = _report(spec, database, tasks, keys, new_trials)
     report.seconds = time.perf_counter() - started
+    report.curve = curve
     return report
+
+
+BASELINE_CHUNK = 4  # kernels built and measured together: the builder's pool works in parallel
+
+
+def _measure_baselines(missing, tasks, keys, database, run, stages, target, builder, runner,
+                       progress: bool) -> None:
+    """Schedule each new kernel with the heuristic and measure it (repeated: a baseline decides
+    the budgets and seeds the search, once per kernel), with a progress bar on stderr."""
+    with tqdm(total=len(missing), desc="heuristic baselines", unit="kernel",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        for start in range(0, len(missing), BASELINE_CHUNK):
+            chunk = missing[start:start + BASELINE_CHUNK]
+            heuristic = [heuristic_module(tasks[i].dispatched[0], stages, target) for i in chunk]
+            for i, seconds in zip(chunk, measure_modules(heuristic, target, builder, runner)):
+                database.state(keys[i]).baseline_seconds = seconds
+                run.note(keys[i], baseline_seconds=seconds)
+            bar.update(len(chunk))
 
 
 def _shares(tasks, baselines: Sequence[float | None]) -> list[float]:
@@ -260,8 +229,9 @@ def _budgets(tasks, baselines: Sequence[float | None], trials: int) -> list[int]
 
 
 def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, runner,
-            config: TuneConfig) -> dict[int, int]:
-    """Run MetaSchedule on each task with work left, largest share first; trials per task."""
+            config: TuneConfig, curve: list[dict]) -> dict[int, int]:
+    """Run MetaSchedule on each task with work left, largest share first; trials per task.
+    ``curve`` receives the progress after each measured batch."""
     json_db = run.json_database()
     cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=os.cpu_count() or 1)
     heuristic = {}
@@ -269,12 +239,23 @@ def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, 
         seconds = database.state(key).baseline_seconds
         heuristic[task.task_name] = seconds * 1e3 if seconds is not None else math.inf
     progress = Progress(sum(todo.values()), {t.task_name: t.weight for t in tasks}, heuristic,
-                        enabled=config.progress)
+                        enabled=config.progress, curve=curve)
     done = {}
     population = min(256, max(64, 4 * max(todo.values())))
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=population, init_min_unmeasured=min(50, population // 2))
     contexts = tune_contexts([tasks[i] for i in todo], str(run.path), strategy, config.seed)
+    try:
+        _tune_each(contexts, tasks, keys, todo, budgets, database, run, builder, runner, config,
+                   json_db, cost_model, progress, done)
+    finally:
+        progress.close()
+    return done
+
+
+def _tune_each(contexts, tasks, keys, todo, budgets, database, run, builder, runner, config,
+               json_db, cost_model, progress, done) -> None:
+    """The search loop of :func:`_search`: one MetaSchedule run per task."""
     for context, (i, left) in zip(contexts, todo.items()):
         state = database.state(keys[i])
         baseline_ms = state.baseline_seconds * 1e3
@@ -295,13 +276,14 @@ def _search(tasks, keys, todo: dict[int, int], budgets, database, run, builder, 
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - one task's failure must not end the session
+            if getattr(runner, "lost", None):  # the device is gone: no task can go on
+                raise DeviceLostError(runner.lost) from None
             warnings.warn(f"tuning {tasks[i].task_name} stopped: {last_line(err)}; its records "
                           "so far are kept and the next run continues it", stacklevel=2)
             done[i] = progress.done - sum(done.values())
             continue
         done[i] = progress.done - sum(done.values())
         run.note(keys[i], budget_done=budgets[i])
-    return done
 
 
 def tune_contexts(tasks, work_dir: str, strategy, seed: int | None) -> list[ms.TuneContext]:
@@ -326,7 +308,9 @@ def _report(spec, database, tasks, keys, new_trials) -> TuneReport:
         heuristic, tuned = state.shown_check or (state.baseline_seconds, state.best_seconds)
         rows.append(TaskReport(task.task_name, task.weight, shares[i], _ms(heuristic),
                                _ms(tuned) if tuned is not None and tuned < FAILED_SECONDS
-                               else None, state.trials, new_trials[i], state.tuned_is_faster))
+                               else None, state.trials, new_trials[i], state.tuned_is_faster,
+                               search_ms=_ms(state.best_seconds)
+                               if state.best_seconds < FAILED_SECONDS else None))
     return TuneReport(spec.name, database.path, rows)
 
 

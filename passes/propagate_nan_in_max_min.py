@@ -1,0 +1,95 @@
+"""Make floating-point ``max``/``min`` in kernels propagate NaN, as onnxruntime does.
+
+TVM lowers ``max(a, b)`` to ``a > b ? a : b`` (``min`` to ``a < b ? a : b``), so a NaN in ``a``
+is dropped: ReLU (``max(x, 0)``), Clip (``min(max(x, lo), hi)``, how the ONNX importer lowers it)
+and ONNX ``Max``/``Min`` turn a NaN input into a finite number where onnxruntime gives NaN.
+
+Matches: every floating-point ``max``/``min`` in the PrimFuncs of the module, except in the
+update of a reduction block (a block with an ``init``: max pooling, ``ReduceMax``): schedules
+must recognise its combiner. ``acc > x ? acc : x`` behaves as onnxruntime's MLAS pooling (x86's
+``maxps``): a window with some NaN gives NaN or one of its values depending on the loop order, an
+all-NaN window gives NaN. (``ReduceMax`` in onnxruntime propagates any NaN; here it does not.)
+Produces: ``x < c ? c : x`` for ``max(x, c)`` with a constant ``c`` (ReLU, Clip: LLVM emits the
+same one packed ``vmaxps`` as before, its operands swapped - x86's max returns its second
+operand on NaN), and
+``a < b || isnan(b) ? b : a`` for ``max(a, b)`` of two tensors (``>`` for ``min``).
+Keeps: every other result (a ReLU of ``-0`` now keeps its sign, as onnxruntime's does), the
+kernels' attributes (their ``op_pattern``), the signature. Runs: stage ``legalize``, last
+(after ``legalize_ops`` made the kernels, before ``fuse`` inlines them into conv/matmul
+epilogues). Reports: kernels rewritten and ``max``/``min`` rewritten, into the runner's report.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+
+from relaycomp.registry import register_pass
+
+
+def _is_float(expr) -> bool:
+    return str(expr.ty).startswith(("float", "bfloat"))
+
+
+def _constant(expr) -> bool:
+    return isinstance(expr, tirx.FloatImm) and not math.isnan(expr.value)
+
+
+def nan_propagating(expr):
+    """``expr`` (a ``max``/``min``) as a select that returns NaN when either operand is NaN."""
+    if not _is_float(expr):
+        return expr
+    keeps_right = tirx.LT if isinstance(expr, tirx.Max) else tirx.GT  # when b is the result
+    a, b = expr.a, expr.b
+    if _constant(a):  # constants go right: the one-compare form below
+        a, b = b, a
+    if _constant(b):
+        return tirx.Select(keeps_right(a, b), b, a)
+    return tirx.Select(tirx.Or(keeps_right(a, b), tirx.isnan(b)), b, a)
+
+
+def rewrite_primfunc(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, int]:
+    """``func`` with its non-reduction float ``max``/``min`` NaN-propagating; and how many."""
+    count = [0]
+
+    def block(node, mutator):
+        return node if node.init is not None else mutator.default_mutate(node)
+
+    def max_min(node, mutator):
+        node = mutator.default_mutate(node)
+        result = nan_propagating(node)
+        count[0] += result is not node
+        return result
+
+    mutated = tvm_ffi.structural_mutate(func, [(s_tir.SBlock, block),
+                                               ((tirx.Max, tirx.Min), max_min)])
+    return (mutated, count[0]) if count[0] else (func, 0)
+
+
+@register_pass("propagate_nan_in_max_min", stage="legalize",
+               description="floating-point max/min in kernels propagate NaN (as onnxruntime)")
+def propagate_nan_in_max_min(target: tvm.target.Target | None = None, *,
+                             report: dict | None = None) -> tvm.transform.Pass:
+    """The module pass described in this module's docstring."""
+
+    @tvm.transform.module_pass(opt_level=0, name="propagate_nan_in_max_min")
+    def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        updates, rewritten = {}, 0
+        for gvar, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc):
+                new, count = rewrite_primfunc(func)
+                if count:
+                    updates[gvar], rewritten = new, rewritten + count
+        if report is not None:
+            report.update(kernels=len(updates), max_min_rewritten=rewritten)
+        if not updates:
+            return mod
+        mod = mod.clone()
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return run

@@ -1,0 +1,141 @@
+"""One distillation run: its data, the teacher's outputs, the metrics, and the epoch loop.
+
+The loop asks a :class:`~relaycomp.distill.budget.Budget` for every step's learning rate and,
+after every epoch, whether to stop; it keeps the weights of the best validation epoch
+(accuracy, then loss). Without a validation split the training data is monitored instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from relaycomp.distill.budget import Budget
+from relaycomp.distill.data import Dataset, batches
+from relaycomp.distill.loss import kd_loss_per_sample
+from relaycomp.distill.student import Student
+from relaycomp.distill.train import Trainer
+
+
+def run_metric_name(data: Dataset) -> str:
+    """``accuracy`` with labels, ``teacher_agreement`` without."""
+    return "accuracy" if data.labels is not None else "teacher_agreement"
+
+
+class Session:
+    """One run's data, teacher logits and metrics (temperature and α from ``config``)."""
+
+    def __init__(self, student: Student, data: Dataset, teacher: np.ndarray, config,
+                 features: Sequence[np.ndarray] = (),
+                 augment: Callable[[list, np.random.Generator], list] | None = None,
+                 teach: Callable[[dict], list] | None = None):
+        """``teacher``/``features``: the teacher's logits and hinted tensors on every sample;
+        ``augment(inputs, rng)`` transforms a training batch, which ``teach(feed)`` (the
+        teacher) then labels afresh."""
+        self.student, self.data, self.teacher, self.config = student, data, teacher, config
+        self.features, self.augment, self.teach = list(features), augment, teach
+        self.names = [s.name for s in student.inputs]
+        self.onehot = np.zeros((len(data), student.classes), np.float32)
+        if data.labels is not None:  # rows of unlabelled samples (-1) stay all-zero
+            labelled = data.labels >= 0
+            self.onehot[np.flatnonzero(labelled), data.labels[labelled]] = 1.0
+
+    def feed(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The student's inputs for the samples ``rows``."""
+        return [self.data.inputs[name][rows] for name in self.names]
+
+    def step(self, trainer: Trainer, rows: np.ndarray, weights: np.ndarray, lr: float,
+             rng: np.random.Generator) -> float:
+        """One training step on the samples ``rows`` (augmented if asked); the batch loss."""
+        inputs = self.feed(rows)
+        teacher = [self.teacher[rows], *(feature[rows] for feature in self.features)]
+        if self.augment is not None:
+            inputs = self.augment(inputs, rng)
+            teacher = [np.asarray(a, np.float32) for a in self.teach(dict(zip(self.names,
+                                                                              inputs)))]
+        return trainer.step(inputs, teacher[0], self.onehot[rows], weights, lr, teacher[1:])
+
+    def stepper(self, trainer: Trainer, index: np.ndarray, rng: np.random.Generator):
+        """``step(lr)`` on an endless supply of shuffled batches (for the learning-rate sweep)."""
+        def supply():
+            while True:
+                yield from batches(rng.permutation(index), self.student.batch)
+
+        batch_supply = supply()
+
+        def step(lr: float) -> float:
+            rows, weights = next(batch_supply)
+            return self.step(trainer, rows, weights, lr, rng)
+
+        return step
+
+    def evaluate(self, trainer: Trainer, index: np.ndarray) -> dict:
+        """Loss and metric of the current student on ``index``."""
+        logits = [trainer.predict(self.feed(rows))[:int((w > 0).sum())]
+                  for rows, w in batches(index, self.student.batch)]
+        logits = np.concatenate(logits)
+        labels = self.data.labels[index] if self.data.labels is not None else None
+        loss = kd_loss_per_sample(logits, self.teacher[index], labels,
+                                  self.config.temperature, self.config.alpha).mean()
+        return {"loss": float(loss), "metric": self.metric_of(logits, index)}
+
+    def metric_of(self, logits: np.ndarray, index: np.ndarray) -> float:
+        """Accuracy on the labelled samples of ``index`` (agreement with the teacher without)."""
+        predicted = logits.argmax(axis=1)
+        labels = self.data.labels[index] if self.data.labels is not None else None
+        if labels is None or not (labels >= 0).any():
+            return float((predicted == self.teacher[index].argmax(axis=1)).mean())
+        known = labels >= 0
+        return float((predicted[known] == labels[known]).mean())
+
+
+def _better(new: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    return (new["metric"], -new["loss"]) > (best["metric"], -best["loss"])
+
+
+def train_epochs(session: Session, trainer: Trainer, budget: Budget, train_index: np.ndarray,
+                 monitor: np.ndarray, rng: np.random.Generator,
+                 progress: Callable[[str], None] | None) -> dict:
+    """Train until ``budget`` says stop; the trainer ends holding the best weights.
+
+    Returns ``history`` (one entry per epoch), ``best_epoch``, ``seconds`` and ``samples``
+    (time spent in and samples seen by training steps)."""
+    best, best_values, best_epoch, history = None, trainer.values(), 0, []
+    train_seconds, trained_samples, step = 0.0, 0, 0
+    validated = not np.array_equal(monitor, train_index)
+    where, name = ("val" if validated else "train"), run_metric_name(session.data)
+    cap = budget.max_epochs
+    while True:
+        epoch = len(history) + 1
+        losses, lr, tic = [], 0.0, time.perf_counter()
+        for rows, weights in batches(rng.permutation(train_index), session.student.batch):
+            lr = budget.lr(step)
+            loss = session.step(trainer, rows, weights, lr, rng)
+            losses.append(loss * float((weights > 0).sum()))
+            step += 1
+        seconds = time.perf_counter() - tic
+        train_seconds += seconds
+        trained_samples += len(train_index)
+        current = session.evaluate(trainer, monitor)
+        entry = {"epoch": epoch, "loss": sum(losses) / len(train_index), "lr": lr,
+                 "val_loss": current["loss"], "val_metric": current["metric"],
+                 "samples_per_second": len(train_index) / seconds,
+                 "annealing": budget.annealing}
+        history.append(entry)
+        if _better(current, best) or not validated:  # unvalidated: the latest weights
+            best, best_values, best_epoch = current, trainer.values(), epoch
+        stop = budget.end_epoch(current["loss"])
+        if progress:
+            phase = "  (annealing)" if entry["annealing"] else ""
+            progress(f"epoch {epoch:3d}/{cap}  loss {entry['loss']:.4f}  {where} loss "
+                     f"{current['loss']:.4f}  {where} {name} {current['metric']:.2%}  "
+                     f"lr {lr:.2e}  {entry['samples_per_second']:,.0f} samples/s{phase}")
+        if stop:
+            break
+    trainer.load(best_values)
+    return {"history": history, "best_epoch": best_epoch, "seconds": train_seconds,
+            "samples": trained_samples}
