@@ -38,12 +38,23 @@ def _constant(expr) -> bool:
     return isinstance(expr, tirx.FloatImm) and not math.isnan(expr.value)
 
 
+def _activation_operand(expr) -> bool:
+    """A loaded value, a constant or another (NaN-propagating) max/min: what ReLU, Clip and
+    Max/Min kernels take. Arithmetic operands (a requantizing epilogue's clip of a rescaled
+    value) are left alone: the select names its operand twice, and once a chain of such kernels
+    is inlined into one epilogue the expression doubles at every link."""
+    return type(expr).__name__ in ("TensorLoad", "BufferLoad", "Var", "FloatImm", "Select", "Max",
+                                   "Min")
+
+
 def nan_propagating(expr):
     """``expr`` (a ``max``/``min``) as a select that returns NaN when either operand is NaN."""
     if not _is_float(expr):
         return expr
     keeps_right = tirx.LT if isinstance(expr, tirx.Max) else tirx.GT  # when b is the result
     a, b = expr.a, expr.b
+    if not all(_activation_operand(operand) for operand in (a, b)):
+        return expr
     if _constant(a):  # constants go right: the one-compare form below
         a, b = b, a
     if _constant(b):

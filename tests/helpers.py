@@ -79,7 +79,7 @@ def rpc_tracker() -> Iterator[str]:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)  # its own group: it forks a worker
     try:
-        _wait_for_port(port)
+        wait_for_port(port)
         yield f"127.0.0.1:{port}"
     finally:
         kill_group(tracker)
@@ -94,7 +94,8 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait(timeout=10)
 
 
-def _wait_for_port(port: int, timeout: float = 30) -> None:
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    """Until something listens on ``port`` of 127.0.0.1 (at most ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:

@@ -22,7 +22,15 @@ from typing import Self
 
 import numpy as np
 import pytest
-from helpers import free_port, kill_group, ort_outputs, rpc_tracker, run_cli, wait_for_device
+from helpers import (
+    free_port,
+    kill_group,
+    ort_outputs,
+    rpc_tracker,
+    run_cli,
+    wait_for_device,
+    wait_for_port,
+)
 from models import conv_net, random_inputs
 
 from relaycomp.compiler.build import CompileConfig, compile_model
@@ -55,7 +63,7 @@ class FaultyLink:
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> Self:
-        _wait_for_port(self.server_port)
+        wait_for_port(self.server_port)
         self._register()
         self._thread.start()
         wait_for_device(f"{self.tracker[0]}:{self.tracker[1]}", self.key)
@@ -152,16 +160,6 @@ class _ignoring_errors:
 
     def __exit__(self, kind, _value, _tb):
         return kind is not None and issubclass(kind, OSError)
-
-
-def _wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"the RPC server did not listen on {port}")
 
 
 @pytest.fixture(scope="module")

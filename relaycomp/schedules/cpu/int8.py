@@ -28,6 +28,11 @@ kernel: ~1/(9 f) of the work), ``weight`` ``[f/LF, c/G, ry, rx, F, L, G]`` (prep
 with its operands) is laid out channel-last; the epilogue (zero-point correction, rescale, bias,
 activation, next ``quantize``) is inlined into its write-back, so the kernel reads and writes
 8-bit tensors.
+
+The same schedule runs bf16 convs (``convert_to_bf16``: ``acc += widen(data) * widen(weight)``
+over bf16 bits held as ``uint16``, fp32 ``acc``) on AVX-512 BF16's ``vdpbf16ps``, 16 or 8 lanes x
+2 (:func:`bf16_instructions`); there the epilogue writes fp32, or bf16 bits when the next conv
+reads them.
 """
 
 from __future__ import annotations
