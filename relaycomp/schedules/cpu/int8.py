@@ -120,34 +120,39 @@ AVX512_BF16_YMM = Int8Instructions(DOT_8X2_BF16, lanes=8, group=2, registers=32,
                                    llvm_ir=LLVM_IR)
 
 
+X86_TRIPLES = ("x86_64", "i686", "i386")
+
+
+def _triple(target: Target) -> str:
+    return str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+
+
+def _cpu_has(target: Target, feature: str) -> bool:
+    """Whether ``target``'s CPU has ``feature``; an unknown CPU has none (the generic schedule)."""
+    try:
+        return bool(codegen.llvm_cpu_has_features([feature], target))
+    except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
+        return False
+
+
 def bf16_instructions(target: Target) -> Int8Instructions | None:
     """``target``'s bf16 dot product: x86 AVX-512 BF16 (``vdpbf16ps``), else ``None``."""
-    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
-    if target.kind.name != "llvm" or not triple.startswith(("x86_64", "i686", "i386")):
+    if target.kind.name != "llvm" or not _triple(target).startswith(X86_TRIPLES):
         return None
-    try:
-        return AVX512_BF16 if codegen.llvm_cpu_has_features(["avx512bf16"], target) else None
-    except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
-        return None
+    return AVX512_BF16 if _cpu_has(target, "avx512bf16") else None
 
 
 def int8_instructions(target: Target) -> Int8Instructions | None:
     """The best int8 dot product of ``target``: x86 VNNI, then AVX2; AArch64 dotprod; else
     ``None``."""
-    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    triple = _triple(target)
     if triple.startswith("aarch64"):
-        try:
-            return ARM_SDOT if codegen.llvm_cpu_has_features(["dotprod"], target) else None
-        except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
-            return None
-    if not triple.startswith(("x86_64", "i686", "i386")):
+        return ARM_SDOT if _cpu_has(target, "dotprod") else None
+    if not triple.startswith(X86_TRIPLES):
         return None
-    try:
-        if codegen.llvm_cpu_has_features(["avx512vnni"], target):
-            return AVX512_VNNI
-        return AVX2 if codegen.llvm_cpu_has_features(["avx2"], target) else None
-    except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
-        return None
+    if _cpu_has(target, "avx512vnni"):
+        return AVX512_VNNI
+    return AVX2 if _cpu_has(target, "avx2") else None
 
 
 def int8_data_dtype(target: Target | None) -> str:
