@@ -8,6 +8,7 @@ from relaycomp.passes import (  # noqa: F401 - importing registers them
     fuse_by_pattern,
     lower_qdq_to_integer,
     mark_pair_safe_weights,
+    plan_conv_layout,
     merge_parallel_convs,
     merge_parallel_matmuls,
     propagate_nan_in_max_min,

@@ -281,6 +281,7 @@ def model_file(tmp_path):
     return path
 
 
+@pytest.mark.slow  # 20-35 s: real tuning sessions
 def test_resume_after_sigkill_keeps_records(model_file, tmp_path):
     database = tmp_path / "db"
     process = _tune_process(model_file, database, 16)
@@ -295,6 +296,7 @@ def test_resume_after_sigkill_keeps_records(model_file, tmp_path):
     assert report.new_trials <= 16 + len(report.tasks) - kept
 
 
+@pytest.mark.slow  # 20-35 s: real tuning sessions
 def test_two_concurrent_tuners_share_one_database(model_file, tmp_path):
     database = tmp_path / "db"
     processes = [_tune_process(model_file, database, 8, "--seed", str(seed)) for seed in (1, 2)]
@@ -340,6 +342,7 @@ def test_tuning_over_rpc_on_loopback(model, rpc_device, tmp_path):
     assert report.new_trials > 0
 
 
+@pytest.mark.slow  # 20-35 s: real tuning sessions
 def test_several_devices_under_one_key_share_the_measurements(model, tmp_path):
     with rpc_tracker() as tracker:
         logs = [tmp_path / f"server{i}.log" for i in range(2)]

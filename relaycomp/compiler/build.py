@@ -176,3 +176,4 @@ def _manifest(imported: ImportedModel, spec: TargetSpec, report: PipelineReport,
                 "seconds_by_stage": report.seconds_by_stage()},
     )
 
+                "layout": report.facts("plan_conv_layout") or None,

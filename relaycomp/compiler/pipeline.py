@@ -72,7 +72,9 @@ _FRONT = [
 ]
 # Stage name -> pass names, per target kind. Stage names are the public vocabulary.
 PIPELINES: dict[str, list[tuple[str, list[str]]]] = {
-    "llvm": _FRONT + [("schedule", ["schedule_cpu_loops"]), ("lower", _LOWER)],
+    # CPU: the activation layout is planned once int8 and bf16 took the convs they run.
+    "llvm": (_FRONT[:3] + [("layout", ["plan_conv_layout"])] + _FRONT[3:]
+             + [("schedule", ["schedule_cpu_loops"]), ("lower", _LOWER)]),
     "cuda": _FRONT + [("schedule", ["schedule_gpu_default"]),
                       ("lower", _LOWER[:5] + ["rewrite_cuda_graph"] + _LOWER[5:])],
 }

@@ -1,0 +1,168 @@
+"""Plan the activation layout of conv chains: blocked ``NCHW[b]c`` between convs, NCHW outside.
+
+Matches: ``conv2d`` in NCHW/OIHW with an fp32 input, a constant fp32 weight, one group, and
+input and output channels that are multiples of the block ``b`` (two vectors of the target's
+fp32 lanes: 32 on AVX-512, 16 on AVX2 and NEON).
+Produces: those convs on ``NCHW[b]c`` activations and ``OIHW[b]i[b]o`` weights (re-laid out at
+compile time), as ``conv2d_nchwc`` kernels whose output channels are the innermost axis: a
+register tile's vectors are stored whole, and the epilogue (bias, residual add, relu) reads its
+operands the same way. The layout travels through the ops between convs (elementwise ops,
+pooling) by TVM's ``ConvertLayout``; ``layout_transform`` kernels appear only where a chain
+starts or ends (the graph's input and output, ops that need NCHW).
+Keeps: the function signature; outputs equal up to fp32 summation order.
+Refuses (leaves the module as it was, and says why in the report) when the layout would change
+more often than there are planned convs: chains too short to pay for their conversions
+(MobileNet-type nets, whose depthwise convs keep NCHW, break every chain).
+Runs: in stage ``layout``, after ``quantize`` (int8 and bf16 took the convs they run), for CPU
+targets. Reports: ``planned`` (convs given the blocked layout), ``block``, ``layout_changes``
+(activation ``layout_transform`` kernels), or ``skipped`` and the reason.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, te, topi
+
+from relaycomp.registry import register_pass
+from relaycomp.schedules.cpu.common import cpu_facts
+
+CONV_KERNEL = "conv2d_nchwc"
+VECTORS_PER_BLOCK = 2  # the register tile's vectors along the output channels
+CONV_OP = "relax.nn.conv2d"
+
+
+def block_for(target: tvm.target.Target) -> int:
+    """The channel block: ``VECTORS_PER_BLOCK`` fp32 vectors of ``target``."""
+    return VECTORS_PER_BLOCK * cpu_facts(target).lanes("float32")
+
+
+def _plannable(call: relax.Call, block: int) -> bool:
+    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP):
+        return False
+    data, weight = call.args
+    attrs = call.attrs
+    if not isinstance(weight, tvm.ir.expr.Constant) or len(weight.ty.shape) != 4:
+        return False
+    shape = weight.ty.shape
+    out_channels, in_channels = int(shape[0]), int(shape[1])
+    return (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
+            and attrs.out_layout == "NCHW" and int(attrs.groups) == 1
+            and str(data.ty.dtype) == "float32" and str(weight.ty.dtype) == "float32"
+            and str(call.ty.dtype) == "float32"
+            and in_channels % block == 0 and out_channels % block == 0)
+
+
+def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding, dilation) -> te.Tensor:
+    """``out[n, fo, y, x, fi] = sum(data[n, co, y', x', ci] * weight[fo, co, ry, rx, ci, fi])``
+    over ``co, ry, rx, ci`` (the input block innermost: consecutive broadcast loads)."""
+    batch, _, height, width, _ = data.shape
+    out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
+    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
+    top, left, bottom, right = padding
+    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], pad_value=0,
+                         name="pad_temp") if any(padding) else data
+    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    co = te.reduce_axis((0, in_blocks), name="co")
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    ci = te.reduce_axis((0, in_block), name="ci")
+    return te.compute(
+        (batch, out_blocks, out_h, out_w, out_block),
+        lambda n, fo, y, x, fi: te.sum(
+            padded[n, co, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, ci]
+            * weight[fo, co, ry, rx, ci, fi], axis=[co, ry, ci, rx]),
+        name="conv2d_nchwc", tag="conv2d_nchwc")
+
+
+@relax.expr_functor.mutator
+class _BlockedConvsToKernels(relax.PyExprMutator):
+    """``conv2d`` on ``NCHW[b]c`` (as ``ConvertLayout`` leaves it) -> a ``conv2d_nchwc``
+    kernel; ``ConvertLayout``'s result is not legalizable by TVM (TOPI has no Relax lowering
+    for blocked layouts)."""
+
+    def __init__(self, mod: tvm.IRModule, layout: str):
+        super().__init__(mod)
+        self.layout = layout
+        self.converted = 0
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP
+                and call.attrs.data_layout == self.layout):
+            return call
+        data, weight = call.args
+        attrs = call.attrs
+        self.converted += 1
+        return self.builder_.call_te(
+            conv2d_nchwc, data, weight, [int(s) for s in attrs.strides],
+            [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
+            primfunc_name_hint=CONV_KERNEL)
+
+
+def _layout_changes(mod: tvm.IRModule) -> int:
+    """``layout_transform`` calls on activations (not constants) in ``main``."""
+    count = 0
+
+    def visit(expr) -> None:
+        nonlocal count
+        if (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
+                and expr.op.name == "relax.layout_transform"
+                and not isinstance(expr.args[0], tvm.ir.expr.Constant)):
+            count += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return count
+
+
+def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tvm.IRModule:
+    """``mod`` with its plannable convs on ``NCHW[block]c`` (see the module docstring)."""
+    planned = 0
+
+    def desired(call: relax.Call):
+        nonlocal planned
+        if not _plannable(call, block):
+            return {}
+        planned += 1
+        return {CONV_OP: [f"NCHW{block}c", f"OIHW{block}i{block}o"]}
+
+    if not any(gvar.name_hint == "main" for gvar in mod.get_global_vars()):
+        return mod
+    try:
+        converted = relax.transform.ConvertLayout({}, desired)(mod)
+    except Exception as err:  # noqa: BLE001 - what ConvertLayout cannot carry keeps NCHW
+        if report is not None:
+            report.update(block=block, planned=0, skipped=str(err).strip().splitlines()[-1])
+        return mod
+    converted = relax.transform.EliminateCommonSubexpr()(converted)
+    changes = _layout_changes(converted)
+    facts = {"block": block, "planned": planned, "layout_changes": changes}
+    if planned == 0 or changes > planned:
+        if report is not None:
+            report.update(facts, planned=0, skipped=(
+                "no conv fits the block" if planned == 0 else
+                f"{changes} layout changes for {planned} convs: chains too short to pay"))
+        return mod
+    converted = relax.transform.FoldConstant()(converted)
+    mutator = _BlockedConvsToKernels(converted, f"NCHW{block}c")
+    for gvar, func in converted.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    if report is not None:
+        report.update(facts)
+    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+
+
+@register_pass("plan_conv_layout", stage="layout", kinds=("llvm",))
+def plan_conv_layout(target: tvm.target.Target | None = None, report: dict | None = None,
+                     ) -> tvm.transform.Pass:
+    """Give chains of fp32 convs the blocked NCHW[b]c layout, changed only at their ends."""
+
+    @tvm.transform.module_pass(opt_level=0, name="plan_conv_layout")
+    def _plan(mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        chosen = target or tvm.target.Target.current()
+        if chosen is None:
+            return mod
+        return plan_layout(mod, block_for(chosen), report)
+
+    return _plan

@@ -1,0 +1,154 @@
+"""plan_conv_layout: a chain of convs runs on blocked ``NCHW[b]c`` activations, with the layout
+changed once where the chain starts and once where it ends, computing the same outputs; the
+block follows the target's vectors; short chains and convs that do not fit keep NCHW."""
+
+import json
+
+import numpy as np
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from relaycomp.passes.plan_conv_layout import block_for, plan_conv_layout
+from relaycomp.targets import resolve
+from tests.helpers import assert_matches_ort
+
+RNG = np.random.default_rng(0)
+
+
+def _weight(out_channels: int, in_channels: int, size: int = 3) -> tvm.ir.expr.Constant:
+    return relax.const(RNG.standard_normal((out_channels, in_channels, size, size))
+                       .astype("float32") / (3 * in_channels) ** 0.5)
+
+
+def _bias(channels: int) -> tvm.ir.expr.Constant:
+    return relax.const(RNG.standard_normal((1, channels, 1, 1)).astype("float32"))
+
+
+def _residual_block(channels: int = 32, stem_in: int | None = None) -> tvm.IRModule:
+    """conv+bias+relu -> conv+bias + the first conv's output -> relu (a ResNet basic block),
+    after a conv+relu from ``stem_in`` channels if given (an RGB stem)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, stem_in or channels, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = x
+            if stem_in:
+                h = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, _weight(channels, stem_in),
+                                                                padding=1)))
+            a = bb.emit(relax.op.nn.relu(relax.op.add(
+                relax.op.nn.conv2d(h, _weight(channels, channels), padding=1), _bias(channels))))
+            b = bb.emit(relax.op.add(relax.op.nn.conv2d(a, _weight(channels, channels), padding=1),
+                                     _bias(channels)))
+            y = bb.emit_output(relax.op.nn.relu(relax.op.add(b, a)))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def _calls(mod: tvm.IRModule) -> list[str]:
+    """The ops (``call_tir``: the kernel's name) of ``main``, in order."""
+    names = []
+    for binding in mod["main"].body.blocks[0].bindings:
+        call = binding.value
+        if call.op.name == "relax.call_tir":
+            names.append(call.args[0].name_hint)
+        else:
+            names.append(call.op.name.removeprefix("relax."))
+    return names
+
+
+def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
+    executable = tvm.compile(mod, "llvm")
+    return relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _planned(mod: tvm.IRModule, preset: str = "x86-64-avx512") -> tuple[tvm.IRModule, dict]:
+    report = {}
+    target = resolve(preset, num_cores=2).tvm_target()
+    with target:
+        return plan_conv_layout(target, report=report)(mod), report
+
+
+def test_a_conv_chain_changes_layout_at_its_ends_only():
+    before = _residual_block(channels=32)
+    after, report = _planned(before)
+    assert _calls(after) == [
+        "layout_transform",  # NCHW -> NCHW32c, once, at the chain's start
+        "conv2d_nchwc", "add", "nn.relu",
+        "conv2d_nchwc", "add", "add", "nn.relu",  # bias and residual add in the blocked layout
+        "layout_transform",  # NCHW32c -> NCHW, once, at its end
+    ]
+    assert report == {"block": 32, "planned": 2, "layout_changes": 2}
+    x = RNG.standard_normal((1, 32, 8, 8)).astype("float32")
+    np.testing.assert_allclose(_run(after, x), _run(before, x), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_and_biases_are_laid_out_at_compile_time():
+    after, _ = _planned(_residual_block(channels=32))
+    params = [binding.value.args[1] for binding in after["main"].body.blocks[0].bindings
+              if binding.value.op.name == "relax.call_tir"
+              and binding.value.args[0].name_hint == "conv2d_nchwc"]
+    assert len(params) == 2
+    for args in params:
+        weight = args.fields[1]
+        assert isinstance(weight, tvm.ir.expr.Constant)
+        assert tuple(weight.value.shape) == (1, 1, 3, 3, 32, 32)  # OIHW32i32o
+
+
+def test_a_single_conv_keeps_nchw_its_two_layout_changes_would_not_pay():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.nn.conv2d(x, _weight(32, 32), padding=1))
+        bb.emit_func_output(y)
+    before = bb.get()
+    after, report = _planned(before)
+    tvm.ir.assert_structural_equal(after, before)
+    assert report["planned"] == 0
+    assert "2 layout changes for 1 convs" in report["skipped"]
+
+
+def test_a_conv_whose_channels_do_not_fill_the_block_stays_nchw():
+    after, report = _planned(_residual_block(channels=32, stem_in=3))  # an RGB stem
+    calls = _calls(after)
+    assert calls[:3] == ["nn.conv2d", "nn.relu", "layout_transform"]
+    assert calls.count("conv2d_nchwc") == 2 and report["planned"] == 2
+
+
+@pytest.mark.parametrize(("preset", "block"), [("x86-64-avx512", 32), ("x86-64-avx2", 16),
+                                                ("cortex-a76", 8)])
+def test_the_block_is_two_vectors_of_the_target(preset, block):
+    assert block_for(resolve(preset, num_cores=2).tvm_target()) == block
+
+
+def _onnx_chain(channels: int = 32):
+    """Two ResNet basic blocks in ONNX (conv with bias, relu, residual add)."""
+    nodes, inits, previous = [], [], "x"
+    for i in range(4):
+        inits += [numpy_helper.from_array((RNG.standard_normal((channels, channels, 3, 3)) / 17)
+                                          .astype("float32"), f"w{i}"),
+                  numpy_helper.from_array(RNG.standard_normal(channels).astype("float32"),
+                                          f"b{i}")]
+        nodes.append(helper.make_node("Conv", [previous, f"w{i}", f"b{i}"], [f"c{i}"],
+                                      pads=[1, 1, 1, 1]))
+        if i % 2:
+            nodes.append(helper.make_node("Add", [f"c{i}", f"r{i - 1}"], [f"s{i}"]))
+            nodes.append(helper.make_node("Relu", [f"s{i}"], [f"r{i}"]))
+        else:
+            nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        previous = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 14, 14])],
+        [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, channels, 14, 14])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_compiled_chain_matches_onnxruntime_and_the_manifest_records_the_plan(tmp_path):
+    model = _onnx_chain()
+    x = RNG.standard_normal((1, 32, 14, 14)).astype("float32")
+    assert_matches_ort(model, {"x": x}, tmp_path, rtol=1e-5)
+    manifest = json.loads((tmp_path / "model.so.json").read_text())
+    assert "layout/plan_conv_layout" in manifest["passes"]
+    assert manifest["report"]["layout"]["planned"] == 4
