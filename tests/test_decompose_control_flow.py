@@ -209,6 +209,40 @@ def test_scan_unrolls_over_its_inputs(directions, out_axis, tmp_path):
     assert_all_close(compiled_and_ort(model, [feeds], tmp_path))
 
 
+def test_scan_8_unrolls_each_batch_entry(tmp_path):
+    """Opset 8: batch axis 0, scan axis 1; a running sum and a reversed input, batch 2."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["sum_in", "a_t"], ["s1"]),
+         helper.make_node("Mul", ["s1", "b_t"], ["sum_out"]),
+         helper.make_node("Identity", ["sum_out"], ["y_t"])],
+        "body", [value("sum_in", FLOAT, [3]), value("a_t", FLOAT, [3]),
+                 value("b_t", FLOAT, [3])],
+        [value("sum_out", FLOAT, [3]), value("y_t", FLOAT, [3])])
+    node = helper.make_node("Scan", ["", "s0", "a", "b"], ["total", "ys"], body=body,
+                            num_scan_inputs=2, directions=[0, 1])
+    model = model_of([node], [value("s0", FLOAT, [2, 3]), value("a", FLOAT, [2, 4, 3]),
+                              value("b", FLOAT, [2, 4, 3])],
+                     [value("total", FLOAT, [2, 3]), value("ys", FLOAT, [2, 4, 3])], opset=8)
+    rng = np.random.default_rng(0)
+    feeds = {"s0": rng.normal(size=(2, 3)).astype(np.float32),
+             "a": rng.normal(size=(2, 4, 3)).astype(np.float32),
+             "b": rng.uniform(0.5, 1.5, size=(2, 4, 3)).astype(np.float32)}
+    assert_all_close(compiled_and_ort(model, [feeds], tmp_path))
+
+
+def test_scan_8_with_shorter_sequence_lengths_is_an_error():
+    body = helper.make_graph([helper.make_node("Add", ["s_in", "x_t"], ["s_out"])], "body",
+                             [value("s_in", FLOAT, [3]), value("x_t", FLOAT, [3])],
+                             [value("s_out", FLOAT, [3])])
+    node = helper.make_node("Scan", ["lens", "s0", "x"], ["total"], body=body,
+                            num_scan_inputs=1)
+    model = model_of([node], [value("s0", FLOAT, [2, 3]), value("x", FLOAT, [2, 4, 3])],
+                     [value("total", FLOAT, [2, 3])], {"lens": np.array([4, 2], np.int32)},
+                     opset=8)
+    with pytest.raises(OnnxImportError, match="sequence_lens other than the full length 4"):
+        decompose_graph(model, 8)
+
+
 def greedy_decoder_model(max_steps: int = 6, vocab: int = 5, hidden: int = 4, eos: int = 0):
     """A Loop greedy decoder as seq2seq exports write it: embed the last token, update the
     state, pick the arg-max token, write it into a fixed-size buffer, stop at EOS."""

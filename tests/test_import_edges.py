@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import assert_matches_ort, run_cli
+from helpers import assert_matches_ort, ort_outputs, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 import relaycomp
@@ -190,11 +190,44 @@ def test_a_shape_fed_at_run_time_is_a_clear_error(op, position):
 
 
 def test_an_attribute_the_converter_ignores_is_refused():
-    model = _model([helper.make_node("IsInf", ["x"], ["y"], detect_negative=0)],
-                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                   [helper.make_tensor_value_info("y", TensorProto.BOOL, [4])])
-    with pytest.raises(OnnxImportError, match="IsInf .*detect_negative=0"):
+    model = _model([helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2],
+                                     storage_order=1)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 3, 3]),
+                    helper.make_tensor_value_info("i", TensorProto.INT64, [1, 1, 3, 3])])
+    with pytest.raises(OnnxImportError, match="MaxPool .*storage_order=1"):
         import_onnx(model)
+
+
+def scalar_input_matmul_net() -> onnx.ModelProto:
+    """A MatMul int8 can quantize, a 0-d input (listed first) scaling it, a 0-d output first."""
+    weight = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    return _model(
+        [helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["x", "w"], ["m"]),
+         helper.make_node("Mul", ["m", "srf"], ["y"]),
+         helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0)],
+        [helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        [_const("w", weight)])
+
+
+def test_scalar_input_compiles_with_int8_quantization_and_its_guard(tmp_path):
+    # Calibration and the accuracy guard run the model on 0-d inputs and a 0-d first output.
+    rng = np.random.default_rng(1)
+    calibration = {"x": rng.standard_normal((4, 4, 16)).astype(np.float32),
+                   "sr": np.array([2, 3, 4, 5], dtype=np.int64)}
+    config = relaycomp.QuantConfig(min_samples=1, max_accuracy_drop=0.5)
+    artifact = relaycomp.compile(scalar_input_matmul_net(), tmp_path / "q.so",
+                                 quantize=config, calibration=calibration)
+    feeds = {"x": calibration["x"][0], "sr": np.array(3, dtype=np.int64)}
+    outputs = relaycomp.load(artifact.path).run(feeds)
+    expected = ort_outputs(scalar_input_matmul_net(), feeds)
+    assert outputs["total"].shape == () and outputs["y"].shape == (4, 8)
+    scale = np.abs(expected["y"]).max()
+    np.testing.assert_allclose(outputs["y"], expected["y"], atol=0.05 * scale)
 
 
 def test_integer_pow_matches_onnxruntime(tmp_path):
@@ -240,7 +273,19 @@ CONFORMANCE_SAMPLE = ["test_clip_example", "test_mod_uint32", "test_less_uint16"
                       "test_size", "test_shape_start_1", "test_reduce_min_empty_set",
                       "test_pow_types_int32_int32", "test_cast_FLOAT_to_BFLOAT16",
                       "test_cosh_example", "test_rms_normalization_2d_axis0",
-                      "test_layer_normalization_4d_axis_negative_4", "test_elu_default"]
+                      "test_layer_normalization_4d_axis_negative_4", "test_elu_default",
+                      # float16 scales in QLinearMatMul, fully masked attention rows, half
+                      # MatMul/Softmax summed in float32, Scan-8, a zero-size past state
+                      "test_qlinearmatmul_3D_uint8_float16",
+                      "test_attention_23_boolmask_fullymasked_row_nan_robustness_expanded",
+                      "test_attention_4d_fp16_expanded", "test_scan_sum",
+                      "test_causal_conv_with_state_kernel_size_one",
+                      "test_onehot_negative_indices", "test_onehot_with_bfloat16_values",
+                      "test_isinf_positive", "test_l2normalization_axis_0",
+                      "test_reversesequence_time", "test_dequantizelinear_blocked",
+                      "test_quantizelinear_blocked_asymmetric",
+                      "test_mod_float_edge_cases_fmod_0_float32", "test_lppool_2d_strides",
+                      "test_spacetodepth_crd_mode_example"]
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +299,38 @@ def test_conformance_sample(name, conformance, tmp_path):
     tool, cases = conformance
     result = tool.run_case(cases[name], str(tmp_path))
     assert result["class"] == "pass", result["detail"]
+
+
+def test_conformance_tool_allows_half_outputs_one_rounding_step(conformance):
+    tool, _ = conformance
+    want = np.array([1.0, -0.5, np.nan], np.float16)
+    one_step = np.array([1.0 + 2.0**-10, -0.5, np.nan], np.float16)
+    two_steps = np.array([1.0 + 2.0**-9, -0.5, np.nan], np.float16)
+    assert tool.outputs_match(one_step, want, 0.0, 0.0) is None
+    assert "beyond tolerance" in tool.outputs_match(two_steps, want, 0.0, 0.0)
+    assert "nan" in tool.outputs_match(np.zeros(3, np.float16), want, 0.0, 0.0)
+
+
+def test_non_max_suppression_is_refused_naming_the_node(conformance, tmp_path):
+    # its output size depends on the data, whatever static shape the graph declares
+    tool, cases = conformance
+    result = tool.run_case(cases["test_nonmaxsuppression_single_box"], str(tmp_path))
+    assert result["class"] == "refused", result["detail"]
+    assert "NonMaxSuppression node 'selected_indices'" in result["detail"]
+
+
+def test_sequence_inputs_and_outputs_are_refused_by_name():
+    element = helper.make_tensor_type_proto(TensorProto.FLOAT, [2])
+    sequence = helper.make_value_info("s", helper.make_sequence_type_proto(element))
+    model = _model([helper.make_node("SequenceLength", ["s"], ["n"])], [sequence],
+                   [helper.make_tensor_value_info("n", TensorProto.INT64, [])], opset=17)
+    with pytest.raises(OnnxImportError, match="input 's' is a sequence"):
+        import_onnx(model)
+    model = _model([helper.make_node("SplitToSequence", ["x"], ["s"], axis=0)],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])], [sequence],
+                   opset=17)
+    with pytest.raises(OnnxImportError, match="graph output 's' is a sequence"):
+        import_onnx(model)
 
 
 def test_conformance_tool_reports_a_wrong_answer(conformance, tmp_path):

@@ -22,7 +22,7 @@ from relaycomp import ir
 from relaycomp.errors import InputSpecError, OnnxImportError
 from relaycomp.frontend.attribute_guard import check_attributes
 from relaycomp.frontend.checker import check_leniently
-from relaycomp.frontend.decompose import decompose_graph
+from relaycomp.frontend.decompose import NON_TENSOR_KINDS, decompose_graph
 from relaycomp.frontend.fold import fold_shape_subgraphs, static_shapes
 from relaycomp.frontend.patch_nodes import patch_nodes
 from relaycomp.frontend.qoperator import convert_qoperator
@@ -140,6 +140,12 @@ def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
     for value in model.graph.input:
         if value.name in initializers:
             continue
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise OnnxImportError(f"input '{value.name}' is {NON_TENSOR_KINDS[kind]}; "
+                                  "relaycomp compiles tensor inputs only",
+                                  hint="feed the tensors one by one and build the sequence or "
+                                       "optional inside the model")
         tensor_type = value.type.tensor_type
         dtype = ONNX_DTYPES.get(tensor_type.elem_type)
         if dtype is None:

@@ -5,13 +5,21 @@
   is reshaped to ``[C, 1, ...]`` so numpy broadcasting puts it on axis 1.
 - Binary ops and Gemm of opset < 7 with ``broadcast=1``: a constant B aligned at ``axis``
   gets trailing 1s (numpy broadcasting), the legacy attributes are dropped.
+- Concat drops zero-size inputs (an empty past state would become an unloadable constant).
 - A reduction of a zero-size tensor becomes a constant: the op's identity (0, 1, ±inf, NaN).
+- ``Equal(ReduceMax(bias), -inf)``, Attention's fully-masked-row test, is computed exactly
+  (:mod:`relaycomp.frontend.patch_masks`).
+- Blocked DequantizeLinear becomes float ops (:mod:`relaycomp.frontend.patch_blocked`).
+- Resize's ``axes``/``keep_aspect_ratio_policy`` spread to full-rank constant inputs
+  (:mod:`relaycomp.frontend.patch_resize`).
 - A Resize whose constant scales give a fractional output size is refused (ONNX then maps
   coordinates with the scale, the importer with the size ratio).
 - Type and math fixes (:mod:`relaycomp.frontend.patch_ops`): integer Pow, TopK of 16/32-bit
   types, half-precision Elu/Selu/ThresholdedRelu, Cosh/Sinh.
 - ``Slice`` of opset < 10 (starts/ends/axes as attributes) gets them as constant inputs.
 - ``RMSNormalization`` over every axis runs on the input lifted to ``[1, *shape]``.
+- Ops whose output size depends on the input values (:data:`VALUE_DEPENDENT_SIZES`, e.g.
+  NonMaxSuppression) are refused, naming the nodes.
 - Ops whose shape, sizes, repeats or k input must be known at compile time
   (:data:`COMPILE_TIME_INPUTS`) and still read a graph input after folding are refused, all at
   once, with an error naming the node and the input to make constant.
@@ -24,7 +32,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from relaycomp.errors import OnnxImportError
+from relaycomp.frontend.patch_blocked import patch_blocked_dequantize
+from relaycomp.frontend.patch_masks import patch_masked_rows
 from relaycomp.frontend.patch_ops import elem_types, patch_ops
+from relaycomp.frontend.patch_resize import patch_resize_axes
 
 # op type -> (input position, what it is); the importer builds static shapes from these.
 COMPILE_TIME_INPUTS = {
@@ -41,8 +52,13 @@ def patch_nodes(model: onnx.ModelProto, opset: int, shapes: dict[str, tuple[int,
     """Apply the fixes to ``model`` in place (``shapes``: static shapes by tensor name);
     returns how many nodes were changed. Raises :class:`OnnxImportError` for run-time shapes."""
     check_compile_time_inputs(model)
+    check_value_dependent_sizes(model)
+    changed = patch_resize_axes(model, shapes)
     check_resize_scales(model, shapes)
-    changed = _empty_reductions(model, shapes)
+    changed += _empty_reductions(model, shapes)
+    changed += patch_masked_rows(model)
+    changed += _drop_empty_concat_inputs(model, shapes)
+    changed += patch_blocked_dequantize(model, shapes)
     changed += patch_ops(model, opset)
     if opset < 7:
         changed += _channel_prelu(model, shapes)
@@ -50,6 +66,32 @@ def patch_nodes(model: onnx.ModelProto, opset: int, shapes: dict[str, tuple[int,
     if opset < 10:
         changed += _slice_attributes_as_inputs(model)
     changed += _rms_norm_over_every_axis(model, shapes)
+    return changed
+
+
+def _drop_empty_concat_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Concat drops its zero-size inputs that depend on no graph input (an empty past state or
+    KV cache, as exports start from): TVM folds them into a zero-size constant, which made an
+    artifact it cannot load. Run-time zero-size inputs stay (dropping the empty part of a
+    Split made TVM read the wrong part)."""
+    initializers = {init.name for init in model.graph.initializer}
+    run_time = {value.name for value in model.graph.input} - initializers
+    for node in model.graph.node:  # topological order: what depends on a graph input's data
+        # (CastLike reads only the type of its second input; shapes are static here)
+        data = {"CastLike": node.input[:1], "Shape": [], "Size": []}.get(node.op_type,
+                                                                          node.input)
+        if run_time.intersection(data):
+            run_time.update(node.output)
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Concat":
+            continue
+        kept = [name for name in node.input
+                if name in run_time or 0 not in shapes.get(name, (1,))]
+        if kept and len(kept) < len(node.input):
+            del node.input[:]
+            node.input.extend(kept)
+            changed += 1
     return changed
 
 
@@ -142,6 +184,23 @@ def check_compile_time_inputs(model: onnx.ModelProto) -> None:
             hint=f"make {', '.join(repr(n) for n in names)} a constant (an initializer) in the "
                  "model, with the value it will always have")
 
+# Ops whose output size depends on the input values even when the graph declares a static
+# shape (ONNX's NonMaxSuppression cases declare the count their data happens to select).
+VALUE_DEPENDENT_SIZES = {"NonMaxSuppression": "how many boxes it selects"}
+
+
+def check_value_dependent_sizes(model: onnx.ModelProto) -> None:
+    """Refuse, naming them, the nodes whose output size depends on the input values: a static
+    compile would pad or cut the result (a wrong answer) whatever shape the graph declares."""
+    found = [f"{node.op_type} node '{node.name or node.output[0]}' "
+             f"({VALUE_DEPENDENT_SIZES[node.op_type]})"
+             for node in model.graph.node if node.op_type in VALUE_DEPENDENT_SIZES]
+    if found:
+        raise OnnxImportError(
+            "output sizes that depend on the input values are not supported: " + "; ".join(found)
+            + "; relaycomp compiles tensors of static shape only",
+            hint="cut the model before these nodes (onnx.utils.extract_model) and run them "
+                 "after the compiled part, e.g. with onnxruntime or numpy")
 
 
 def _slice_attributes_as_inputs(model: onnx.ModelProto) -> int:

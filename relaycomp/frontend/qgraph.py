@@ -23,6 +23,7 @@ class QGraph:
     def __init__(self, model: onnx.ModelProto):
         self.model, self.graph = model, model.graph
         self._shapes: dict | None = None
+        self._types: dict | None = None
         self.constants = {init.name: init for init in self.graph.initializer}
         self._taken = set(self.constants) | {i.name for i in self.graph.input}
         self.producers = {name: node for node in self.graph.node for name in node.output}
@@ -47,6 +48,17 @@ class QGraph:
         if self._shapes is None:
             self._shapes = static_shapes(infer_shapes(self.model))
         return self._shapes.get(name)
+
+    def elem_type(self, name: str) -> int | None:
+        """The ONNX element type of tensor ``name`` when the graph declares or infers it."""
+        if self._types is None:
+            self._types = {}
+            for graph in (infer_shapes(self.model).graph, self.graph):
+                for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+                    if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+                        self._types[info.name] = info.type.tensor_type.elem_type
+            self._types.update({name: init.data_type for name, init in self.constants.items()})
+        return self._types.get(name)
 
     def fresh(self, hint: str) -> str:
         """A tensor or node name not used anywhere in the graph yet."""

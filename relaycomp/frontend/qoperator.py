@@ -87,10 +87,46 @@ def _qlinear_conv(node, graph: QGraph) -> list:
 @CONVERTERS.register("QLinearMatMul")
 def _qlinear_matmul(node, graph: QGraph) -> list:
     a, s_a, z_a, b, s_b, z_b, s_y, z_y = (input_at(node, i) for i in range(8))
+    if graph.elem_type(s_a) not in (None, onnx.TensorProto.FLOAT):
+        return _qlinear_matmul_exact(node, graph)
     nodes: list = []
     inputs = [append_dequantize(node, graph, nodes, a, s_a, z_a),
               append_dequantize(node, graph, nodes, b, s_b, z_b, _weight_axis(graph, s_b, -1))]
     _quantize(node, graph, nodes, append_op(node, graph, nodes, "MatMul", inputs), s_y, z_y)
+    return nodes
+
+
+def _qlinear_matmul_exact(node, graph: QGraph) -> list:
+    """QLinearMatMul with float16/bfloat16 scales, as ONNX defines it: the int32 product of the
+    shifted operands times the multiplier ``s_a * s_b / s_y`` computed in the scales' own type
+    (dequantizing to float16 first would round every operand: a step off onnxruntime), then
+    rounded half to even in float64, shifted by ``z_y`` and saturated."""
+    a, s_a, z_a, b, s_b, z_b, s_y, z_y = (input_at(node, i) for i in range(8))
+    nodes: list = []
+    operands = []
+    for data, zero_point in ((a, z_a), (b, z_b)):
+        value = append_op(node, graph, nodes, "Cast", [data], to=onnx.TensorProto.INT32)
+        if zero_point:
+            zero = append_op(node, graph, nodes, "Cast", [zero_point], to=onnx.TensorProto.INT32)
+            value = append_op(node, graph, nodes, "Sub", [value, zero])
+        operands.append(value)
+    product = append_op(node, graph, nodes, "MatMul", operands)
+    multiplier = append_op(node, graph, nodes, "Div",
+                           [append_op(node, graph, nodes, "Mul", [s_a, s_b]), s_y])
+    scaled = append_op(node, graph, nodes, "Mul", [
+        append_op(node, graph, nodes, "Cast", [product], to=onnx.TensorProto.DOUBLE),
+        append_op(node, graph, nodes, "Cast", [multiplier], to=onnx.TensorProto.DOUBLE)])
+    out_type = graph.elem_type(z_y or a)
+    if z_y:
+        shift = append_op(node, graph, nodes, "Cast", [z_y], to=onnx.TensorProto.DOUBLE)
+        scaled = append_op(node, graph, nodes, "Add", [scaled, shift])
+    limits = np.iinfo(helper.tensor_dtype_to_np_dtype(out_type))
+    low = graph.add_constant(np.float64(limits.min), f"{node.name}_qmin")
+    high = graph.add_constant(np.float64(limits.max), f"{node.name}_qmax")
+    rounded = append_op(node, graph, nodes, "Round", [scaled])
+    clipped = append_op(node, graph, nodes, "Clip", [rounded, low, high])
+    nodes.append(helper.make_node("Cast", [clipped], [node.output[0]],
+                                  name=graph.fresh(f"{node.name}_cast"), to=out_type))
     return nodes
 
 

@@ -39,7 +39,8 @@ class HostModule:
 
     def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Outputs of ``main`` for positional ``arrays``, flattened."""
-        tensors = [ir.to_device(np.ascontiguousarray(a), self._device) for a in arrays]
+        # np.require keeps a 0-d (scalar) input 0-d; np.ascontiguousarray would make it [1]
+        tensors = [ir.to_device(np.require(a, requirements="C"), self._device) for a in arrays]
         return ir.to_numpy(self._vm["main"](*tensors))
 
 

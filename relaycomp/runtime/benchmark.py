@@ -122,7 +122,7 @@ def benchmark(path: str | Path, config: BenchmarkConfig = BenchmarkConfig(),
     model.run(inputs)  # checks the inputs against the manifest, loads the pages
     kind = "cuda" if model.target.kind == "cuda" else "cpu"
     vm, device = ir.load_vm(str(model.path), kind)
-    args = [ir.to_device(np.ascontiguousarray(inputs[s.name]), device)
+    args = [ir.to_device(np.require(inputs[s.name], requirements="C"), device)  # keeps 0-d
             for s in model.manifest.inputs]
     main = vm["main"]
 

@@ -10,7 +10,9 @@ itself be rewritten in the next round (the body of an unrolled ``Loop`` holding 
 Families: recurrent layers (LSTM, GRU, RNN, com.microsoft.DynamicQuantizeLSTM), control flow
 (If, Loop, Scan), sequences (resolved at compile time), newer standard ops (Attention,
 RotaryEmbedding, SwiGLU, Swish, CumProd, ...: ONNX's own function bodies where it has them) and
-onnxruntime's common com.microsoft ops (Gelu, FastGelu, SkipLayerNormalization, ...).
+onnxruntime's common com.microsoft ops (Gelu, FastGelu, SkipLayerNormalization, ...; Attention,
+MultiHeadAttention, GroupQueryAttention), and standard ops TVM lacks or mishandles (OneHot,
+IsInf, LpNormalization, ReverseSequence).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def decompose_graph(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto
     outputs keep their names; nodes without a decomposition are untouched.
     """
     report: Counter = Counter()
+    _check_declared_outputs(model)
     if not any(is_decomposable(node) for node in model.graph.node):
         return model, {}
     state = DecomposeState(model)
@@ -130,6 +133,24 @@ def _fold_constants(model: onnx.ModelProto, opset: int, state: DecomposeState) -
     return infer_shapes(model)
 
 
+# ONNX value kinds other than tensors, as messages name them.
+NON_TENSOR_KINDS = {"sequence_type": "a sequence", "optional_type": "an optional",
+                    "map_type": "a map", "sparse_tensor_type": "a sparse tensor", None: "untyped"}
+
+
+def _check_declared_outputs(model: onnx.ModelProto) -> None:
+    """Graph outputs declared as sequences or optionals are refused before any rewrite (an If
+    returning one would otherwise fail on its branch shapes, a less telling error)."""
+    for output in model.graph.output:
+        kind = output.type.WhichOneof("value")
+        if kind in NON_TENSOR_KINDS and kind is not None:  # untyped: inference may type it
+            raise OnnxImportError(
+                f"graph output '{output.name}' is {NON_TENSOR_KINDS[kind]}; relaycomp compiles "
+                "tensor outputs only",
+                hint="end the graph with ConcatFromSequence or SequenceAt (or "
+                     "OptionalGetElement)")
+
+
 def _check_no_sequence_outputs(model: onnx.ModelProto, state: DecomposeState) -> None:
     resolved = set(state.sequences) | set(state.sequence_aliases)
     for node in model.graph.node:
@@ -161,10 +182,13 @@ def describe(node: onnx.NodeProto) -> str:
 # The families register themselves on import.
 from relaycomp.frontend.decompose import (  # noqa: F401
     contrib,
+    contrib_attention,
     control_flow,
     newer_ops,
+    one_hot,
     recurrent,
     sequences,
+    standard_ops,
 )
 
 __all__ = ["DECOMPOSITIONS", "GraphBuilder", "decompose_graph", "decomposition",

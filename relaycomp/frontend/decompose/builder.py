@@ -26,7 +26,7 @@ MAX_FOLDED_ELEMENTS = 4096
 LEGACY_ATTRIBUTE_INPUTS = {
     "Squeeze": (13, ("axes",)), "Unsqueeze": (13, ("axes",)), "Split": (13, ("split",)),
     "Slice": (10, ("starts", "ends", "axes")), "Clip": (11, ("min", "max")),
-    "ReduceMean": (18, ("axes",)),
+    "ReduceMean": (18, ("axes",)), "ReduceSum": (13, ("axes",)),
 }
 UNFOLDABLE = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform",
                         "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan",

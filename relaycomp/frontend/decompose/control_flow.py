@@ -7,7 +7,8 @@
   depend on data, it carries a "still running" flag and every loop-carried value freezes
   (``Where``) once the flag drops, so the trip count is only the maximum; scan outputs then have
   no static length and are refused.
-- ``Scan`` (opset 9+) is unrolled over the static length of its scan inputs.
+- ``Scan`` is unrolled over the static length of its scan inputs; Scan-8's batch axis is
+  unrolled too (one copy per batch entry).
 
 Sub-graph values are renamed per inlined copy; names the body reads from outer scopes stay.
 """
@@ -175,10 +176,10 @@ def decompose_loop(node: onnx.NodeProto, b: GraphBuilder) -> None:
 
 @decomposition("", "Scan")
 def decompose_scan(node: onnx.NodeProto, b: GraphBuilder) -> None:
-    """Unroll a Scan (opset 9+) over the static length of its scan inputs."""
+    """Unroll a Scan over the static length of its scan inputs (opset 8: per batch entry)."""
     if b.opset < 9:
-        raise OnnxImportError(f"node {describe(node)}: Scan of opset {b.opset} (with a batch "
-                              "axis) is not supported", hint="convert the model to opset 9+")
+        _decompose_batched_scan(node, b)
+        return
     attrs = attributes(node)
     body = attrs["body"]
     n_scan = int(attrs["num_scan_inputs"])
@@ -191,36 +192,15 @@ def decompose_scan(node: onnx.NodeProto, b: GraphBuilder) -> None:
     out_dirs = list(attrs.get("scan_output_directions", [0] * n_out))
     shapes = [b.shape(name, node) for name in scan_inputs]
     in_axes = [axis % len(shape) for axis, shape in zip(in_axes, shapes)]
-    lengths = {shape[axis] for axis, shape in zip(in_axes, shapes)}
-    if len(lengths) != 1:
-        raise OnnxImportError(f"node {describe(node)}: its scan inputs differ in length "
-                              f"({sorted(lengths)})")
-    steps = lengths.pop()
-    _check_size(node, body, steps)
-    states = list(node.input[:n_state])
-    outputs: list[list[str]] = [[] for _ in range(n_out)]
-    constants = _body_mapping(b, body)
-    for step in range(steps):
-        mapping = dict(constants)
-        for value, current in zip(body.input[:n_state], states):
-            mapping[value.name] = current
-        for value, name, axis, reverse in zip(body.input[n_state:], scan_inputs, in_axes,
-                                              in_dirs):
-            index = steps - 1 - step if reverse else step
-            mapping[value.name] = b.take(name, index, axis)
-        inline_nodes(b, body.node, mapping)
-        outs = [mapping.get(o.name, o.name) for o in body.output]
-        states = outs[:n_state]
-        for collected, value in zip(outputs, outs[n_state:]):
-            collected.append(value)
+    states, outputs = _unroll_scan(node, b, body, list(node.input[:n_state]),
+                                   list(zip(scan_inputs, in_axes, in_dirs)),
+                                   _scan_length(node, shapes, in_axes))
     for value, inner, outer in zip(states, body.output, node.output):
         if outer:
             b.alias(value, outer, inner.type)
     for k, (values, outer) in enumerate(zip(outputs, node.output[n_state:])):
         if not outer:
             continue
-        if not values:
-            raise OnnxImportError(f"node {describe(node)}: scans a zero-length sequence")
         axis = out_axes[k]
         if axis < 0:
             rank = _static_shape(body.output[n_state + k])
@@ -228,8 +208,78 @@ def decompose_scan(node: onnx.NodeProto, b: GraphBuilder) -> None:
                 raise OnnxImportError(f"node {describe(node)}: scan output {k} has a negative "
                                       "axis and a rank not known at compile time")
             axis += len(rank) + 1
-        if out_dirs[k]:
-            values = values[::-1]
-        b.op("Concat", [b.op("Unsqueeze", [v, b.const([axis], np.int64, "axes")])
-                        for v in values], [outer], axis=axis)
+        _stack(b, values[::-1] if out_dirs[k] else values, axis, outer)
 
+
+def _scan_length(node, shapes: list[tuple[int, ...]], axes: list[int]) -> int:
+    lengths = {shape[axis] for shape, axis in zip(shapes, axes)}
+    if len(lengths) != 1:
+        raise OnnxImportError(f"node {describe(node)}: its scan inputs differ in length "
+                              f"({sorted(lengths)})")
+    return lengths.pop()
+
+
+def _unroll_scan(node, b: GraphBuilder, body: onnx.GraphProto, states: list[str],
+                 scans: list[tuple[str, int, int]], steps: int,
+                 ) -> tuple[list[str], list[list[str]]]:
+    """Unroll ``body`` ``steps`` times over ``scans`` ((tensor, axis, reverse) each) from
+    ``states``; returns the final states and, per scan output, its value at every step."""
+    n_state = len(states)
+    if not steps:
+        raise OnnxImportError(f"node {describe(node)}: scans a zero-length sequence")
+    _check_size(node, body, steps)
+    outputs: list[list[str]] = [[] for _ in range(len(body.output) - n_state)]
+    constants = _body_mapping(b, body)
+    for step in range(steps):
+        mapping = dict(constants)
+        for value, current in zip(body.input[:n_state], states):
+            mapping[value.name] = current
+        for value, (name, axis, reverse) in zip(body.input[n_state:], scans):
+            mapping[value.name] = b.take(name, steps - 1 - step if reverse else step, axis)
+        inline_nodes(b, body.node, mapping)
+        outs = [mapping.get(o.name, o.name) for o in body.output]
+        states = outs[:n_state]
+        for collected, value in zip(outputs, outs[n_state:]):
+            collected.append(value)
+    return states, outputs
+
+
+def _stack(b: GraphBuilder, values: list[str], axis: int, output: str | None = None) -> str:
+    """``values`` stacked along a new ``axis`` (into ``output`` when given)."""
+    parts = [b.op("Unsqueeze", [v, b.const([axis], np.int64, "axes")]) for v in values]
+    return b.op("Concat", parts, [output] if output else 1, axis=axis)
+
+
+def _decompose_batched_scan(node: onnx.NodeProto, b: GraphBuilder) -> None:
+    """Scan-8: states ``[B, ...]`` and scan inputs ``[B, T, ...]`` (axis 1), the body run per
+    batch entry; outputs stacked back on axis 0. ``sequence_lens`` (input 0) must be absent or
+    a constant equal to ``T`` everywhere (variable lengths are refused)."""
+    attrs = attributes(node)
+    body = attrs["body"]
+    n_scan = int(attrs["num_scan_inputs"])
+    n_state = len(node.input) - 1 - n_scan
+    states = list(node.input[1:1 + n_state])
+    scan_inputs = list(node.input[1 + n_state:])
+    directions = list(attrs.get("directions", [0] * n_scan))
+    shapes = [b.shape(name, node) for name in scan_inputs]
+    batch, steps = shapes[0][0], _scan_length(node, shapes, [1] * n_scan)
+    if node.input[0]:
+        lengths = b.constant(node.input[0])
+        if lengths is None or not np.all(np.asarray(lengths) == steps):
+            raise OnnxImportError(
+                f"node {describe(node)}: Scan-8 with sequence_lens other than the full length "
+                f"{steps} is not supported", hint="convert the model to opset 9+ (no lengths)")
+    finals: list[list[str]] = [[] for _ in range(n_state)]
+    outputs: list[list[str]] = [[] for _ in range(len(body.output) - n_state)]
+    for entry in range(batch):
+        entry_states = [b.take(state, entry, 0) for state in states]
+        scans = [(b.take(name, entry, 0), 0, reverse)
+                 for name, reverse in zip(scan_inputs, directions)]
+        entry_states, entry_outputs = _unroll_scan(node, b, body, entry_states, scans, steps)
+        for collected, value in zip(finals, entry_states):
+            collected.append(value)
+        for collected, values in zip(outputs, entry_outputs):
+            collected.append(_stack(b, values, 0))
+    for values, outer in zip(finals + outputs, node.output):
+        if outer:
+            _stack(b, values, 0, outer)
