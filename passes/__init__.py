@@ -14,6 +14,7 @@ from relaycomp.passes import (  # noqa: F401 - importing registers them
     propagate_nan_in_max_min,
     prune_channels,
     quantize_int8,
+    reduce_from_infinity,
     remove_noop_ops,
     schedule_cpu_loops,
     schedule_gpu_default,

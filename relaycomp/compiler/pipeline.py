@@ -67,7 +67,7 @@ _FRONT = [
     ("quantize", ["lower_qdq_to_integer"]),  # the quantize feature puts quantize_int8 first
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["decompose_conv_transpose", "legalize_ops", "annotate_op_pattern",
-                  "fold_constant", "propagate_nan_in_max_min"]),
+                  "fold_constant", "reduce_from_infinity", "propagate_nan_in_max_min"]),
     ("fuse", ["fuse_ops", "fuse_tir", "mark_pair_safe_weights"]),
 ]
 # Stage name -> pass names, per target kind. Stage names are the public vocabulary.

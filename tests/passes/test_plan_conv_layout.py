@@ -26,11 +26,12 @@ def _bias(channels: int) -> tvm.ir.expr.Constant:
     return relax.const(RNG.standard_normal((1, channels, 1, 1)).astype("float32"))
 
 
-def _residual_block(channels: int = 32, stem_in: int | None = None) -> tvm.IRModule:
+def _residual_block(channels: int = 32, stem_in: int | None = None, size: int = 8,
+                    ) -> tvm.IRModule:
     """conv+bias+relu -> conv+bias + the first conv's output -> relu (a ResNet basic block),
     after a conv+relu from ``stem_in`` channels if given (an RGB stem)."""
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, stem_in or channels, 8, 8), "float32"))
+    x = relax.Var("x", relax.TensorType((1, stem_in or channels, size, size), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
             h = x
@@ -152,3 +153,29 @@ def test_a_compiled_chain_matches_onnxruntime_and_the_manifest_records_the_plan(
     manifest = json.loads((tmp_path / "model.so.json").read_text())
     assert "layout/plan_conv_layout" in manifest["passes"]
     assert manifest["report"]["layout"]["planned"] == 4
+
+
+@pytest.mark.parametrize(("preset", "register", "accumulators"),
+                         [("x86-64-avx512", "zmm", 14), ("x86-64-avx2", "ymm", 8)])
+def test_blocked_conv_kernels_fill_the_target_vector_registers(preset, register, accumulators):
+    """Cross-compiled, the blocked conv's innermost loop accumulates in many registers of the
+    target's width and spills none; AVX2 code holds no 512-bit register."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops
+    from tests.test_cpu_isa import _fma_accumulators, _hot_loop, _spills
+
+    target = resolve(preset, num_cores=2).tvm_target()
+    with target:
+        mod = tvm.transform.Sequential(
+            [plan_conv_layout(target)] + cpu.legalize_passes(target)
+            + [relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu_loops(target)]
+            + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(
+                _residual_block(channels=64, size=28))
+    assert "conv2d_nchwc" in mod.script()
+    asm = _hot_loop(tvm.compile(mod, target, relax_pipeline=None).mod.imports[0]
+                    .inspect_source("asm"))
+    assert len(_fma_accumulators(asm, register)) >= accumulators
+    assert not _spills(asm, register)
+    if register == "ymm":
+        assert "zmm" not in asm
