@@ -11,10 +11,11 @@ dependency of relaycomp, it runs in that interpreter as a subprocess): the small
 batch size, data order policy, epochs and initial weights in both, at 2 threads; training
 samples/s and held-out accuracy side by side, ratio = relaycomp / PyTorch.
 
-    python benchmarks/bench_distill.py [--epochs 3] [--accuracy] [--seeds 0 1 2]
+    python benchmarks/bench_distill.py [--epochs 3] [--accuracy] [--hints] [--seeds 0 1 2]
                                        [--torch-python /path/to/venv/bin/python]
 
-``--accuracy`` also prints, on scikit-learn digits (held-out test split of
+``--hints`` compares feature distillation (attention transfer) with logits-only distillation
+at the same budget, per seed. ``--accuracy`` also prints, on scikit-learn digits (held-out test split of
 tools/make_digits_example.py): distilled vs from-scratch students per seed, with all labels
 and with 10% of the labels (scratch sees the labelled samples for as many steps as
 distillation takes on all of them), and the recovery of the 50%-pruned bundled CNN.
@@ -127,6 +128,27 @@ def accuracy(seeds: list[int]) -> None:
           f"({report.samples_per_second:,.0f} samples/s)")
 
 
+def hints_comparison(seeds: list[int], samples: int = 100, epochs: int = 30) -> None:
+    """Held-out accuracy of logits-only distillation vs attention-transfer hints at both conv
+    stages, same student initialization, data subset, rate and epochs, per seed."""
+    from test_distill import digits_split
+    from test_distill_hints import ATTENTION_HINTS, hints_versus_logits
+
+    digits = digits_split()
+    teacher, _ = _students()
+    print(f"\nhints vs logits only: small CNN from scratch, {samples} digits, {epochs} epochs, "
+          f"lr 3e-3; attention transfer at relu1/r1 and relu2/r2, weight 1:")
+    gains = []
+    for seed in seeds:
+        logits, hinted = hints_versus_logits(digits, teacher, seed, ATTENTION_HINTS,
+                                             samples=samples, epochs=epochs,
+                                             hint_loss="attention", hint_weight=1.0)
+        gains.append(hinted - logits)
+        print(f"  seed {seed}: logits only {logits:.2%}  with hints {hinted:.2%}  "
+              f"({100 * (hinted - logits):+.2f} points)")
+    print(f"  mean gain {100 * np.mean(gains):+.2f} points")
+
+
 TORCH_SIDE = r"""
 import sys, time
 import numpy as np
@@ -205,8 +227,10 @@ def versus_torch(torch_python: str, epochs: int, batch: int, lr: float = 3e-3) -
         torch_accuracy = float((np.load(str(blob) + ".pred.npy") == test_y).mean())
     print(f"\nsmall CNN student (2.8k params), {epochs} epochs, batch {batch}, Adam lr {lr}, "
           f"constant rate, {THREADS} threads (AMD Zen 5 EPYC, AVX-512):")
+    kernels = report.trained["kernels"]
     print(f"  relaycomp (TVM) {ours:9,.0f} samples/s  held-out "
-          f"{test_accuracy(trained, test_x, test_y):.2%}")
+          f"{test_accuracy(trained, test_x, test_y):.2%}  ({kernels['scheduled']} training "
+          f"kernels scheduled by schedule_cpu_loops, {kernels['unscheduled']} not)")
     print(f"  PyTorch {_torch_version(torch_python):8} {theirs:9,.0f} samples/s  held-out "
           f"{torch_accuracy:.2%}")
     print(f"  ratio relaycomp / PyTorch: {ours / theirs:.2f}x")
@@ -225,6 +249,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--accuracy", action="store_true",
                         help="also run the digits accuracy comparisons (a few minutes)")
+    parser.add_argument("--hints", action="store_true",
+                        help="also compare attention hints with logits-only distillation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--torch-python",
                         help="a Python interpreter with torch: also train the small CNN there")
@@ -235,6 +261,8 @@ def main() -> None:
     speed(args.epochs, args.batch_sizes)
     if args.accuracy:
         accuracy(args.seeds)
+    if args.hints:
+        hints_comparison(args.seeds)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import THREADS
 
 
-def scheduled_module(path: Path, quantize: bool, bf16: bool = False):
-    """The model's Relax module after the ``schedule`` stage, and the target."""
+def scheduled_module(path: Path, quantize: bool, bf16: bool = False, preset: str = "host"):
+    """The model's Relax module after the ``schedule`` stage, and the target (``preset``: a
+    target preset name, as ``--target`` takes it)."""
     from relaycomp.compiler.pipeline import (
         Placement,
         default_stages,
@@ -38,7 +39,7 @@ def scheduled_module(path: Path, quantize: bool, bf16: bool = False):
     from relaycomp.frontend.onnx_import import import_onnx
     from relaycomp.targets import resolve
 
-    target = resolve("host", num_cores=THREADS).tvm_target()
+    target = resolve(preset, num_cores=THREADS).tvm_target()
     stages, _ = split_before(default_stages("llvm"), "lower")
     if bf16:
         stages = with_passes(stages, [Placement("convert_to_bf16", "quantize", "start")])

@@ -12,7 +12,9 @@ all-NaN window gives NaN. (``ReduceMax`` in onnxruntime propagates any NaN; here
 Produces: ``x < c ? c : x`` for ``max(x, c)`` with a constant ``c`` (ReLU, Clip: LLVM emits the
 same one packed ``vmaxps`` as before, its operands swapped - x86's max returns its second
 operand on NaN), and
-``a < b || isnan(b) ? b : a`` for ``max(a, b)`` of two tensors (``>`` for ``min``).
+``a < b || isnan(b) ? b : a`` for ``max(a, b)`` of two tensors (``>`` for ``min``). On AArch64,
+whose ``fmax``/``fmin`` propagate NaN, ``llvm.maximum``/``llvm.minimum`` instead (a ReLU6 is then
+two instructions, not compares, selects and mask shuffles).
 Keeps: every other result (a ReLU of ``-0`` now keeps its sign, as onnxruntime's does), the
 kernels' attributes (their ``op_pattern``), the signature. Runs: stage ``legalize``, last
 (after ``legalize_ops`` made the kernels, before ``fuse`` inlines them into conv/matmul
@@ -26,6 +28,7 @@ import math
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
+from tvm.target import codegen
 
 from relaycomp.registry import register_pass
 
@@ -38,23 +41,33 @@ def _constant(expr) -> bool:
     return isinstance(expr, tirx.FloatImm) and not math.isnan(expr.value)
 
 
+_NATIVE = {"Max": "llvm.maximum", "Min": "llvm.minimum"}
+
+
 def _activation_operand(expr) -> bool:
     """A loaded value, a constant or another (NaN-propagating) max/min: what ReLU, Clip and
     Max/Min kernels take. Arithmetic operands (a requantizing epilogue's clip of a rescaled
     value) are left alone: the select names its operand twice, and once a chain of such kernels
     is inlined into one epilogue the expression doubles at every link."""
+    if isinstance(expr, tvm.ir.expr.Call):  # a native max/min (AArch64)
+        return (isinstance(expr.op, tvm.ir.Op) and expr.op.name == "tirx.call_llvm_pure_intrin"
+                and int(expr.args[0].value) in {codegen.llvm_lookup_intrinsic_id(name)
+                                                for name in _NATIVE.values()})
     return type(expr).__name__ in ("TensorLoad", "BufferLoad", "Var", "FloatImm", "Select", "Max",
                                    "Min")
 
 
-def nan_propagating(expr):
-    """``expr`` (a ``max``/``min``) as a select that returns NaN when either operand is NaN."""
+def nan_propagating(expr, native: bool = False):
+    """``expr`` (a ``max``/``min``) as a select that returns NaN when either operand is NaN;
+    with ``native`` (AArch64) as the NaN-propagating LLVM intrinsic."""
     if not _is_float(expr):
         return expr
     keeps_right = tirx.LT if isinstance(expr, tirx.Max) else tirx.GT  # when b is the result
     a, b = expr.a, expr.b
     if not all(_activation_operand(operand) for operand in (a, b)):
         return expr
+    if native:
+        return tirx.call_llvm_pure_intrin(str(expr.ty), _NATIVE[type(expr).__name__], a, b)
     if _constant(a):  # constants go right: the one-compare form below
         a, b = b, a
     if _constant(b):
@@ -62,8 +75,9 @@ def nan_propagating(expr):
     return tirx.Select(tirx.Or(keeps_right(a, b), tirx.isnan(b)), b, a)
 
 
-def rewrite_primfunc(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, int]:
-    """``func`` with its non-reduction float ``max``/``min`` NaN-propagating; and how many."""
+def rewrite_primfunc(func: tirx.PrimFunc, native: bool = False) -> tuple[tirx.PrimFunc, int]:
+    """``func`` with its non-reduction float ``max``/``min`` NaN-propagating; and how many
+    (``native``: see :func:`nan_propagating`)."""
     count = [0]
 
     def block(node, mutator):
@@ -71,7 +85,7 @@ def rewrite_primfunc(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, int]:
 
     def max_min(node, mutator):
         node = mutator.default_mutate(node)
-        result = nan_propagating(node)
+        result = nan_propagating(node, native)
         count[0] += result is not node
         return result
 
@@ -88,10 +102,13 @@ def propagate_nan_in_max_min(target: tvm.target.Target | None = None, *,
 
     @tvm.transform.module_pass(opt_level=0, name="propagate_nan_in_max_min")
     def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        current = target or tvm.target.Target.current(allow_none=True)
+        native = current is not None and current.kind.name == "llvm" and str(
+            current.attrs.get("mtriple", "")).startswith("aarch64")
         updates, rewritten = {}, 0
         for gvar, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc):
-                new, count = rewrite_primfunc(func)
+                new, count = rewrite_primfunc(func, native)
                 if count:
                     updates[gvar], rewritten = new, rewritten + count
         if report is not None:

@@ -8,8 +8,9 @@ which a later ``exp`` or comparison turns into wrong finite numbers.
 Matches: the ``init`` of every reduction block whose value is the lowest (highest) finite value
 of a floating-point type. Produces: the same block starting from ``-inf`` (``+inf``).
 Keeps: every result on finite inputs (``max(-inf, x) = max(lowest, x)`` for any finite ``x``),
-the combiner (schedules still recognise it), the signature. Runs: stage ``legalize``, after
-``legalize_ops``. Reports: ``reductions`` changed.
+the combiner (schedules still recognise it), the signature. Runs: stage ``legalize``, last, on
+CPU targets (CUDA's reduction schedules match reducers by TVM's identity values). Reports:
+``reductions`` changed.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def rewrite_primfunc(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, int]:
     return (mutated, count[0]) if count[0] else (func, 0)
 
 
-@register_pass("reduce_from_infinity", stage="legalize",
+@register_pass("reduce_from_infinity", stage="legalize", kinds=("llvm",),
                description="float max/min reductions start from -inf/+inf (a -inf row stays -inf)")
 def reduce_from_infinity(target: tvm.target.Target | None = None, *,
                          report: dict | None = None) -> tvm.transform.Pass:

@@ -8,6 +8,7 @@ as in ``test_emulated_device.py``); they are skipped without them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -87,11 +88,17 @@ def test_the_compile_command_writes_a_bundle_whose_example_runs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def mlp_bundle(tmp_path_factory) -> Bundle:
+def mlp_artifact(tmp_path_factory) -> Path:
+    """An mlp compiled for this machine (tests must not change it)."""
+    folder = tmp_path_factory.mktemp("mlp-artifact")
+    return compile_model(mlp(), folder / "model.so", CompileConfig()).path
+
+
+@pytest.fixture(scope="module")
+def mlp_bundle(mlp_artifact, tmp_path_factory) -> Bundle:
     """An mlp's host bundle, written by ``relaycomp package`` (tests must not change it)."""
     folder = tmp_path_factory.mktemp("mlp")
-    artifact = compile_model(mlp(), folder / "model.so", CompileConfig())
-    assert main(["package", str(artifact.path), str(folder / "bundle")]) == 0
+    assert main(["package", str(mlp_artifact), str(folder / "bundle")]) == 0
     return Bundle(folder / "bundle", folder / "bundle" / "relaycomp-runner", "x86_64")
 
 
@@ -165,15 +172,131 @@ def test_a_missing_cross_compiler_says_what_to_install(tmp_path, capsys, monkeyp
     assert not (tmp_path / "board").exists() and not (tmp_path / "m.so").exists()
 
 
-@pytest.mark.skipif(bool(os.environ.get("ANDROID_NDK_HOME") or os.environ.get("ANDROID_NDK_ROOT")),
-                    reason="an NDK is installed: its message is about the runtime instead")
-def test_an_android_bundle_without_an_ndk_says_to_install_it(tmp_path, capsys):
-    code = main(["compile", "example:digits", "--target", "aarch64-linux-android", "-o",
-                 str(tmp_path / "m.so"), "--bundle", str(tmp_path / "board")])
+# ---- Android: the NDK and a runtime built with it ----------------------------------------------
+
+ANDROID = ["--target", "aarch64-linux-android"]
+
+
+@pytest.fixture
+def no_ndk(monkeypatch, tmp_path):
+    """An environment where no Android NDK can be found."""
+    for variable in ("ANDROID_NDK_HOME", "ANDROID_NDK_ROOT"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if shutil.which("ndk-build"):
+        pytest.skip("an NDK's ndk-build is in /usr/bin")
+
+
+def _ndk_tree(root: Path) -> Path:
+    """An NDK's layout, as far as relaycomp looks for it: ndk-build at the top and the clang++
+    driver in toolchains/llvm/prebuilt/HOST/bin (empty scripts: the error comes before any
+    compiler would run)."""
+    bin_folder = root / "toolchains" / "llvm" / "prebuilt" / "linux-x86_64" / "bin"
+    bin_folder.mkdir(parents=True)
+    for program in (root / "ndk-build", bin_folder / "aarch64-linux-android24-clang++"):
+        program.write_text("#!/bin/sh\nexit 1\n")
+        program.chmod(0o755)
+    return root
+
+
+def test_an_android_bundle_names_the_ndk_and_the_runtime_it_needs(no_ndk, tmp_path, capsys):
+    args = ["compile", "example:digits", *ANDROID, "-o", str(tmp_path / "m.so"),
+            "--bundle", str(tmp_path / "board")]
+    assert main(args) == 1
     error = _error(capsys)
-    assert code == 1
-    assert "aarch64-linux-android*-clang++' not found" in error and "Android NDK" in error
-    assert not (tmp_path / "board").exists()
+    message, hint = error.splitlines()
+    assert "needs the Android NDK (ANDROID_NDK_HOME and ANDROID_NDK_ROOT are unset" in message
+    assert "and TVM's runtime built for Android" in message and "--runtime-dir DIR" in message
+    assert "set ANDROID_NDK_HOME" in hint and "android.toolchain.cmake" in hint
+    # with a runtime folder, only the NDK is missing
+    runtime = _host_runtime(tmp_path / "runtime")
+    assert main([*args, "--runtime-dir", str(runtime)]) == 1
+    error = _error(capsys)
+    assert "needs the Android NDK" in error and "TVM's runtime built for Android" not in error
+    assert list(tmp_path.iterdir()) == [runtime]
+
+
+def test_an_ndk_is_found_through_ndk_build_and_then_only_the_runtime_is_missing(
+        no_ndk, tmp_path, monkeypatch, capsys):
+    ndk = _ndk_tree(tmp_path / "android-ndk")
+    monkeypatch.setenv("PATH", f"{ndk}:/usr/bin:/bin")
+    args = ["compile", "example:digits", *ANDROID, "-o", str(tmp_path / "m.so"),
+            "--bundle", str(tmp_path / "board")]
+    assert main(args) == 1
+    message, hint = _error(capsys).splitlines()
+    assert "needs TVM's runtime built for Android" in message and "NDK" not in message
+    assert f"-DCMAKE_TOOLCHAIN_FILE={ndk}/build/cmake/android.toolchain.cmake" in hint
+    runtime = _host_runtime(tmp_path / "runtime")
+    assert main([*args, "--runtime-dir", str(runtime)]) == 1
+    assert "libtvm_runtime.so is built for x86_64, the target is aarch64" in _error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["android-ndk", "runtime"]
+
+
+def test_an_ndk_folder_without_its_compiler_is_named(no_ndk, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ANDROID_NDK_HOME", str(tmp_path))
+    assert main(["compile", "example:digits", *ANDROID, "-o", str(tmp_path / "m.so"),
+                 "--bundle", str(tmp_path / "board")]) == 1
+    error = _error(capsys)
+    assert f"no aarch64-linux-android*-clang++ in {tmp_path}/toolchains/llvm/prebuilt/*/bin" \
+        in error and "$ANDROID_NDK_HOME" in error
+
+
+# ---- --runtime-dir: the user's build of TVM's runtime --------------------------------------------
+
+def _host_runtime(folder: Path) -> Path:
+    """This machine's TVM runtime copied into ``folder`` as a user's build would be laid out
+    (libtvm_ffi.so in lib/, as TVM's CMake build puts it), with a note section added so that
+    its bytes differ from the installed library's."""
+    import tvm.libinfo
+    import tvm_ffi.libinfo
+
+    (folder / "lib").mkdir(parents=True)
+    (folder / "note.txt").write_text("built by the test\n")
+    subprocess.run(["objcopy", "--add-section", f".note.relaycomp-test={folder / 'note.txt'}",
+                    tvm.libinfo.find_libtvm_runtime(), folder / "libtvm_runtime.so"],
+                   check=True)
+    shutil.copy2(tvm_ffi.libinfo.find_libtvm_ffi(), folder / "lib" / "libtvm_ffi.so")
+    return folder
+
+
+@pytest.mark.skipif(not shutil.which("objcopy"), reason="needs objcopy (binutils)")
+def test_a_bundle_ships_the_runtime_from_runtime_dir_and_runs_with_it(mlp_artifact, tmp_path):
+    runtime = _host_runtime(tmp_path / "my-tvm-build")
+    result = run_cli("package", mlp_artifact, tmp_path / "board", "--runtime-dir", runtime,
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert {"lib/libtvm_runtime.so", "lib/libtvm_ffi.so", "relaycomp-runner"} <= \
+        set(document["files"]) and document["machine"] == "x86_64"
+    board = tmp_path / "board"
+    assert (board / "lib" / "libtvm_runtime.so").read_bytes() == \
+        (runtime / "libtvm_runtime.so").read_bytes()
+    assert (board / "lib" / "libtvm_ffi.so").read_bytes() == \
+        (runtime / "lib" / "libtvm_ffi.so").read_bytes()
+    result = _run([board / "run.sh", board / "example_inputs.npz", tmp_path / "out"])
+    assert result.returncode == 0, result.stderr
+    _assert_outputs_match(tmp_path / "out", mlp(), dict(np.load(board / "example_inputs.npz")))
+
+
+def test_a_runtime_dir_that_cannot_serve_is_one_error_before_compiling(tmp_path, capsys):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    (runtime / "libtvm_runtime.so").write_text("not a library")
+    compile_args = ["compile", "example:digits", "-o", str(tmp_path / "m.so")]
+    for extra, message in (
+            (["--bundle", str(tmp_path / "b"), "--runtime-dir", str(tmp_path / "nowhere")],
+             "no such folder"),
+            (["--bundle", str(tmp_path / "b"), "--runtime-dir", str(runtime)],
+             "libtvm_ffi.so not found there (nor in its lib/)"),
+            (["--runtime-dir", str(runtime)], "--runtime-dir goes with --bundle")):
+        assert main([*compile_args, *extra]) == 1
+        assert message in _error(capsys)
+    (runtime / "libtvm_ffi.so").write_text("not a library either")
+    assert main([*compile_args, "--bundle", str(tmp_path / "b"), "--runtime-dir",
+                 str(runtime)]) == 1
+    assert "libtvm_runtime.so: 'runtime/libtvm_runtime.so' is not an ELF file" in \
+        _error(capsys).replace(str(tmp_path) + "/", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runtime"]
 
 
 def test_other_requests_that_cannot_make_a_bundle_fail_before_compiling(tmp_path, capsys):

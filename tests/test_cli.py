@@ -130,3 +130,27 @@ def test_demo_compiles_and_checks_the_bundled_example(tmp_path):
     accuracy = float(re.search(r"held-out accuracy: ([\d.]+)%", result.stdout).group(1))
     assert accuracy >= 97.0, "the bundled CNN scores 99% on held-out digits"
     assert (tmp_path / "relaycomp-demo" / "digits.so").is_file()
+
+
+def test_warnings_are_one_relaycomp_warning_line(tmp_path, monkeypatch, capsys):
+    """The CLI's own warnings (a broken user preset) and the library's Python warnings (raised
+    while a command runs) print in the errors' form: ``relaycomp: warning: ...``."""
+    import warnings
+
+    from relaycomp.cli import main as cli_main
+
+    presets = tmp_path / "relaycomp" / "targets"
+    presets.mkdir(parents=True)
+    (presets / "broken.toml").write_text("triple = [not toml")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert cli_main.main(["targets"]) == 0
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "broken.toml" in line]
+    assert line.startswith("relaycomp: warning: ")
+
+    def warns(args):
+        warnings.warn("the first line\nand a second one", stacklevel=1)
+        return 0
+
+    monkeypatch.setitem(cli_main.COMMANDS, "passes", warns)
+    assert cli_main.main(["passes"]) == 0
+    assert capsys.readouterr().err == "relaycomp: warning: the first line\n"

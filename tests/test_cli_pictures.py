@@ -1,5 +1,5 @@
 """Pictures and the accuracy guard's warning: the int8 sensitivity chart, the tuning curve
-(``--plot``), and one ``warning:`` line when the guard returns layers to float."""
+(``--plot``), and one ``relaycomp: warning:`` line when the guard returns layers to float."""
 
 import warnings
 
@@ -69,7 +69,7 @@ def test_cli_sensitivity_plot_and_warning(tmp_path):
                      "--max-accuracy-drop", "0", "--plot-sensitivity", tmp_path / "s.png")
     assert result.returncode == 0, result.stderr
     warned = [line for line in result.stderr.splitlines() if "accuracy guard returned" in line]
-    assert len(warned) == 1 and warned[0].startswith("warning:")
+    assert len(warned) == 1 and warned[0].startswith("relaycomp: warning:")
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
@@ -84,6 +84,7 @@ def test_bad_plot_options_fail_before_compiling(tmp_path, args, phrase):
     assert not (tmp_path / "d.so").exists()
 
 
+@pytest.mark.slow  # ~30 s: a real tuning session
 def test_tuning_curve_from_a_real_session(tmp_path):
     from relaycomp import TuneConfig, tune
     from relaycomp.tune.plot import plot_tuning_curve

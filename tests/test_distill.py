@@ -544,12 +544,13 @@ def test_bad_data_is_named(teacher_logits, data, labels, expected):
     assert expected in _error(teacher_logits[:50], mlp_student(0), data, labels)
 
 
-def test_student_with_two_outputs_is_refused(digits, teacher_logits):
+def test_student_with_two_outputs_needs_as_many_teacher_outputs(digits, teacher_logits):
     student = mlp_student(0)
     student.graph.node.append(helper.make_node("Identity", ["logits"], ["copy"], name="copy"))
     student.graph.output.append(helper.make_tensor_value_info("copy", TensorProto.FLOAT,
                                                               ["batch", CLASSES]))
-    assert "one output" in _error(teacher_logits[:50], student, {"input": digits[0][:50]})
+    message = _error(teacher_logits[:50], student, {"input": digits[0][:50]})
+    assert "1 precomputed teacher output(s) for a student with 2" in message
 
 
 @pytest.mark.parametrize("options, expected", [

@@ -173,7 +173,7 @@ def test_a_broken_plugin_is_loaded_only_when_asked_for_and_breaks_nothing_else(t
     assert plain.returncode == 0 and "acme_broken" not in plain.stderr, plain.stderr
     listed = run_cli("passes", env=env)
     assert listed.returncode == 0 and "acme_tag" in listed.stdout
-    assert "warning: plugin 'acme_broken' (no_such_mod:x): No module named" in listed.stderr
+    assert "relaycomp: warning: plugin 'acme_broken' (no_such_mod:x): No module named" in listed.stderr
     tagged = run_cli("compile", tmp_path / "conv.onnx", "-o", tmp_path / "t.so",
                      "--pass", "acme_tag@fuse", env=env)
     assert tagged.returncode == 0, tagged.stderr

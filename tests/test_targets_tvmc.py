@@ -96,7 +96,7 @@ def test_user_presets_are_listed_and_usable(tmp_path, monkeypatch):
     listed = run_cli("targets", env=env)
     assert listed.returncode == 0, listed.stderr
     assert "my-pi" in listed.stdout and "My Pi" in listed.stdout
-    warnings = [line for line in listed.stderr.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in listed.stderr.splitlines() if line.startswith("relaycomp: warning:")]
     assert len(warnings) == 2
     assert any("broken.toml" in w and "nope" in w for w in warnings)
     assert any("shadowed by the bundled target 'raspberry-pi-4'" in w for w in warnings)

@@ -54,6 +54,16 @@ def cxx_toolchain(spec: TargetSpec) -> Toolchain | HostCxx:
     return replace(toolchain, compiler=compiler, debian_package=package)
 
 
+def runner_options(spec: TargetSpec) -> tuple[str, ...]:
+    """The target's compiler options for the runner: its C toolchain's, plus for Android the
+    static C++ library (the NDK's clang++ would otherwise need libc++_shared.so on the
+    device)."""
+    options = tuple(spec.toolchain.options)
+    if "-linux-android" in spec.triple:
+        options += ("-static-libstdc++",)
+    return options
+
+
 def build_command(cxx: str, options: tuple[str, ...] = ()) -> list[str]:
     """The command building ``relaycomp-runner`` inside a bundle folder (its working folder),
     with the shipped ``runner/include`` headers and ``lib/`` libraries."""

@@ -6,6 +6,8 @@ both, taken from
 
 - this machine's installed ``apache-tvm`` and ``apache-tvm-ffi`` when the target is this
   machine's architecture, and
+- a folder the user names (``--runtime-dir``: TVM's runtime built for the board, e.g. with the
+  Android NDK, for which TVM publishes no wheel): :func:`user_runtime_libraries`, and
 - otherwise TVM's own wheels for the target's platform (the ones the emulated device installs,
   ``relaycomp.runtime.emulated_device.ARCHES``), at the host's exact versions so that the runtime
   matches the compiler that built the model. They are downloaded once with pip and the two
@@ -15,6 +17,7 @@ both, taken from
 ::
 
     runtime_libraries("aarch64")   # [.../libtvm_runtime.so, .../libtvm_ffi.so]
+    runtime_libraries("aarch64", runtime_dir="tvm/build-android")   # the user's build
 """
 
 from __future__ import annotations
@@ -31,18 +34,26 @@ from pathlib import Path
 from relaycomp.errors import RelaycompError, last_line
 from relaycomp.runtime.emulated_device import ARCHES, default_root
 from relaycomp.runtime.local import elf_machine_of_this_process
+from relaycomp.targets import elf_machine
 
 # (pip distribution, path of the library inside its wheel)
 LIBRARIES = (("apache-tvm", "tvm/lib/libtvm_runtime.so"),
              ("apache-tvm-ffi", "tvm_ffi/lib/libtvm_ffi.so"))
+# From a --runtime-dir: the two runtime libraries, and the NDK's shared C++ library when the
+# user put it there (a runtime built with ANDROID_STL=c++_shared needs it on the device).
+USER_LIBRARIES = ("libtvm_runtime.so", "libtvm_ffi.so")
+USER_OPTIONAL_LIBRARIES = ("libc++_shared.so",)
 
 
 class BundleError(RelaycompError):
     """A device bundle cannot be made (no runtime for the target, no toolchain, bad folder)."""
 
 
-def runtime_libraries(machine: str, log=print) -> list[Path]:
-    """Paths of TVM's runtime libraries built for the ELF ``machine`` ("x86_64", "aarch64")."""
+def runtime_libraries(machine: str, log=print, runtime_dir=None) -> list[Path]:
+    """Paths of TVM's runtime libraries built for the ELF ``machine`` ("x86_64", "aarch64"):
+    from ``runtime_dir`` when given (see :func:`user_runtime_libraries`), else TVM's own."""
+    if runtime_dir is not None:
+        return user_runtime_libraries(runtime_dir, machine)
     if machine == elf_machine_of_this_process():
         return _installed_libraries()
     return _wheel_libraries(machine, log)
@@ -54,8 +65,46 @@ def check_available(machine: str) -> None:
         raise BundleError(
             f"TVM publishes no runtime library for {machine} that relaycomp can fetch",
             hint=f"bundles can be made for: {elf_machine_of_this_process()} (this machine), "
-                 f"{', '.join(ARCHES.names())}; run other builds through TVM's RPC "
+                 f"{', '.join(ARCHES.names())}; for {machine}, pass TVM's runtime built for "
+                 "it as --runtime-dir DIR, or run the model through TVM's RPC "
                  "(relaycomp run --rpc)")
+
+
+def tvm_version() -> str:
+    """The installed TVM's version: a user-built runtime must be built from the same source."""
+    return _versions()["apache-tvm"]
+
+
+def user_runtime_libraries(folder, machine: str) -> list[Path]:
+    """``libtvm_runtime.so`` and ``libtvm_ffi.so`` (and ``libc++_shared.so`` if present) from
+    ``folder`` or its ``lib/`` (where TVM's own CMake build puts ``libtvm_ffi.so``), each
+    checked to be an ELF library for ``machine``; BundleError names what is missing or wrong."""
+    folder = Path(folder)
+    option = f"--runtime-dir {folder}"
+    if not folder.is_dir():
+        raise BundleError(f"{option}: no such folder",
+                          hint="name the folder holding libtvm_runtime.so and libtvm_ffi.so")
+    found = {}
+    for name in (*USER_LIBRARIES, *USER_OPTIONAL_LIBRARIES):
+        path = next((p for p in (folder / name, folder / "lib" / name) if p.is_file()), None)
+        if path is not None:
+            found[name] = path
+    missing = [name for name in USER_LIBRARIES if name not in found]
+    if missing:
+        raise BundleError(
+            f"{option}: {' and '.join(missing)} not found there (nor in its lib/)",
+            hint=f"TVM {tvm_version()}'s runtime is two libraries, libtvm_runtime.so and "
+                 "libtvm_ffi.so: put both in the folder")
+    for name, path in found.items():
+        try:
+            built = elf_machine(path)
+        except RelaycompError as err:
+            raise BundleError(f"{option}: {name}: {err}") from None
+        if built != machine:
+            raise BundleError(f"{option}: {name} is built for {built}, the target is {machine}",
+                              hint=f"build TVM's runtime for {machine} (with the target's "
+                                   "toolchain) and name that folder")
+    return list(found.values())
 
 
 def _installed_libraries() -> list[Path]:

@@ -39,6 +39,15 @@ def _tensors(specs) -> str:
     return "\n".join(f"| `{s.name}` | {s.dtype} | {list(s.shape)} |" for s in specs)
 
 
+def _copy_and_run(spec: TargetSpec, folder: str) -> str:
+    """How to copy the folder to the board and run it there: adb for Android (whose shell is
+    /system/bin/sh, so run.sh goes through `sh`), scp and ssh elsewhere."""
+    if "-linux-android" in spec.triple:
+        return (f"adb push {folder} /data/local/tmp/{folder}\n"
+                f"adb shell 'cd /data/local/tmp/{folder} && sh run.sh'")
+    return f"scp -r {folder}/ pi@board:~/{folder}\nssh pi@board 'cd ~/{folder} && ./run.sh'"
+
+
 def readme_text(manifest: Manifest, spec: TargetSpec, libraries: list[str], build: str,
                 folder: str = "bundle") -> str:
     """The board's README: what is in the folder, how to copy and run it, what it prints."""
@@ -77,8 +86,7 @@ Outputs:
 Copy the folder to the board and run it there:
 
 ```sh
-scp -r {folder}/ pi@board:~/{folder}
-ssh pi@board 'cd ~/{folder} && ./run.sh'
+{_copy_and_run(spec, folder)}
 ```
 
 `./run.sh INPUTS OUTPUT_DIR --repeat N` takes a `.npz` keyed by input name (`np.savez`, not

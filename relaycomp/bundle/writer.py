@@ -17,8 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from relaycomp.bundle.compiler import build_command, cxx_toolchain
-from relaycomp.bundle.runtime_libs import BundleError, check_available, runtime_libraries
+from relaycomp.bundle.android import check_android, is_android
+from relaycomp.bundle.compiler import build_command, cxx_toolchain, runner_options
+from relaycomp.bundle.runtime_libs import (
+    BundleError,
+    check_available,
+    runtime_libraries,
+    user_runtime_libraries,
+)
 from relaycomp.bundle.texts import RUN_SH, build_script, readme_text, signature_text
 from relaycomp.compiler.manifest import Manifest
 from relaycomp.errors import last_line
@@ -62,32 +68,31 @@ def check_folder(folder: str | os.PathLike, force: bool = False) -> Path:
     return folder
 
 
-def check_target(spec: TargetSpec) -> str:
-    """The C++ compiler for ``spec``, or BundleError/TargetError saying what is missing."""
+def check_target(spec: TargetSpec, runtime_dir=None) -> str:
+    """The C++ compiler for ``spec``, or BundleError/TargetError saying what is missing (for
+    Android: the NDK and ``runtime_dir``, TVM's runtime built with it)."""
     if spec.kind != "llvm":
         raise BundleError(f"bundles run on CPUs; {spec.name} is a {spec.kind} target",
                           hint="run GPU builds with `relaycomp run` on a machine with the GPU")
-    if "android" not in spec.triple:
+    if is_android(spec):
+        return check_android(spec, runtime_dir)
+    if runtime_dir is None:
         check_available(spec.machine)
-    cxx = cxx_toolchain(spec).find()   # a missing cross compiler says what to install
-    if "android" in spec.triple:
-        raise BundleError(
-            f"TVM publishes no Android build of its runtime, so a bundle for {spec.triple} "
-            "cannot include one",
-            hint="run Android builds through TVM's RPC app (relaycomp run --rpc), or build "
-                 "TVM's runtime with the NDK and link it yourself")
-    return cxx
+    else:
+        user_runtime_libraries(runtime_dir, spec.machine)
+    return cxx_toolchain(spec).find()   # a missing cross compiler says what to install
 
 
 def write_bundle(artifact: str | os.PathLike, folder: str | os.PathLike, force: bool = False,
-                 log=print) -> Bundle:
+                 log=print, runtime_dir: str | os.PathLike | None = None) -> Bundle:
     """Write the bundle of the compiled ``artifact`` (a ``.so`` with its manifest) to
-    ``folder``: the model, TVM's runtime for its target, the runner (source and prebuilt),
-    ``signature.txt``, ``example_inputs.npz``, ``run.sh`` and a README."""
+    ``folder``: the model, TVM's runtime for its target (``runtime_dir``'s when given, e.g. one
+    built with the Android NDK), the runner (source and prebuilt), ``signature.txt``,
+    ``example_inputs.npz``, ``run.sh`` and a README."""
     folder = check_folder(folder, force)
     path, manifest, spec = read_artifact(artifact)
-    cxx = check_target(spec)
-    libraries = runtime_libraries(spec.machine, log=log)
+    cxx = check_target(spec, runtime_dir)
+    libraries = runtime_libraries(spec.machine, log=log, runtime_dir=runtime_dir)
     folder.absolute().parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.absolute().parent))
     staging.chmod(0o755)  # mkdtemp's folder is owner-only; a bundle is for copying around
@@ -113,7 +118,7 @@ def _fill(staging: Path, artifact: Path, manifest: Manifest, spec: TargetSpec,
     _copy_headers(runner / "include")
     (staging / "signature.txt").write_text(signature_text(manifest))
     np.savez(staging / "example_inputs.npz", **random_inputs(manifest.inputs))
-    options = tuple(spec.toolchain.options)
+    options = runner_options(spec)
     board_build = " ".join(shlex.quote(a) for a in build_command("${CXX:-g++}", options))
     board_build = board_build.replace("'${CXX:-g++}'", '"${CXX:-g++}"')
     _write_executable(runner / "build.sh", build_script(board_build))

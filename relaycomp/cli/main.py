@@ -8,7 +8,8 @@ sub-commands), ``add_compile_options(parser)``, ``compile_config(args)`` (its co
 summary, from its manifest report); optionally ``after_compile(args, report)`` (files it writes
 from its report, e.g. a plot). The last four may be absent for a feature without a pass.
 
-User mistakes print one ``error:`` line (plus a ``hint:``) on stderr and exit 1; ``--debug`` (before
+User mistakes print one ``relaycomp: error:`` line (plus a ``hint:``) on stderr and exit 1
+(warnings: one ``relaycomp: warning:`` line each, :mod:`relaycomp.cli.messages`); ``--debug`` (before
 or after the command) shows the traceback instead. Anything else is reported as an internal error
 (exit 70). Commands that report take ``--json``: one JSON document on stdout and nothing else
 there (notes, warnings and progress go to stderr).
@@ -30,6 +31,7 @@ from relaycomp.bundle import cli as bundle_cli
 from relaycomp.cli import targets as targets_cli
 from relaycomp.cli.benchmark import add_parser as add_benchmark_parser
 from relaycomp.cli.device import add_emulate_parser, add_remote_options
+from relaycomp.cli.messages import show_python_warning
 from relaycomp.cli.run import signature
 from relaycomp.cli.signals import sigterm_interrupts
 from relaycomp.errors import RelaycompError
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands whose output is a report: each takes --json (a feature command may already have it).
 JSON_COMMANDS = ("compile", "run", "inspect", "targets", "passes", "benchmark", "tune", "prune",
-                 "distill")
+                 "distill", "package", "quantize")
 
 
 def _add_common_options(sub) -> None:
@@ -158,9 +160,12 @@ def cmd_compile(args) -> int:
     if args.json:  # the features' and the compiler's own lines go to stderr
         with contextlib.redirect_stdout(sys.stderr):
             artifact = compile_model(args.model, output, config)
-            bundle_cli.after_compile(args, artifact)
+            bundle = bundle_cli.after_compile(args, artifact)
             _after_compile_hooks(args, config, artifact.manifest)
-        print(json.dumps(compile_json(artifact), indent=2))
+        document = compile_json(artifact)
+        if bundle is not None:
+            document["bundle"] = bundle
+        print(json.dumps(document, indent=2))
         return 0
     artifact = compile_model(args.model, output, config)
     manifest = artifact.manifest
@@ -304,14 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``relaycomp`` script."""
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings(), sigterm_interrupts():  # both restored on the way out
-        warnings.showwarning = _print_warning
+        warnings.showwarning = show_python_warning
         return _dispatch(args)
-
-
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A Python warning as one ``warning:`` line, like the ``note:`` lines (no source line)."""
-    lines = str(message).strip().splitlines()
-    print(f"warning: {lines[0] if lines else category.__name__}", file=sys.stderr)
 
 
 def _dispatch(args) -> int:

@@ -4,7 +4,8 @@ features' passes where they plug in, and the registered passes available with ``
 from __future__ import annotations
 
 import json
-import sys
+
+from relaycomp.cli.messages import warning
 
 
 def pipeline_listing(target: str) -> dict:
@@ -17,7 +18,7 @@ def pipeline_listing(target: str) -> dict:
 
     _, broken = load_entry_points()
     for problem in broken:
-        print(f"warning: {problem}", file=sys.stderr)
+        warning(problem)
     kind = resolve(target).kind
     stages = default_stages(kind)
     features = {f.placement.name: f for f in map(FEATURES.get, FEATURES) if f.placement}

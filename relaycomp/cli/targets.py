@@ -8,6 +8,8 @@ import os
 import sys
 from importlib import metadata
 
+from relaycomp.cli.messages import warning
+
 TARGET_HELP = ('"host", a triple, a board preset (yours too), a preset .toml, or a TVM target '
                'string such as "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72 -mattr=+neon" '
                "(see `relaycomp targets`)")
@@ -43,13 +45,13 @@ def add_working_folder_to_path() -> None:
 
 def list_targets(args) -> int:
     """``relaycomp targets``: this machine, the triples, the bundled presets, then the user's
-    presets (a broken or shadowed one is a ``warning:`` line, never a failure)."""
+    presets (a broken or shadowed one is a ``relaycomp: warning:`` line, never a failure)."""
     from relaycomp.targets import known_targets, user_preset_dir, user_targets
 
     bundled = known_targets()
     users, problems = user_targets()
     for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        warning(problem)
     if args.json:
         print(json.dumps({
             "targets": [{**_entry(spec), "origin": "bundled"} for spec in bundled]

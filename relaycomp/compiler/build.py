@@ -9,6 +9,7 @@ compile starts. A ``.so`` output is a shared library linked with the target's to
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import onnx
 import tvm
+from tqdm import tqdm
 
 from relaycomp import __version__, ir
 from relaycomp.compiler.features import Plan, PlanContext, feature_of
@@ -96,17 +98,26 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, output: str | os.P
                       key=lambda pair: order.index(pair[0].placement.stage)
                       if pair[0].placement.stage in order else len(order))
     stages = with_passes(stages, [feature.placement for feature, _ in features])
-    mod, report, plans = _run_planned(imported, stages, spec, config, features)
-    try:
-        executable = ir.build_executable(mod, spec.tvm_target())
-    except Exception as err:
-        raise BuildError(f"code generation for {spec.name} failed: {err}") from err
+    # The three long steps of a compile, on an interactive stderr only (a feature's planning,
+    # e.g. int8 calibration, draws its own bar under this one).
+    with tqdm(total=3, desc="compile: passes", unit="step", file=sys.stderr, disable=None,
+              leave=False, dynamic_ncols=True) as bar:
+        mod, report, plans = _run_planned(imported, stages, spec, config, features)
+        bar.set_description_str("compile: code generation", refresh=False)
+        bar.update(1)
+        try:
+            executable = ir.build_executable(mod, spec.tvm_target())
+        except Exception as err:
+            raise BuildError(f"code generation for {spec.name} failed: {err}") from err
+        bar.set_description_str("compile: export", refresh=False)
+        bar.update(1)
 
-    manifest = _manifest(imported, spec, report, artifact_format, source)
-    for (feature, _), plan in zip(features, plans):
-        facts = report.facts(feature.placement.name)
-        manifest.report[feature.name] = {**(plan.report or {}), **facts}
-    _export(executable, output, fcompile, manifest)
+        manifest = _manifest(imported, spec, report, artifact_format, source)
+        for (feature, _), plan in zip(features, plans):
+            facts = report.facts(feature.placement.name)
+            manifest.report[feature.name] = {**(plan.report or {}), **facts}
+        _export(executable, output, fcompile, manifest)
+        bar.update(1)
     return Artifact(output, manifest, report)
 
 
@@ -173,7 +184,7 @@ def _manifest(imported: ImportedModel, spec: TargetSpec, report: PipelineReport,
         artifact_format=artifact_format, passes=report.passes_applied, source=source,
         versions={"relaycomp": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__},
         report={"import": imported.report, "kernels": kernels, "fusion": report.fusion(),
+                "layout": report.facts("plan_conv_layout") or None,
                 "seconds_by_stage": report.seconds_by_stage()},
     )
 
-                "layout": report.facts("plan_conv_layout") or None,

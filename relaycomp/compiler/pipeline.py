@@ -67,14 +67,15 @@ _FRONT = [
     ("quantize", ["lower_qdq_to_integer"]),  # the quantize feature puts quantize_int8 first
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["decompose_conv_transpose", "legalize_ops", "annotate_op_pattern",
-                  "fold_constant", "reduce_from_infinity", "propagate_nan_in_max_min"]),
+                  "fold_constant", "propagate_nan_in_max_min"]),
     ("fuse", ["fuse_ops", "fuse_tir", "mark_pair_safe_weights"]),
 ]
 # Stage name -> pass names, per target kind. Stage names are the public vocabulary.
 PIPELINES: dict[str, list[tuple[str, list[str]]]] = {
     # CPU: the activation layout is planned once int8 and bf16 took the convs they run.
-    "llvm": (_FRONT[:3] + [("layout", ["plan_conv_layout"])] + _FRONT[3:]
-             + [("schedule", ["schedule_cpu_loops"]), ("lower", _LOWER)]),
+    "llvm": (_FRONT[:3] + [("layout", ["plan_conv_layout"]), _FRONT[3],
+                           ("legalize", [*_FRONT[4][1], "reduce_from_infinity"]), _FRONT[5],
+                           ("schedule", ["schedule_cpu_loops"]), ("lower", _LOWER)]),
     "cuda": _FRONT + [("schedule", ["schedule_gpu_default"]),
                       ("lower", _LOWER[:5] + ["rewrite_cuda_graph"] + _LOWER[5:])],
 }

@@ -5,7 +5,8 @@
                        --batch-size 32 --val-split 0.1 --seed 0 --optimizer adam
                        --schedule cosine --warmup 1 --weight-decay 0 --patience 5
                        --hint TEACHER_TENSOR:STUDENT_TENSOR ... --hint-loss mse
-                       --hint-weight 1 --augment crop,flip] -o student.onnx [--json]
+                       --hint-weight 1 --augment crop,flip
+                       --output-loss NAME:kd|mse|l1[:WEIGHT] ...] -o student.onnx [--json]
 
 Without ``--lr`` a learning-rate range test picks the rate; without ``--epochs`` training runs
 until the smoothed validation loss stops improving (at most ``--max-epochs``).
@@ -48,7 +49,8 @@ def add_commands(sub) -> dict:
                ("--warmup", float, "epochs of linear warm-up"),
                ("--weight-decay", float, "L2 weight decay"),
                ("--patience", int, "epochs without improvement before stopping (0: never)"),
-               ("--hint-loss", str, "distance of hinted tensors: mse or cosine"),
+               ("--hint-loss", str, ("distance of hinted tensors: mse, standardized, "
+                                     "cosine or attention")),
                ("--hint-weight", float, "weight of the hint terms")]
     for flag, kind, text in options:
         default = getattr(defaults, flag[2:].replace("-", "_"))
@@ -58,6 +60,11 @@ def add_commands(sub) -> dict:
                          metavar="TEACHER_TENSOR:STUDENT_TENSOR",
                          help="match an intermediate tensor of the teacher (FitNets hint; "
                               "repeatable; a 1x1 adapter bridges differing channel counts)")
+    distill.add_argument("--output-loss", action="append", default=[],
+                         metavar="NAME:LOSS[:WEIGHT]",
+                         help="the loss of a student output: kd (class scores), mse or l1 "
+                              "(regression, e.g. boxes); repeatable (default: kd for outputs "
+                              "that look like class scores, mse otherwise)")
     distill.add_argument("--augment", default="",
                          help="image augmentations, comma-separated: crop[:PIXELS], flip")
     distill.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -71,6 +78,7 @@ def run_distill(args) -> int:
     from relaycomp.compiler.manifest import write_atomically
     from relaycomp.distill.distiller import DistillConfig, DistillError, distill
     from relaycomp.distill.hints import parse_hint
+    from relaycomp.distill.outputs import parse_output_loss
 
     output = Path(args.output)
     if output.suffix != ".onnx":
@@ -84,7 +92,9 @@ def run_distill(args) -> int:
                            weight_decay=args.weight_decay, patience=args.patience,
                            hints=tuple(parse_hint(text) for text in args.hint),
                            hint_loss=args.hint_loss, hint_weight=args.hint_weight,
-                           augment=tuple(name for name in args.augment.split(",") if name))
+                           augment=tuple(name for name in args.augment.split(",") if name),
+                           output_losses=tuple(parse_output_loss(text)
+                                               for text in args.output_loss))
     progress = None if args.json else (lambda line: print(line, flush=True))
     student, report = distill(args.teacher, args.student, args.data, config,
                               labels=args.labels, progress=progress)

@@ -1,4 +1,5 @@
-"""Training data for distillation: reading, checking, splitting, batching; the teacher's logits.
+"""Training data for distillation: reading, checking, splitting, batching (the teacher's outputs:
+:mod:`relaycomp.distill.teacher`).
 
 Data is a mapping (or an ``.npz``) keyed by the student's input names, first axis = samples;
 labels (optional) are integer classes, one per sample (an ``.npy`` or an array), -1 for a
@@ -10,10 +11,8 @@ with weight-0 copies, so every sample is seen each epoch whatever the batch size
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -82,8 +81,9 @@ def sample_shapes(data: Mapping[str, np.ndarray] | str | os.PathLike,
 
 
 def check_dataset(arrays: Mapping[str, np.ndarray], labels, specs: Sequence[TensorSpec],
-                  classes: int) -> Dataset:
-    """Cast to the input dtypes and check counts, finiteness and the label range."""
+                  classes: int | None) -> Dataset:
+    """Cast to the input dtypes and check counts, finiteness and the label range (against
+    ``classes``; None: later, :func:`check_label_range`)."""
     inputs = {s.name: np.ascontiguousarray(arrays[s.name], dtype=s.dtype) for s in specs}
     counts = {name: len(array) for name, array in inputs.items()}
     if len(set(counts.values())) > 1:
@@ -105,13 +105,21 @@ def check_dataset(arrays: Mapping[str, np.ndarray], labels, specs: Sequence[Tens
         if not integral:
             raise DistillError(f"labels must be integer classes, got dtype {labels.dtype}")
         labels = labels.astype(np.int64)
-        low, high = int(labels.min()), int(labels.max())
-        if low < UNLABELLED or high >= classes:
-            raise DistillError(f"labels range over [{low}, {high}], but the student has "
-                               f"{classes} classes (0..{classes - 1}; -1 marks no label)")
-        if high == UNLABELLED:
+        if classes is not None:
+            check_label_range(labels, classes)
+        if int(labels.max()) == UNLABELLED:
             labels = None  # nothing labelled: pure soft-target distillation
     return Dataset(inputs, labels)
+
+
+def check_label_range(labels: np.ndarray | None, classes: int) -> None:
+    """Labels must be classes of the student's class-score output (or -1)."""
+    if labels is None:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < UNLABELLED or high >= classes:
+        raise DistillError(f"labels range over [{low}, {high}], but the student has "
+                           f"{classes} classes (0..{classes - 1}; -1 marks no label)")
 
 
 def split(count: int, val_split: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -135,135 +143,3 @@ def batches(index: np.ndarray, batch: int) -> Iterator[tuple[np.ndarray, np.ndar
         if real < batch:
             chunk = np.concatenate([chunk, np.resize(chunk, batch - real)])
         yield chunk, weights
-
-
-# --- the teacher ----------------------------------------------------------------------------
-
-def teacher_logits(teacher, data: Dataset, specs: Sequence[TensorSpec],
-                   chunk: int = 64) -> np.ndarray:
-    """Run the teacher once over every sample: float32 [N, classes].
-
-    ``teacher``: an ONNX file / ``example:NAME`` / ModelProto (compiled by relaycomp for this
-    machine), a :class:`~relaycomp.runtime.local.LoadedModel`, a Relax ``IRModule`` or
-    ``ImportedModel`` (built with TVM), or precomputed logits (an array [N, classes]).
-    """
-    return teacher_outputs(teacher, data, specs, (), chunk)[0]
-
-
-def teacher_outputs(teacher, data: Dataset, specs: Sequence[TensorSpec],
-                    features: Sequence[str] = (), chunk: int = 64) -> list[np.ndarray]:
-    """The teacher's logits [N, classes], then its tensors named in ``features`` (for hints;
-    those need an ONNX teacher), each float32 with the samples on the first axis."""
-    if isinstance(teacher, np.ndarray):
-        if features:
-            raise DistillError("hints need the teacher as an ONNX model, not its logits",
-                               hint="give the teacher's .onnx file or ModelProto")
-        logits = np.asarray(teacher, np.float32)
-        if logits.ndim != 2 or len(logits) != len(data):
-            raise DistillError(f"teacher logits have shape {list(logits.shape)}; expected "
-                               f"[{len(data)}, classes]")
-        return [logits]
-    outputs = []
-    with tempfile.TemporaryDirectory(prefix="relaycomp-teacher-") as folder:
-        run, batch = _teacher_runner(teacher, data, specs, chunk, Path(folder), features)
-        for rows, weights in batches(np.arange(len(data)), batch):
-            real = int((weights > 0).sum())
-            outputs.append([np.asarray(a, np.float32)[:real] for a in run(data.take(rows))])
-    arrays = [np.concatenate(column) for column in zip(*outputs)]
-    if arrays[0].ndim != 2:
-        raise DistillError(f"the teacher's output has shape {list(arrays[0].shape[1:])} per "
-                           f"sample; distillation needs [classes] logits")
-    return arrays
-
-
-def batch_teacher(teacher, data: Dataset, features: Sequence[str], batch: int, folder: Path):
-    """``run(feed) -> [logits, *features]`` for batches of ``batch`` samples (for augmented
-    batches, which the teacher must see as the student does); the library goes in ``folder``."""
-    import onnx
-
-    if not isinstance(teacher, (str, os.PathLike, onnx.ModelProto)):
-        raise DistillError(f"augmentation needs the teacher as an ONNX model (it labels every "
-                           f"augmented batch), not a {type(teacher).__name__}",
-                           hint="give the teacher's .onnx file or ModelProto")
-    run, compiled = _compiled_onnx_teacher(teacher, data, batch, folder, features)
-    if compiled != batch:
-        raise DistillError(f"augmentation runs the teacher on training batches of {batch}, "
-                           f"but its batch dim is fixed at {compiled}",
-                           hint=f"use --batch-size {compiled} or a teacher with a symbolic "
-                                f"batch dim")
-    return run
-
-
-def _teacher_runner(teacher, data: Dataset, specs, chunk: int, folder: Path, features):
-    """``(run(feed) -> [logits, *features], batch)``."""
-    import onnx
-
-    from relaycomp.runtime.local import LoadedModel
-
-    if isinstance(teacher, (str, os.PathLike, onnx.ModelProto)):
-        return _compiled_onnx_teacher(teacher, data, chunk, folder, features)
-    if features:
-        raise DistillError(f"hints need the teacher as an ONNX model, not a "
-                           f"{type(teacher).__name__}",
-                           hint="give the teacher's .onnx file or ModelProto")
-    if isinstance(teacher, LoadedModel):
-        batch = int(teacher.manifest.inputs[0].shape[0])
-        return (lambda feed: [next(iter(teacher.run(feed).values()))]), batch
-    run, batch = _relax_teacher(teacher, specs)
-    return (lambda feed: [run(feed)]), batch
-
-
-def _compiled_onnx_teacher(teacher, data: Dataset, chunk: int, folder: Path, features):
-    import onnx
-
-    from relaycomp.compiler import build
-    from relaycomp.distill.student import batch_of, with_outputs
-    from relaycomp.frontend.examples import resolve_model_path
-    from relaycomp.frontend.onnx_import import graph_inputs, load_onnx
-    from relaycomp.runtime.local import load
-
-    model = teacher if isinstance(teacher, onnx.ModelProto) else load_onnx(
-        resolve_model_path(teacher))
-    specs = graph_inputs(model)
-    missing = [s.name for s in specs if s.name not in data.inputs]
-    if missing:
-        raise DistillError(f"the teacher takes input(s) {missing} that the data does not hold",
-                           hint="teacher and student must read the same inputs")
-    first = model.graph.output[0].name
-    if features:
-        model = with_outputs(model, features, "teacher")
-    batch = batch_of(specs, chunk)
-    shapes = {s.name: (batch, *data.inputs[s.name].shape[1:]) for s in specs}
-    artifact = build.compile_model(model, folder / "teacher.so",
-                                   build.CompileConfig(input_shapes=shapes))
-    loaded = load(artifact.path)
-    names = [s.name for s in specs]
-
-    def run(feed):
-        results = loaded.run({n: feed[n] for n in names})
-        return [results[first], *(results[name] for name in features)]
-
-    return run, batch
-
-
-def _relax_teacher(teacher, specs):
-    import tvm
-    from tvm import relax
-
-    from relaycomp import ir
-    from relaycomp.frontend.onnx_import import ImportedModel
-
-    mod = teacher.mod if isinstance(teacher, ImportedModel) else teacher
-    if not isinstance(mod, tvm.IRModule):
-        raise DistillError(f"unsupported teacher type {type(teacher).__name__}",
-                           hint="give an ONNX file/ModelProto, a loaded artifact, a Relax "
-                                "IRModule or an array of logits")
-    params = mod["main"].params
-    batch = int(params[0].ty.shape[0])
-    vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
-    names = [p.name for p in params]
-
-    def run(feed):
-        return ir.to_numpy(vm["main"](*[tvm.runtime.tensor(feed[n]) for n in names]))[0]
-
-    return run, batch

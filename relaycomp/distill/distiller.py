@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +31,26 @@ import onnx
 
 from relaycomp.distill.augment import augmenter, parse_augment
 from relaycomp.distill.budget import Budget
-from relaycomp.distill.data import (
-    batch_teacher,
-    check_dataset,
-    sample_shapes,
-    split,
-    teacher_outputs,
+from relaycomp.distill.data import check_dataset, check_label_range, sample_shapes, split
+from relaycomp.distill.hints import (
+    HINT_LOSSES,
+    check_hint_shapes,
+    initial_adapter,
+    standardize,
 )
-from relaycomp.distill.hints import HINT_LOSSES, check_hint_shapes, initial_adapter
 from relaycomp.distill.loss import kd_loss_coefficients
 from relaycomp.distill.lr_find import find_lr
 from relaycomp.distill.optim import OPTIMIZERS, SCHEDULES
+from relaycomp.distill.outputs import (
+    OUTPUT_LOSSES,
+    check_teacher_shapes,
+    choose_output_losses,
+    label_output,
+)
+from relaycomp.distill.report import DistillReport
 from relaycomp.distill.session import Session, run_metric_name, train_epochs
 from relaycomp.distill.student import DistillError, Student, student_from_onnx, student_from_relax
+from relaycomp.distill.teacher import batch_teacher, teacher_outputs
 from relaycomp.distill.train import Trainer, training_program
 
 __all__ = ["DistillConfig", "DistillError", "DistillReport", "distill"]
@@ -62,9 +69,13 @@ class DistillConfig:
     ``batch_size`` applies when the student's batch dim is symbolic (a fixed one is used as is).
     ``optimizer``: ``adam`` or ``sgd`` (with ``momentum``); ``schedule``: the decay's shape,
     ``cosine``, ``step`` or ``constant``. ``val_split``: fraction held out for validation.
-    ``hints``: ``(teacher tensor, student tensor)`` pairs matched by ``hint_loss`` (``mse`` or
-    ``cosine``) with weight ``hint_weight`` (:mod:`relaycomp.distill.hints`). ``augment``:
-    image augmentations, e.g. ``("crop", "flip")`` (:mod:`relaycomp.distill.augment`).
+    ``hints``: ``(teacher tensor, student tensor)`` pairs matched by ``hint_loss`` (``mse``,
+    ``standardized``, ``cosine`` or ``attention``) with weight ``hint_weight``
+    (:mod:`relaycomp.distill.hints`). ``augment``: image augmentations, e.g.
+    ``("crop", "flip")`` (:mod:`relaycomp.distill.augment`).
+    ``output_losses``: ``(output name, loss, weight)`` triples for students with several
+    outputs - ``kd`` for class scores, ``mse``/``l1`` for regression outputs such as boxes;
+    outputs not named get the defaults of :mod:`relaycomp.distill.outputs`.
     """
 
     temperature: float = 4.0
@@ -85,9 +96,13 @@ class DistillConfig:
     hint_loss: str = "mse"
     hint_weight: float = 1.0
     augment: tuple[str, ...] = ()
+    output_losses: tuple[tuple[str, str, float], ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "hints", tuple(tuple(pair) for pair in self.hints))
+        object.__setattr__(self, "output_losses", tuple(
+            (str(entry[0]), str(entry[1]), float(entry[2]) if len(entry) > 2 else 1.0)
+            for entry in self.output_losses))
         object.__setattr__(self, "augment", tuple(self.augment))
         checks = [(self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
                   (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
@@ -104,13 +119,19 @@ class DistillConfig:
                   (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
                   (self.hint_weight >= 0, f"hint_weight must be >= 0, got {self.hint_weight}"),
                   (all(len(pair) == 2 for pair in self.hints),
-                   f"hints must be (teacher tensor, student tensor) pairs, got {self.hints}")]
+                   f"hints must be (teacher tensor, student tensor) pairs, got {self.hints}"),
+                  (all(weight >= 0 for _, _, weight in self.output_losses),
+                   f"output loss weights must be >= 0, got {self.output_losses}"),
+                  (len({name for name, _, _ in self.output_losses}) == len(self.output_losses),
+                   f"an output is named twice in {self.output_losses}")]
         for ok, message in checks:
             if not ok:
                 raise DistillError(message)
         OPTIMIZERS.get(self.optimizer)  # unknown names raise, listing the known ones
         SCHEDULES.get(self.schedule)
         HINT_LOSSES.get(self.hint_loss)
+        for _, kind, _ in self.output_losses:
+            OUTPUT_LOSSES.get(kind)
         parse_augment(self.augment)  # unknown names and bad arguments raise here
 
     def to_json(self) -> dict:
@@ -118,51 +139,17 @@ class DistillConfig:
         return asdict(self)
 
 
-@dataclass
-class DistillReport:
-    """What distillation did: data, parameters trained, per-epoch history, before/after metrics.
+def _standardizing(teach, count: int, stats: list):
+    """``teach`` with its hinted tensors (after ``count`` outputs) standardized by ``stats``."""
+    if not any(stat is not None for stat in stats):
+        return teach
 
-    ``metric`` is ``accuracy`` (against labels) or ``teacher_agreement`` (argmax equal to the
-    teacher's) without labels; ``before``/``after``/``teacher`` are measured on the validation
-    split (on the training data when there is none). ``lr``: the peak rate, whether the range
-    test found it, and why that value (with the sweep). ``warnings``: e.g. that the run ended
-    while the validation loss was still improving.
-    """
+    def run(feed):
+        results = teach(feed)
+        return [*results[:count], *(standardize(np.asarray(f, np.float32), stat)[0]
+                                    for f, stat in zip(results[count:], stats))]
 
-    config: dict
-    metric: str
-    samples: dict
-    batch: int
-    trained: dict
-    teacher: float
-    before: dict
-    after: dict
-    best_epoch: int
-    stopped_early: bool
-    lr: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)
-    samples_per_second: float = 0.0
-    seconds: float = 0.0
-
-    def to_json(self) -> dict:
-        """JSON form."""
-        return asdict(self)
-
-    def summary(self) -> str:
-        """Human-readable lines for the CLI."""
-        where = "validation" if self.samples["val"] else "training data"
-        lines = [
-            f"learning rate {self.lr['value']:.2e}: {self.lr['reason']}",
-            f"trained {self.trained['tensors']} tensors ({self.trained['params']:,} params) on "
-            f"{self.samples['train']} samples, batch {self.batch}; "
-            f"{len(self.history)} epoch(s), best {self.best_epoch}"
-            + (" (stopped early)" if self.stopped_early else ""),
-            (f"{self.metric} on {where}: teacher {self.teacher:.2%}, student "
-             f"{self.before['metric']:.2%} -> {self.after['metric']:.2%}"),
-            (f"loss {self.before['loss']:.4f} -> {self.after['loss']:.4f}; "
-             f"{self.samples_per_second:,.0f} training samples/s, {self.seconds:.1f} s")]
-        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+    return run
 
 
 def _is_onnx(model) -> bool:
@@ -203,7 +190,8 @@ def distill(teacher, student, data: Mapping[str, np.ndarray] | str | os.PathLike
     """Distill ``teacher`` into ``student`` on ``data``; returns ``(student, DistillReport)``.
 
     ``teacher``: ONNX file / ``example:NAME`` / ModelProto, a loaded artifact, a Relax module,
-    or precomputed logits [N, classes]. ``student``: ONNX (returned as a ModelProto with new
+    or precomputed outputs (logits [N, classes]; with several outputs a list or a mapping by
+    output name). ``student``: ONNX (returned as a ModelProto with new
     initializers) or a Relax ``IRModule`` / ``ImportedModel`` (returned as the same kind).
     ``data``: ``.npz`` or mapping keyed by the student's input names, first axis = samples.
     ``labels``: integer classes [N] (array or ``.npy``), optional. ``progress`` receives one
@@ -219,22 +207,29 @@ def _distill(teacher, student, data, config: DistillConfig, labels, progress,
     started = time.perf_counter()
     hinted = [s for _, s in config.hints]
     loaded, arrays = _load_student(student, data, config.batch_size, hinted)
-    dataset = check_dataset(arrays, labels, loaded.inputs, loaded.classes)
-    logits, *features = teacher_outputs(teacher, dataset, loaded.inputs,
-                                        [t for t, _ in config.hints])
-    if logits.shape[1] != loaded.classes:
-        raise DistillError(f"the teacher outputs {logits.shape[1]} classes per sample, the "
-                           f"student {loaded.classes}",
-                           hint="teacher and student must predict the same classes")
+    dataset = check_dataset(arrays, labels, loaded.inputs, None)
+    names = loaded.output_names
+    teachers = teacher_outputs(teacher, dataset, loaded.inputs, [t for t, _ in config.hints],
+                               outputs=names)
+    teachers, features = teachers[:len(names)], teachers[len(names):]
+    check_teacher_shapes(names, loaded.output_shapes,
+                         [(loaded.batch, *t.shape[1:]) for t in teachers])
+    outputs = choose_output_losses(names, loaded.output_shapes, teachers, config.output_losses)
+    label = label_output(outputs)
+    check_label_range(dataset.labels, outputs[label].shape[1])
     rng = np.random.default_rng(config.seed)
     train_index, val_index = split(len(dataset), config.val_split, rng)
+    stats = [None] * len(features)
+    if config.hint_loss == "standardized":  # per channel, over the training samples
+        stats = [standardize(f[train_index])[1] for f in features]
+        features = [standardize(f, stat)[0] for f, stat in zip(features, stats)]
     augment = augmenter(config.augment)
     teach = None
     if augment is not None:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="relaycomp-")))
-        teach = batch_teacher(teacher, dataset, [t for t, _ in config.hints], loaded.batch,
-                              folder)
-    session = Session(loaded, dataset, logits, config, features, augment, teach)
+        teach = _standardizing(batch_teacher(teacher, dataset, [t for t, _ in config.hints],
+                                             loaded.batch, folder, names), len(names), stats)
+    session = Session(loaded, dataset, teachers, config, features, augment, teach, outputs)
     optimizer = OPTIMIZERS.get(config.optimizer)(config.weight_decay, config.momentum)
     coefficients = kd_loss_coefficients(config.temperature, config.alpha,
                                         dataset.labels is not None)
@@ -244,7 +239,7 @@ def _distill(teacher, student, data, config: DistillConfig, labels, progress,
                 for h in hints if h.adapter]
     if hints:
         coefficients.append(np.array(config.hint_weight, np.float32))
-    trainer = Trainer(training_program(loaded, optimizer, hints),
+    trainer = Trainer(training_program(loaded, optimizer, hints, outputs),
                       loaded.param_values + adapters, optimizer, coefficients)
     monitor = val_index if len(val_index) else train_index
     before = session.evaluate(trainer, monitor)
@@ -265,11 +260,16 @@ def _distill(teacher, student, data, config: DistillConfig, labels, progress,
         trained={"tensors": len(loaded.param_names), "adapters": len(adapters),
                  "hints": [list(pair) for pair in config.hints],
                  "params": int(sum(v.size for v in loaded.param_values)),
-                 "names": list(loaded.param_names), "frozen": list(loaded.frozen)},
-        teacher=session.metric_of(logits[monitor], monitor), before=before, after=after,
+                 "names": list(loaded.param_names), "frozen": list(loaded.frozen),
+                 "kernels": {k: trainer.program.schedule[k]
+                             for k in ("scheduled", "unscheduled", "by_rule")}},
+        teacher=session.metric_of(teachers[label][monitor], monitor), before=before,
+        after=after,
         best_epoch=trained["best_epoch"],
         stopped_early=config.epochs is not None and len(history) < config.epochs,
         lr=lr, warnings=[warning] if warning else [], history=history,
+        outputs=[{"name": o.name, "loss": o.kind, "weight": o.weight, "scale": o.scale}
+                 for o in outputs],
         samples_per_second=trained["samples"] / trained["seconds"] if trained["seconds"] else 0.0,
         seconds=time.perf_counter() - started)
     return loaded.write_back(trainer.values()[:len(loaded.param_values)]), report

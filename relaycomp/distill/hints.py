@@ -9,8 +9,19 @@ adapter (a ``[C_teacher, C_student, 1, 1]`` convolution, or a ``[C_teacher, C_st
 matrix for ``[batch, C]`` tensors) maps the student's channels onto the teacher's; it trains
 with the student and is dropped afterwards. Per sample, a hint adds
 ``hint_weight · distance(adapter(student), teacher)`` to the KD loss, where the distance is
-registered in :data:`HINT_LOSSES`: ``mse`` (mean squared difference) or ``cosine`` (1 − cosine
-similarity of the flattened tensors). The teacher's tensors are computed once, with its logits.
+registered in :data:`HINT_LOSSES`:
+
+- ``mse``: mean squared difference of the raw tensors;
+- ``standardized``: mean squared difference from the teacher tensor standardized per channel
+  (mean and standard deviation over the training data, :func:`standardize`), always through a
+  learned adapter (FitNets' regressor), so neither the teacher's scale nor the student's
+  channel count matters;
+- ``cosine``: 1 − cosine similarity of the flattened tensors;
+- ``attention``: attention transfer (Zagoruyko & Komodakis 2017): the squared distance of the
+  spatial attention maps ``mean_c(f²)``, each flattened and scaled to unit length; channel
+  counts need not agree (no adapter); [B, C, H, W] tensors only.
+
+The teacher's tensors are computed once, with its outputs.
 """
 
 from __future__ import annotations
@@ -39,8 +50,10 @@ class HintShape:
 
     @property
     def adapter(self) -> tuple[int, ...] | None:
-        """The adapter's weight shape, or None when the channel counts already agree."""
-        if self.student[1] == self.teacher[1]:
+        """The adapter's weight shape, or None when the channel counts already agree (or the
+        distance needs none: ``attention``; ``standardized`` always has one)."""
+        if self.loss == "attention" or (self.student[1] == self.teacher[1]
+                                        and self.loss != "standardized"):
             return None
         extra = (1,) * (len(self.student) - 2)
         return (self.teacher[1], self.student[1], *extra)
@@ -66,8 +79,26 @@ def check_hint_shapes(pairs: Sequence[tuple[str, str]], teacher: Sequence[tuple]
                 f"hint {t_name}:{s_name}: teacher tensor {list(t_shape[1:])} and student "
                 f"tensor {list(s_shape[1:])} (per sample) differ beyond the channel axis",
                 hint="pair tensors of the same spatial size ([C] or [C, H, W] per sample)")
+        if loss == "attention" and len(s_shape) != 4:
+            raise DistillError(f"hint {t_name}:{s_name}: attention transfer needs [C, H, W] "
+                               f"tensors, got {list(s_shape[1:])}",
+                               hint="use --hint-loss mse or cosine for [C] tensors")
         shapes.append(HintShape(s_shape, t_shape, loss))
     return shapes
+
+
+def standardize(teacher: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The teacher tensor standardized per channel (axis 1), and the ``(mean, std)`` used
+    (computed over every other axis when ``stats`` is None; a dead channel keeps std 1)."""
+    if stats is None:
+        axes = tuple(a for a in range(teacher.ndim) if a != 1)
+        mean = teacher.mean(axis=axes, keepdims=True, dtype=np.float64)
+        std = teacher.std(axis=axes, keepdims=True, dtype=np.float64)
+        stats = (mean.astype(np.float32)[0], np.where(std > 1e-6, std, 1.0).astype(
+            np.float32)[0])
+    mean, std = stats
+    return ((teacher - mean) / std).astype(np.float32), stats
 
 
 def initial_adapter(shape: HintShape, rng: np.random.Generator) -> np.ndarray:
@@ -93,6 +124,23 @@ def _mse(student: relax.Expr, teacher: relax.Expr) -> relax.Expr:
     return R.mean(R.multiply(difference, difference), axis=axes)
 
 
+HINT_LOSSES.add("standardized", _mse)  # the teacher side is standardized before training
+
+
+@HINT_LOSSES.register("attention")
+def _attention(student: relax.Expr, teacher: relax.Expr) -> relax.Expr:
+    """Squared distance of the unit-length spatial attention maps, per sample."""
+    maps = []
+    for tensor in (student, teacher):
+        batch, _, height, width = (int(d) for d in tensor.ty.shape)
+        energy = R.reshape(R.mean(R.multiply(tensor, tensor), axis=[1]), (batch, height * width))
+        norm = R.sqrt(R.add(R.sum(R.multiply(energy, energy), axis=[1], keepdims=True),
+                            relax.const(_EPSILON, "float32")))
+        maps.append(R.divide(energy, norm))
+    difference = R.subtract(maps[0], maps[1])
+    return R.sum(R.multiply(difference, difference), axis=[1])
+
+
 @HINT_LOSSES.register("cosine")
 def _cosine(student: relax.Expr, teacher: relax.Expr) -> relax.Expr:
     """1 − cosine similarity of the flattened tensors, per sample."""
@@ -111,8 +159,14 @@ def hint_reference(student: np.ndarray, teacher: np.ndarray, adapter: np.ndarray
     if adapter is not None:
         matrix = adapter.reshape(adapter.shape[:2]).astype(np.float64)
         student = np.einsum("ts,bs...->bt...", matrix, student)
+    if loss == "attention":
+        maps = []
+        for tensor in (student, teacher):
+            energy = (tensor**2).mean(axis=1).reshape(len(tensor), -1)
+            maps.append(energy / np.sqrt((energy**2).sum(axis=1, keepdims=True) + _EPSILON))
+        return ((maps[0] - maps[1]) ** 2).sum(axis=1)
     flat_s, flat_t = student.reshape(len(student), -1), teacher.reshape(len(teacher), -1)
-    if loss == "mse":
+    if loss in ("mse", "standardized"):
         return ((flat_s - flat_t) ** 2).mean(axis=1)
     dot = (flat_s * flat_t).sum(axis=1)
     norms = np.sqrt((flat_s**2).sum(axis=1) + _EPSILON) * np.sqrt((flat_t**2).sum(axis=1)

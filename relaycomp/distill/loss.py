@@ -2,6 +2,8 @@
 
     loss = Σ_i w_i · [ α·T²·KL(softmax(t_i/T) ‖ softmax(s_i/T)) + (1−α)·CE(s_i, y_i) ]
 
+(for a student with several outputs, one term per output: :mod:`relaycomp.distill.outputs`)
+
 ``s``: student logits [B, C]; ``t``: teacher logits [B, C] (fixed, no gradient flows into
 them); ``y``: one-hot labels [B, C]; ``w``: per-sample weights [B] — ``1/n`` for the ``n`` real
 samples of a batch and 0 for the padding that fills a static-shape batch, so the loss is the
@@ -19,6 +21,12 @@ from tvm import relax
 from tvm.relax import op as R
 
 from relaycomp.distill.hints import HINT_LOSSES, HintShape, apply_adapter
+from relaycomp.distill.outputs import (
+    OutputLoss,
+    label_output,
+    regression_reference,
+    regression_term,
+)
 
 
 def kd_loss_coefficients(temperature: float, alpha: float, labelled: bool = True) -> list:
@@ -29,24 +37,38 @@ def kd_loss_coefficients(temperature: float, alpha: float, labelled: bool = True
 
 
 def kd_loss_function(batch: int, classes: int, hints: Sequence[HintShape] = ()) -> relax.Function:
-    """``kd_loss(s, f..., t, y, w, inverse_t, soft_weight, hard_weight[, hint_weight, g...,
+    """The loss of a single-output classifier student: :func:`distill_loss_function` with one
+    ``kd`` output [batch, classes]."""
+    return distill_loss_function(batch, [OutputLoss("logits", (batch, classes), "kd")], hints)
+
+
+def distill_loss_function(batch: int, outputs: Sequence[OutputLoss],
+                          hints: Sequence[HintShape] = ()) -> relax.Function:
+    """``loss(s..., f..., t..., y, w, inverse_t, soft_weight, hard_weight[, hint_weight, g...,
     adapters...]) -> scalar``, one dataflow block (for AppendLoss). T and α are arguments
     (:func:`kd_loss_coefficients`), so one compiled program serves every temperature and mix.
 
-    With ``hints`` (:mod:`relaycomp.distill.hints`): ``f`` are the student's hinted tensors
-    (backbone outputs after the logits), ``g`` the teacher's, ``adapters`` the 1x1 adapters of
-    the hints whose channel counts differ; ``hint_weight`` scales their summed distances."""
-    logits = relax.TensorType((batch, classes), "float32")
+    ``s``/``t``: the student's and the teacher's outputs, one per entry of ``outputs``
+    (:mod:`relaycomp.distill.outputs`): each ``kd`` output adds its soft-target term, the
+    first one also the cross-entropy on the labels ``y``; each ``mse``/``l1`` output adds its
+    weighted, scaled distance. With ``hints`` (:mod:`relaycomp.distill.hints`): ``f`` are the
+    student's hinted tensors (backbone outputs after its own outputs), ``g`` the teacher's,
+    ``adapters`` the 1x1 adapters of the hints that have one; ``hint_weight`` scales their
+    summed distances."""
     scalar = relax.TensorType((), "float32")
-    s = relax.Var("s", logits)
+    label = label_output(outputs)
+    students = [relax.Var(f"s{i}", relax.TensorType(o.shape, "float32"))
+                for i, o in enumerate(outputs)]
     features = [relax.Var(f"f{i}", relax.TensorType(h.student, "float32"))
                 for i, h in enumerate(hints)]
-    t, y = relax.Var("t", logits), relax.Var("y", logits)
+    teachers = [relax.Var(f"t{i}", relax.TensorType(o.shape, "float32"))
+                for i, o in enumerate(outputs)]
+    y = relax.Var("y", relax.TensorType(outputs[label].shape, "float32"))
     w = relax.Var("w", relax.TensorType((batch,), "float32"))
     inverse_t, soft_weight, hard_weight = (relax.Var(name, scalar)
                                            for name in ("inverse_t", "soft_weight",
                                                         "hard_weight"))
-    params = [s, *features, t, y, w, inverse_t, soft_weight, hard_weight]
+    params = [*students, *features, *teachers, y, w, inverse_t, soft_weight, hard_weight]
     targets, adapters = [], []
     if hints:
         hint_weight = relax.Var("hint_weight", scalar)
@@ -58,16 +80,30 @@ def kd_loss_function(batch: int, classes: int, hints: Sequence[HintShape] = ()) 
     bb = relax.BlockBuilder()
     with bb.function("kd_loss", params):
         with bb.dataflow():
-            log_ps = bb.emit(R.nn.log_softmax(R.multiply(s, inverse_t), axis=-1))
-            log_pt = bb.emit(R.nn.log_softmax(R.multiply(t, inverse_t), axis=-1))
-            kl = bb.emit(R.sum(R.multiply(R.exp(log_pt), R.subtract(log_pt, log_ps)), axis=[1]))
-            log_p = bb.emit(R.nn.log_softmax(s, axis=-1))
-            ce = bb.emit(R.negative(R.sum(R.multiply(y, log_p), axis=[1])))
-            per_sample = bb.emit(R.add(R.multiply(kl, soft_weight), R.multiply(ce, hard_weight)))
+            terms = []
+            for index, (output, s, t) in enumerate(zip(outputs, students, teachers)):
+                if output.kind != "kd":
+                    terms.append(bb.emit(regression_term(output, s, t)))
+                    continue
+                log_ps = bb.emit(R.nn.log_softmax(R.multiply(s, inverse_t), axis=-1))
+                log_pt = bb.emit(R.nn.log_softmax(R.multiply(t, inverse_t), axis=-1))
+                kl = bb.emit(R.sum(R.multiply(R.exp(log_pt), R.subtract(log_pt, log_ps)),
+                                   axis=[1]))
+                term = R.multiply(kl, soft_weight)
+                if output.weight != 1.0:
+                    term = R.multiply(term, relax.const(output.weight, "float32"))
+                terms.append(bb.emit(term))
+                if index == label:
+                    log_p = bb.emit(R.nn.log_softmax(s, axis=-1))
+                    ce = bb.emit(R.negative(R.sum(R.multiply(y, log_p), axis=[1])))
+                    terms.append(bb.emit(R.multiply(ce, hard_weight)))
             for hint, feature, target, adapter in zip(hints, features, targets, adapters):
                 mapped = bb.emit(apply_adapter(feature, adapter))
                 distance = bb.emit(HINT_LOSSES.get(hint.loss)(mapped, target))
-                per_sample = bb.emit(R.add(per_sample, R.multiply(distance, hint_weight)))
+                terms.append(bb.emit(R.multiply(distance, hint_weight)))
+            per_sample = terms[0]
+            for term in terms[1:]:
+                per_sample = bb.emit(R.add(per_sample, term))
             loss = bb.emit_output(R.sum(R.multiply(per_sample, w)))
         bb.emit_func_output(loss)
     return bb.get()["kd_loss"]
@@ -92,6 +128,25 @@ def kd_loss_per_sample(student: np.ndarray, teacher: np.ndarray, labels: np.ndar
         ce = -_log_softmax(student)[np.arange(len(student)), np.maximum(labels, 0)]
         loss = loss + (1.0 - alpha) * np.where(labels >= 0, ce, 0.0)
     return loss
+
+
+def distill_loss_per_sample(students: Sequence[np.ndarray], teachers: Sequence[np.ndarray],
+                            labels: np.ndarray | None, temperature: float, alpha: float,
+                            outputs: Sequence[OutputLoss]) -> np.ndarray:
+    """Reference per-sample loss of a student with the ``outputs`` losses, in float64 (the
+    numpy twin of :func:`distill_loss_function` without hints)."""
+    label = label_output(outputs)
+    total = np.zeros(len(students[0]))
+    for index, (output, s, t) in enumerate(zip(outputs, students, teachers)):
+        if output.kind != "kd":
+            total += regression_reference(output, s, t)
+            continue
+        mix = alpha if labels is not None else 1.0
+        total += kd_loss_per_sample(s, t, None, temperature, 1.0) * mix * output.weight
+        if index == label and labels is not None and alpha < 1.0:
+            # alpha 0: the cross-entropy alone (0 for unlabelled samples)
+            total += (1.0 - alpha) * kd_loss_per_sample(s, t, labels, temperature, 0.0)
+    return total
 
 
 def kd_loss_reference(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None,

@@ -2,7 +2,8 @@
 
 The loop asks a :class:`~relaycomp.distill.budget.Budget` for every step's learning rate and,
 after every epoch, whether to stop; it keeps the weights of the best validation epoch
-(accuracy, then loss). Without a validation split the training data is monitored instead.
+(accuracy, then loss; the loss alone for a student with regression outputs). Without a
+validation split the training data is monitored instead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 
 from relaycomp.distill.budget import Budget
 from relaycomp.distill.data import Dataset, batches
-from relaycomp.distill.loss import kd_loss_per_sample
+from relaycomp.distill.loss import distill_loss_per_sample
+from relaycomp.distill.outputs import OutputLoss, label_output, regression_reference
 from relaycomp.distill.student import Student
 from relaycomp.distill.train import Trainer
 
@@ -25,19 +27,27 @@ def run_metric_name(data: Dataset) -> str:
 
 
 class Session:
-    """One run's data, teacher logits and metrics (temperature and α from ``config``)."""
+    """One run's data, teacher outputs and metrics (temperature and α from ``config``)."""
 
-    def __init__(self, student: Student, data: Dataset, teacher: np.ndarray, config,
+    def __init__(self, student: Student, data: Dataset, teachers: Sequence[np.ndarray], config,
                  features: Sequence[np.ndarray] = (),
                  augment: Callable[[list, np.random.Generator], list] | None = None,
-                 teach: Callable[[dict], list] | None = None):
-        """``teacher``/``features``: the teacher's logits and hinted tensors on every sample;
-        ``augment(inputs, rng)`` transforms a training batch, which ``teach(feed)`` (the
-        teacher) then labels afresh."""
-        self.student, self.data, self.teacher, self.config = student, data, teacher, config
+                 teach: Callable[[dict], list] | None = None,
+                 outputs: Sequence[OutputLoss] = ()):
+        """``teachers``/``features``: the teacher's outputs (one per student output) and
+        hinted tensors on every sample; ``outputs``: each output's loss (default: ``kd`` on
+        the single output); ``augment(inputs, rng)`` transforms a training batch, which
+        ``teach(feed)`` (the teacher) then labels afresh."""
+        self.student, self.data, self.config = student, data, config
+        self.teachers = list(teachers)
+        self.outputs = list(outputs) or [OutputLoss(student.output_names[0],
+                                                    student.output_shapes[0], "kd")]
+        self.label = label_output(self.outputs)
+        self.teacher = self.teachers[self.label]  # the class scores labels refer to
         self.features, self.augment, self.teach = list(features), augment, teach
         self.names = [s.name for s in student.inputs]
-        self.onehot = np.zeros((len(data), student.classes), np.float32)
+        classes = self.outputs[self.label].shape[1]
+        self.onehot = np.zeros((len(data), classes), np.float32)
         if data.labels is not None:  # rows of unlabelled samples (-1) stay all-zero
             labelled = data.labels >= 0
             self.onehot[np.flatnonzero(labelled), data.labels[labelled]] = 1.0
@@ -50,12 +60,14 @@ class Session:
              rng: np.random.Generator) -> float:
         """One training step on the samples ``rows`` (augmented if asked); the batch loss."""
         inputs = self.feed(rows)
-        teacher = [self.teacher[rows], *(feature[rows] for feature in self.features)]
+        teacher = [*(t[rows] for t in self.teachers), *(f[rows] for f in self.features)]
         if self.augment is not None:
             inputs = self.augment(inputs, rng)
             teacher = [np.asarray(a, np.float32) for a in self.teach(dict(zip(self.names,
                                                                               inputs)))]
-        return trainer.step(inputs, teacher[0], self.onehot[rows], weights, lr, teacher[1:])
+        count = len(self.teachers)
+        return trainer.step(inputs, teacher[:count], self.onehot[rows], weights, lr,
+                            teacher[count:])
 
     def stepper(self, trainer: Trainer, index: np.ndarray, rng: np.random.Generator):
         """``step(lr)`` on an endless supply of shuffled batches (for the learning-rate sweep)."""
@@ -72,14 +84,22 @@ class Session:
         return step
 
     def evaluate(self, trainer: Trainer, index: np.ndarray) -> dict:
-        """Loss and metric of the current student on ``index``."""
-        logits = [trainer.predict(self.feed(rows))[:int((w > 0).sum())]
-                  for rows, w in batches(index, self.student.batch)]
-        logits = np.concatenate(logits)
+        """Loss and metric of the current student on ``index``; with several outputs also
+        each regression output's term (``outputs``: name → mean weighted distance)."""
+        results = [[a[:int((w > 0).sum())] for a in trainer.predict_outputs(self.feed(rows))]
+                   for rows, w in batches(index, self.student.batch)]
+        predicted = [np.concatenate(column) for column in zip(*results)]
+        teachers = [t[index] for t in self.teachers]
         labels = self.data.labels[index] if self.data.labels is not None else None
-        loss = kd_loss_per_sample(logits, self.teacher[index], labels,
-                                  self.config.temperature, self.config.alpha).mean()
-        return {"loss": float(loss), "metric": self.metric_of(logits, index)}
+        loss = distill_loss_per_sample(predicted, teachers, labels, self.config.temperature,
+                                       self.config.alpha, self.outputs).mean()
+        result = {"loss": float(loss), "metric": self.metric_of(predicted[self.label], index)}
+        if len(self.outputs) > 1:
+            result["outputs"] = {
+                o.name: float(regression_reference(o, s, t).mean()) if o.kind != "kd" else
+                float((s.argmax(axis=1) == t.argmax(axis=1)).mean())
+                for o, s, t in zip(self.outputs, predicted, teachers)}
+        return result
 
     def metric_of(self, logits: np.ndarray, index: np.ndarray) -> float:
         """Accuracy on the labelled samples of ``index`` (agreement with the teacher without)."""
@@ -91,9 +111,11 @@ class Session:
         return float((predicted[known] == labels[known]).mean())
 
 
-def _better(new: dict, best: dict | None) -> bool:
+def _better(new: dict, best: dict | None, by_loss: bool) -> bool:
     if best is None:
         return True
+    if by_loss:
+        return new["loss"] < best["loss"]
     return (new["metric"], -new["loss"]) > (best["metric"], -best["loss"])
 
 
@@ -126,7 +148,9 @@ def train_epochs(session: Session, trainer: Trainer, budget: Budget, train_index
                  "samples_per_second": len(train_index) / seconds,
                  "annealing": budget.annealing}
         history.append(entry)
-        if _better(current, best) or not validated:  # unvalidated: the latest weights
+        # the metric covers the class scores only: with regression outputs, the loss decides
+        by_loss = any(o.kind != "kd" for o in session.outputs)
+        if _better(current, best, by_loss) or not validated:  # unvalidated: the latest weights
             best, best_values, best_epoch = current, trainer.values(), epoch
         stop = budget.end_epoch(current["loss"])
         if progress:

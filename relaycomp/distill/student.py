@@ -58,11 +58,13 @@ ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 
 @dataclass
 class Student:
-    """A student ready for training: ``backbone(inputs..., params...) -> logits[batch, classes]``.
+    """A student ready for training: ``backbone(inputs..., params...) -> outputs``.
 
-    ``source`` is the model the user gave (ONNX ModelProto or Relax IRModule); ``write_back``
-    returns it with new parameter values. With hinted tensors (``feature_shapes``, one per
-    hint) the backbone returns ``(logits, *tensors)``.
+    ``outputs``: the student's outputs (``output_names``, per-batch ``output_shapes``); the
+    backbone returns the single output itself, or a tuple of them. ``source`` is the model
+    the user gave (ONNX ModelProto or Relax IRModule); ``write_back`` returns it with new
+    parameter values. With hinted tensors (``feature_shapes``, one per hint) the backbone
+    returns ``(*outputs, *tensors)``.
     """
 
     backbone: relax.Function
@@ -70,7 +72,8 @@ class Student:
     param_names: list[str]
     param_values: list[np.ndarray]
     batch: int
-    classes: int
+    output_names: list[str]
+    output_shapes: list[tuple[int, ...]]
     source: object
     kind: str
     frozen: list[str] = field(default_factory=list)
@@ -168,36 +171,39 @@ def student_from_onnx(model: onnx.ModelProto | str, sample_shapes: Mapping[str, 
     names = [name for name, _ in importer.lifted]
     values = [array for _, array in importer.lifted]
     return _finish(main, inputs, names, values, batch, source, "onnx", frozen,
-                   features=len(features))
+                   [o.name for o in source.graph.output], features=len(features))
 
 
-def _finish(main, inputs, names, values, batch, source, kind, frozen, lifted=(),
-            features=0) -> Student:
+def _finish(main, inputs, names, values, batch, source, kind, frozen, output_names,
+            lifted=(), features=0) -> Student:
     if not names:
         raise DistillError("the student has no trainable weights",
                            hint="its weights must be float32 initializers (or constants)")
-    ret, feature_shapes = main.ret_ty, []
-    if features:
-        fields = list(ret.fields)
-        if len(fields) != 1 + features:
-            raise DistillError(f"the student must have one output of shape [batch, classes]; "
-                               f"it has {len(fields) - features}")
-        ret = fields[0]
-        for hinted in fields[1:]:
-            if not isinstance(hinted, relax.TensorType) or hinted.shape is None or not all(
-                    isinstance(d, tvm.tirx.IntImm) for d in hinted.shape):
-                raise DistillError(f"a hinted student tensor has no static shape ({hinted})")
-            feature_shapes.append(tuple(int(d) for d in hinted.shape))
-    if not isinstance(ret, relax.TensorType) or ret.ndim != 2:
-        raise DistillError(f"the student must have one output of shape [batch, classes]; its "
-                           f"output type is {ret}",
-                           hint="export the logits as the only output")
-    out_batch, classes = (int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in ret.shape)
-    if out_batch != batch or classes is None:
-        raise DistillError(f"the student's output {list(ret.shape)} does not follow its batch "
-                           f"dim {batch}", hint="export the output as [batch, classes]")
-    return Student(main, inputs, names, values, batch, classes, source, kind, frozen,
-                   list(lifted), feature_shapes)
+    ret = main.ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    count = len(fields) - features
+    if output_names is None:
+        output_names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+    if count != len(output_names):
+        raise DistillError(f"the student returns {count} outputs; expected "
+                           f"{len(output_names)} ({output_names})")
+    shapes = []
+    for name, out in zip(output_names + [f"hint {i}" for i in range(features)], fields):
+        if not isinstance(out, relax.TensorType) or out.shape is None or not all(
+                isinstance(d, tvm.tirx.IntImm) for d in out.shape) or out.ndim < 1:
+            raise DistillError(f"student output {name!r} has no static shape ({out})",
+                               hint="every output needs a static shape with the batch first")
+        if str(out.dtype) != "float32":
+            raise DistillError(f"student output {name!r} is {out.dtype}; distillation trains "
+                               f"float32 outputs")
+        shapes.append(tuple(int(d) for d in out.shape))
+    for name, shape in zip(output_names, shapes):
+        if shape[0] != batch:
+            raise DistillError(f"the student's output {name!r} {list(shape)} does not follow "
+                               f"its batch dim {batch}",
+                               hint="export every output with the batch first")
+    return Student(main, inputs, names, values, batch, list(output_names), shapes[:count],
+                   source, kind, frozen, list(lifted), shapes[count:])
 
 
 def _onnx_with_values(source: onnx.ModelProto, values: Mapping[str, np.ndarray]):
@@ -267,7 +273,9 @@ def student_from_relax(model) -> Student:
     backbone = relax.Function(params, body, main.ret_ty, main.is_pure, main.attrs)
     names = [var.name for _, var in lifter.lifted]
     values = [const.value.numpy() for const, _ in lifter.lifted]
+    outputs = list(model.outputs) if isinstance(model, ImportedModel) else None
     return _finish(backbone, specs, names, values, batch_of(specs, 1), model, "relax", [],
+                   [getattr(o, "name", o) for o in outputs] if outputs else None,
                    lifter.lifted)
 
 

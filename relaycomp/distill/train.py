@@ -6,24 +6,32 @@ ops without a gradient are rewritten into ones with (:mod:`relaycomp.distill.gra
 ``AppendLoss`` attaches the KD loss of :mod:`relaycomp.distill.loss`, ``Gradient`` derives
 ``backbone_loss_adjoint``, and the optimizer of :mod:`relaycomp.distill.optim` is added as
 ``optimizer``. Everything runs in TVM; the host only feeds batches and the learning rate.
+The kernels of all three go through relaycomp's CPU schedules (``schedule_cpu_loops``), like
+an inference build's.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.relax.training.utils import AppendLoss
 
+from relaycomp import ir
 from relaycomp.distill.grad import make_differentiable
 from relaycomp.distill.hints import HintShape
-from relaycomp.distill.loss import kd_loss_function
+from relaycomp.distill.loss import distill_loss_function
+from relaycomp.distill.outputs import OutputLoss, label_output
 from relaycomp.distill.student import DistillError, Student
 from relaycomp.errors import last_line
 from relaycomp.ir import structural_key
+from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops, schedule_report
+from relaycomp.targets import resolve
 
 BACKBONE, LOSS, ADJOINT, OPTIMIZER = ("backbone", "backbone_loss", "backbone_loss_adjoint",
                                       "optimizer")
@@ -78,19 +86,29 @@ def _return_tuple_literally(func: relax.Function) -> relax.Function:
                           func.is_pure, func.attrs)
 
 
+def default_outputs(student: Student) -> list[OutputLoss]:
+    """``kd`` on every output (the single-output classifier case)."""
+    return [OutputLoss(name, shape, "kd")
+            for name, shape in zip(student.output_names, student.output_shapes)]
+
+
 class TrainingProgram:
     """``backbone`` (predict), ``backbone_loss_adjoint`` (loss and gradients) and ``optimizer``,
-    compiled for this CPU. Temperature and α are not part of it (runtime scalars). With
-    ``hints`` the backbone also returns the hinted tensors and the trainable parameters end
-    with the hints' adapters (``adapters`` of them)."""
+    compiled for this CPU. Temperature and α are not part of it (runtime scalars).
+    ``outputs``: the loss of each student output (default: ``kd`` on each). With ``hints``
+    the backbone also returns the hinted tensors and the trainable parameters end with the
+    hints' adapters (``adapters`` of them)."""
 
-    def __init__(self, student: Student, optimizer, hints: Sequence[HintShape] = ()):
+    def __init__(self, student: Student, optimizer, hints: Sequence[HintShape] = (),
+                 outputs: Sequence[OutputLoss] | None = None):
         self.student = student
         self.inputs = len(student.inputs)
         self.hints = len(hints)
         self.adapters = sum(h.adapter is not None for h in hints)
+        self.outputs = list(outputs) if outputs is not None else default_outputs(student)
+        self.label = label_output(self.outputs)
         backbone = make_differentiable(student.backbone).with_attr("global_symbol", BACKBONE)
-        if hints:
+        if hints or len(self.outputs) > 1:
             backbone = _return_tuple_literally(backbone)
         mod = relax.transform.DecomposeOpsForInference(BACKBONE)(tvm.IRModule({BACKBONE:
                                                                               backbone}))
@@ -101,9 +119,9 @@ class TrainingProgram:
             raise DistillError(f"the student uses op(s) TVM cannot differentiate: {listed}",
                                hint="replace them in the student (e.g. Clip → Relu, Pad → "
                                     "Conv padding) or train it elsewhere")
-        loss = kd_loss_function(student.batch, student.classes, hints)
+        loss = distill_loss_function(student.batch, self.outputs, hints)
         try:
-            mod = AppendLoss(BACKBONE, loss, 1 + len(hints), LOSS)(mod)
+            mod = AppendLoss(BACKBONE, loss, len(self.outputs) + len(hints), LOSS)(mod)
             loss_params = list(mod[LOSS].params)
             params = loss_params[self.inputs:self.inputs + len(params)]
             params += loss_params[len(loss_params) - self.adapters:] if self.adapters else []
@@ -112,26 +130,44 @@ class TrainingProgram:
             raise DistillError(f"TVM cannot differentiate the student: {last_line(err)}") from err
         mod[OPTIMIZER] = optimizer.function(params).with_attr("global_symbol", OPTIMIZER)
         self.mod = mod
-        # LLVM at -O1: a third less compile time than -O3, the same step time on these kernels
-        target = tvm.target.Target({"kind": "llvm", "opt-level": 1})
-        self.vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+        self.vm, self.schedule = _compile(mod)
+
+
+def _compile(mod: tvm.IRModule) -> tuple[relax.VirtualMachine, dict]:
+    """Build every function of ``mod`` the way relaycomp builds inference kernels for this CPU:
+    TVM's CPU legalization and fusion, then ``schedule_cpu_loops`` (parallel, vectorized,
+    register-tiled kernels), then the VM lowering, whose ``StaticPlanBlockMemory`` plans each
+    function's activations once at compile time (the VM's pooled allocator reuses the blocks
+    from step to step). Returns the VM and the schedule report (kernels per rule)."""
+    spec = resolve("host")
+    target = spec.tvm_target()
+    ir.request_threads(int(target.attrs.get("num-cores") or os.cpu_count() or 1))
+    with target:
+        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
+                                       + cpu.legalize_passes(target)
+                                       + [schedule_cpu_loops(target)])(mod)
+        report = schedule_report(mod)
+        mod = tvm.transform.Sequential(cpu.dataflow_lower_passes(target)
+                                       + cpu.finalize_passes(target))(mod)
+    return relax.VirtualMachine(ir.build_executable(mod, target), tvm.cpu()), report
 
 
 _PROGRAMS: OrderedDict[tuple, TrainingProgram] = OrderedDict()
 _CACHED_PROGRAMS = 4
 
 
-def training_program(student: Student, optimizer,
-                     hints: Sequence[HintShape] = ()) -> TrainingProgram:
-    """The compiled program for this student structure, optimizer and hints, reused within a
-    process (seed sweeps and scratch baselines recompile nothing). :func:`clear_programs`
-    empties it."""
+def training_program(student: Student, optimizer, hints: Sequence[HintShape] = (),
+                     outputs: Sequence[OutputLoss] | None = None) -> TrainingProgram:
+    """The compiled program for this student structure, optimizer, hints and output losses,
+    reused within a process (seed sweeps and scratch baselines recompile nothing).
+    :func:`clear_programs` empties it."""
+    outputs = list(outputs) if outputs is not None else default_outputs(student)
     key = (structural_key(tvm.IRModule({"main": student.backbone})), type(optimizer).__name__,
-           optimizer.weight_decay, optimizer.momentum, tuple(hints))
+           optimizer.weight_decay, optimizer.momentum, tuple(hints), tuple(outputs))
     if key in _PROGRAMS:
         _PROGRAMS.move_to_end(key)
         return _PROGRAMS[key]
-    program = TrainingProgram(student, optimizer, hints)
+    program = TrainingProgram(student, optimizer, hints, outputs)
     _PROGRAMS[key] = program
     while len(_PROGRAMS) > _CACHED_PROGRAMS:
         _PROGRAMS.popitem(last=False)
@@ -173,12 +209,15 @@ class Trainer:
         """The current parameters as numpy arrays."""
         return [p.numpy() for p in self.params]
 
-    def gradients(self, inputs: Sequence[np.ndarray], teacher: np.ndarray, onehot: np.ndarray,
+    def gradients(self, inputs: Sequence[np.ndarray], teacher, onehot: np.ndarray,
                   weights: np.ndarray, features: Sequence[np.ndarray] = ()):
-        """(loss, gradients as TVM tensors) of one batch at the current parameters;
+        """(loss, gradients as TVM tensors) of one batch at the current parameters.
+        ``teacher``: the teacher's outputs for the batch (an array, or one per output);
         ``features``: the teacher's hinted tensors for the batch."""
+        teachers = [teacher] if isinstance(teacher, np.ndarray) else list(teacher)
         feed = [tvm.runtime.tensor(a) for a in inputs]
-        targets = [tvm.runtime.tensor(a) for a in (teacher, onehot, weights)]
+        targets = [tvm.runtime.tensor(np.ascontiguousarray(a))
+                   for a in (*teachers, onehot, weights)]
         hinted = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in features]
         split = len(self.params) - self.program.adapters
         loss, grads = self.program.vm[ADJOINT](*feed, *self.params[:split], *targets,
@@ -186,7 +225,7 @@ class Trainer:
                                                *self.params[split:])
         return float(loss.numpy()), grads
 
-    def step(self, inputs: Sequence[np.ndarray], teacher: np.ndarray, onehot: np.ndarray,
+    def step(self, inputs: Sequence[np.ndarray], teacher, onehot: np.ndarray,
              weights: np.ndarray, lr: float, features: Sequence[np.ndarray] = ()) -> float:
         """One gradient step on one batch; returns the batch loss (before the update)."""
         loss, grads = self.gradients(inputs, teacher, onehot, weights, features)
@@ -197,8 +236,14 @@ class Trainer:
         return loss
 
     def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """Student logits for one batch."""
+        """Student logits (its class-score output) for one batch."""
+        return self.predict_outputs(inputs)[self.program.label]
+
+    def predict_outputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every student output for one batch."""
         feed = [tvm.runtime.tensor(a) for a in inputs]
         split = len(self.params) - self.program.adapters
         out = self.program.vm[BACKBONE](*feed, *self.params[:split])
-        return (out[0] if self.program.hints else out).numpy()
+        if not (self.program.hints or len(self.program.outputs) > 1):
+            return [out.numpy()]
+        return [out[i].numpy() for i in range(len(self.program.outputs))]

@@ -20,8 +20,67 @@ _DEPENDENT = ("calib", "eval", "calib_method", "keep_float", "max_accuracy_drop"
 
 
 def add_commands(sub) -> dict:
-    """Quantization has no command of its own (it is ``compile --quantize``)."""
-    return {}
+    """``relaycomp quantize MODEL --calib DATA -o MODEL.int8.onnx``: the int8 plan a compile
+    would make, written as a QDQ ONNX model (onnxruntime runs it)."""
+    command = sub.add_parser("quantize", help="write the int8 plan as a QDQ ONNX model "
+                                              "(what compile --quantize int8 would run)")
+    command.add_argument("model", help="ONNX file, or example:NAME")
+    command.add_argument("-o", "--output", help="the QDQ model (default: MODEL.int8.onnx)")
+    command.add_argument("--calib", metavar="DATA", required=True,
+                         help="calibration data: .npz keyed by input name, a folder of "
+                              "NAME.npy, or example:NAME")
+    command.add_argument("--eval", metavar="DATA",
+                         help="held-out data (+ 'labels') for the accuracy check")
+    command.add_argument("--input", action="append", default=[], metavar="NAME:DIMS",
+                         help="pin an input's shape (repeatable)")
+    for flag in ("--calib-method", "--per-tensor", "--symmetric-activations", "--keep-float",
+                 "--max-accuracy-drop"):
+        action = next(a for a in _option_template()._actions if flag in a.option_strings)
+        command._add_action(action)
+    return {"quantize": cmd_quantize}
+
+
+def _option_template() -> argparse.ArgumentParser:
+    """A parser holding the compile options of int8, to share their definitions."""
+    template = argparse.ArgumentParser(add_help=False)
+    add_compile_options(template)
+    return template
+
+
+def cmd_quantize(args) -> int:
+    """``relaycomp quantize``: plan int8 as a compile does, write the QDQ ONNX model."""
+    import json
+    from pathlib import Path
+
+    from relaycomp.compiler.manifest import check_output_file, write_atomically
+    from relaycomp.frontend.onnx_import import parse_input_specs
+    from relaycomp.quantize.export import quantize_to_qdq
+    from relaycomp.quantize.quantizer import QuantConfig, QuantReport
+
+    output = Path(args.output or f"{Path(args.model.removeprefix('example:')).stem}.int8.onnx")
+    check_output_file(output, "the QDQ model")
+    keep = tuple(name.strip() for text in args.keep_float for name in text.split(",")
+                 if name.strip())
+    config = QuantConfig(calibration=args.calib_method or "minmax",
+                         per_channel=not args.per_tensor,
+                         activations="symmetric" if args.symmetric_activations else "asymmetric",
+                         keep_float=keep, max_accuracy_drop=args.max_accuracy_drop)
+    qdq, report, skipped = quantize_to_qdq(args.model, config, calib=args.calib,
+                                           eval_data=args.eval,
+                                           input_shapes=parse_input_specs(args.input))
+    write_atomically(output, qdq.SerializeToString())
+    if args.json:
+        print(json.dumps({"model": str(output), "report": report.to_json(),
+                          "left_float": skipped}, indent=2))
+        return 0
+    lines = QuantReport.from_json(report.to_json()).summary().splitlines()
+    print(f"wrote {output} (QDQ ONNX; onnxruntime runs it)")
+    print(f"  int8: {lines[0]}")
+    for line in lines[1:]:
+        print(f"    {line.strip()}")
+    for name, reason in skipped.items():
+        print(f"  left float in the ONNX model: {name} ({reason})")
+    return 0
 
 
 def add_compile_options(parser: argparse.ArgumentParser) -> None:
@@ -53,13 +112,17 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
 def compile_config(args):
     """The ``QuantConfig`` of the parsed options (None without --quantize)."""
     if args.quantize is None:
+        # --calib/--eval also serve --precision bf16 (its accuracy is measured on them)
+        shared = ("calib", "eval") if getattr(args, "precision", "fp32") != "fp32" else ()
         given = [f"--{name.replace('_', '-')}" for name in _DEPENDENT
-                 if getattr(args, name) not in (None, [])]
+                 if name not in shared and getattr(args, name) not in (None, [])]
         flags = given + [f for f, on in (("--per-tensor", args.per_tensor),
                                          ("--weight-only", args.weight_only),
                                          ("--weight-bits", args.weight_bits != 8)) if on]
         if flags:
-            raise InputSpecError(f"{', '.join(flags)} need(s) --quantize int8")
+            also = (" (--calib/--eval also go with --precision bf16)"
+                    if {"--calib", "--eval"} & set(flags) else "")
+            raise InputSpecError(f"{', '.join(flags)} need(s) --quantize int8{also}")
         return None
     from relaycomp.quantize.quantizer import QuantConfig
 

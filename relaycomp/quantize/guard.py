@@ -25,34 +25,45 @@ class Evaluator:
     """Runs the switchable module on held-out batches under any layer mask."""
 
     def __init__(self, mod: tvm.IRModule, batches: list[dict[str, np.ndarray]],
-                 input_names: list[str], layer_count: int, labels: np.ndarray | None):
+                 input_names: list[str], layer_count: int, labels: np.ndarray | None,
+                 progress: tqdm | None = None):
         self._module = HostModule(mod)
+        if progress is not None:  # one step for the compile, one per batch of the reference
+            progress.update(1)
         self._feeds = [[batch[name] for name in input_names] for batch in batches]
         self.layer_count = layer_count
         self.labels = labels
-        self.reference = self._outputs(np.zeros(layer_count, bool))
+        self.reference = self._outputs(np.zeros(layer_count, bool), progress)
 
-    def _outputs(self, mask: np.ndarray) -> np.ndarray:
+    def _outputs(self, mask: np.ndarray, progress: tqdm | None = None) -> np.ndarray:
         mask = mask if mask.size else np.zeros(1, bool)
-        return np.concatenate([self._module.run([*feed, mask])[0] for feed in self._feeds])
+        outputs = []
+        for feed in self._feeds:
+            # atleast_1d: a scalar (0-d) first output is one value per batch
+            outputs.append(np.atleast_1d(self._module.run([*feed, mask])[0]))
+            if progress is not None:
+                progress.update(1)
+        return np.concatenate(outputs)
 
-    def agreement(self, quantized: set[int]) -> Agreement:
-        """Quantized-vs-float metrics with exactly the layers in ``quantized`` quantized."""
+    def agreement(self, quantized: set[int], progress: tqdm | None = None) -> Agreement:
+        """Quantized-vs-float metrics with exactly the layers in ``quantized`` quantized
+        (``progress`` counts each batch)."""
         mask = np.zeros(self.layer_count, bool)
         mask[list(quantized)] = True
-        return compare_outputs(self.reference, self._outputs(mask), self.labels)
+        return compare_outputs(self.reference, self._outputs(mask, progress), self.labels)
 
 
 def guard(evaluator: Evaluator, quantized: set[int], budget: float | None,
-          ) -> tuple[set[int], dict[int, dict], list[int], Agreement]:
+          progress: tqdm | None = None) -> tuple[set[int], dict[int, dict], list[int], Agreement]:
     """Leave-one-out sensitivity of every quantized layer and, with a ``budget`` (allowed
     accuracy drop), fall back to float for the most sensitive layers until it is met.
 
     Returns the layers still quantized, per-layer sensitivity, the layers returned to float
     (in order) and the final metrics. Returning layers to float is not what the user asked
-    for (int8), so it warns, once, with how many layers and why.
+    for (int8), so it warns, once, with how many layers and why. ``progress`` counts the
+    batches of the first evaluation (all layers int8); the sensitivity analysis has its own bar.
     """
-    current = evaluator.agreement(quantized)
+    current = evaluator.agreement(quantized, progress)
     sensitivity: dict[int, dict] = {}
     fallback: list[int] = []
     if budget is None or current.drop() <= budget:

@@ -37,6 +37,7 @@ from relaycomp.passes.quantize_int8 import (
 )
 from relaycomp.quantize.calib import CALIBRATORS, make_calibrator
 from relaycomp.quantize.guard import Agreement, Evaluator, HostModule, guard
+from relaycomp.quantize.progress import calibration_bar
 from relaycomp.quantize.report import QuantReport, constant_bytes, layer_entry, stored_bytes
 from relaycomp.schedules.cpu.int8 import prefers_pair_safe_weights
 
@@ -158,24 +159,31 @@ def plan_and_annotate(mod, config: QuantConfig | None = None, *, calib=None, eva
                                    hint="pass calib= (CLI: --calib samples.npz), or use "
                                         "weight_only")
         batches, _ = load_batches(calib, inputs, config.min_samples)
-        report.samples["calibration"] = len(batches) * int(inputs[0].shape[0] or 1)
+        first = inputs[0].shape  # () for a scalar input: one sample per batch
+        report.samples["calibration"] = len(batches) * int(first[0] if first else 1)
     chosen = [la for la in layers if la.index not in kept]
-    ranges = {} if config.weight_only else _calibrate(mod, chosen, batches, inputs, config)
-    plans = {la.index: _plan(la, config, ranges.get(la.index)) for la in chosen}
-
-    fallback, sensitivity = [], {}
+    held_out = None
     if batches or eval_data is not None:
         held_out, labels = (load_batches(eval_data, inputs, 1, "evaluation", allow_labels=True,
                                          classes=_class_count(mod))
                             if eval_data is not None else (batches, None))
-        report.evaluated_on = (f"{len(held_out)} held-out batch(es)" if eval_data is not None
-                               else f"the {len(held_out)} calibration batch(es)")
-        evaluator = Evaluator(switchable(mod, layers, plans), held_out,
-                              [s.name for s in inputs], len(layers), labels)
-        remaining, sensitivity, fallback, agreement = guard(evaluator, set(plans),
-                                                            config.max_accuracy_drop)
-        report.accuracy = agreement.to_json()
-        plans = {i: p for i, p in plans.items() if i in remaining}
+    calibrating = bool(chosen) and not config.weight_only
+    # the bar's steps: each compile and each batch run (the guard runs its batches twice)
+    steps = (1 + len(batches) if calibrating else 0) + (1 + 2 * len(held_out) if held_out else 0)
+    with calibration_bar(steps) as bar:
+        ranges = _calibrate(mod, chosen, batches, inputs, config, bar) if calibrating else {}
+        plans = {la.index: _plan(la, config, ranges.get(la.index)) for la in chosen}
+        fallback, sensitivity = [], {}
+        if held_out is not None:
+            report.evaluated_on = (f"{len(held_out)} held-out batch(es)" if eval_data is not None
+                                   else f"the {len(held_out)} calibration batch(es)")
+            bar.set_description_str("int8 accuracy check")
+            evaluator = Evaluator(switchable(mod, layers, plans), held_out,
+                                  [s.name for s in inputs], len(layers), labels, progress=bar)
+            remaining, sensitivity, fallback, agreement = guard(
+                evaluator, set(plans), config.max_accuracy_drop, progress=bar)
+            report.accuracy = agreement.to_json()
+            plans = {i: p for i, p in plans.items() if i in remaining}
     report.layers = [layer_entry(la, names[la.index], plans.get(la.index), kept, fallback,
                                   sensitivity) for la in layers]
     report.weight_bytes_float = sum(la.weight.nbytes for la in layers)
@@ -255,11 +263,12 @@ def _kept_float(config: QuantConfig, layers: list[Layer], onnx: list) -> dict[in
             if la.kind in wanted or name in wanted}
 
 
-def _calibrate(mod, layers: list[Layer], batches, inputs, config) -> dict[int, tuple]:
-    """Run the float module on every batch; calibrated input range of each layer."""
-    if not layers:
-        return {}
+def _calibrate(mod, layers: list[Layer], batches, inputs, config, bar) -> dict[int, tuple]:
+    """Run the float module on every batch; calibrated input range of each layer. ``bar``
+    (:mod:`relaycomp.quantize.progress`) counts the compile and each batch."""
+    bar.set_description_str("int8 calibration")
     module = HostModule(instrumented(mod))
+    bar.update(1)
     options = {"percentile": config.percentile} if config.calibration == "percentile" else {}
     calibrator = make_calibrator(config.calibration, **options)
     wanted = {la.index for la in layers}
@@ -268,6 +277,7 @@ def _calibrate(mod, layers: list[Layer], batches, inputs, config) -> dict[int, t
         for index, array in enumerate(taps):
             if index in wanted:
                 calibrator.observe(str(index), array)
+        bar.update(1)
     return {int(name): span for name, span in calibrator.ranges().items()}
 
 

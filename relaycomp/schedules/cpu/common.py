@@ -31,6 +31,11 @@ class CpuFacts:
     vector_bits: int
     accumulator_budget: int
     num_cores: int
+    # A load-store ISA (AArch64, RISC-V): every multiply-add operand sits in a register - a
+    # tile's weight vectors and broadcast inputs count against ``registers`` with its
+    # accumulators (x86 FMAs take one operand from memory, broadcast included).
+    loads_operands: bool = False
+    registers: int = 16
 
     def lanes(self, dtype: str) -> int:
         """SIMD lanes for ``dtype`` (8 for float32 on AVX2, 16 on AVX-512, 4 on NEON/SSE)."""
@@ -65,7 +70,8 @@ def cpu_facts(target: Target) -> CpuFacts:
         bits = -1
     # AArch64/RISC-V have 32 vector registers; 128 bits is a safe width for anything unknown.
     bits = bits if bits >= 64 else 128
-    return CpuFacts(bits, min(24, 1000 // (bits // 8)), num_cores)
+    return CpuFacts(bits, min(24, 1000 // (bits // 8)), num_cores, loads_operands=True,
+                    registers=32)
 
 
 @dataclass(frozen=True)

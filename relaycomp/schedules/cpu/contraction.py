@@ -174,6 +174,15 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuF
         else:
             reduction.append(loop)
     inner = [loop for loop in (outer_register_inner, register_inner) if loop is not None]
+    if facts.loads_operands:
+        # The longest reduction loop (a conv's input channels) innermost: LLVM unrolls a 3x3
+        # window loop inside it whole, and on a load-store ISA the window's weight vectors
+        # (18 for two vectors) then take registers next to the accumulators and spill.
+        # Only that loop moves (the last of the longest: a blocked conv's input-channel block
+        # stays innermost, its other loops where they were).
+        longest = max(reversed(reduction), key=lambda loop: loop_extent(sch, loop) or 0)
+        reduction.remove(longest)
+        reduction.append(longest)
     sch.reorder(*spatial_outer, *reduction, *inner, vector_inner)
     outer = sch.fuse(*spatial_outer) if len(spatial_outer) > 1 else spatial_outer[0]
     tiles = loop_extent(sch, outer)  # None when a dynamic batch is among the outer loops

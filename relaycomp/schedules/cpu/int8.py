@@ -21,6 +21,10 @@ Schedule (``L`` lanes, ``G`` group)::
   channels, u8 and s8 widened to 16 bits, so the pair sums are exact for any int8 weights.
 - AVX-512 VNNI, ``dot_16x4`` (:data:`DOT_16X4_VNNI`): one ``vpdpbusd``, 16 channels x 4,
   exact.
+- AArch64 dotprod, ``sdot`` (s8 x s8, 4 channels x 4): lane-indexed, ``sdot v.4s, v.16b,
+  v.4b[i]``, over the ``U`` columns of a tile (one 16-byte input load for four pixels; the
+  columns loop inside the channel blocks), else ``ld1r`` broadcasts; the tile counts the
+  input registers too (:func:`_register_tile`).
 
 ``data`` gets the layout ``[n, c/G, h, w, G]`` (written so by the padding stage, or a copy in the
 kernel: ~1/(9 f) of the work), ``weight`` ``[f/LF, c/G, ry, rx, F, L, G]`` (prepacked:
@@ -47,9 +51,12 @@ from tvm.target import Target, codegen
 from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA, LLVM_IR
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
+    collect_loads,
     loop_extent,
     schedule_spatial_block,
     single_reduction,
+    static_int,
+    uses_var,
 )
 from relaycomp.schedules.cpu.int8_names import (
     DOT_4X4_SDOT,
@@ -86,6 +93,10 @@ class Int8Instructions:
     weight_dtype: str = "int8"
     accumulator_dtype: str = "int32"
     llvm_ir: str | None = None  # LLVM IR the intrinsic calls into, imported by the kernel
+    # Lane-indexed form (AArch64 ``sdot v.4s, v.16b, v.4b[i]``): one vector load holds the
+    # inputs of this many adjacent columns (0: none). Without it the ``U`` broadcast inputs of
+    # a step stay live at once on AArch64 (LLVM hoists the ``ld1r``s), not ``scratch`` of them.
+    lane_columns: int = 0
 
 
 # vpmaddwd on 16-bit widened operands (exact); a u8 pair broadcast is movzwl, vmovd, vpmovzxbw,
@@ -105,7 +116,7 @@ AVX512_VNNI_YMM = Int8Instructions(DOT_8X4_VNNI, lanes=8, group=4, registers=32,
 # AArch64 dot product (ARMv8.2 +dotprod): sdot, four s8 x s8 products summed into s32, exact;
 # activations are int8 (``lower_qdq_to_integer`` shifts uint8 ones by -128 for such targets).
 ARM_SDOT = Int8Instructions(DOT_4X4_SDOT, lanes=4, group=4, registers=32, broadcast_cost=1,
-                            mac_cost=1, scratch=1, data_dtype="int8")
+                            mac_cost=1, scratch=1, data_dtype="int8", lane_columns=4)
 
 # AVX-512 BF16 vdpbf16ps: two bf16 x bf16 products added to each fp32 lane; on 512-bit registers
 # and, for output channels a multiple of 8 but not 16, on 256-bit ones (AVX-512 VL). Two spare
@@ -210,7 +221,19 @@ def _is_cast(block) -> bool:
 
 def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
                        facts: CpuFacts) -> s_tir.Schedule | None:
-    """The schedule of the module docstring, or ``None`` when ``func`` does not match."""
+    """The schedule of the module docstring, or ``None`` when ``func`` does not match. On
+    AArch64 the lane-indexed ``sdot`` form where it applies (convs of stride 1 or 2 along the
+    row: ``int8_intrin.sdot_lanes``), else ``ld1r`` broadcasts."""
+    if int8_instructions(target) is not ARM_SDOT:
+        return _schedule_int8_conv(func, target, facts, lane_form=False)
+    try:
+        return _schedule_int8_conv(func, target, facts, lane_form=True)
+    except Exception:  # noqa: BLE001 - the lane-indexed form did not apply: broadcasts
+        return _schedule_int8_conv(func, target, facts, lane_form=False)
+
+
+def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
+                        lane_form: bool) -> s_tir.Schedule | None:
     sch = s_tir.Schedule(func)
     nest = single_reduction(sch)
     if nest is None:
@@ -238,7 +261,10 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
             if _HAS_IF_THEN_ELSE(sch.get(info.block_rv))
             or (_is_cast(sch.get(info.block_rv)) and _feeds(sch, info.block_rv, main))
             or not _inlined(sch, info.block_rv)]
-    blocks, tile = _register_tile(out_channels // isa.lanes, width, steps, isa)
+    stride = (_column_stride(sch.get(main), batch_loops)
+              if lane_form and isa.lane_columns else None)
+    blocks, tile = _register_tile(out_channels // isa.lanes, width, steps, isa, stride)
+    lane_form = _lanes_apply(isa, tile, stride)
     data = sch.get(main).reads[0].source  # the parameter itself once a copy was inlined
     copies = []
     if any(data.same_as(param) for param in sch.mod["main"].params):
@@ -256,8 +282,12 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
     f_outer, f_block, f_lane = sch.split(f, [None, blocks, isa.lanes])
     x_outer, x_inner = sch.split(x, [None, tile])
     c_outer, c_group = sch.split(c, [None, isa.group])
-    sch.reorder(*loops[:batch_loops], f_outer, y, x_outer, c_outer, *window, x_inner, f_block,
-                f_lane, c_group)
+    if lane_form:  # the tile's columns inside: one intrinsic call per channel block
+        sch.reorder(*loops[:batch_loops], f_outer, y, x_outer, c_outer, *window, f_block,
+                    x_inner, f_lane, c_group)
+    else:
+        sch.reorder(*loops[:batch_loops], f_outer, y, x_outer, c_outer, *window, x_inner,
+                    f_block, f_lane, c_group)
     outer = sch.fuse(*loops[:batch_loops], f_outer, y, x_outer)
     if facts.parallel:
         sch.parallel(outer)
@@ -272,8 +302,13 @@ def schedule_int8_conv(func: tirx.PrimFunc, target: Target,
         sch.reverse_compute_inline(epilogue[-1])
     sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
     init = sch.decompose_reduction(main, c_outer)
-    sch.tensorize(f_lane, isa.intrinsic)
-    sch.unroll(x_inner)
+    if lane_form:
+        from relaycomp.schedules.cpu.int8_intrin import sdot_lanes
+
+        sch.tensorize(x_inner, sdot_lanes(tile, stride))
+    else:
+        sch.tensorize(f_lane, isa.intrinsic)
+        sch.unroll(x_inner)
     sch.unroll(f_block)
     for block in (init, write_back):
         tile_loops = sch.get_loops(block)
@@ -303,6 +338,24 @@ def _schedule_groups_last_stage(sch: s_tir.Schedule, block, group: int,
     outer = sch.fuse(*batch, channel_outer, rows)
     if facts.parallel:
         sch.parallel(outer)
+
+
+def _column_stride(block, batch_loops: int) -> int | None:
+    """How many input pixels apart adjacent output columns read: the conv's stride along the
+    row, when it is 1 or 2 (the lane-indexed form's; else ``None``)."""
+    column = block.iter_vars[batch_loops + 2].var
+    data = block.reads[0].source
+    loads = [load for load in collect_loads(block.body) if load.source.same_as(data)]
+    if not loads or any(uses_var(index, column) for index in loads[0].indices[:-1]):
+        return None
+    coefficients = tvm.sym.detect_linear_equation(loads[0].indices[-1], [column])
+    stride = static_int(coefficients[0]) if len(coefficients) == 2 else None
+    return stride if stride in (1, 2) else None
+
+
+def _lanes_apply(isa: Int8Instructions, tile: int, stride: int | None) -> bool:
+    """Whether ``tile`` columns ``stride`` pixels apart span one lane-indexed input load."""
+    return bool(isa.lane_columns and stride and (tile - 1) * stride + 1 >= isa.lane_columns)
 
 
 def _weight_is_pair_safe(func: tirx.PrimFunc, block) -> bool:
@@ -354,24 +407,34 @@ def _conv_shape(block, isa: Int8Instructions) -> tuple[int, int, int, int] | Non
     return out_channels, width, int(np.prod(extents[batch + 3:])) // isa.group, batch
 
 
-def _register_tile(channel_blocks: int, width: int, steps: int,
-                   isa: Int8Instructions) -> tuple[int, int]:
+def _register_tile(channel_blocks: int, width: int, steps: int, isa: Int8Instructions,
+                   lane_stride: int | None = None) -> tuple[int, int]:
     """``(F, U)``: channel blocks and output columns per tile. The ``F x U`` accumulators, the
     ``F`` weight vectors and the scratch registers must fit (a spilled accumulator costs a load
     and a store per multiply-add); of those tiles, the fewest instructions per output: ``steps``
     reduction steps of ``U`` broadcasts, ``F`` weight loads and ``F x U`` multiply-adds, then
     the epilogue, vectorized along the ``U`` columns (:data:`EPILOGUE_COST` per vector) - which
-    decides when the reduction is short (a 1x1 conv over 16 channels)."""
+    decides when the reduction is short (a 1x1 conv over 16 channels). With ``isa.lane_columns``
+    the inputs of a step take registers too: one per 16-byte load in the lane-indexed form
+    (columns ``lane_stride`` pixels apart), one per column with broadcasts."""
     best = (float("inf"), 0, 1, 1)
     for blocks in (4, 2, 1):
         if channel_blocks % blocks:
             continue
         for tile in range(1, width + 1):
             accumulators = blocks * tile
-            if (width % tile or accumulators + blocks + isa.scratch > isa.registers
+            inputs, loads = isa.scratch, isa.broadcast_cost * tile
+            if isa.lane_columns:
+                inputs = tile
+                if _lanes_apply(isa, tile, lane_stride):
+                    from relaycomp.schedules.cpu.int8_intrin import lane_loads
+
+                    inputs = len(lane_loads(tile, lane_stride))
+                loads = inputs
+            if (width % tile or accumulators + blocks + inputs > isa.registers
                     or accumulators * isa.lanes * 4 >= STACK_TILE_BYTES):
                 continue
-            reduction = steps * (isa.broadcast_cost * tile + blocks + isa.mac_cost * accumulators)
+            reduction = steps * (loads + blocks + isa.mac_cost * accumulators)
             epilogue = EPILOGUE_COST * blocks * isa.lanes * -(-tile // isa.lanes)
             per_output = (reduction + epilogue) / (accumulators * isa.lanes)
             best = min(best, (per_output, -accumulators, blocks, tile))

@@ -8,8 +8,10 @@ on first use only, because parsing TVMScript at import costs seconds.
 
 from __future__ import annotations
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 
 from relaycomp.schedules.cpu.int8_names import (
     DOT_4X4_SDOT,
@@ -130,3 +132,70 @@ s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_desc(16, 4, "uint8"), _dot_vnni(
                             override=True)
 s_tir.TensorIntrin.register(DOT_8X4_VNNI, _dot_desc(8, 4, "uint8"), _dot_vnni(8),
                             override=True)
+
+
+def lane_loads(columns: int, stride: int) -> list[int]:
+    """The first pixel of each 16-byte input load of the lane-indexed ``sdot`` over
+    ``columns`` output columns ``stride`` pixels apart: four pixels a load, the last one ending
+    at the last pixel read, so that nothing past the region is read (needs at least 4)."""
+    pixels = (columns - 1) * stride + 1
+    return sorted({min(j * stride // 4 * 4, pixels - 4) for j in range(columns)})
+
+
+def _dot_columns_desc(columns: int, stride: int):
+    """``C[j, lanes] += A[j * stride, 4] . B[lanes, 4]`` for ``columns`` output columns ``j``
+    (4 lanes): a conv's output pixels along a row, whose 4-channel input groups lie
+    ``stride`` groups apart."""
+    pixels = (columns - 1) * stride + 1
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (pixels, 4), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (columns, 4), "int32", offset_factor=1, strides=[T.int32(), 1])
+        with T.sblock("root"):
+            T.reads(C[0:columns, 0:4], A[0:pixels, 0:4], B[0:4, 0:4])
+            T.writes(C[0:columns, 0:4])
+            for j, i, k in T.grid(columns, 4, 4):
+                with T.sblock("update"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, k])  # the conv's f, x, c order
+                    C[vj, vi] = C[vj, vi] + T.cast(A[vj * stride, vk], "int32") * T.cast(
+                        B[vi, vk], "int32")
+
+    return desc
+
+
+def _sdot_lanes_impl(columns: int, stride: int):
+    """``sdot v.4s, v.16b, v.4b[lane]``: one 16-byte load holds the inputs of four adjacent
+    pixels (:func:`lane_loads`) and each ``sdot`` picks its column's 4-byte lane. Built with
+    the IR builder: the lanes must be constants."""
+    pixels = (columns - 1) * stride + 1
+    loads = lane_loads(columns, stride)
+    with IRBuilder() as builder, build_prim_func():
+        a, b, c = (T.arg(name, T.handle()) for name in "abc")
+        A = T.match_buffer(a, (pixels, 4), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (columns, 4), "int32", offset_factor=1, strides=[T.int32(), 1])
+        with T.sblock("root"):
+            T.reads(C[0:columns, 0:4], A[0:pixels, 0:4], B[0:4, 0:4])
+            T.writes(C[0:columns, 0:4])
+            for j in range(columns):
+                start = max(first for first in loads if first <= j * stride)
+                inputs = T.reinterpret(A.vload([start, 0], "int8x16"), dtype="int32x4")
+                lane = T.reinterpret(tirx.Shuffle([inputs], [j * stride - start] * 4),
+                                     dtype="int8x16")
+                T.buffer_store(C, T.call_llvm_pure_intrin(
+                    "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8",
+                    C.vload([j, 0], dtype="int32x4"), B.vload([0, 0], dtype="int8x16"), lane),
+                    [j, T.ramp(0, 1, 4)])
+    return builder.get()
+
+
+def sdot_lanes(columns: int, stride: int = 1) -> str:
+    """The name of the lane-indexed ``sdot`` intrinsic for ``columns`` output columns
+    ``stride`` pixels apart (at least 4 pixels in all), registered on first use."""
+    name = f"{DOT_4X4_SDOT}_lanes_{columns}_stride_{stride}"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+        s_tir.TensorIntrin.register(name, _dot_columns_desc(columns, stride),
+                                    _sdot_lanes_impl(columns, stride))
+    return name

@@ -191,6 +191,10 @@ def _analyze(block, facts: CpuFacts) -> _Candidate | Plan | None:
                 if dim is None or size * MAX_PACK_RATIO > macs:
                     continue
                 cost = 1 if size * FREE_PACK_RATIO <= macs else max(size, 3)
+            if register_iter is None and facts.loads_operands:
+                # No other operand to reuse the vectors (a depthwise conv): on a load-store ISA,
+                # a second axis of this one (the output rows) that its loads slide along.
+                register_iter = _sliding_axis(load, iters, extents, exclusive[k] - {i})
             vectors, tile = _register_tile(extents, lanes, facts, i, register_iter)
             per_load = round(vectors * tile / (vectors + tile), 2)
             key = (-per_load, cost, size, -i)
@@ -241,6 +245,18 @@ def _plan_without_reuse(operands, iters, extents, spatial, lanes, facts) -> Plan
     return Plan(vector_iter, vector_tile, register_iter, register_tile, ())
 
 
+def _sliding_axis(load, iters, extents, candidates) -> int | None:
+    """The innermost of ``candidates`` (iterator indices) that ``load`` indexes together with a
+    reduction iterator (``y + ry``), so that neighbouring outputs share loads; else ``None``."""
+    reduction = [it.var for it in iters if it.iter_type != tirx.IterVar.DataPar]
+    for j in sorted(candidates, reverse=True):
+        if (extents[j] or 1) > 1 and any(
+                uses_var(index, iters[j].var) and any(uses_var(index, r) for r in reduction)
+                for index in load.indices):
+            return j
+    return None
+
+
 def _register_tile(extents, lanes, facts, vector_iter, register_iter) -> tuple[int, int]:
     """``(vectors, register_tile)``: the most accumulators (independent FMA chains) the register
     budget holds, then the fewest loads per multiply-add (vectors + register_tile)."""
@@ -251,8 +267,16 @@ def _register_tile(extents, lanes, facts, vector_iter, register_iter) -> tuple[i
     for vectors in range(1, most_vectors + 1):
         if extents[vector_iter] % (vectors * lanes) == 0:
             tile = largest_divisor(u_extent, facts.accumulator_budget // vectors)
+            while tile > 1 and not _fits(facts, vectors, tile):
+                tile = largest_divisor(u_extent, tile - 1)
             best = max(best, (tile * vectors, -(tile + vectors), -vectors, vectors, tile))
     return best[3], best[4]
+
+
+def _fits(facts, vectors: int, pixels: int) -> bool:
+    """Whether a ``vectors x pixels`` tile, its weight vectors and its broadcast inputs fit the
+    registers of a load-store ISA (always on x86, whose FMAs read an operand from memory)."""
+    return not facts.loads_operands or vectors * pixels + vectors + pixels <= facts.registers
 
 
 def _register_tile_2d(extents, lanes, facts, vector_iter, register_iter, outer_iter,
@@ -270,7 +294,7 @@ def _register_tile_2d(extents, lanes, facts, vector_iter, register_iter, outer_i
                 continue
             tile = largest_divisor(extents[register_iter], budget // (vectors * outer))
             pixels = tile * outer
-            if tile < 2:  # a column of pixels: the sliding window's loads are not shared
+            if tile < 2 or not _fits(facts, vectors, pixels):  # a column: loads not shared
                 continue
             best = max(best, (vectors * pixels, -(vectors + pixels), 0, vectors, tile, outer))
     return best[3], best[4], best[5]
