@@ -194,3 +194,23 @@ def test_the_fused_relu_stays_one_packed_max_per_vector():
     assert packed and len(packed) == len(re.findall(r"vmaxps\s", stock))
     assert not re.search(r"vmaxss|vblendv|vcmp\w*ss", asm), "the epilogue was scalarized"
     assert asm.count("(%rsp)") == stock.count("(%rsp)"), "more stack traffic (spills)"
+
+
+def test_a_fused_chain_of_clips_grows_linearly():
+    """Each select names its operand twice; bound once, a chain of ten Add + Clip fused into one
+    kernel stays about ten times one link, not 2^10 copies of the input (an int8 epilogue's chain
+    of requantizing clips took minutes to compile)."""
+    nodes, previous = [], "x"
+    for i in range(10):
+        nodes += [helper.make_node("Add", [previous, "one"], [f"a{i}"]),
+                  helper.make_node("Clip", [f"a{i}", "low", "high"], [f"c{i}"])]
+        previous = f"c{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    model = _model(nodes, initializers=[*_bounds(-6.0, 6.0),
+                                        numpy_helper.from_array(np.array(0.5, np.float32), "one")])
+    mod = relaycomp.import_onnx(model, {"x": SHAPE}).mod
+    stages = [Stage(name, passes) for name, passes in PIPELINES["llvm"] if name != "lower"]
+    mod, _ = run_stages(mod, stages, resolve("x86-64-avx512", num_cores=2).tvm_target())
+    kernels = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert len(kernels) == 1, "the chain should fuse into one kernel"
+    assert kernels[0].script().count("x[") <= 2
