@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx, topi
+from tvm import relax, te, tirx
 
 from relaycomp.registry import register_pass
+from relaycomp.rewrite.conv_window import output_size, pad_spatial
 
 ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
 
@@ -67,11 +68,8 @@ def _conv2d_bf16(data: te.Tensor, weight: te.Tensor, strides, padding, dilation)
     batch, in_channels, height, width = data.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
     (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
-    top, left, bottom, right = padding
-    padded = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], pad_value=0,
-                         name="pad_temp") if any(padding) else data
-    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
-    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    padded = pad_spatial(data, padding)
+    out_h, out_w = output_size(height, width, (kernel_h, kernel_w), strides, padding, dilation)
     rc = te.reduce_axis((0, in_channels), name="rc")
     ry = te.reduce_axis((0, kernel_h), name="ry")
     rx = te.reduce_axis((0, kernel_w), name="rx")

@@ -21,9 +21,10 @@ targets. Reports: ``planned`` (convs given the blocked layout), ``block``, ``lay
 from __future__ import annotations
 
 import tvm
-from tvm import relax, te, topi
+from tvm import relax, te
 
 from relaycomp.registry import register_pass
+from relaycomp.rewrite.conv_window import output_size, pad_spatial
 from relaycomp.schedules.cpu.common import cpu_facts
 
 CONV_KERNEL = "conv2d_nchwc"
@@ -58,11 +59,8 @@ def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding, dilation)
     batch, _, height, width, _ = data.shape
     out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
     (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
-    top, left, bottom, right = padding
-    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], pad_value=0,
-                         name="pad_temp") if any(padding) else data
-    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
-    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    padded = pad_spatial(data, padding)
+    out_h, out_w = output_size(height, width, (kernel_h, kernel_w), strides, padding, dilation)
     co = te.reduce_axis((0, in_blocks), name="co")
     ry = te.reduce_axis((0, kernel_h), name="ry")
     rx = te.reduce_axis((0, kernel_w), name="rx")

@@ -33,6 +33,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.target import codegen
 
+from relaycomp.ir import rewrite_primfuncs
 from relaycomp.registry import register_pass
 
 
@@ -123,19 +124,10 @@ def propagate_nan_in_max_min(target: tvm.target.Target | None = None, *,
         current = target or tvm.target.Target.current(allow_none=True)
         native = current is not None and current.kind.name == "llvm" and str(
             current.attrs.get("mtriple", "")).startswith("aarch64")
-        updates, rewritten = {}, 0
-        for gvar, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc):
-                new, count = rewrite_primfunc(func, native)
-                if count:
-                    updates[gvar], rewritten = new, rewritten + count
+        mod, kernels, rewritten = rewrite_primfuncs(
+            mod, lambda func: rewrite_primfunc(func, native))
         if report is not None:
-            report.update(kernels=len(updates), max_min_rewritten=rewritten)
-        if not updates:
-            return mod
-        mod = mod.clone()
-        for gvar, func in updates.items():
-            mod[gvar] = func
+            report.update(kernels=kernels, max_min_rewritten=rewritten)
         return mod
 
     return run

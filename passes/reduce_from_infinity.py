@@ -21,6 +21,7 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
+from relaycomp.ir import rewrite_primfuncs
 from relaycomp.registry import register_pass
 
 
@@ -67,20 +68,9 @@ def reduce_from_infinity(target: tvm.target.Target | None = None, *,
 
     @tvm.transform.module_pass(opt_level=0, name="reduce_from_infinity")
     def run(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        updates = {}
-        changed = 0
-        for gvar, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc):
-                new, count = rewrite_primfunc(func)
-                if count:
-                    updates[gvar], changed = new, changed + count
+        mod, _, changed = rewrite_primfuncs(mod, rewrite_primfunc)
         if report is not None:
             report.update(reductions=changed)
-        if not updates:
-            return mod
-        mod = mod.clone()
-        for gvar, func in updates.items():
-            mod[gvar] = func
         return mod
 
     return run

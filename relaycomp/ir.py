@@ -378,3 +378,21 @@ def local_builder_worker():
     from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
 
     return _worker_func, _serialize_params
+
+
+def rewrite_primfuncs(mod: tvm.IRModule, rewrite) -> tuple[tvm.IRModule, int, int]:
+    """``mod`` with every PrimFunc replaced by ``rewrite(func) -> (func, count)`` where the count
+    is non-zero; and the number of kernels changed and the sum of the counts. ``mod`` itself is
+    returned when nothing changed."""
+    updates, total = {}, 0
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            new, count = rewrite(func)
+            if count:
+                updates[gvar], total = new, total + count
+    if not updates:
+        return mod, 0, 0
+    mod = mod.clone()
+    for gvar, func in updates.items():
+        mod[gvar] = func
+    return mod, len(updates), total
