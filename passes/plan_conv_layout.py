@@ -2,7 +2,7 @@
 
 Matches: ``conv2d`` in NCHW/OIHW with an fp32 input, a constant fp32 weight, one group, and
 input and output channels that are multiples of the block ``b`` (two vectors of the target's
-fp32 lanes: 32 on AVX-512, 16 on AVX2 and NEON).
+fp32 lanes: 32 on AVX-512, 16 on AVX2, 8 on NEON).
 Produces: those convs on ``NCHW[b]c`` activations and ``OIHW[b]i[b]o`` weights (re-laid out at
 compile time), as ``conv2d_nchwc`` kernels whose output channels are the innermost axis: a
 register tile's vectors are stored whole, and the epilogue (bias, residual add, relu) reads its
@@ -55,7 +55,9 @@ def _plannable(call: relax.Call, block: int) -> bool:
 
 def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding, dilation) -> te.Tensor:
     """``out[n, fo, y, x, fi] = sum(data[n, co, y', x', ci] * weight[fo, co, ry, rx, ci, fi])``
-    over ``co, ry, rx, ci`` (the input block innermost: consecutive broadcast loads)."""
+    over ``co, ry, ci, rx``: the window's columns innermost, so the unrolled register tile
+    shares each broadcast input across them (42 multiply-adds per 9 broadcasts and 6 weight
+    vectors on AVX-512, as the NCHW kernel's sliding window)."""
     batch, _, height, width, _ = data.shape
     out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
     (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
