@@ -14,10 +14,7 @@ same one packed ``vmaxps`` as before, its operands swapped - x86's max returns i
 operand on NaN), and
 ``a < b || isnan(b) ? b : a`` for ``max(a, b)`` of two tensors (``>`` for ``min``). On AArch64,
 whose ``fmax``/``fmin`` propagate NaN, ``llvm.maximum``/``llvm.minimum`` instead (a ReLU6 is then
-two instructions, not compares, selects and mask shuffles). Each operand other than a constant
-is bound once (``let v = x in v < c ? c : v``): the select names it twice, and when fusion
-inlines a producer's expression into it - a chain of requantizing clips in an int8 epilogue - a
-copy at every link grew PP-OCR's int8 kernels 11x and their code generation to minutes.
+two instructions, not compares, selects and mask shuffles).
 Keeps: every other result (a ReLU of ``-0`` now keeps its sign, as onnxruntime's does), the
 kernels' attributes (their ``op_pattern``), the signature. Runs: stage ``legalize``, last
 (after ``legalize_ops`` made the kernels, before ``fuse`` inlines them into conv/matmul
@@ -51,13 +48,14 @@ _NATIVE = {"Max": "llvm.maximum", "Min": "llvm.minimum"}
 def _activation_operand(expr) -> bool:
     """A loaded value, a constant or another (NaN-propagating) max/min: what ReLU, Clip and
     Max/Min kernels take. Arithmetic operands (a requantizing epilogue's clip of a rescaled
-    value) are left alone."""
+    value) are left alone: the select names its operand twice, and once a chain of such kernels
+    is inlined into one epilogue the expression doubles at every link."""
     if isinstance(expr, tvm.ir.expr.Call):  # a native max/min (AArch64)
         return (isinstance(expr.op, tvm.ir.Op) and expr.op.name == "tirx.call_llvm_pure_intrin"
                 and int(expr.args[0].value) in {codegen.llvm_lookup_intrinsic_id(name)
                                                 for name in _NATIVE.values()})
     return type(expr).__name__ in ("TensorLoad", "BufferLoad", "Var", "FloatImm", "Select", "Max",
-                                   "Min", "Let")
+                                   "Min")
 
 
 def nan_propagating(expr, native: bool = False):
@@ -73,25 +71,9 @@ def nan_propagating(expr, native: bool = False):
         return tirx.call_llvm_pure_intrin(str(expr.ty), _NATIVE[type(expr).__name__], a, b)
     if _constant(a):  # constants go right: the one-compare form below
         a, b = b, a
-    # The select names each operand twice: bound once to a variable, an operand that fusion
-    # later replaces by its producer's expression (a chain of clips) is not copied at each link.
-    bound = [(var, value) for var, value in ((_var(a), a), (_var(b), b)) if var is not None]
-    names = {id(value): var for var, value in bound}
-    a, b = names.get(id(a), a), names.get(id(b), b)
     if _constant(b):
-        result = tirx.Select(keeps_right(a, b), b, a)
-    else:
-        result = tirx.Select(tirx.Or(keeps_right(a, b), tirx.isnan(b)), b, a)
-    for var, value in reversed(bound):
-        result = tirx.Let(var, value, result)
-    return result
-
-
-def _var(expr):
-    """A variable to bind ``expr`` to, or ``None`` for a constant or a variable already."""
-    if isinstance(expr, tirx.FloatImm) or type(expr).__name__ == "Var":
-        return None
-    return tirx.Var("nan_operand", str(expr.ty))
+        return tirx.Select(keeps_right(a, b), b, a)
+    return tirx.Select(tirx.Or(keeps_right(a, b), tirx.isnan(b)), b, a)
 
 
 def rewrite_primfunc(func: tirx.PrimFunc, native: bool = False) -> tuple[tirx.PrimFunc, int]:
