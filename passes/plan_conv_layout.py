@@ -23,34 +23,62 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te
 
+from relaycomp.channels.relax_ops import elementwise_tir
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.conv_window import output_size, pad_spatial
 from relaycomp.schedules.cpu.common import cpu_facts
 
 CONV_KERNEL = "conv2d_nchwc"
+DEPTHWISE_KERNEL = "depthwise_conv2d_nchwc"
 VECTORS_PER_BLOCK = 2  # the register tile's vectors along the output channels
 CONV_OP = "relax.nn.conv2d"
 
 
-def block_for(target: tvm.target.Target) -> int:
-    """The channel block: ``VECTORS_PER_BLOCK`` fp32 vectors of ``target``."""
-    return VECTORS_PER_BLOCK * cpu_facts(target).lanes("float32")
+def blocks_for(target: tvm.target.Target) -> list[int]:
+    """The channel blocks of ``target``, preferred first: ``VECTORS_PER_BLOCK`` fp32 vectors,
+    then one (for channel counts such as MobileNetV2's 16 and 144 on AVX-512)."""
+    lanes = cpu_facts(target).lanes("float32")
+    return [VECTORS_PER_BLOCK * lanes, lanes]
 
 
-def _plannable(call: relax.Call, block: int) -> bool:
+def choose_block(mod: tvm.IRModule, blocks: list[int]) -> int:
+    """The block of ``blocks`` that the most convs of ``mod`` fit, the first on a tie."""
+    convs = [call for call in _calls(mod) if isinstance(call.op, tvm.ir.Op)
+             and call.op.name == CONV_OP]
+    fitting = [sum(_conv_kind(call, block) is not None for call in convs) for block in blocks]
+    return blocks[fitting.index(max(fitting))]
+
+
+def _calls(mod: tvm.IRModule) -> list[relax.Call]:
+    found = []
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(
+                func, lambda expr: found.append(expr) if isinstance(expr, relax.Call) else None)
+    return found
+
+
+def _conv_kind(call: relax.Call, block: int) -> str | None:
+    """``"dense"`` (one group) or ``"depthwise"`` for a plannable conv, else ``None``."""
     if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP):
-        return False
+        return None
     data, weight = call.args
     attrs = call.attrs
     if not isinstance(weight, tvm.ir.expr.Constant) or len(weight.ty.shape) != 4:
-        return False
+        return None
     shape = weight.ty.shape
     out_channels, in_channels = int(shape[0]), int(shape[1])
-    return (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
-            and attrs.out_layout == "NCHW" and int(attrs.groups) == 1
-            and str(data.ty.dtype) == "float32" and str(weight.ty.dtype) == "float32"
-            and str(call.ty.dtype) == "float32"
-            and in_channels % block == 0 and out_channels % block == 0)
+    groups = int(attrs.groups)
+    if not (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
+            and attrs.out_layout == "NCHW" and str(data.ty.dtype) == "float32"
+            and str(weight.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"
+            and out_channels % block == 0):
+        return None
+    if groups == 1 and in_channels % block == 0:
+        return "dense"
+    if groups == out_channels and in_channels == 1 and int(data.ty.shape[1]) == groups:
+        return "depthwise"
+    return None
 
 
 def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding, dilation) -> te.Tensor:
@@ -75,6 +103,25 @@ def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding, dilation)
         name="conv2d_nchwc", tag="conv2d_nchwc")
 
 
+def depthwise_conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding,
+                           dilation) -> te.Tensor:
+    """``out[n, c, y, x, i] = sum(data[n, c, y', x', i] * weight[c, 0, ry, rx, 0, i])``: one
+    filter per channel, whole vectors of the block's channels (no broadcast, no shuffle)."""
+    batch, _, height, width, _ = data.shape
+    blocks, _, kernel_h, kernel_w, _, block = weight.shape
+    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
+    padded = pad_spatial(data, padding)
+    out_h, out_w = output_size(height, width, (kernel_h, kernel_w), strides, padding, dilation)
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    return te.compute(
+        (batch, blocks, out_h, out_w, block),
+        lambda n, c, y, x, i: te.sum(
+            padded[n, c, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, i]
+            * weight[c, 0, ry, rx, 0, i], axis=[ry, rx]),
+        name="depthwise_conv2d_nchwc", tag="depthwise_conv2d_nchwc")
+
+
 @relax.expr_functor.mutator
 class _BlockedConvsToKernels(relax.PyExprMutator):
     """``conv2d`` on ``NCHW[b]c`` (as ``ConvertLayout`` leaves it) -> a ``conv2d_nchwc``
@@ -94,10 +141,38 @@ class _BlockedConvsToKernels(relax.PyExprMutator):
         data, weight = call.args
         attrs = call.attrs
         self.converted += 1
+        kernel, name = ((conv2d_nchwc, CONV_KERNEL) if int(attrs.groups) == 1
+                        else (depthwise_conv2d_nchwc, DEPTHWISE_KERNEL))
         return self.builder_.call_te(
-            conv2d_nchwc, data, weight, [int(s) for s in attrs.strides],
+            kernel, data, weight, [int(s) for s in attrs.strides],
             [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
-            primfunc_name_hint=CONV_KERNEL)
+            primfunc_name_hint=name)
+
+
+@relax.expr_functor.mutator
+class _ElementwiseTirToOps(relax.PyExprMutator):
+    """``call_tir`` of a TE ``max``/``min`` with a scalar (how TVM's ONNX importer lowers
+    ``Clip``) -> ``relax.maximum``/``relax.minimum``, which ``ConvertLayout`` carries through."""
+
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.mod = mod
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        found = elementwise_tir(self.mod, call)
+        if found is None:
+            return call
+        tensor, scalar = call.args[1].fields
+        return found[1](tensor, scalar)
+
+
+def _raise_elementwise_tir(mod: tvm.IRModule) -> tvm.IRModule:
+    mutator = _ElementwiseTirToOps(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
 
 
 def _layout_changes(mod: tvm.IRModule) -> int:
@@ -121,15 +196,19 @@ def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tv
 
     def desired(call: relax.Call):
         nonlocal planned
-        if not _plannable(call, block):
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP):
             return {}
+        kind = _conv_kind(call, block)
+        if kind is None:  # said explicitly: left alone, it would adopt its input's layout
+            return {CONV_OP: [str(call.attrs.data_layout), str(call.attrs.kernel_layout)]}
         planned += 1
-        return {CONV_OP: [f"NCHW{block}c", f"OIHW{block}i{block}o"]}
+        weight_layout = f"OIHW{block}i{block}o" if kind == "dense" else f"OIHW1i{block}o"
+        return {CONV_OP: [f"NCHW{block}c", weight_layout]}
 
     if not any(gvar.name_hint == "main" for gvar in mod.get_global_vars()):
         return mod
     try:
-        converted = relax.transform.ConvertLayout({}, desired)(mod)
+        converted = relax.transform.ConvertLayout({}, desired)(_raise_elementwise_tir(mod))
     except Exception as err:  # noqa: BLE001 - what ConvertLayout cannot carry keeps NCHW
         if report is not None:
             report.update(block=block, planned=0, skipped=str(err).strip().splitlines()[-1])
@@ -163,6 +242,6 @@ def plan_conv_layout(target: tvm.target.Target | None = None, report: dict | Non
         chosen = target or tvm.target.Target.current()
         if chosen is None:
             return mod
-        return plan_layout(mod, block_for(chosen), report)
+        return plan_layout(mod, choose_block(mod, blocks_for(chosen)), report)
 
     return _plan

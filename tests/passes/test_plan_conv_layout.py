@@ -10,7 +10,8 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from relaycomp.passes.plan_conv_layout import block_for, plan_conv_layout
+from relaycomp.frontend.onnx_import import import_onnx
+from relaycomp.passes.plan_conv_layout import blocks_for, plan_conv_layout
 from relaycomp.targets import resolve
 from tests.helpers import assert_matches_ort
 
@@ -118,10 +119,68 @@ def test_a_conv_whose_channels_do_not_fill_the_block_stays_nchw():
     assert calls.count("conv2d_nchwc") == 2 and report["planned"] == 2
 
 
-@pytest.mark.parametrize(("preset", "block"), [("x86-64-avx512", 32), ("x86-64-avx2", 16),
-                                                ("cortex-a76", 8)])
-def test_the_block_is_two_vectors_of_the_target(preset, block):
-    assert block_for(resolve(preset, num_cores=2).tvm_target()) == block
+@pytest.mark.parametrize(("preset", "blocks"), [("x86-64-avx512", [32, 16]),
+                                                 ("x86-64-avx2", [16, 8]), ("cortex-a76", [8, 4])])
+def test_the_block_is_two_vectors_of_the_target_then_one(preset, blocks):
+    assert blocks_for(resolve(preset, num_cores=2).tvm_target()) == blocks
+
+
+def _inverted_residual(channels: int = 16, expanded: int = 64, size: int = 14):
+    """A MobileNetV2 block in ONNX: 1x1 expand + ReLU6 (``Clip``), 3x3 depthwise + ReLU6,
+    1x1 project, residual add; the convs with biases."""
+    def conv(name, source, out_channels, in_channels, kernel, groups=1):
+        inits.append(numpy_helper.from_array((RNG.standard_normal(
+            (out_channels, in_channels // groups, kernel, kernel)) / (in_channels // groups
+                                                                     * kernel * kernel) ** 0.5
+        ).astype("float32"), f"{name}_w"))
+        inits.append(numpy_helper.from_array(RNG.standard_normal(out_channels)
+                                             .astype("float32") / 4, f"{name}_b"))
+        nodes.append(helper.make_node("Conv", [source, f"{name}_w", f"{name}_b"], [name],
+                                      group=groups, pads=[kernel // 2] * 4))
+
+    def relu6(name, source):
+        nodes.append(helper.make_node("Clip", [source, "zero", "six"], [name]))
+
+    nodes, inits = [], [numpy_helper.from_array(np.array(0, "float32"), "zero"),
+                        numpy_helper.from_array(np.array(6, "float32"), "six")]
+    conv("expand", "x", expanded, channels, 1)
+    relu6("expand_relu", "expand")
+    conv("depthwise", "expand_relu", expanded, expanded, 3, groups=expanded)
+    relu6("depthwise_relu", "depthwise")
+    conv("project", "depthwise_relu", channels, expanded, 1)
+    nodes.append(helper.make_node("Add", ["project", "x"], ["y"]))
+    shape = [1, channels, size, size]
+    graph = helper.make_graph(nodes, "inverted_residual",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_mobilenet_block_runs_blocked_through_its_depthwise_conv_and_relu6():
+    """On AVX-512, 16 channels do not fill a block of 32, so the block is one vector (16); the
+    importer's ReLU6 kernels become ``maximum``/``minimum``, which keep the blocked layout."""
+    after, report = _planned(relax.transform.FoldConstant()(
+        import_onnx(_inverted_residual()).mod))
+    assert [name.rstrip("0123456789") for name in _calls(after)] == [
+        "layout_transform",
+        "conv2d_nchwc", "add", "maximum", "minimum",
+        "depthwise_conv2d_nchwc", "add", "maximum", "minimum",
+        "conv2d_nchwc", "add", "add",
+        "layout_transform",
+    ]
+    assert report == {"block": 16, "planned": 3, "layout_changes": 2}
+    depthwise = next(binding.value.args[1].fields[1]
+                     for binding in after["main"].body.blocks[0].bindings
+                     if binding.value.op.name == "relax.call_tir"
+                     and binding.value.args[0].name_hint == "depthwise_conv2d_nchwc")
+    assert tuple(depthwise.value.shape) == (4, 1, 3, 3, 1, 16)  # OIHW1i16o
+
+
+def test_a_compiled_mobilenet_block_matches_onnxruntime(tmp_path):
+    x = RNG.standard_normal((1, 16, 14, 14)).astype("float32") * 3  # some ReLU6 saturate
+    assert_matches_ort(_inverted_residual(), {"x": x}, tmp_path, rtol=1e-5)
+    report = json.loads((tmp_path / "model.so.json").read_text())["report"]["layout"]
+    assert report["planned"] == 3 and report["layout_changes"] == 2
 
 
 def _onnx_chain(channels: int = 32):
@@ -179,3 +238,33 @@ def test_blocked_conv_kernels_fill_the_target_vector_registers(preset, register,
     assert not _spills(asm, register)
     if register == "ymm":
         assert "zmm" not in asm
+
+
+def test_a_one_vector_block_tiles_two_output_blocks_per_broadcast():
+    """With a one-vector block (48 channels on AVX-512), a 1x1 conv's tile spans two blocks of
+    output channels, so each broadcast input feeds two multiply-adds (as with a two-vector
+    block), in at least 14 accumulators, without spills."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops
+    from tests.test_cpu_isa import _fma_accumulators, _hot_loop, _spills
+
+    target = resolve("x86-64-avx512", num_cores=2).tvm_target()
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 48, 14, 14), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, _weight(96, 48, size=1))))
+            y = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(a, _weight(96, 96, size=1))))
+        bb.emit_func_output(y)
+    mod = bb.get()
+    with target:
+        mod = tvm.transform.Sequential(
+            [plan_conv_layout(target)] + cpu.legalize_passes(target)
+            + [relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu_loops(target)]
+            + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+    asm = _hot_loop(tvm.compile(mod, target, relax_pipeline=None).mod.imports[0]
+                    .inspect_source("asm"))
+    assert len(_fma_accumulators(asm, "zmm")) >= 14
+    assert asm.count("vfmadd231ps") >= 2 * asm.count("vbroadcastss") > 0
+    assert not _spills(asm, "zmm")

@@ -69,6 +69,10 @@ class Plan:
     # A second unrolled register axis, outside ``register_iter`` in the tile (``None``: none).
     outer_register_iter: int | None = None
     outer_register_tile: int = 1
+    # The tiles along ``register_iter`` as a serial loop inside the parallel one, not fused
+    # into it: what does not change along it (a depthwise conv's window weights) stays in
+    # registers, and the tile's addresses step instead of being divided out of one index.
+    serial_register_outer: bool = False
 
 
 def plan_contraction(block, facts: CpuFacts) -> Plan | None:
@@ -196,15 +200,21 @@ def _analyze(block, facts: CpuFacts) -> _Candidate | Plan | None:
                 # a second axis of this one (the output rows) that its loads slide along.
                 register_iter = _sliding_axis(load, iters, extents, exclusive[k] - {i})
             vectors, tile = _register_tile(extents, lanes, facts, i, register_iter)
+            rows = _vector_rows(extents, lanes, facts, i, register_iter,
+                                exclusive[k] - {i}, (vectors, tile))
             per_load = round(vectors * tile / (vectors + tile), 2)
+            if rows is not None:
+                per_load = round(rows[1] * rows[2] / (rows[1] + rows[2]), 2)
             key = (-per_load, cost, size, -i)
             if best is None or key < best[0]:
-                outer_tile = 1
-                if outer_iter is not None and vectors * tile < MIN_ACCUMULATORS:
+                tile_outer_iter, outer_tile = outer_iter, 1
+                if rows is not None:
+                    tile_outer_iter, outer_tile, tile = rows
+                elif outer_iter is not None and vectors * tile < MIN_ACCUMULATORS:
                     vectors, tile, outer_tile = _register_tile_2d(
                         extents, lanes, facts, i, register_iter, outer_iter, (vectors, tile))
                 best = (key, k, i, dim, register_iter, vectors, tile,
-                        outer_iter if outer_tile > 1 else None, outer_tile)
+                        tile_outer_iter if outer_tile > 1 else None, outer_tile)
                 best_others = [j for j in others if extents[j]
                                and any(j in own for own in exclusive)]
     if best is not None:
@@ -237,12 +247,34 @@ def _plan_without_reuse(operands, iters, extents, spatial, lanes, facts) -> Plan
         return None
     # Independent accumulators along the next output axis hide the FMA latency.
     register_iter = next((i for i in reversed(spatial[:-1]) if (extents[i] or 1) > 1), None)
+    if facts.loads_operands and row == 2 * lanes and register_iter is not None:
+        # A blocked layout's two-vector channel block (NCHW8c on NEON) whole: a pixel's two
+        # output vectors are adjacent, written by one store pair (stp), not two stores.
+        return _two_vector_row(vector_iter, row, register_iter, extents, spatial, facts)
     register_tile = (
         1
         if register_iter is None
         else largest_divisor(extents[register_iter], facts.accumulator_budget)
     )
     return Plan(vector_iter, vector_tile, register_iter, register_tile, ())
+
+
+def _two_vector_row(vector_iter, row, register_iter, extents, spatial, facts) -> Plan:
+    """A two-vector row without reuse on a load-store ISA (a depthwise conv over NCHW8c on
+    NEON): when the window's weight vectors fit the registers next to enough accumulators to
+    hide the FMA latency (``MIN_ACCUMULATORS``; two clamp bounds and two input vectors
+    besides), the row's tiles are a serial loop along which they stay in registers; else
+    (a short row) the largest tile, fused into the parallel loop."""
+    window = 1
+    for i, extent in enumerate(extents):
+        if i not in spatial:
+            window *= extent
+    columns = (facts.registers - 2 * window - 4) // 2
+    tile = largest_divisor(extents[register_iter], columns) if columns > 0 else 1
+    if 2 * tile >= MIN_ACCUMULATORS:
+        return Plan(vector_iter, row, register_iter, tile, (), serial_register_outer=True)
+    tile = largest_divisor(extents[register_iter], facts.accumulator_budget // 2)
+    return Plan(vector_iter, row, register_iter, tile, ())
 
 
 def _sliding_axis(load, iters, extents, candidates) -> int | None:
@@ -271,6 +303,31 @@ def _register_tile(extents, lanes, facts, vector_iter, register_iter) -> tuple[i
                 tile = largest_divisor(u_extent, tile - 1)
             best = max(best, (tile * vectors, -(tile + vectors), -vectors, vectors, tile))
     return best[3], best[4]
+
+
+def _vector_rows(extents, lanes, facts, vector_iter, register_iter, own,
+                 one_axis) -> tuple[int, int, int] | None:
+    """``(rows_iter, rows, register_tile)`` when the vector axis holds exactly one vector (a
+    blocked layout's channel block) and another axis of the same operand (the blocks of output
+    channels) gives the tile more vectors, ``rows`` of them: each broadcast input then feeds
+    ``rows`` multiply-adds (as two vectors of a wider block would); else ``None``."""
+    if extents[vector_iter] != lanes or register_iter is None or one_axis[0] != 1:
+        return None
+    best, budget = None, facts.accumulator_budget
+    for rows_iter in sorted(own, reverse=True):
+        for rows in range(2, 5):
+            if not extents[rows_iter] or extents[rows_iter] % rows:
+                continue
+            tile = largest_divisor(extents[register_iter], budget // rows)
+            while tile > 1 and not _fits(facts, rows, tile):
+                tile = largest_divisor(extents[register_iter], tile - 1)
+            if tile < 2 or rows * tile < MIN_ACCUMULATORS:
+                continue
+            score = (rows * tile / (rows + tile), rows * tile)
+            if score > (one_axis[1] / (1 + one_axis[1]), one_axis[1]) and (
+                    best is None or score > best[0]):
+                best = (score, rows_iter, rows, tile)
+    return None if best is None else best[1:]
 
 
 def _fits(facts, vectors: int, pixels: int) -> bool:
