@@ -1,21 +1,25 @@
 """Plan the activation layout of conv chains: blocked ``NCHW[b]c`` between convs, NCHW outside.
 
-Matches: ``conv2d`` in NCHW/OIHW with an fp32 input, a constant fp32 weight, one group, and
-input and output channels that are multiples of the block ``b`` (two vectors of the target's
-fp32 lanes: 32 on AVX-512, 16 on AVX2, 8 on NEON).
-Produces: those convs on ``NCHW[b]c`` activations and ``OIHW[b]i[b]o`` weights (re-laid out at
-compile time), as ``conv2d_nchwc`` kernels whose output channels are the innermost axis: a
-register tile's vectors are stored whole, and the epilogue (bias, residual add, relu) reads its
-operands the same way. The layout travels through the ops between convs (elementwise ops,
-pooling) by TVM's ``ConvertLayout``; ``layout_transform`` kernels appear only where a chain
+Matches: ``conv2d`` in NCHW/OIHW with an fp32 input and a constant fp32 weight, either with one
+group or depthwise (one filter per channel), whose channels are multiples of the block ``b``
+once padded (``rewrite.pad_channels``: 24 channels become 32 with zero filters, as onnxruntime's
+NCHWc does). ``b`` is two vectors of the target's fp32 lanes (32 on AVX-512, 16 on AVX2, 8 on
+NEON), or one vector when more convs fit that (MobileNetV2's 16 and 144 channels on AVX-512).
+Produces: those convs on ``NCHW[b]c`` activations and ``OIHW[b]i[b]o`` (depthwise:
+``OIHW1i[b]o``) weights re-laid out at compile time, as ``conv2d_nchwc`` /
+``depthwise_conv2d_nchwc`` kernels whose output channels are the innermost axis: a register
+tile's vectors are stored whole, and the epilogue (bias, residual add, ReLU, ReLU6) reads its
+operands the same way. The importer's ``Clip`` kernels become ``maximum``/``minimum`` ops first,
+so that TVM's ``ConvertLayout`` carries the layout through them as through the other ops
+between convs (elementwise ops, pooling); ``layout_transform`` kernels appear only where a chain
 starts or ends (the graph's input and output, ops that need NCHW).
 Keeps: the function signature; outputs equal up to fp32 summation order.
 Refuses (leaves the module as it was, and says why in the report) when the layout would change
-more often than there are planned convs: chains too short to pay for their conversions
-(MobileNet-type nets, whose depthwise convs keep NCHW, break every chain).
+more often than there are planned convs: chains too short to pay for their conversions.
 Runs: in stage ``layout``, after ``quantize`` (int8 and bf16 took the convs they run), for CPU
 targets. Reports: ``planned`` (convs given the blocked layout), ``block``, ``layout_changes``
-(activation ``layout_transform`` kernels), or ``skipped`` and the reason.
+(activation ``layout_transform`` kernels), ``padded`` (convs given zero filters), or ``skipped``
+and the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tvm import relax, te
 
 from relaycomp.channels.relax_ops import elementwise_tir
 from relaycomp.registry import register_pass
+from relaycomp.rewrite.pad_channels import pad_channels
 from relaycomp.rewrite.conv_window import output_size, pad_spatial
 from relaycomp.schedules.cpu.common import cpu_facts
 
@@ -42,10 +47,14 @@ def blocks_for(target: tvm.target.Target) -> list[int]:
 
 
 def choose_block(mod: tvm.IRModule, blocks: list[int]) -> int:
-    """The block of ``blocks`` that the most convs of ``mod`` fit, the first on a tie."""
-    convs = [call for call in _calls(mod) if isinstance(call.op, tvm.ir.Op)
-             and call.op.name == CONV_OP]
-    fitting = [sum(_conv_kind(call, block) is not None for call in convs) for block in blocks]
+    """The block of ``blocks`` that the most convs of ``mod`` fit once their channels are
+    padded to it, the first on a tie."""
+    raised = _raise_elementwise_tir(mod)
+    fitting = []
+    for block in blocks:
+        convs = [call for call in _calls(pad_channels(raised, block))
+                 if isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP]
+        fitting.append(sum(_conv_kind(call, block) is not None for call in convs))
     return blocks[fitting.index(max(fitting))]
 
 
@@ -192,7 +201,7 @@ def _layout_changes(mod: tvm.IRModule) -> int:
 
 def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tvm.IRModule:
     """``mod`` with its plannable convs on ``NCHW[block]c`` (see the module docstring)."""
-    planned = 0
+    planned, padding = 0, {}
 
     def desired(call: relax.Call):
         nonlocal planned
@@ -208,7 +217,8 @@ def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tv
     if not any(gvar.name_hint == "main" for gvar in mod.get_global_vars()):
         return mod
     try:
-        converted = relax.transform.ConvertLayout({}, desired)(_raise_elementwise_tir(mod))
+        converted = relax.transform.ConvertLayout({}, desired)(
+            pad_channels(_raise_elementwise_tir(mod), block, padding))
     except Exception as err:  # noqa: BLE001 - what ConvertLayout cannot carry keeps NCHW
         if report is not None:
             report.update(block=block, planned=0, skipped=str(err).strip().splitlines()[-1])
@@ -216,6 +226,8 @@ def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tv
     converted = relax.transform.EliminateCommonSubexpr()(converted)
     changes = _layout_changes(converted)
     facts = {"block": block, "planned": planned, "layout_changes": changes}
+    if padding.get("padded"):
+        facts["padded"] = padding["padded"]
     if planned == 0 or changes > planned:
         if report is not None:
             report.update(facts, planned=0, skipped=(

@@ -125,9 +125,11 @@ def test_the_block_is_two_vectors_of_the_target_then_one(preset, blocks):
     assert blocks_for(resolve(preset, num_cores=2).tvm_target()) == blocks
 
 
-def _inverted_residual(channels: int = 16, expanded: int = 64, size: int = 14):
+def _inverted_residual(channels: int = 16, expanded: int = 64, size: int = 14,
+                       stem: bool = False):
     """A MobileNetV2 block in ONNX: 1x1 expand + ReLU6 (``Clip``), 3x3 depthwise + ReLU6,
-    1x1 project, residual add; the convs with biases."""
+    1x1 project, residual add; the convs with biases; with ``stem``, after a 3x3 conv from 3
+    channels (the model's input then has 3)."""
     def conv(name, source, out_channels, in_channels, kernel, groups=1):
         inits.append(numpy_helper.from_array((RNG.standard_normal(
             (out_channels, in_channels // groups, kernel, kernel)) / (in_channels // groups
@@ -143,16 +145,22 @@ def _inverted_residual(channels: int = 16, expanded: int = 64, size: int = 14):
 
     nodes, inits = [], [numpy_helper.from_array(np.array(0, "float32"), "zero"),
                         numpy_helper.from_array(np.array(6, "float32"), "six")]
-    conv("expand", "x", expanded, channels, 1)
+    source = "x"
+    if stem:
+        conv("stem", "x", channels, 3, 3)
+        source = "stem"
+    conv("expand", source, expanded, channels, 1)
     relu6("expand_relu", "expand")
     conv("depthwise", "expand_relu", expanded, expanded, 3, groups=expanded)
     relu6("depthwise_relu", "depthwise")
     conv("project", "depthwise_relu", channels, expanded, 1)
-    nodes.append(helper.make_node("Add", ["project", "x"], ["y"]))
+    nodes.append(helper.make_node("Add", ["project", source], ["y"]))
     shape = [1, channels, size, size]
-    graph = helper.make_graph(nodes, "inverted_residual",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    graph = helper.make_graph(
+        nodes, "inverted_residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3 if stem else channels,
+                                                                size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -176,9 +184,12 @@ def test_a_mobilenet_block_runs_blocked_through_its_depthwise_conv_and_relu6():
     assert tuple(depthwise.value.shape) == (4, 1, 3, 3, 1, 16)  # OIHW1i16o
 
 
-def test_a_compiled_mobilenet_block_matches_onnxruntime(tmp_path):
-    x = RNG.standard_normal((1, 16, 14, 14)).astype("float32") * 3  # some ReLU6 saturate
-    assert_matches_ort(_inverted_residual(), {"x": x}, tmp_path, rtol=1e-5)
+def test_a_compiled_mobilenet_block_with_padded_channels_matches_onnxruntime(tmp_path):
+    """24 channels fill no block: they are padded to 32 (``rewrite.pad_channels``) and the
+    whole block still runs blocked, with the layout changed twice."""
+    x = RNG.standard_normal((1, 3, 14, 14)).astype("float32") * 3  # some ReLU6 saturate
+    assert_matches_ort(_inverted_residual(channels=24, expanded=144, stem=True), {"x": x},
+                       tmp_path, rtol=1e-5)
     report = json.loads((tmp_path / "model.so.json").read_text())["report"]["layout"]
     assert report["planned"] == 3 and report["layout_changes"] == 2
 
