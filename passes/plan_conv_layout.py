@@ -35,6 +35,7 @@ from relaycomp.schedules.cpu.common import cpu_facts
 
 CONV_KERNEL = "conv2d_nchwc"
 DEPTHWISE_KERNEL = "depthwise_conv2d_nchwc"
+STEM_KERNEL = "stem_conv2d_nchwc"
 VECTORS_PER_BLOCK = 2  # the register tile's vectors along the output channels
 CONV_OP = "relax.nn.conv2d"
 
@@ -68,7 +69,8 @@ def _calls(mod: tvm.IRModule) -> list[relax.Call]:
 
 
 def _conv_kind(call: relax.Call, block: int) -> str | None:
-    """``"dense"`` (one group) or ``"depthwise"`` for a plannable conv, else ``None``."""
+    """``"dense"`` (one group), ``"depthwise"`` or ``"stem"`` (one group, fewer input channels
+    than the block) for a plannable conv, else ``None``."""
     if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP):
         return None
     data, weight = call.args
@@ -85,6 +87,8 @@ def _conv_kind(call: relax.Call, block: int) -> str | None:
         return None
     if groups == 1 and in_channels % block == 0:
         return "dense"
+    if groups == 1 and in_channels < block:
+        return "stem"  # an RGB input: read as NCHW, written blocked
     if groups == out_channels and in_channels == 1 and int(data.ty.shape[1]) == groups:
         return "depthwise"
     return None
@@ -110,6 +114,26 @@ def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding, dilation)
             padded[n, co, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, ci]
             * weight[fo, co, ry, rx, ci, fi], axis=[co, ry, ci, rx]),
         name="conv2d_nchwc", tag="conv2d_nchwc")
+
+
+def stem_conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding,
+                      dilation) -> te.Tensor:
+    """``out[n, fo, y, x, fi] = sum(data[n, c, y', x'] * weight[fo, c, ry, rx, fi])``: an NCHW
+    input with few channels (an image) written blocked, so no layout change follows it."""
+    batch, _, height, width = data.shape
+    out_blocks, in_channels, kernel_h, kernel_w, out_block = weight.shape
+    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
+    padded = pad_spatial(data, padding)
+    out_h, out_w = output_size(height, width, (kernel_h, kernel_w), strides, padding, dilation)
+    c = te.reduce_axis((0, in_channels), name="c")
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    return te.compute(
+        (batch, out_blocks, out_h, out_w, out_block),
+        lambda n, fo, y, x, fi: te.sum(
+            padded[n, c, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w]
+            * weight[fo, c, ry, rx, fi], axis=[c, ry, rx]),
+        name="stem_conv2d_nchwc", tag="stem_conv2d_nchwc")
 
 
 def depthwise_conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding,
@@ -145,13 +169,17 @@ class _BlockedConvsToKernels(relax.PyExprMutator):
     def visit_call_(self, call):
         call = super().visit_call_(call)
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP
-                and call.attrs.data_layout == self.layout):
+                and call.attrs.out_layout == self.layout):
             return call
         data, weight = call.args
         attrs = call.attrs
         self.converted += 1
-        kernel, name = ((conv2d_nchwc, CONV_KERNEL) if int(attrs.groups) == 1
-                        else (depthwise_conv2d_nchwc, DEPTHWISE_KERNEL))
+        if attrs.data_layout != self.layout:
+            kernel, name = stem_conv2d_nchwc, STEM_KERNEL
+        elif int(attrs.groups) == 1:
+            kernel, name = conv2d_nchwc, CONV_KERNEL
+        else:
+            kernel, name = depthwise_conv2d_nchwc, DEPTHWISE_KERNEL
         return self.builder_.call_te(
             kernel, data, weight, [int(s) for s in attrs.strides],
             [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
@@ -211,8 +239,10 @@ def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tv
         if kind is None:  # said explicitly: left alone, it would adopt its input's layout
             return {CONV_OP: [str(call.attrs.data_layout), str(call.attrs.kernel_layout)]}
         planned += 1
-        weight_layout = f"OIHW{block}i{block}o" if kind == "dense" else f"OIHW1i{block}o"
-        return {CONV_OP: [f"NCHW{block}c", weight_layout]}
+        blocked = f"NCHW{block}c"
+        return {CONV_OP: {"dense": [blocked, f"OIHW{block}i{block}o"],
+                          "depthwise": [blocked, f"OIHW1i{block}o"],
+                          "stem": ["NCHW", f"OIHW{block}o", blocked]}[kind]}
 
     if not any(gvar.name_hint == "main" for gvar in mod.get_global_vars()):
         return mod

@@ -112,11 +112,15 @@ def test_a_single_conv_keeps_nchw_its_two_layout_changes_would_not_pay():
     assert "2 layout changes for 1 convs" in report["skipped"]
 
 
-def test_a_conv_whose_channels_do_not_fill_the_block_stays_nchw():
-    after, report = _planned(_residual_block(channels=32, stem_in=3))  # an RGB stem
+def test_an_rgb_stem_reads_nchw_and_writes_the_blocked_layout():
+    before = _residual_block(channels=32, stem_in=3)
+    after, report = _planned(before)
     calls = _calls(after)
-    assert calls[:3] == ["nn.conv2d", "nn.relu", "layout_transform"]
-    assert calls.count("conv2d_nchwc") == 2 and report["planned"] == 2
+    assert calls[:2] == ["stem_conv2d_nchwc", "nn.relu"]  # no layout change after it
+    assert calls.count("conv2d_nchwc") == 2 and report["planned"] == 3
+    assert report["layout_changes"] == 1  # at the end only
+    x = RNG.standard_normal((1, 3, 8, 8)).astype("float32")
+    np.testing.assert_allclose(_run(after, x), _run(before, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("preset", "blocks"), [("x86-64-avx512", [32, 16]),
@@ -186,12 +190,12 @@ def test_a_mobilenet_block_runs_blocked_through_its_depthwise_conv_and_relu6():
 
 def test_a_compiled_mobilenet_block_with_padded_channels_matches_onnxruntime(tmp_path):
     """24 channels fill no block: they are padded to 32 (``rewrite.pad_channels``) and the
-    whole block still runs blocked, with the layout changed twice."""
+    whole block still runs blocked, from the stem on, with the layout changed once."""
     x = RNG.standard_normal((1, 3, 14, 14)).astype("float32") * 3  # some ReLU6 saturate
     assert_matches_ort(_inverted_residual(channels=24, expanded=144, stem=True), {"x": x},
                        tmp_path, rtol=1e-5)
     report = json.loads((tmp_path / "model.so.json").read_text())["report"]["layout"]
-    assert report["planned"] == 3 and report["layout_changes"] == 2
+    assert report["planned"] == 4 and report["layout_changes"] == 1  # the stem writes blocked
 
 
 def _onnx_chain(channels: int = 32):
