@@ -8,6 +8,8 @@ test go through the compiled-teacher path.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -582,8 +584,10 @@ def test_cli_distills_and_writes_onnx(tmp_path, digits):
                      tmp_path / "train.npz", "--labels", tmp_path / "labels.npy", "--epochs", "2",
                      "--seed", "3", "--hint", "h:h", "--augment", "crop", "-o", out)
     assert result.returncode == 0, result.stderr
-    assert "epoch   2/2" in result.stdout and f"wrote {out}" in result.stdout
+    assert "2 epoch(s)" in result.stdout and f"wrote {out}" in result.stdout
     assert "learning rate" in result.stdout and "range test" in result.stdout
+    # stderr is not a terminal: no progress bar, and no per-epoch lines on stdout either
+    assert "%|" not in result.stderr and "epoch 1/2" not in result.stderr + result.stdout
     trained = onnx.load(str(out))
     onnx.checker.check_model(trained, full_check=True)
     assert _initializers(trained).keys() == _initializers(onnx.load(str(student))).keys()
@@ -597,3 +601,34 @@ def test_cli_distills_and_writes_onnx(tmp_path, digits):
     bad_hint = run_cli("distill", "--teacher", teacher, "--student", student, "--data",
                        tmp_path / "train.npz", "--hint", "no-colon", "-o", out)
     assert bad_hint.returncode == 1 and "TEACHER_TENSOR:STUDENT_TENSOR" in bad_hint.stderr
+
+
+def test_cli_shows_a_bar_per_epoch_on_a_terminal_and_warns_on_stderr(tmp_path, digits):
+    from test_cli_progress import run_with_terminal_stderr
+
+    teacher, student = tmp_path / "teacher.onnx", tmp_path / "student.onnx"
+    onnx.save(mlp_student(5, hidden=32), str(teacher))
+    onnx.save(mlp_student(0, hidden=16), str(student))
+    np.savez(tmp_path / "train.npz", input=digits[0][:200])
+    args = ["distill", "--teacher", teacher, "--student", student, "--data",
+            tmp_path / "train.npz", "--lr", "0.01", "--batch-size", "32", "--epochs", "2",
+            "--patience", "0", "-o", tmp_path / "out.onnx"]
+    code, stdout, terminal = run_with_terminal_stderr(*args)
+    assert code == 0, terminal
+    # 180 training samples (10% held out) in batches of 32: 6 steps per epoch, each counted
+    for epoch in (1, 2):
+        counts = {int(n) for n in re.findall(rf"epoch {epoch}/2: +\d+%\|[^|]*\| *(\d)/6",
+                                              terminal)}
+        assert counts == set(range(7)), terminal[-2000:]
+    assert "val teacher_agreement" in terminal  # the epoch's numbers stay beside its bar
+    assert "2 epoch(s)" in stdout and "%|" not in stdout
+    # a fixed run still improving in its last epoch warns, on stderr in the CLI's form only
+    assert "relaycomp: warning: the validation loss was still improving in the last of the 2 " \
+           "epochs" in terminal, terminal[-2000:]
+    assert "warning" not in stdout
+
+    code, stdout, terminal = run_with_terminal_stderr(*args, "--quiet")
+    assert code == 0, terminal
+    assert "epoch 1/2" not in terminal and "epoch 2/2" not in terminal  # (the teacher's
+    # compile keeps its own bar: compile has no --quiet)
+    assert "relaycomp: warning: the validation loss was still improving" in terminal

@@ -6,10 +6,14 @@
                        --schedule cosine --warmup 1 --weight-decay 0 --patience 5
                        --hint TEACHER_TENSOR:STUDENT_TENSOR ... --hint-loss mse
                        --hint-weight 1 --augment crop,flip
-                       --output-loss NAME:kd|mse|l1[:WEIGHT] ...] -o student.onnx [--json]
+                       --output-loss NAME:kd|mse|l1[:WEIGHT] ...] -o student.onnx
+                      [--json] [--quiet]
 
 Without ``--lr`` a learning-rate range test picks the rate; without ``--epochs`` training runs
-until the smoothed validation loss stops improving (at most ``--max-epochs``).
+until the smoothed validation loss stops improving (at most ``--max-epochs``). Each epoch is a
+tqdm bar on stderr when it is a terminal (``--quiet`` hides them); the summary goes to stdout
+(or the report as JSON with ``--json``) and the report's warnings are ``relaycomp: warning:``
+lines on stderr.
 
 The distill feature's command-line part (see :mod:`relaycomp.cli.main` for the protocol);
 imports nothing heavy at module level.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -68,6 +73,7 @@ def add_commands(sub) -> dict:
     distill.add_argument("--augment", default="",
                          help="image augmentations, comma-separated: crop[:PIXELS], flip")
     distill.add_argument("--json", action="store_true", help="print the report as JSON")
+    distill.add_argument("--quiet", action="store_true", help="no epoch progress bars")
     return {"distill": run_distill}
 
 
@@ -79,6 +85,7 @@ def run_distill(args) -> int:
     from relaycomp.distill.distiller import DistillConfig, DistillError, distill
     from relaycomp.distill.hints import parse_hint
     from relaycomp.distill.outputs import parse_output_loss
+    from relaycomp.distill.session import EpochBars
 
     output = Path(args.output)
     if output.suffix != ".onnx":
@@ -95,11 +102,12 @@ def run_distill(args) -> int:
                            augment=tuple(name for name in args.augment.split(",") if name),
                            output_losses=tuple(parse_output_loss(text)
                                                for text in args.output_loss))
-    progress = None if args.json else (lambda line: print(line, flush=True))
     student, report = distill(args.teacher, args.student, args.data, config,
-                              labels=args.labels, progress=progress)
+                              labels=args.labels, progress=EpochBars(enabled=not args.quiet))
     onnx.checker.check_model(student)
     write_atomically(output, student.SerializeToString())
+    for text in report.warnings:  # the CLI shows a Python warning as `relaycomp: warning:`
+        warnings.warn(text, UserWarning, stacklevel=1)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         print()

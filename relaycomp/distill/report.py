@@ -41,7 +41,8 @@ class DistillReport:
         return asdict(self)
 
     def summary(self) -> str:
-        """Human-readable lines for the CLI."""
+        """Human-readable lines for the CLI (``warnings`` not included: the CLI prints them as
+        ``relaycomp: warning:`` lines on stderr)."""
         where = "validation" if self.samples["val"] else "training data"
         lines = [
             f"learning rate {self.lr['value']:.2e}: {self.lr['reason']}",
@@ -60,7 +61,7 @@ class DistillReport:
             lines += [f"  {name}: {_output_measure(self.before, name)} -> "
                       f"{_output_measure(self.after, name)}"
                       for name in self.after.get("outputs", {})]
-        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+        return "\n".join(lines)
 
 
 def _output_measure(result: dict, name: str) -> str:

@@ -4,14 +4,21 @@ The loop asks a :class:`~relaycomp.distill.budget.Budget` for every step's learn
 after every epoch, whether to stop; it keeps the weights of the best validation epoch
 (accuracy, then loss; the loss alone for a student with regression outputs). Without a
 validation split the training data is monitored instead.
+
+Progress is either a callable that receives one line per epoch (``progress=print`` from
+Python) or :class:`EpochBars`, the command line's tqdm bar per epoch on stderr::
+
+    student, report = distill(teacher, student, data, progress=EpochBars())
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from relaycomp.distill.budget import Budget
 from relaycomp.distill.data import Dataset, batches
@@ -111,6 +118,29 @@ class Session:
         return float((predicted[known] == labels[known]).mean())
 
 
+class EpochBars:
+    """A tqdm bar per epoch on stderr, counting its training steps (the running loss beside
+    it) and left on screen with the epoch's validation numbers when the epoch ends.
+
+    Shown only when stderr is a terminal (``disable=None``) and ``enabled`` (``--quiet`` turns
+    it off). Called with a line (the learning rate found), it prints the line above the bars,
+    under the same conditions."""
+
+    def __init__(self, enabled: bool = True):
+        """``enabled=False``: nothing is shown."""
+        self.enabled = enabled
+
+    def __call__(self, line: str) -> None:
+        """A line of its own on stderr, when bars are shown."""
+        if self.enabled and sys.stderr.isatty():
+            tqdm.write(line, file=sys.stderr)
+
+    def epoch(self, epoch: int, cap: int, steps: int) -> tqdm:
+        """The bar of epoch ``epoch`` (of at most ``cap``), ``steps`` training steps long."""
+        return tqdm(total=steps, desc=f"epoch {epoch}/{cap}", unit="step", file=sys.stderr,
+                    disable=None if self.enabled else True, leave=True, dynamic_ncols=True)
+
+
 def _better(new: dict, best: dict | None, by_loss: bool) -> bool:
     if best is None:
         return True
@@ -124,6 +154,8 @@ def train_epochs(session: Session, trainer: Trainer, budget: Budget, train_index
                  progress: Callable[[str], None] | None) -> dict:
     """Train until ``budget`` says stop; the trainer ends holding the best weights.
 
+    ``progress``: a callable given one line per epoch, or :class:`EpochBars`.
+
     Returns ``history`` (one entry per epoch), ``best_epoch``, ``seconds`` and ``samples``
     (time spent in and samples seen by training steps)."""
     best, best_values, best_epoch, history = None, trainer.values(), 0, []
@@ -131,14 +163,20 @@ def train_epochs(session: Session, trainer: Trainer, budget: Budget, train_index
     validated = not np.array_equal(monitor, train_index)
     where, name = ("val" if validated else "train"), run_metric_name(session.data)
     cap = budget.max_epochs
+    bars = progress if isinstance(progress, EpochBars) else None
+    steps_per_epoch = -(-len(train_index) // session.student.batch)
     while True:
         epoch = len(history) + 1
         losses, lr, tic = [], 0.0, time.perf_counter()
+        bar = bars.epoch(epoch, cap, steps_per_epoch) if bars else None
         for rows, weights in batches(rng.permutation(train_index), session.student.batch):
             lr = budget.lr(step)
             loss = session.step(trainer, rows, weights, lr, rng)
             losses.append(loss * float((weights > 0).sum()))
             step += 1
+            if bar is not None:
+                bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+                bar.update(1)
         seconds = time.perf_counter() - tic
         train_seconds += seconds
         trained_samples += len(train_index)
@@ -153,11 +191,15 @@ def train_epochs(session: Session, trainer: Trainer, budget: Budget, train_index
         if _better(current, best, by_loss) or not validated:  # unvalidated: the latest weights
             best, best_values, best_epoch = current, trainer.values(), epoch
         stop = budget.end_epoch(current["loss"])
-        if progress:
-            phase = "  (annealing)" if entry["annealing"] else ""
-            progress(f"epoch {epoch:3d}/{cap}  loss {entry['loss']:.4f}  {where} loss "
-                     f"{current['loss']:.4f}  {where} {name} {current['metric']:.2%}  "
-                     f"lr {lr:.2e}  {entry['samples_per_second']:,.0f} samples/s{phase}")
+        phase = "  (annealing)" if entry["annealing"] else ""
+        numbers = (f"loss {entry['loss']:.4f}  {where} loss {current['loss']:.4f}  {where} "
+                   f"{name} {current['metric']:.2%}  lr {lr:.2e}  "
+                   f"{entry['samples_per_second']:,.0f} samples/s{phase}")
+        if bar is not None:
+            bar.set_postfix_str(numbers, refresh=False)
+            bar.close()
+        elif progress:
+            progress(f"epoch {epoch:3d}/{cap}  {numbers}")
         if stop:
             break
     trainer.load(best_values)
