@@ -73,6 +73,21 @@ def test_cli_sensitivity_plot_and_warning(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
+def test_a_sensitivity_plot_with_nothing_measured_warns_and_keeps_the_build(tmp_path):
+    """A budget the all-int8 build meets: the guard measures no layer, so there is no chart;
+    the compile still succeeds (its artifact is good) and says why there is none."""
+    model = mlp()
+    onnx.save(model, tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "calib.npz", x=random_samples(16, (4, 64)))
+    result = run_cli("compile", tmp_path / "mlp.onnx", "-o", tmp_path / "m.so", "--quantize",
+                     "int8", "--calib", tmp_path / "calib.npz", "--eval", tmp_path / "calib.npz",
+                     "--max-accuracy-drop", "0.99", "--plot-sensitivity", tmp_path / "s.png")
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "no chart written" in line]
+    assert len(warned) == 1 and warned[0].startswith("relaycomp: warning:")
+    assert not (tmp_path / "s.png").exists() and (tmp_path / "m.so").exists()
+
+
 @pytest.mark.parametrize("args, phrase", [
     (["--plot-sensitivity", "s.png"], "needs --max-accuracy-drop"),
     (["--max-accuracy-drop", "0", "--plot-sensitivity", "s.txt"], "name a .png"),

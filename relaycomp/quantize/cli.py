@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from relaycomp.errors import InputSpecError
 
@@ -144,12 +145,19 @@ def compile_config(args):
 
 
 def after_compile(args, report: dict) -> None:
-    """``--plot-sensitivity FILE``: the chart, from the compile's quantize report."""
-    if getattr(args, "plot_sensitivity", None):
-        from relaycomp.quantize.plot import plot_sensitivity
+    """``--plot-sensitivity FILE``: the chart, from the compile's quantize report; a warning
+    and no chart when the guard measured no layer (the artifact is written and good)."""
+    if not getattr(args, "plot_sensitivity", None):
+        return
+    if not any("sensitivity" in layer for layer in report.get("layers", [])):
+        warnings.warn(f"no chart written to {args.plot_sensitivity}: the all-int8 build is "
+                      "within --max-accuracy-drop on the --eval data, so the accuracy guard "
+                      "measured no layer's sensitivity", stacklevel=2)
+        return
+    from relaycomp.quantize.plot import plot_sensitivity
 
-        path = plot_sensitivity(report, args.plot_sensitivity)
-        print(f"wrote {path}", file=sys.stderr)
+    path = plot_sensitivity(report, args.plot_sensitivity)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def print_summary(report: dict) -> None:

@@ -19,7 +19,8 @@ def plot_sensitivity(report: dict, path: str | os.PathLike) -> Path:
         raise RelaycompError(
             "no per-layer sensitivity to plot: the accuracy guard measures it only when the "
             "all-int8 build loses more than --max-accuracy-drop",
-            hint="--max-accuracy-drop 0 with --eval data measures every layer")
+            hint="it is measured when the all-int8 build loses more than "
+                 "--max-accuracy-drop on the --eval data")
     key = ("drop_recovered" if any(la["sensitivity"]["drop_recovered"] for la in layers)
            else "cosine_recovered")
     layers = sorted(layers, key=lambda la: la["sensitivity"][key], reverse=True)
