@@ -21,6 +21,7 @@ cycle), so LLVM 19's llvm-mca is required: ``--llvm-mca``, ``llvm-mca-19`` on PA
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ ITERATIONS = 200
 _VECTOR_OP = re.compile(r"^\s*(fmla|fmls|fmul|fadd|sdot|udot)\s+v\d+\.(\d+)([sbh])")
 _SCALAR_FMA = re.compile(r"^\s*(fmadd|fmla)\s+s\d+")
 _BRANCH = re.compile(r"^\s+(b\.\w+|cbn?z|tbn?z|b)\s.*$", re.MULTILINE)
+_Q_STORE = re.compile(r"^\s*(stn?p|stu?r|st1)\s+(.*?)\[")  # the registers before the address
 _SPILL = re.compile(r"^\s*(st|ld)(r|p|ur|1)\w*\s+[^\n]*\bq\d+[^\n]*\[sp\b", re.MULTILINE)
 
 
@@ -77,18 +79,25 @@ def hot_loop(asm: str) -> str:
     return "\n".join(["hot_loop:", *lines])  # the branch back to the loop's head
 
 
-def loop_ops(body: str) -> int:
-    """FLOP (``fmla``: 2 per lane) or int8 ops (``sdot``: 8 per 32-bit lane) of one iteration."""
+def loop_ops(body: str, bias: bool = False) -> int:
+    """FLOP (``fmla``: 2 per lane) or int8 ops (``sdot``: 8 per 32-bit lane) of one iteration.
+
+    With ``bias`` (a kernel whose loop writes its outputs, bias add fused), the bias adds are
+    counted as one FLOP per fp32 output written (four per q-register stored), however they are
+    done - an ``fadd`` each, or the accumulator's start value (``bias_init``) - and ``fadd``s
+    are not counted again: the work of the kernel, not of its instructions."""
     ops = 0
     for line in body.splitlines():
         if match := _VECTOR_OP.match(line):
             name, count = match[1], int(match[2])
             if name in ("sdot", "udot"):
                 ops += 8 * count  # 4 byte products and their sum per int32 lane
-            else:
+            elif not (bias and name == "fadd"):
                 ops += count * (2 if name in ("fmla", "fmls") else 1)
         elif _SCALAR_FMA.match(line):
             ops += 2
+        elif bias and (match := _Q_STORE.match(line)):
+            ops += 4 * len(re.findall(r"\bq\d+\b|\bv\d+\.4s", match[2]))
     return ops
 
 
@@ -190,15 +199,17 @@ def conv_kernels(mod, want: str) -> list[tuple[str, str]]:
             continue
         window, stride = found_window
         out = tuple(int(d) for d in func.params[-1].shape)
-        depthwise = len(window) == 4 and window[1] == 1 and len(func.params[-1].shape) == 4
+        weight = next(param for param in func.params
+                      if tuple(int(d) for d in param.shape[:4]) == window)
+        # OIHW [C, 1, kh, kw] or blocked OIHWio [C/b, 1, kh, kw, 1, b] (NCHW[b]c)
+        depthwise = window[1] == 1 and (len(weight.shape) == 4 or int(weight.shape[4]) == 1)
         if (want == "depthwise") != depthwise or (window, out) in seen:
             continue
         seen.add((window, out))
         found.append((f"{'x'.join(map(str, out[1:]))} s{stride}", name))
     if want == "depthwise" and found:
         def macs(item):
-            out = [int(d) for d in mod[item[1]].params[-1].shape]
-            return out[1] * out[2] * out[3]
+            return math.prod(int(d) for d in mod[item[1]].params[-1].shape)
         found = [max(found, key=macs)]
     return found
 
@@ -210,7 +221,8 @@ def analyze(model: Path, precision: str, want: str, target_name: str,
     loops = []
     for label, name in conv_kernels(mod, want):
         body = hot_loop(kernel_assembly(mod[name], target))
-        loops.append(Loop(f"{model.stem} {label}", name, precision, body, loop_ops(body),
+        bias = want == "depthwise" and re.search(r"_add\d*(_|$)", name) is not None
+        loops.append(Loop(f"{model.stem} {label}", name, precision, body, loop_ops(body, bias),
                           mca_cycles(command, body), spills(body)))
     return loops
 

@@ -12,9 +12,12 @@ constant and whose rescale is one per-channel multiply; a padded conv pads ``x_q
 (the quantized zero), a dense conv's ``x_q`` is shifted by 128 (zero point along) to the dtype
 the target's kernels multiply (uint8 on x86, int8 for AArch64 ``sdot``), and an odd number of
 input channels (an RGB stem) gets one more channel with zero weights, as the int8 kernels take
-channels in pairs. A depthwise conv (no channel reduction for a dot product) reads the integers and
-sums them in
-float32 - exact below 2^24 - where the CPU schedule vectorizes it well. The following bias,
+channels in pairs. A depthwise conv on a target with an integer depthwise kernel (AVX-512 VNNI:
+``schedules/cpu/int8_depthwise``, for the row widths it tiles) sums in int32 too, its kernel
+rows padded with zero weights to the kernel's 4 taps and its input with as many more columns on
+the right (the same outputs); elsewhere a depthwise conv (no channel reduction for a dot
+product) reads the integers and sums them in float32 - exact below 2^24 - where the CPU schedule
+vectorizes it well. The following bias,
 activation and the next ``quantize`` are elementwise and fuse into the same kernel (FuseOps), so
 int8 tensors flow between kernels.
 Also: ``quantize(dequantize(q, s, z), s, z)`` → ``q`` (cancelling pairs, e.g. after a reshape),
@@ -38,6 +41,7 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.rules import Rule, rule_pass
 from relaycomp.schedules.cpu.int8 import int8_data_dtype
+from relaycomp.schedules.cpu.int8_depthwise import depthwise_taps, row_lanes
 
 INTEGER_DTYPES = ("uint8", "int8")
 # A float weight is taken as int8 when W / s rounds back to itself within this relative error.
@@ -164,7 +168,21 @@ def _rescale(acc, correction: np.ndarray, scale: np.ndarray, shape: tuple[int, .
                              relax.const(scale.astype(np.float32).reshape(shape)))
 
 
-def _lower_conv(expr, matches, data_dtype: str):
+def _depthwise_taps(w_q: np.ndarray, conv, channels: int, taps: int | None) -> int | None:
+    """``taps`` when ``conv`` is a depthwise conv the integer kernel takes (one input channel
+    per group, no dilation, kernel rows at most ``taps`` wide, output rows it tiles:
+    :func:`row_lanes`), else ``None``."""
+    attrs, groups = conv.attrs, int(conv.attrs.groups)
+    if not taps or groups == 1 or groups != channels or w_q.shape[0] != channels:
+        return None
+    if row_lanes(int(conv.ty.shape[3]), int(attrs.strides[1])) is None:
+        return None
+    if any(int(d) != 1 for d in attrs.dilation) or not 1 < w_q.shape[3] <= taps:
+        return None
+    return taps
+
+
+def _lower_conv(expr, matches, data_dtype: str, depthwise_taps: int | None = None):
     conv = matches[CONV]
     attrs = conv.attrs
     if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
@@ -188,6 +206,15 @@ def _lower_conv(expr, matches, data_dtype: str):
     extra = channels % 2 if int(attrs.groups) == 1 else 0
     if extra:
         w_q = np.concatenate([w_q, np.zeros((w_q.shape[0], extra, *w_q.shape[2:]), np.int8)], 1)
+    groups = int(attrs.groups)
+    taps = _depthwise_taps(w_q, conv, channels, depthwise_taps)
+    if taps:
+        extra_columns = taps - w_q.shape[3]
+        # The target's integer depthwise kernel sums kernel rows ``taps`` wide: zero weights
+        # on the right, and as many more columns of padding there, give the same outputs.
+        w_q = np.concatenate(
+            [w_q, np.zeros((*w_q.shape[:3], extra_columns), np.int8)], axis=3)
+        padding[3] += extra_columns
     if extra or zp_x != 0 and any(padding):
         # Float zero is zp_x in the quantized domain: pad with it, not with 0.
         top, left, bottom, right = padding if zp_x != 0 else (0, 0, 0, 0)
@@ -195,8 +222,7 @@ def _lower_conv(expr, matches, data_dtype: str):
                               pad_value=float(zp_x))
         padding = [0, 0, 0, 0] if zp_x != 0 else padding
     weight, accumulator = relax.const(w_q), "int32"
-    groups = int(attrs.groups)
-    if groups > 1 and groups == channels:
+    if not taps and groups > 1 and groups == channels:
         # A depthwise conv has no channel reduction for an int8 dot product, and its lanes
         # vectorize far better in float32: the same integers, summed exactly (|sum| < 2^24),
         # in float units, the uint8 input converted as it is read (no float copy of it).
@@ -250,5 +276,6 @@ def lower_qdq_to_integer(target: tvm.target.Target | None = None, report: dict |
                          ) -> tvm.transform.Pass:
     """Lower QDQ-annotated conv2d/matmul to int8 x int8 -> int32 kernels, dense convs reading
     the activation dtype ``target``'s int8 kernels multiply (:func:`int8_data_dtype`)."""
-    conv = Rule("conv2d_int8", CONV, partial(_lower_conv, data_dtype=int8_data_dtype(target)))
+    conv = Rule("conv2d_int8", CONV, partial(_lower_conv, data_dtype=int8_data_dtype(target),
+                                             depthwise_taps=depthwise_taps(target)))
     return rule_pass("lower_qdq_to_integer", (conv, *RULES), report)

@@ -15,8 +15,8 @@ def add_compile_options(parser: argparse.ArgumentParser) -> None:
     """The ``compile`` option of the precision feature."""
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: convs on bf16 weights and activations with fp32 sums "
-                             "(AVX-512 BF16 targets); its accuracy against fp32 is measured "
-                             "on --calib/--eval data")
+                             "(AVX-512 BF16 or Armv8.6 BF16 targets, e.g. aws-graviton3); "
+                             "its accuracy against fp32 is measured on --calib/--eval data")
 
 
 def compile_config(args):

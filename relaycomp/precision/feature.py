@@ -14,16 +14,20 @@ PASS, STAGE = "convert_to_bf16", "quantize"
 
 def plan_precision(config: PrecisionConfig, context: PlanContext) -> Plan:
     """Check the target, then measure the bf16 module against the fp32 one when data is given."""
-    from relaycomp.schedules.cpu.int8 import bf16_instructions
+    from relaycomp.schedules.cpu.int8 import ARM_BFDOT, bf16_instructions
 
     target = context.spec.tvm_target()
-    if context.spec.kind != "llvm" or bf16_instructions(target) is None:
+    isa = bf16_instructions(target) if context.spec.kind == "llvm" else None
+    if isa is None:
         raise PassError(PASS, STAGE, f"target '{context.spec.name}' has no bf16 dot product "
-                        "relaycomp can use (x86 AVX-512 BF16, vdpbf16ps)",
-                        hint="leave out --precision bf16 here, or pick an AVX-512 BF16 CPU "
-                             "(e.g. --mcpu sapphirerapids or znver4)")
+                        "relaycomp can use (x86 AVX-512 BF16: vdpbf16ps; AArch64 BF16, "
+                        "Armv8.6: bfdot)",
+                        hint="leave out --precision bf16 here, or pick a CPU with bf16 (e.g. "
+                             "--mcpu sapphirerapids or znver4 on x86, --target aws-graviton3 "
+                             "or --mattr +bf16 on Arm)")
     source = context.evaluation if context.evaluation is not None else context.calibration
-    report = {"dtype": config.dtype, "target_instruction": "vdpbf16ps"}
+    report = {"dtype": config.dtype,
+              "target_instruction": "bfdot" if isa is ARM_BFDOT else "vdpbf16ps"}
     if source is None:
         report["accuracy"] = None
         report["note"] = "not measured: no --calib/--eval data"

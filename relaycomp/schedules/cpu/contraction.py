@@ -22,6 +22,12 @@ parallel stage of its own. A repacked weight copy is annotated
 ``meta_schedule.layout_rewrite_preproc`` so that a constant weight can be packed once, at
 compile time (``relax.transform.SplitLayoutRewritePreproc`` + ``FoldConstant``).
 
+On a load-store ISA (AArch64), a reduction unrolled inside the tile (a depthwise conv's window)
+that a bias add follows starts from the bias (``bias_init``: no zeroing and no bias add per
+output vector on the FP/SIMD pipes), and a depthwise conv over a two-vector channel block keeps
+its row's tiles a serial loop inside the parallel one (``Plan.serial_register_outer``: the
+window's weights stay in registers along the row).
+
 For the auto-tuner, :meth:`ContractionRule.design_spaces` gives the same schedule as MetaSchedule
 design spaces: one per plan variant, tile sizes and an unroll step as samples whose decisions are
 the heuristic's (``relaycomp.tune.space``).
@@ -32,6 +38,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from relaycomp.schedules.cpu.bias_init import COPIES_BLOCK, fold_bias_into_init
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
     CpuRule,
@@ -39,6 +46,7 @@ from relaycomp.schedules.cpu.common import (
     loop_extent,
     schedule_spatial_block,
     single_reduction,
+    static_int,
     uses_var,
 )
 from relaycomp.schedules.cpu.int8 import schedule_int8_conv
@@ -48,6 +56,7 @@ LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 MAX_VARIANTS = 8  # plan variants the auto-tuner gets as design spaces
 UNROLL_STEPS = (0, 16, 64, 512)  # the auto-tuner's choices of pragma_auto_unroll_max_step
 MAX_UNROLLED_WINDOW = 64  # reduction steps unrolled inside a row (a 7x7 window at most)
+MAX_COPIES = 256  # copies of a bias to start accumulators from (bias_init): one per column
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
 
 
@@ -70,7 +79,7 @@ class ContractionRule(CpuRule):
 
     def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
         """See the module docstring."""
-        return _schedule(sch, facts, variant=0, tunable=False)
+        return _schedule(_bias_started(sch, facts) or sch, facts, variant=0, tunable=False)
 
     def design_spaces(self, sch: s_tir.Schedule, facts: CpuFacts) -> list[s_tir.Schedule]:
         """The auto-tuner's design spaces: copies of ``sch`` (a traced schedule) scheduled as
@@ -102,10 +111,11 @@ def _schedule(sch: s_tir.Schedule, facts: CpuFacts, variant: int,
     if nest is None or set(nest.main.dom_kind()) != {"S", "R"}:
         return None
     main = nest.main.block_rv
-    kept = [  # elementwise producers fold into main; padding stays a stage of its own
+    kept = [  # elementwise producers fold into main; padding and bias copies stay stages
         info.block_rv
         for info in nest.prologue
         if _HAS_IF_THEN_ELSE(sch.get(info.block_rv))
+        or sch.get(info.block_rv).name_hint == COPIES_BLOCK
         or not _try(sch.compute_inline, info.block_rv)
     ]
     plans = plan_variants(sch.get(main), facts, MAX_VARIANTS)
@@ -121,6 +131,35 @@ def _schedule(sch: s_tir.Schedule, facts: CpuFacts, variant: int,
     if tunable:
         _sample_unroll(sch)
     return sch
+
+
+def _bias_started(sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
+    """On a load-store ISA, a reduction short enough for its epilogue to weigh (at most
+    ``MAX_UNROLLED_WINDOW`` steps: a depthwise conv's 3x3 window, a 1x1 conv over few channels)
+    that a bias add follows starts from the bias instead, read from one copy of it per column of the
+    tile - per column of the row when the row's tiles are a serial loop, along which LLVM would
+    otherwise hoist the start values and, short of registers, spill them
+    (:mod:`relaycomp.schedules.cpu.bias_init`); else ``None``. Only for the heuristic schedule:
+    the tuner's design spaces are traces of the function as it is."""
+    nest = single_reduction(sch) if facts.loads_operands else None
+    if nest is None:
+        return None
+    block = sch.get(nest.main.block_rv)
+    window = 1
+    for it in block.iter_vars:
+        if it.iter_type != tirx.IterVar.DataPar:
+            window *= static_int(it.dom.extent) or MAX_UNROLLED_WINDOW + 1
+    plans = plan_variants(block, facts, 1)
+    if window > MAX_UNROLLED_WINDOW or not plans or not plans[0].vector_tile:
+        return None
+    plan = plans[0]
+    if plan.register_iter is None or plan.register_tile < 2:
+        return None
+    copies = plan.register_tile
+    if plan.serial_register_outer:
+        copies = static_int(block.iter_vars[plan.register_iter].dom.extent) or copies
+    folded = fold_bias_into_init(sch.mod["main"], plan.register_iter, min(copies, MAX_COPIES))
+    return None if folded is None else s_tir.Schedule(folded)
 
 
 def _try(primitive, *args) -> bool:
@@ -156,7 +195,7 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuF
     # A packed operand's layout fixes the vector tile; an unpacked one lets the tuner vary it.
     vector_outer, vector_inner = _split(sch, loops[plan.vector_iter], plan.vector_tile,
                                         tunable and not plan.relayouts, 4 * plan.vector_tile)
-    register_inner = outer_register_inner = None
+    register_inner = outer_register_inner = serial = None
     spatial_outer, reduction = [], []
     for i, loop in enumerate(loops):
         if i == plan.vector_iter:
@@ -164,7 +203,10 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuF
         elif i == plan.register_iter:
             outer, register_inner = _split(sch, loop, plan.register_tile, tunable,
                                            max(2 * facts.accumulator_budget, plan.register_tile))
-            spatial_outer.append(outer)
+            if plan.serial_register_outer:
+                serial = outer
+            else:
+                spatial_outer.append(outer)
         elif i == plan.outer_register_iter:
             outer, outer_register_inner = _split(sch, loop, plan.outer_register_tile, tunable,
                                                  facts.accumulator_budget)
@@ -183,11 +225,14 @@ def _tile(sch: s_tir.Schedule, block_rv, plan: Plan, epilogue: list, facts: CpuF
         longest = max(reversed(reduction), key=lambda loop: loop_extent(sch, loop) or 0)
         reduction.remove(longest)
         reduction.append(longest)
-    sch.reorder(*spatial_outer, *reduction, *inner, vector_inner)
+    rows = [serial] if serial is not None else []
+    sch.reorder(*spatial_outer, *rows, *reduction, *inner, vector_inner)
     outer = sch.fuse(*spatial_outer) if len(spatial_outer) > 1 else spatial_outer[0]
     tiles = loop_extent(sch, outer)  # None when a dynamic batch is among the outer loops
     if facts.parallel and (tiles is None or tiles > 1 and tiles * plan.vector_tile >= 64):
         sch.parallel(outer)
+    if serial is not None:  # the tile's write-back and start inside the serial row loop
+        outer = serial
 
     # "global", not "local": only global-scope buffers under 1 KB become stack allocas on CPU.
     write_back = sch.cache_write(block_rv, 0, "global")

@@ -33,9 +33,16 @@ with its operands) is laid out channel-last; the epilogue (zero-point correction
 activation, next ``quantize``) is inlined into its write-back, so the kernel reads and writes
 8-bit tensors.
 
+On AVX-512 VNNI three shapes get kernels of their own: a 1x1 conv over rows of whole 16-pixel
+vectors puts the lanes along the row instead (``int8_pointwise``: no transposing write-back),
+tried first; a depthwise conv (``int8_depthwise``: integer accumulation, four taps a
+``vpdpbusd``) and a batch-1 matrix-vector product (``int8_gemv``) where this schedule does
+not match.
+
 The same schedule runs bf16 convs (``convert_to_bf16``: ``acc += widen(data) * widen(weight)``
 over bf16 bits held as ``uint16``, fp32 ``acc``) on AVX-512 BF16's ``vdpbf16ps``, 16 or 8 lanes x
-2 (:func:`bf16_instructions`); there the epilogue writes fp32, or bf16 bits when the next conv
+2, and on AArch64 BF16's ``bfdot``, 4 lanes x 2, lane-indexed like ``sdot``
+(:func:`bf16_instructions`); there the epilogue writes fp32, or bf16 bits when the next conv
 reads them.
 """
 
@@ -48,17 +55,20 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target, codegen
 
+from relaycomp.schedules.cpu.bf16_arm_llvm import LLVM_IR as BFDOT_LLVM_IR
 from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA, LLVM_IR
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
     collect_loads,
-    loop_extent,
     schedule_spatial_block,
     single_reduction,
     static_int,
     uses_var,
 )
+from relaycomp.schedules.cpu.int8_depthwise import schedule_int8_depthwise
+from relaycomp.schedules.cpu.int8_gemv import schedule_int8_gemv
 from relaycomp.schedules.cpu.int8_names import (
+    DOT_4X2_BFDOT,
     DOT_4X4_SDOT,
     DOT_8X2_AVX2,
     DOT_8X2_BF16,
@@ -66,6 +76,11 @@ from relaycomp.schedules.cpu.int8_names import (
     DOT_8X4_VNNI,
     DOT_16X2_BF16,
     DOT_16X4_VNNI,
+)
+from relaycomp.schedules.cpu.int8_pointwise import (
+    groups_last,
+    schedule_groups_last_stage,
+    schedule_int8_pointwise,
 )
 
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
@@ -129,6 +144,12 @@ AVX512_BF16_YMM = Int8Instructions(DOT_8X2_BF16, lanes=8, group=2, registers=32,
                                    broadcast_cost=1, mac_cost=1, scratch=4, data_dtype="uint16",
                                    weight_dtype="uint16", accumulator_dtype="float32",
                                    llvm_ir=LLVM_IR)
+# Armv8.6 BF16 bfdot: two bf16 x bf16 products added to each of 4 fp32 lanes; lane-indexed
+# over a tile's columns like sdot (``bf16_arm_intrin``).
+ARM_BFDOT = Int8Instructions(DOT_4X2_BFDOT, lanes=4, group=2, registers=32, broadcast_cost=1,
+                             mac_cost=1, scratch=1, data_dtype="uint16", weight_dtype="uint16",
+                             accumulator_dtype="float32", llvm_ir=BFDOT_LLVM_IR,
+                             lane_columns=4)
 
 
 X86_TRIPLES = ("x86_64", "i686", "i386")
@@ -147,10 +168,26 @@ def _cpu_has(target: Target, feature: str) -> bool:
 
 
 def bf16_instructions(target: Target) -> Int8Instructions | None:
-    """``target``'s bf16 dot product: x86 AVX-512 BF16 (``vdpbf16ps``), else ``None``."""
-    if target.kind.name != "llvm" or not _triple(target).startswith(X86_TRIPLES):
+    """``target``'s bf16 dot product: x86 AVX-512 BF16 (``vdpbf16ps``), AArch64 BF16
+    (``bfdot``, Armv8.6: Graviton3, Neoverse V1/V2/N2), else ``None``."""
+    if target.kind.name != "llvm":
+        return None
+    if _triple(target).startswith("aarch64"):
+        return ARM_BFDOT if _cpu_has(target, "bf16") else None
+    if not _triple(target).startswith(X86_TRIPLES):
         return None
     return AVX512_BF16 if _cpu_has(target, "avx512bf16") else None
+
+
+def _lane_intrinsic(isa: Int8Instructions, columns: int, stride: int) -> str:
+    """The lane-indexed form of ``isa`` (``sdot`` or ``bfdot``) over ``columns`` columns."""
+    if isa is ARM_BFDOT:
+        from relaycomp.schedules.cpu.bf16_arm_intrin import bfdot_lanes
+
+        return bfdot_lanes(columns, stride)
+    from relaycomp.schedules.cpu.int8_intrin import sdot_lanes
+
+    return sdot_lanes(columns, stride)
 
 
 def int8_instructions(target: Target) -> Int8Instructions | None:
@@ -200,7 +237,7 @@ def pair_safe(weight: np.ndarray) -> bool:
 def _register_intrinsics() -> None:
     """Parse and register the tensor intrinsics on first use (TVMScript parsing costs ~4 s,
     which every ``import relaycomp`` would otherwise pay)."""
-    from relaycomp.schedules.cpu import bf16_intrin, int8_intrin  # noqa: F401 - registering
+    from relaycomp.schedules.cpu import bf16_arm_intrin, bf16_intrin, int8_intrin  # noqa: F401
 
 
 def _reads_bf16(block) -> bool:
@@ -244,6 +281,10 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
     if isa is None:
         return None
     _register_intrinsics()
+    if isa is AVX512_VNNI:  # a 1x1 conv over long rows: lanes along the row (int8_pointwise)
+        pointwise = schedule_int8_pointwise(func, target, facts)
+        if pointwise is not None:
+            return pointwise
     if isa is AVX2 and _weight_is_pair_safe(sch.mod["main"], sch.get(main)):
         isa = AVX2_PAIRS if _conv_shape(sch.get(main), AVX2_PAIRS) is not None else AVX2
     shape = _conv_shape(sch.get(main), isa)
@@ -252,7 +293,10 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
         isa = narrower[isa]
         shape = _conv_shape(sch.get(main), isa)
     if shape is None:
-        return None
+        if bf16:
+            return None
+        return (schedule_int8_depthwise(func, target, facts)
+                or schedule_int8_gemv(func, target, facts))
     out_channels, width, steps, batch_loops = shape
     # Padding stays a stage of its own, writing the input pairs-last, once; so does a cast that
     # feeds the conv directly (round_to_bf16 of a 1x1 conv's input); other elementwise producers
@@ -270,9 +314,9 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
     if any(data.same_as(param) for param in sch.mod["main"].params):
         copies.append(sch.cache_read(main, 0, "global"))
     # A padding stage (or the copy) writes the input pairs-last; the conv reads it so.
-    sch.transform_layout(main, ("read", 0), _groups_last(isa.group))
+    sch.transform_layout(main, ("read", 0), groups_last(isa.group))
     for block in kept:
-        _schedule_groups_last_stage(sch, block, isa.group, facts)
+        schedule_groups_last_stage(sch, block, isa.group, facts)
     weight_copy = sch.cache_read(main, 1, "global")
     sch.annotate(weight_copy, LAYOUT_REWRITE_PREPROC, True)
     sch.transform_layout(main, ("read", 1), _packed_weight(blocks, isa))
@@ -303,9 +347,7 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
     sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
     init = sch.decompose_reduction(main, c_outer)
     if lane_form:
-        from relaycomp.schedules.cpu.int8_intrin import sdot_lanes
-
-        sch.tensorize(x_inner, sdot_lanes(tile, stride))
+        sch.tensorize(x_inner, _lane_intrinsic(isa, tile, stride))
     else:
         sch.tensorize(f_lane, isa.intrinsic)
         sch.unroll(x_inner)
@@ -314,30 +356,9 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
         tile_loops = sch.get_loops(block)
         sch.vectorize(tile_loops[-1])
     for copy in copies:
-        _schedule_groups_last_stage(sch, copy, isa.group, facts)
+        schedule_groups_last_stage(sch, copy, isa.group, facts)
     schedule_spatial_block(sch, weight_copy, facts)
     return sch
-
-
-def _schedule_groups_last_stage(sch: s_tir.Schedule, block, group: int,
-                                facts: CpuFacts) -> None:
-    """A stage that writes the conv's input groups-last (``[n, c/G, h, w, G]``: the padding
-    stage or the copy), looped in that order - channel groups outside the rows, the ``G``
-    channels of a pixel innermost and unrolled - so its stores are contiguous; looped in the
-    input's order they were ``G`` bytes apart, one at a time (MobileNetV2's 4-channel stem:
-    most of its int8 conv's time). Other shapes get the generic recipe."""
-    loops = sch.get_loops(block)
-    extents = [loop_extent(sch, loop) for loop in loops]
-    if len(loops) < 3 or None in extents or extents[-3] % group:
-        schedule_spatial_block(sch, block, facts)
-        return
-    *batch, channels, rows, columns = loops
-    channel_outer, channel_group = sch.split(channels, [None, group])
-    sch.reorder(*batch, channel_outer, rows, columns, channel_group)
-    sch.unroll(channel_group)
-    outer = sch.fuse(*batch, channel_outer, rows)
-    if facts.parallel:
-        sch.parallel(outer)
 
 
 def _column_stride(block, batch_loops: int) -> int | None:
@@ -439,13 +460,6 @@ def _register_tile(channel_blocks: int, width: int, steps: int, isa: Int8Instruc
             per_output = (reduction + epilogue) / (accumulators * isa.lanes)
             best = min(best, (per_output, -accumulators, blocks, tile))
     return best[2], best[3]
-
-
-def _groups_last(group: int):
-    def index_map(n, c, h, w):
-        return [n, c // group, h, w, c % group]
-
-    return index_map
 
 
 def _packed_weight(blocks: int, isa: Int8Instructions):

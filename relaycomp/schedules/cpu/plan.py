@@ -16,7 +16,9 @@ input owns ``n, y, x``; dense: ``A`` owns ``m``, ``B`` owns ``n``).
 - Without (depthwise conv, pooling): ``v`` is the innermost output iterator and ``u`` the one
   before it (independent accumulators hide the multiply-add latency). When an operand walks ``v``
   with a constant stride ``s > 1`` (strided depthwise conv or pooling) the ``v`` loop is left
-  whole, with the (small) reduction unrolled inside it, for LLVM's loop vectorizer.
+  whole, with the (small) reduction unrolled inside it, for LLVM's loop vectorizer. On a
+  load-store ISA a two-vector ``v`` (NCHW8c on NEON) is taken whole, and with unit stride and
+  room for the window's weight vectors the tiles along ``u`` become a serial loop.
 
 :func:`plan_contraction` is the heuristic's plan; :func:`plan_variants` adds the alternatives
 (vectors per tile row, register axis) the auto-tuner measures.
@@ -250,7 +252,8 @@ def _plan_without_reuse(operands, iters, extents, spatial, lanes, facts) -> Plan
     if facts.loads_operands and row == 2 * lanes and register_iter is not None:
         # A blocked layout's two-vector channel block (NCHW8c on NEON) whole: a pixel's two
         # output vectors are adjacent, written by one store pair (stp), not two stores.
-        return _two_vector_row(vector_iter, row, register_iter, extents, spatial, facts)
+        unit = all(_stride(load, iters[register_iter].var) in (None, 1) for load in operands)
+        return _two_vector_row(vector_iter, row, register_iter, extents, spatial, facts, unit)
     register_tile = (
         1
         if register_iter is None
@@ -259,21 +262,25 @@ def _plan_without_reuse(operands, iters, extents, spatial, lanes, facts) -> Plan
     return Plan(vector_iter, vector_tile, register_iter, register_tile, ())
 
 
-def _two_vector_row(vector_iter, row, register_iter, extents, spatial, facts) -> Plan:
+def _two_vector_row(vector_iter, row, register_iter, extents, spatial, facts,
+                    unit_stride: bool) -> Plan:
     """A two-vector row without reuse on a load-store ISA (a depthwise conv over NCHW8c on
     NEON): when the window's weight vectors fit the registers next to enough accumulators to
     hide the FMA latency (``MIN_ACCUMULATORS``; two clamp bounds and two input vectors
     besides), the row's tiles are a serial loop along which they stay in registers; else
-    (a short row) the largest tile, fused into the parallel loop."""
+    (a short row, or a strided one, whose tile reads twice the input vectors: LLVM spilled)
+    the largest tile, fused into the parallel loop."""
     window = 1
     for i, extent in enumerate(extents):
         if i not in spatial:
             window *= extent
     columns = (facts.registers - 2 * window - 4) // 2
     tile = largest_divisor(extents[register_iter], columns) if columns > 0 else 1
-    if 2 * tile >= MIN_ACCUMULATORS:
+    if unit_stride and 2 * tile >= MIN_ACCUMULATORS:
         return Plan(vector_iter, row, register_iter, tile, (), serial_register_outer=True)
-    tile = largest_divisor(extents[register_iter], facts.accumulator_budget // 2)
+    # Per column two accumulators and the input vectors a window row reads (2 x the stride).
+    columns = (facts.registers - 4) // (2 + (1 if unit_stride else 2))
+    tile = largest_divisor(extents[register_iter], min(columns, facts.accumulator_budget // 2))
     return Plan(vector_iter, row, register_iter, tile, ())
 
 
@@ -367,6 +374,16 @@ def _sole_dim(indices, var) -> int | None:
     if len(dims) == 1 and isinstance(indices[dims[0]], tirx.Var):
         return dims[0] if indices[dims[0]].same_as(var) else None
     return None
+
+
+def _stride(load, var) -> int | None:
+    """The constant coefficient of ``var`` in the one index of ``load`` that uses it linearly
+    (``None``: no index, several, or not linear)."""
+    found = [index for index in load.indices if uses_var(index, var)]
+    if len(found) != 1:
+        return None
+    coefficients = tvm.sym.detect_linear_equation(found[0], [var])
+    return static_int(coefficients[0]) if len(coefficients) == 2 else None
 
 
 def _last_dim_stride(load, var) -> int | None:
