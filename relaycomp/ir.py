@@ -396,3 +396,10 @@ def rewrite_primfuncs(mod: tvm.IRModule, rewrite) -> tuple[tvm.IRModule, int, in
     for gvar, func in updates.items():
         mod[gvar] = func
     return mod, len(updates), total
+
+
+def loaded_buffer(expr):
+    """The buffer a TIR load ``expr`` reads, or ``None`` if ``expr`` is no load. TVM 0.27 builds
+    a buffer load as the generic ``tvm.ir.expr.TensorLoad`` (``tirx.BufferLoad`` is a function,
+    not a class to test against), holding its buffer in ``source``."""
+    return expr.source if isinstance(expr, tvm.ir.expr.TensorLoad) else None

@@ -46,8 +46,8 @@ def _loop(mod, target) -> str:
     with target:
         mod = tvm.transform.Sequential(
             cpu.legalize_passes(target)
-            + [propagate_nan_in_max_min(target), relax.transform.FuseOps(),
-               relax.transform.FuseTIR(), schedule_cpu_loops(target)]
+            + [relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu_loops(target),
+               propagate_nan_in_max_min(target)]  # as the pipeline: after the schedule
             + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
     library = tvm.compile(mod, target, relax_pipeline=None).mod.imports[0]
     return _hot_loop(library.inspect_source("asm"))
@@ -107,3 +107,55 @@ def test_cortex_a76_builds_match_onnxruntime_on_the_device(device, model, tmp_pa
     actual = load_remote(artifact.path, device, KEY).run(inputs)
     for name, expected in ort_outputs(model, inputs).items():
         np.testing.assert_allclose(actual[name], expected, rtol=1e-4, atol=1e-5)
+
+
+def _depthwise_nchwc_relu6(blocks: int = 2, size: int = 28):
+    """A depthwise 3x3 conv + bias + ReLU6 on NCHW8c (NEON's block, as ``plan_conv_layout``
+    gives MobileNetV2's), as the fused PrimFunc the CPU schedule gets."""
+    from tvm import te, topi
+
+    shape = (1, blocks, size, size, 8)
+    data = te.placeholder(shape, name="data")
+    weight = te.placeholder((blocks, 1, 3, 3, 1, 8), name="weight")
+    bias = te.placeholder((1, blocks, 1, 1, 8), name="bias")
+    padded = topi.nn.pad(data, [0, 0, 1, 1, 0], [0, 0, 1, 1, 0])
+    ry, rx = te.reduce_axis((0, 3), name="ry"), te.reduce_axis((0, 3), name="rx")
+    conv = te.compute(shape, lambda n, c, y, x, i: te.sum(
+        padded[n, c, y + ry, x + rx, i] * weight[c, 0, ry, rx, 0, i], axis=[ry, rx]))
+    biased = te.compute(shape, lambda n, c, y, x, i: conv[n, c, y, x, i] + bias[n, c, 0, 0, i])
+    out = te.compute(shape, lambda *i: tvm.tirx.min(tvm.tirx.max(biased(*i), 0.0), 6.0))
+    return te.create_prim_func([data, weight, bias, out])
+
+
+def test_bias_as_the_start_value_computes_the_same():
+    from relaycomp.schedules.cpu.bias_init import fold_bias_into_init
+
+    func = _depthwise_nchwc_relu6(blocks=1, size=8)
+    folded = fold_bias_into_init(func, column=3, copies=4)  # the output columns' iterator
+    assert "bias_copies" in folded.script() and folded.script().count("T.init()") == 1
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(tuple(int(d) for d in p.shape)).astype("float32")
+              for p in func.params[:3]]
+    results = []
+    for kernel in (func, folded):
+        library = tvm.compile(tvm.IRModule({"main": kernel}), target="llvm")
+        tensors = [tvm.runtime.tensor(a) for a in arrays] + [
+            tvm.runtime.tensor(np.zeros((1, 1, 8, 8, 8), "float32"))]
+        library["main"](*tensors)
+        results.append(tensors[-1].numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-6)
+    assert results[0].max() == 6.0 and results[0].min() == 0.0  # the clamp is exercised
+
+
+def test_depthwise_nchwc_loop_starts_from_the_bias_in_registers(target):
+    from relaycomp.schedules.cpu.contraction import ContractionRule
+
+    scheduled = ContractionRule().apply(_depthwise_nchwc_relu6(), target, False).mod["main"]
+    library = tvm.tirx.build(tvm.IRModule({"main": scheduled}), target=target)
+    loop = _hot_loop(library.inspect_source("asm"))
+    accumulators = set(re.findall(r"fmla\s+(v\d+)\.4s", loop))
+    assert len(accumulators) >= 8 and len(_MULTIPLY_ADD.findall(loop)) == 9 * len(accumulators)
+    # No zeroing, no bias add, no register copy per accumulator: the start value is a load.
+    assert not re.findall(r"^\s*(fadd|mov)\s+v\d+\.(4s|16b)", loop, re.MULTILINE), loop
+    assert "\tfmax" in loop and "\tfmin" in loop and "stp\tq" in loop, loop
+    assert not _SPILL.findall(loop), f"spilled q-registers:\n{loop}"

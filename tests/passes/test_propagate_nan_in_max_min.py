@@ -1,7 +1,8 @@
 """propagate_nan_in_max_min (with unstack_max_min for ONNX Max/Min): NaN and Inf inputs give the
-outputs onnxruntime gives - through ReLU, Clip, Max, Min and fused conv/matmul epilogues, and max
-pooling where its result does not depend on a kernel's loop order - and the fused ReLU stays one
-packed ``vmaxps`` per vector."""
+outputs onnxruntime gives - through ReLU, Clip, Max, Min, fused conv/matmul epilogues and a fused
+chain of clips, and max pooling where its result does not depend on a kernel's loop order -, the
+fused ReLU stays one packed ``vmaxps`` per vector and a fused chain of clips one copy of its
+input."""
 
 import re
 
@@ -11,10 +12,11 @@ import tvm
 import tvm_ffi
 from helpers import ort_outputs
 from onnx import TensorProto, helper, numpy_helper
-from tvm import te, tirx, topi
+from tvm import s_tir, te, tirx, topi
 
 import relaycomp
-from relaycomp.compiler.pipeline import PIPELINES, Stage, run_stages
+from relaycomp.compiler.pipeline import PIPELINES, Stage, default_stages, run_stages
+from relaycomp.ir import loaded_buffer
 from relaycomp.passes.propagate_nan_in_max_min import propagate_nan_in_max_min, rewrite_primfunc
 from relaycomp.targets import resolve
 
@@ -74,7 +76,24 @@ MODELS = {
          helper.make_node("Add", ["m", "mb"], ["a"]),
          helper.make_node("Relu", ["a"], ["y"])],
         initializers=[_weight("mw", [6, 16]), _weight("mb", [16], 1)]),
+    "clip_chain": lambda: _clip_chain(6),
+    "max_of_sums": lambda: _model(  # fused: neither operand a load (llvm.maximum on x86)
+        [helper.make_node("Add", ["x", "z"], ["s"]), helper.make_node("Sub", ["x", "z"], ["d"]),
+         helper.make_node("Max", ["s", "d"], ["y"])], inputs=("x", "z")),
 }
+
+
+def _clip_chain(links: int):
+    """``links`` times Add + Clip, which fusion makes one kernel (an int8 epilogue's chain of
+    requantizing clips looks alike)."""
+    nodes, previous = [], "x"
+    for i in range(links):
+        nodes += [helper.make_node("Add", [previous, "one"], [f"a{i}"]),
+                  helper.make_node("Clip", [f"a{i}", "low", "high"], [f"c{i}"])]
+        previous = f"c{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    return _model(nodes, initializers=[
+        *_bounds(-6.0, 6.0), numpy_helper.from_array(np.array(0.5, np.float32), "one")])
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -124,15 +143,80 @@ def test_an_all_nan_input_gives_nan_logits_like_onnxruntime(tmp_path):
     assert np.isnan(actual).all(), f"finite logits from an all-NaN input: {actual}"
 
 
-def test_relu_becomes_a_select_that_keeps_nan():
-    x = te.placeholder((8,), "float32", name="x")
-    before = te.create_prim_func([x, topi.nn.relu(x)])
-    zero = tirx.const(0.0, "float32")
-    expected = te.create_prim_func(
-        [x, te.compute((8,), lambda i: tirx.Select(x[i] < zero, zero, x[i]), name="compute")])
-    after, count = rewrite_primfunc(before)
+ZERO = tirx.const(0.0, "float32")
+
+
+def _elementwise(compute) -> tirx.PrimFunc:
+    """A kernel ``y[i] = compute(x[i], z[i])`` over two inputs of 8 floats."""
+    x, z = (te.placeholder((8,), "float32", name=name) for name in ("x", "z"))
+    return te.create_prim_func([x, z, te.compute((8,), lambda i: compute(x(i), z(i)),
+                                                 name="compute")])
+
+
+def _assert_stores(after: tirx.PrimFunc, expected: tirx.PrimFunc):
+    """The two kernels store the same value (their blocks may list what they read in another
+    order)."""
+    (value,), (expected_value,) = _stored_values(after), _stored_values(expected)
+    tvm.ir.assert_structural_equal(value, expected_value, map_free_vars=True)
+
+
+@pytest.mark.parametrize("form, expected", [
+    # TVM's LLVM max(p, q) is p > q ? p : q, which gives q when it is NaN: the same compare and
+    # select as x < 0 ? 0 : x
+    ("llvm", lambda x, z: tirx.Max(ZERO, x)),
+    ("select", lambda x, z: tirx.Select(x < ZERO, ZERO, x)),
+    ("native", lambda x, z: tirx.call_llvm_pure_intrin("float32", "llvm.maximum", x, ZERO)),
+])
+def test_relu_keeps_nan(form, expected):
+    after, count = rewrite_primfunc(_elementwise(lambda x, z: tirx.max(x, ZERO)), form)
     assert count == 1
-    tvm.ir.assert_structural_equal(after, expected)
+    _assert_stores(after, _elementwise(expected))
+
+
+@pytest.mark.parametrize("form, expected", [
+    ("llvm", lambda x, z: tirx.Select(tirx.isnan(z), z, tirx.Min(z, x))),
+    ("select", lambda x, z: tirx.Select(tirx.Or(tirx.GT(x, z), tirx.isnan(z)), z, x)),
+])
+def test_min_of_two_tensors_keeps_a_nan_of_either(form, expected):
+    before = _elementwise(tirx.min)
+    (minimum,) = _stored_values(before)
+    after, count = rewrite_primfunc(before, form)
+    assert count == 1
+    tvm.ir.assert_structural_equal(_stored_values(after), [expected(minimum.a, minimum.b)])
+
+
+@pytest.mark.parametrize("form, before, expected", [
+    # an expression (what fusion inlines) named once: the second operand of max, after the
+    # constant or the load whose NaN is tested; the LLVM intrinsic when no operand is a load
+    ("llvm", lambda x, z: tirx.max(x + 1.0, ZERO), lambda x, z: tirx.Max(ZERO, x + 1.0)),
+    ("llvm", lambda x, z: tirx.max(x + 1.0, z),
+     lambda x, z: tirx.Select(tirx.isnan(z), z, tirx.Max(z, x + 1.0))),
+    ("llvm", lambda x, z: tirx.max(x + 1.0, z * 2.0),
+     lambda x, z: tirx.call_llvm_pure_intrin("float32", "llvm.maximum", x + 1.0, z * 2.0)),
+    # C source: bound once, then named twice
+    ("select", lambda x, z: tirx.max(x + 1.0, ZERO),
+     lambda x, z: _bound(x + 1.0, lambda v: tirx.Select(v < ZERO, ZERO, v))),
+])
+def test_an_expression_operand_is_named_once(form, before, expected):
+    after, count = rewrite_primfunc(_elementwise(before), form)
+    assert count == 1
+    _assert_stores(after, _elementwise(expected))
+
+
+def _bound(value, body):
+    var = tirx.Var("nan_operand", value.ty)
+    return tirx.Let(var, value, body(var))
+
+
+def test_c_source_binds_nothing_inside_an_if_then_else():
+    """CUDA's code generator emits a let as a declaration before the statement: bound, an
+    operand inside an if_then_else's branch would be evaluated when the branch is not taken."""
+    def guarded(select):
+        return lambda x, z: tirx.if_then_else(z > ZERO, select(x + 1.0), ZERO)
+
+    after, count = rewrite_primfunc(_elementwise(guarded(lambda v: tirx.max(v, ZERO))), "select")
+    assert count == 1
+    _assert_stores(after, _elementwise(guarded(lambda v: tirx.Select(v < ZERO, ZERO, v))))
 
 
 def _stored_values(func) -> list:
@@ -141,15 +225,21 @@ def _stored_values(func) -> list:
     return values
 
 
-def test_max_of_two_tensors_keeps_a_nan_of_either():
-    a = te.placeholder((8,), "float32", name="a")
-    b = te.placeholder((8,), "float32", name="b")
-    before = te.create_prim_func([a, b, topi.minimum(a, b)])
-    (minimum,) = _stored_values(before)
-    (after,) = _stored_values(rewrite_primfunc(before)[0])
-    left, right = minimum.a, minimum.b
-    tvm.ir.assert_structural_equal(
-        after, tirx.Select(tirx.Or(left > right, tirx.isnan(right)), right, left))
+def test_a_scheduled_max_pool_keeps_its_combiner_and_rewrites_the_inlined_relu():
+    """After scheduling, the update of a max pooling has no ``init`` of its own (decomposed) and
+    may hold a ReLU inlined into it: the combiner stays ``max``, the ReLU is rewritten."""
+    x = te.placeholder((1, 2, 4, 4), "float32", name="x")
+    relu = topi.nn.relu(x)
+    pool = topi.nn.pool2d(relu, (2, 2), (2, 2), (1, 1), (0, 0, 0, 0), "max")
+    sch = s_tir.Schedule(te.create_prim_func([x, pool]))
+    sch.compute_inline(sch.get_sblock("compute"))
+    update = sch.get_sblock("pool_max")
+    sch.decompose_reduction(update, sch.get_loops(update)[-2])
+    after, count = rewrite_primfunc(sch.mod["main"], "select")
+    assert count == 1
+    (_, combined) = _stored_values(after)  # the init, then the update
+    assert isinstance(combined, tirx.Max) and loaded_buffer(combined.a).name == "pool_max"
+    assert isinstance(combined.b, tirx.Select), combined
 
 
 def test_reductions_and_integers_are_left_alone():
@@ -191,3 +281,17 @@ def test_the_fused_relu_stays_one_packed_max_per_vector():
     assert packed and len(packed) == len(re.findall(r"vmaxps\s", stock))
     assert not re.search(r"vmaxss|vblendv|vcmp\w*ss", asm), "the epilogue was scalarized"
     assert asm.count("(%rsp)") == stock.count("(%rsp)"), "more stack traffic (spills)"
+
+
+def test_a_fused_chain_of_clips_keeps_one_copy_of_its_input():
+    """Fused, Add + Clip six times is one kernel loading ``x`` once: each select names its
+    operand twice, and rewritten before fusion inlined the chain, a kernel held 4^6 copies
+    (PP-OCR's int8 epilogues grew 11x, code generation took minutes per kernel)."""
+    mod = relaycomp.import_onnx(MODELS["clip_chain"](), {"x": SHAPE}).mod
+    stages = [stage for stage in default_stages("llvm") if stage.name != "lower"]
+    mod, report = run_stages(mod, stages, resolve("x86-64-avx512", num_cores=2).tvm_target())
+    (kernel,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    loads = []
+    tvm_ffi.structural_walk(kernel, (tvm.ir.expr.TensorLoad, loads.append))
+    assert sum(loaded_buffer(load).name == "x" for load in loads) == 1, kernel.script()
+    assert report.facts("propagate_nan_in_max_min") == {"kernels": 1, "max_min_rewritten": 12}
