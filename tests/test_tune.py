@@ -26,7 +26,7 @@ from helpers import (
     run_cli,
     wait_for_device,
 )
-from models import conv_net, mlp, random_inputs
+from models import conv_net, mlp, mobilenet_style_net, random_inputs
 from tvm.s_tir import meta_schedule as ms
 
 import relaycomp
@@ -441,3 +441,20 @@ def test_tuning_for_another_machine_without_a_device_is_refused(model, tmp_path)
     with pytest.raises(TuningError, match="cannot run on this machine"):
         tune(model, TuneConfig(target="raspberry-pi-4", trials=4, tuning_db=tmp_path,
                                progress=False))
+
+
+@pytest.mark.parametrize("preset", ["raspberry-pi-4", "x86-64-avx512"])
+@pytest.mark.parametrize("net", [conv_net, mobilenet_style_net])
+def test_every_heuristic_baseline_builds_as_the_tuner_builds_it(preset, net):
+    """The tuner measures each kernel's heuristic schedule built by its own builder (weight
+    repacks removed, as a build folds them): every kernel of a CNN must build that way, or its
+    baseline is lost (a bias copy read at constant indices once broke it on Arm)."""
+    from relaycomp.tune.measure import build_kernel
+
+    target = resolve(preset).tvm_target()
+    stages = default_stages("llvm")
+    fused, _ = run_stages(import_onnx(net()).mod, split_before(stages, "schedule")[0], target)
+    tasks = ms.relax_integration.extract_tasks(with_layout_free_weights(fused), target)
+    assert len(tasks) > 3
+    for task in tasks:
+        build_kernel(heuristic_module(task.dispatched[0], stages, target), target, None)

@@ -10,8 +10,10 @@ the signature.
 
 With ``copies`` (and ``column``, an iterator of the reduction block: the register tile's
 columns), the start value is read from ``bias_copies[column % copies, ...]``, ``copies`` copies
-of ``bias`` that a block marked ``meta_schedule.layout_rewrite_preproc`` writes (a constant bias
-gets them at compile time, like a repacked weight).
+of ``bias`` that a first stage of the kernel writes (a few hundred bytes per call). It is not
+marked as a compile-time repack (``meta_schedule.layout_rewrite_preproc``): a bias has unit
+dims, read at constant indices, which MetaSchedule's ``RemoveWeightLayoutRewriteBlock`` refuses
+when the tuner builds the kernel.
 
 Why: on a load-store ISA a depthwise conv's register tile otherwise spends, per output vector
 of 9 multiply-adds, one instruction zeroing the accumulator and one adding the bias on the two
@@ -30,7 +32,6 @@ from tvm import s_tir, tirx
 from relaycomp.ir import loaded_buffer
 from relaycomp.schedules.cpu.common import uses_var
 
-PREPROC = "meta_schedule.layout_rewrite_preproc"
 COPIES_BLOCK = "bias_copies"
 
 
@@ -109,7 +110,7 @@ def _copies_stage(bias, copies: int):
     block = s_tir.SBlock(iters, [tirx.BufferRegion(bias, points(index[1:]))],
                          [tirx.BufferRegion(replicated, points(index))], COPIES_BLOCK,
                          tirx.BufferStore(replicated, tirx.BufferLoad(bias, index[1:]), index),
-                         None, [], [], {PREPROC: True})
+                         None, [], [], {})
     stmt = s_tir.SBlockRealize(loops, True, block)
     for loop, extent in reversed(list(zip(loops, shape))):
         stmt = tirx.For(loop, tirx.IntImm(dtype, 0), extent, tirx.ForKind.SERIAL, stmt)
