@@ -195,7 +195,9 @@ def test_heuristic_design_space_as_sampled_is_the_heuristic_schedule(model):
                      if not g.name_hint.endswith("_weight_prepack")]
         expected = kernel.without_attr("tirx.is_scheduled").without_attr(RULE_ATTR)
         tvm.ir.assert_structural_equal(sch.mod["main"], expected)
-        assert len(spaces) > 1 or task.task_name.startswith("fused_matmul")
+        # A dense layer, or a mean over the blocked layout (lanes = the channel block), has
+        # one plan; the convs have alternatives for the tuner.
+        assert len(spaces) > 1 or task.task_name.startswith(("fused_matmul", "mean"))
     assert spaced >= 2  # the convs and the dense layer
 
 
