@@ -29,8 +29,8 @@ from tvm import relax, te
 
 from relaycomp.channels.relax_ops import elementwise_tir
 from relaycomp.registry import register_pass
-from relaycomp.rewrite.pad_channels import pad_channels
 from relaycomp.rewrite.conv_window import output_size, pad_spatial
+from relaycomp.rewrite.pad_channels import pad_channels
 from relaycomp.schedules.cpu.common import cpu_facts
 
 CONV_KERNEL = "conv2d_nchwc"
