@@ -117,6 +117,7 @@ def test_int8_sdot_kernels_compute_what_the_plain_int8_kernels_do(device, tmp_pa
         assert np.corrcoef(sdot.ravel(), reference.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.slow
 def test_tuning_on_the_device_measures_there_and_the_tuned_build_runs_there(device, tmp_path):
     model = conv_net()
     config = TuneConfig(target="raspberry-pi-4", trials=4, trials_per_iter=4,

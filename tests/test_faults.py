@@ -202,6 +202,7 @@ def key():
     return f"{KEY}-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.mark.slow
 def test_a_healthy_link_runs_like_onnxruntime(artifact, tracker, key, tmp_path):
     """The relay itself is transparent: the same command succeeds with the right numbers."""
     with FaultyLink(tracker, key):
@@ -233,6 +234,7 @@ def test_a_device_failing_mid_run_is_one_error_line_within_the_timeout(artifact,
             np.testing.assert_allclose(saved[name], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_device_that_is_never_free_is_one_error_line(artifact, tracker, key, tmp_path):
     """The only device is held by another session: the request waits --rpc-timeout, no more."""
     with FaultyLink(tracker, key):

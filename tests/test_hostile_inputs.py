@@ -107,14 +107,15 @@ def pooling_tuned(folder):
     return model, folder / "pool-db", result
 
 
+@pytest.mark.slow
 def test_tuning_a_pooling_kernel_for_a_triple_target_works(pooling_tuned):
     _, _, result = pooling_tuned
     assert result.returncode == 0, result.stderr
     assert "max_pool2d" in result.stdout
 
 
-@pytest.mark.parametrize("target", [pytest.param("x86-64-avx512", marks=pytest.mark.slow),
-                                    "board.toml"])
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["x86-64-avx512", "board.toml"])
 def test_tuning_a_pooling_kernel_for_a_preset_and_a_user_toml_works(folder, target, tmp_path):
     """Issue 16: a preset or a user's TOML names no num-cores; MetaSchedule's pooling rules
     read it. Tuning must succeed and leave a record of the pooling kernel for that target."""
@@ -129,6 +130,7 @@ def test_tuning_a_pooling_kernel_for_a_preset_and_a_user_toml_works(folder, targ
     assert list((tmp_path / "db").glob(f"*/run-*/{RECORDS}")), "no tuning records written"
 
 
+@pytest.mark.slow
 def test_a_corrupted_tuning_record_is_refused(pooling_tuned, tmp_path):
     model, database, result = pooling_tuned
     assert result.returncode == 0, result.stderr

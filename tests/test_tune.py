@@ -336,6 +336,7 @@ def _port_range() -> list[str]:
     return ["--port", str(port), "--port-end", str(port + 1)]
 
 
+@pytest.mark.slow
 def test_tuning_over_rpc_on_loopback(model, rpc_device, tmp_path):
     tracker, _ = rpc_device
     report = tune(model, TuneConfig(trials=4, tuning_db=tmp_path, rpc=tracker, key="loopback",
