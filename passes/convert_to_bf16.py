@@ -30,7 +30,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from relaycomp.registry import register_pass
-from relaycomp.rewrite.conv_window import output_size, pad_spatial
+from relaycomp.rewrite.conv_window import SlidingWindow
 
 ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
 
@@ -65,19 +65,14 @@ def widen(bits):
 
 
 def _conv2d_bf16(data: te.Tensor, weight: te.Tensor, strides, padding, dilation) -> te.Tensor:
-    batch, in_channels, height, width = data.shape
-    out_channels, _, kernel_h, kernel_w = weight.shape
-    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
-    padded = pad_spatial(data, padding)
-    out_h, out_w = output_size(height, width, (kernel_h, kernel_w), strides, padding, dilation)
+    out_channels, in_channels, kernel_h, kernel_w = weight.shape
+    window = SlidingWindow(data, (kernel_h, kernel_w), strides, padding, dilation)
     rc = te.reduce_axis((0, in_channels), name="rc")
-    ry = te.reduce_axis((0, kernel_h), name="ry")
-    rx = te.reduce_axis((0, kernel_w), name="rx")
     return te.compute(
-        (batch, out_channels, out_h, out_w),
+        (data.shape[0], out_channels, window.height, window.width),
         lambda n, f, y, x: te.sum(
-            widen(padded[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w])
-            * widen(weight[f, rc, ry, rx]), axis=[rc, ry, rx]),
+            widen(window.padded[n, rc, *window.at(y, x)])
+            * widen(weight[f, rc, window.ry, window.rx]), axis=[rc, window.ry, window.rx]),
         name="conv2d_nchw", tag="conv2d_nchw")
 
 

@@ -29,7 +29,7 @@ from tvm import relax, te
 
 from relaycomp.channels.relax_ops import elementwise_tir
 from relaycomp.registry import register_pass
-from relaycomp.rewrite.conv_window import output_size, pad_spatial
+from relaycomp.rewrite.conv_window import SlidingWindow
 from relaycomp.rewrite.pad_channels import pad_channels
 from relaycomp.schedules.cpu.common import cpu_facts
 
@@ -99,20 +99,15 @@ def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding, dilation)
     over ``co, ry, ci, rx``: the window's columns innermost, so the unrolled register tile
     shares each broadcast input across them (42 multiply-adds per 9 broadcasts and 6 weight
     vectors on AVX-512, as the NCHW kernel's sliding window)."""
-    batch, _, height, width, _ = data.shape
     out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
-    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
-    padded = pad_spatial(data, padding)
-    out_h, out_w = output_size(height, width, (kernel_h, kernel_w), strides, padding, dilation)
+    window = SlidingWindow(data, (kernel_h, kernel_w), strides, padding, dilation)
     co = te.reduce_axis((0, in_blocks), name="co")
-    ry = te.reduce_axis((0, kernel_h), name="ry")
-    rx = te.reduce_axis((0, kernel_w), name="rx")
     ci = te.reduce_axis((0, in_block), name="ci")
     return te.compute(
-        (batch, out_blocks, out_h, out_w, out_block),
+        (data.shape[0], out_blocks, window.height, window.width, out_block),
         lambda n, fo, y, x, fi: te.sum(
-            padded[n, co, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, ci]
-            * weight[fo, co, ry, rx, ci, fi], axis=[co, ry, ci, rx]),
+            window.padded[n, co, *window.at(y, x), ci]
+            * weight[fo, co, window.ry, window.rx, ci, fi], axis=[co, window.ry, ci, window.rx]),
         name="conv2d_nchwc", tag="conv2d_nchwc")
 
 
@@ -120,19 +115,14 @@ def stem_conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding,
                       dilation) -> te.Tensor:
     """``out[n, fo, y, x, fi] = sum(data[n, c, y', x'] * weight[fo, c, ry, rx, fi])``: an NCHW
     input with few channels (an image) written blocked, so no layout change follows it."""
-    batch, _, height, width = data.shape
     out_blocks, in_channels, kernel_h, kernel_w, out_block = weight.shape
-    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
-    padded = pad_spatial(data, padding)
-    out_h, out_w = output_size(height, width, (kernel_h, kernel_w), strides, padding, dilation)
+    window = SlidingWindow(data, (kernel_h, kernel_w), strides, padding, dilation)
     c = te.reduce_axis((0, in_channels), name="c")
-    ry = te.reduce_axis((0, kernel_h), name="ry")
-    rx = te.reduce_axis((0, kernel_w), name="rx")
     return te.compute(
-        (batch, out_blocks, out_h, out_w, out_block),
+        (data.shape[0], out_blocks, window.height, window.width, out_block),
         lambda n, fo, y, x, fi: te.sum(
-            padded[n, c, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w]
-            * weight[fo, c, ry, rx, fi], axis=[c, ry, rx]),
+            window.padded[n, c, *window.at(y, x)] * weight[fo, c, window.ry, window.rx, fi],
+            axis=[c, window.ry, window.rx]),
         name="stem_conv2d_nchwc", tag="stem_conv2d_nchwc")
 
 
@@ -140,18 +130,13 @@ def depthwise_conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding,
                            dilation) -> te.Tensor:
     """``out[n, c, y, x, i] = sum(data[n, c, y', x', i] * weight[c, 0, ry, rx, 0, i])``: one
     filter per channel, whole vectors of the block's channels (no broadcast, no shuffle)."""
-    batch, _, height, width, _ = data.shape
     blocks, _, kernel_h, kernel_w, _, block = weight.shape
-    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
-    padded = pad_spatial(data, padding)
-    out_h, out_w = output_size(height, width, (kernel_h, kernel_w), strides, padding, dilation)
-    ry = te.reduce_axis((0, kernel_h), name="ry")
-    rx = te.reduce_axis((0, kernel_w), name="rx")
+    window = SlidingWindow(data, (kernel_h, kernel_w), strides, padding, dilation)
     return te.compute(
-        (batch, blocks, out_h, out_w, block),
+        (data.shape[0], blocks, window.height, window.width, block),
         lambda n, c, y, x, i: te.sum(
-            padded[n, c, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, i]
-            * weight[c, 0, ry, rx, 0, i], axis=[ry, rx]),
+            window.padded[n, c, *window.at(y, x), i] * weight[c, 0, window.ry, window.rx, 0, i],
+            axis=[window.ry, window.rx]),
         name="depthwise_conv2d_nchwc", tag="depthwise_conv2d_nchwc")
 
 

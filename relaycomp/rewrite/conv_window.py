@@ -22,3 +22,22 @@ def output_size(height, width, kernel, strides, padding, dilation) -> tuple:
     top, left, bottom, right = padding
     return ((height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1,
             (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1)
+
+
+class SlidingWindow:
+    """A conv's window over ``data`` (``N, C, H, W[, c]``), for a TE compute: the padded input,
+    the output's ``height`` and ``width``, the reduction axes ``ry``/``rx`` over the kernel, and
+    the input row and column an output pixel reads (:meth:`at`)."""
+
+    def __init__(self, data: te.Tensor, kernel, strides, padding, dilation):
+        self.padded = pad_spatial(data, padding)
+        self.height, self.width = output_size(data.shape[2], data.shape[3], kernel, strides,
+                                              padding, dilation)
+        self.ry = te.reduce_axis((0, kernel[0]), name="ry")
+        self.rx = te.reduce_axis((0, kernel[1]), name="rx")
+        self._strides, self._dilation = strides, dilation
+
+    def at(self, y, x) -> tuple:
+        """The padded input's row and column under output pixel ``(y, x)`` at ``(ry, rx)``."""
+        (stride_h, stride_w), (dilation_h, dilation_w) = self._strides, self._dilation
+        return y * stride_h + self.ry * dilation_h, x * stride_w + self.rx * dilation_w
