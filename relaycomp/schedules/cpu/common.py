@@ -210,3 +210,13 @@ class CpuRule(ScheduleRule):
     def schedule(self, sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule | None:
         """Schedule in place and return ``sch``, or return ``None`` if the rule does not apply."""
         raise NotImplementedError
+
+
+def inline_epilogue(sch: s_tir.Schedule, nest: ReductionNest) -> None:
+    """Inline ``nest``'s epilogue chain (bias, requantize, activation) into the write-back block
+    that follows the reduction's ``cache_write``: the kernel writes its output once."""
+    epilogue = [info.block_rv for info in nest.epilogue]
+    for block in epilogue[:-1]:
+        sch.compute_inline(block)
+    if epilogue:
+        sch.reverse_compute_inline(epilogue[-1])

@@ -60,6 +60,7 @@ from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA, LLVM_IR
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
     collect_loads,
+    inline_epilogue,
     schedule_spatial_block,
     single_reduction,
     static_int,
@@ -339,11 +340,7 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
         sch.annotate(outer, IMPORT_PRAGMA, isa.llvm_ir)
     write_back = sch.cache_write(main, 0, "global")
     sch.transform_layout(main, ("write", 0), _channels_last)
-    epilogue = [info.block_rv for info in nest.epilogue]
-    for block in epilogue[:-1]:
-        sch.compute_inline(block)
-    if epilogue:
-        sch.reverse_compute_inline(epilogue[-1])
+    inline_epilogue(sch, nest)
     sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
     init = sch.decompose_reduction(main, c_outer)
     if lane_form:

@@ -34,6 +34,7 @@ from tvm.target import Target, codegen
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
     collect_loads,
+    inline_epilogue,
     schedule_spatial_block,
     single_reduction,
 )
@@ -216,11 +217,7 @@ def schedule_int8_depthwise(func: tirx.PrimFunc, target: Target,
     if facts.parallel:
         sch.parallel(row)
     write_back = sch.cache_write(main, 0, "global")
-    epilogue = [info.block_rv for info in nest.epilogue]
-    for block in epilogue[:-1]:
-        sch.compute_inline(block)
-    if epilogue:
-        sch.reverse_compute_inline(epilogue[-1])
+    inline_epilogue(sch, nest)
     sch.reverse_compute_at(write_back, row, preserve_unit_loops=True)
     init = sch.decompose_reduction(main, ry)
     sch.tensorize(x_lane, depthwise_dot(lanes, stride))

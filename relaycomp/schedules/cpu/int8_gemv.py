@@ -24,7 +24,12 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from relaycomp.schedules.cpu.common import CpuFacts, schedule_spatial_block, single_reduction
+from relaycomp.schedules.cpu.common import (
+    CpuFacts,
+    inline_epilogue,
+    schedule_spatial_block,
+    single_reduction,
+)
 from relaycomp.schedules.cpu.int8_depthwise import has_avx512_vnni
 from relaycomp.schedules.cpu.int8_names import DOT_8X4_VNNI, DOT_16X4_VNNI
 
@@ -61,11 +66,7 @@ def schedule_int8_gemv(func: tirx.PrimFunc, target: Target,
     if facts.parallel:
         sch.parallel(column_outer)
     write_back = sch.cache_write(main, 0, "global")
-    epilogue = [info.block_rv for info in nest.epilogue]
-    for block in epilogue[:-1]:
-        sch.compute_inline(block)
-    if epilogue:
-        sch.reverse_compute_inline(epilogue[-1])
+    inline_epilogue(sch, nest)
     sch.reverse_compute_at(write_back, column_outer, preserve_unit_loops=True)
     init = sch.decompose_reduction(main, step_outer)
     sch.tensorize(column_lane, DOT_16X4_VNNI if lanes == 16 else DOT_8X4_VNNI)

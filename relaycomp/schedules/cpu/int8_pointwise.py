@@ -34,6 +34,7 @@ from tvm.target import Target
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
     collect_loads,
+    inline_epilogue,
     loop_extent,
     schedule_spatial_block,
     single_reduction,
@@ -188,11 +189,7 @@ def schedule_int8_pointwise(func: tirx.PrimFunc, target: Target,
     outer = sch.fuse(*batch, channel_outer, pixel_outer)
     if facts.parallel:
         sch.parallel(outer)
-    epilogue = [info.block_rv for info in nest.epilogue]
-    for block in epilogue[:-1]:
-        sch.compute_inline(block)
-    if epilogue:
-        sch.reverse_compute_inline(epilogue[-1])
+    inline_epilogue(sch, nest)
     sch.transform_block_layout(write_back, _pixels(
         width, batch=len(sch.get(write_back).iter_vars) == 4))
     sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
