@@ -18,8 +18,8 @@ Refuses (leaves the module as it was, and says why in the report) when the layou
 more often than there are planned convs: chains too short to pay for their conversions.
 Runs: in stage ``layout``, after ``quantize`` (int8 and bf16 took the convs they run), for CPU
 targets. Reports: ``planned`` (convs given the blocked layout), ``block``, ``layout_changes``
-(activation ``layout_transform`` kernels), ``padded`` (convs given zero filters), or ``skipped``
-and the reason.
+(activation ``layout_transform`` kernels), ``padded`` (convs given zero filters) or
+``padding_skipped`` (why padding did not apply), or ``skipped`` and the reason.
 """
 
 from __future__ import annotations
@@ -53,10 +53,23 @@ def choose_block(mod: tvm.IRModule, blocks: list[int]) -> int:
     raised = _raise_elementwise_tir(mod)
     fitting = []
     for block in blocks:
-        convs = [call for call in _calls(pad_channels(raised, block))
+        convs = [call for call in _calls(_padded(raised, block))
                  if isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP]
         fitting.append(sum(_conv_kind(call, block) is not None for call in convs))
     return blocks[fitting.index(max(fitting))]
+
+
+def _padded(mod: tvm.IRModule, block: int, report: dict | None = None) -> tvm.IRModule:
+    """``rewrite.pad_channels`` of ``mod``, or ``mod`` itself where the padding does not apply
+    (a graph form it does not know, e.g. a ``match_cast`` of a padded tensor): the convs whose
+    channels fill no block then keep NCHW, which is slower but computes the same."""
+    try:
+        return pad_channels(mod, block, report)
+    except Exception as err:  # noqa: BLE001 - padding is an optimization, never a reason to fail
+        if report is not None:  # said in the manifest's report.layout
+            report["padding_skipped"] = str(err).strip().splitlines()[-1] if str(err) else (
+                type(err).__name__)
+        return mod
 
 
 def _calls(mod: tvm.IRModule) -> list[relax.Call]:
@@ -233,7 +246,7 @@ def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tv
         return mod
     try:
         converted = relax.transform.ConvertLayout({}, desired)(
-            pad_channels(_raise_elementwise_tir(mod), block, padding))
+            _padded(_raise_elementwise_tir(mod), block, padding))
     except Exception as err:  # noqa: BLE001 - what ConvertLayout cannot carry keeps NCHW
         if report is not None:
             report.update(block=block, planned=0, skipped=str(err).strip().splitlines()[-1])
@@ -241,8 +254,8 @@ def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tv
     converted = relax.transform.EliminateCommonSubexpr()(converted)
     changes = _layout_changes(converted)
     facts = {"block": block, "planned": planned, "layout_changes": changes}
-    if padding.get("padded"):
-        facts["padded"] = padding["padded"]
+    facts.update({key: padding[key] for key in ("padded", "padding_skipped")
+                  if padding.get(key)})
     if planned == 0 or changes > planned:
         if report is not None:
             report.update(facts, planned=0, skipped=(
