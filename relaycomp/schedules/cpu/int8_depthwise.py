@@ -49,6 +49,18 @@ MAX_ROW = 128  # output columns of one register row: 8 zmm accumulators at most
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
 
 
+def u8_s8_operands(block) -> tuple | None:
+    """``(data, weight)`` buffers of a block that accumulates ``uint8 x int8`` into an
+    ``int32`` output, else ``None``."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+        return None
+    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
+    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint8", "int8"]:
+        return None
+    return reads[0], reads[1]
+
+
 def has_avx512_vnni(target: Target | None) -> bool:
     """Whether ``target`` is an x86 CPU with AVX-512 VNNI (an unknown CPU has not)."""
     if target is None or target.kind.name != "llvm":
@@ -146,13 +158,10 @@ def _dot_vnni(lanes: int, stride: int):
 def _depthwise_shape(block) -> tuple[int, int, int] | None:
     """``(out_width, stride, spatial loops)`` of an int8 NCHW depthwise conv block with
     :data:`TAPS`-wide kernel rows, else ``None``."""
-    store = block.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+    operands = u8_s8_operands(block)
+    if operands is None:
         return None
-    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
-    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint8", "int8"]:
-        return None
-    data, weight = reads
+    data, weight = operands
     if len(data.shape) != 4 or len(weight.shape) != 4 or int(weight.shape[1]) != 1:
         return None
     kinds = "".join("S" if it.iter_type == tirx.IterVar.DataPar else "R"
@@ -171,7 +180,7 @@ def _depthwise_shape(block) -> tuple[int, int, int] | None:
     if int(extents[-1]) != TAPS or len(kinds) - spatial == 3 and int(extents[-3]) != 1:
         return None
     column = block.iter_vars[batch + 2].var
-    loads = [load for load in collect_loads(store.value) if load.source.same_as(data)]
+    loads = [load for load in collect_loads(block.body.value) if load.source.same_as(data)]
     if len(loads) != 1:
         return None
     coefficients = tvm.sym.detect_linear_equation(loads[0].indices[-1], [column])

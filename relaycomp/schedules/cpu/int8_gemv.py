@@ -30,7 +30,7 @@ from relaycomp.schedules.cpu.common import (
     schedule_spatial_block,
     single_reduction,
 )
-from relaycomp.schedules.cpu.int8_depthwise import has_avx512_vnni
+from relaycomp.schedules.cpu.int8_depthwise import has_avx512_vnni, u8_s8_operands
 from relaycomp.schedules.cpu.int8_names import DOT_8X4_VNNI, DOT_16X4_VNNI
 
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
@@ -79,13 +79,10 @@ def schedule_int8_gemv(func: tirx.PrimFunc, target: Target,
 
 def _gemv_shape(block) -> tuple[int, int] | None:
     """``(N, K)`` of a uint8 x int8 -> int32 matrix-vector block, else ``None``."""
-    store = block.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+    operands = u8_s8_operands(block)
+    if operands is None:
         return None
-    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
-    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint8", "int8"]:
-        return None
-    data, weight = reads
+    data, weight = operands
     kinds = "".join("S" if it.iter_type == tirx.IterVar.DataPar else "R"
                     for it in block.iter_vars)
     if kinds != "SR" or len(weight.shape) != 2 or len(data.shape) not in (1, 2):

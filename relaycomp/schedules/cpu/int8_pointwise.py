@@ -39,7 +39,7 @@ from relaycomp.schedules.cpu.common import (
     schedule_spatial_block,
     single_reduction,
 )
-from relaycomp.schedules.cpu.int8_depthwise import has_avx512_vnni
+from relaycomp.schedules.cpu.int8_depthwise import has_avx512_vnni, u8_s8_operands
 
 GROUP = 4  # input channels one vpdpbusd lane sums
 LANES = 16  # pixels per accumulator: images of a multiple of 16 pixels
@@ -120,13 +120,10 @@ def register_tile(channels: int, vectors: int) -> tuple[int, int]:
 def _pointwise_shape(block) -> tuple[int, int, int, int] | None:
     """``(out_channels, height, width, in_channels)`` of a uint8 x int8 -> int32 NCHW 1x1 conv
     block of stride 1 with input channels a multiple of :data:`GROUP`, else ``None``."""
-    store = block.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+    operands = u8_s8_operands(block)
+    if operands is None:
         return None
-    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
-    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint8", "int8"]:
-        return None
-    data, weight = reads
+    data, weight = operands
     if len(data.shape) != 4 or len(weight.shape) != 4:
         return None
     if [int(d) for d in weight.shape[2:]] != [1, 1]:
@@ -145,7 +142,7 @@ def _pointwise_shape(block) -> tuple[int, int, int, int] | None:
     if int(data.shape[1]) != inputs or int(data.shape[3]) != width:
         return None  # a strided conv reads a wider row
     row, column = (block.iter_vars[i].var for i in (spatial - 2, spatial - 1))
-    loads = [load for load in collect_loads(store.value) if load.source.same_as(data)]
+    loads = [load for load in collect_loads(block.body.value) if load.source.same_as(data)]
     if len(loads) != 1 or not (loads[0].indices[-1].same_as(column)
                                and loads[0].indices[-2].same_as(row)):
         return None
