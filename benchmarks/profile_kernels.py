@@ -42,7 +42,7 @@ def scheduled_module(path: Path, quantize: bool, bf16: bool = False, preset: str
     target = resolve(preset, num_cores=THREADS).tvm_target()
     stages, _ = split_before(default_stages("llvm"), "lower")
     if bf16:
-        stages = with_passes(stages, [Placement("convert_to_bf16", "quantize", "start")])
+        stages = with_passes(stages, [Placement("convert_to_bf16", "layout", "end")])
     if not quantize:
         return run_stages(import_onnx(onnx.load(str(path))).mod, stages, target)[0], target
     from relaycomp.quantize.quantizer import QuantConfig

@@ -6,6 +6,7 @@ from relaycomp.passes import (  # noqa: F401 - importing registers them
     decompose_conv_transpose,
     fold_batchnorm,
     fuse_by_pattern,
+    legalize_blocked_convs,
     lower_qdq_to_integer,
     mark_pair_safe_weights,
     merge_parallel_convs,

@@ -1,26 +1,30 @@
 """Run convolutions in bf16: bf16 weights and activations, fp32 accumulation.
 
-Matches: ``conv2d(x, W)`` in NCHW/OIHW with an fp32 input, a constant fp32 weight and one group.
-The bf16 instructions take two input channels at a time (``vdpbf16ps``,
-:mod:`relaycomp.schedules.cpu.int8`): an odd channel count (an RGB stem) gets one zero channel,
-in the rounded input and in the weight.
+Matches: ``conv2d(x, W)`` with an fp32 input, a constant fp32 weight and one group, either in
+NCHW/OIHW or in the blocked layout ``plan_conv_layout`` gives conv chains (``NCHW[b]c`` data and
+output, ``OIHW[b]i[b]o`` weight). The bf16 instructions take two input channels at a time
+(``vdpbf16ps``, ``bfdot``): an NCHW conv with an odd channel count (an RGB stem) gets one zero
+channel, in the rounded input and in the weight; a blocked conv's channels come in whole blocks.
 Produces: ``conv2d_bf16(round_to_bf16(x), W_bits)``, two kernels (``call_tir``):
 
 - ``round_to_bf16``: fp32 -> bf16 bits (``uint16``), rounded to nearest even, NaN kept NaN.
   Elementwise, so FuseOps puts it in the producing kernel's epilogue where it can: activations
   cross memory as bf16, half the bytes.
-- ``conv2d_bf16``: the conv over bf16 bits (the weight rounded the same way at compile time,
-  half the bytes), each operand widened to fp32 exactly (``bits << 16``) and summed in fp32;
-  bias, activation and residual adds stay fp32 in its epilogue, as before.
+- ``conv2d_bf16`` (NCHW) or ``conv2d_nchwc_bf16`` (blocked, its weight laid out
+  ``OIHW[b/2]i[b]o2i``: each output channel's input pairs adjacent, as the instructions read
+  them): the conv over bf16 bits (the weight rounded the same way at compile time, half the
+  bytes), each operand widened to fp32 exactly (``bits << 16``) and summed in fp32; bias,
+  activation and residual adds stay fp32 in its epilogue, as before.
 
 bf16 travels as ``uint16`` bits because TVM 0.27 cannot keep a bf16 buffer inside a kernel (its
 ``BF16ComputeLegalize`` widens every one to fp32), and the kernel must hand bf16 pairs to the
-instruction.
+instruction. Depthwise convs and a blocked conv reading NCHW (the RGB stem) stay fp32.
 Keeps: the function signature; outputs within the bf16 rounding of each conv's operands (8
 significant bits; sums in fp32) - the bf16 feature measures the loss against fp32.
-Runs: at the start of stage ``quantize`` when ``--precision bf16`` asks for it (after
-``fold_batchnorm``: the folded weights are the ones rounded). Reports: ``convert_to_bf16`` convs
-converted and the constants' bytes before and after.
+Runs: at the end of stage ``layout`` when ``--precision bf16`` asks for it (after
+``plan_conv_layout``, which plans the fp32 convs; ``fold_batchnorm`` ran before: the folded
+weights are the ones rounded). Reports: ``convert_to_bf16`` convs converted (``blocked`` of them
+in the blocked layout) and the constants' bytes before and after.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from tvm import relax, te, tirx
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.conv_window import SlidingWindow
 
-ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
+ROUND_KERNEL, CONV_KERNEL, BLOCKED_KERNEL = "round_to_bf16", "conv2d_bf16", "conv2d_nchwc_bf16"
 
 
 def bf16_bits(values: np.ndarray) -> np.ndarray:
@@ -76,16 +80,48 @@ def _conv2d_bf16(data: te.Tensor, weight: te.Tensor, strides, padding, dilation)
         name="conv2d_nchw", tag="conv2d_nchw")
 
 
+def _conv2d_nchwc_bf16(data: te.Tensor, weight: te.Tensor, strides, padding,
+                       dilation) -> te.Tensor:
+    """``out[n, fo, y, x, fi] = sum(widen(data[n, co, y', x', 2p + k])
+    * widen(weight[fo, co, ry, rx, p, fi, k]))``: the blocked conv of ``plan_conv_layout`` over
+    bf16 bits, each output channel's input pairs (``k``) adjacent in the weight."""
+    out_blocks, in_blocks, kernel_h, kernel_w, pairs, out_block, _ = weight.shape
+    window = SlidingWindow(data, (kernel_h, kernel_w), strides, padding, dilation)
+    co = te.reduce_axis((0, in_blocks), name="co")
+    p = te.reduce_axis((0, pairs), name="p")
+    k = te.reduce_axis((0, 2), name="k")
+    return te.compute(
+        (data.shape[0], out_blocks, window.height, window.width, out_block),
+        lambda n, fo, y, x, fi: te.sum(
+            widen(window.padded[n, co, *window.at(y, x), p * 2 + k])
+            * widen(weight[fo, co, window.ry, window.rx, p, fi, k]),
+            axis=[co, window.ry, window.rx, p, k]),
+        name="conv2d_nchwc_bf16", tag="conv2d_nchwc_bf16")
+
+
+def _blocked(call: relax.Call) -> int | None:
+    """The block ``b`` of a one-group conv on ``NCHW[b]c`` (``plan_conv_layout``), else
+    ``None``."""
+    attrs = call.attrs
+    layout = str(attrs.data_layout)
+    if not (layout.startswith("NCHW") and layout.endswith("c") and layout[4:-1].isdigit()):
+        return None
+    block = int(layout[4:-1])
+    return block if (str(attrs.out_layout) == layout and int(attrs.groups) == 1
+                     and str(attrs.kernel_layout) == f"OIHW{block}i{block}o") else None
+
+
 def _convertible(call: relax.Call) -> bool:
     if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
         return False
     data, weight = call.args
     attrs = call.attrs
-    return (isinstance(weight, tvm.ir.expr.Constant) and attrs.data_layout == "NCHW"
-            and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"
+    nchw = (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
+            and attrs.out_layout == "NCHW")
+    return (isinstance(weight, tvm.ir.expr.Constant) and (nchw or _blocked(call) is not None)
             and int(attrs.groups) == 1 and str(data.ty.dtype) == "float32"
             and str(weight.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"
-            and weight.value.numpy().ndim == 4)
+            and weight.value.numpy().ndim in (4, 6))
 
 
 @relax.expr_functor.mutator
@@ -93,6 +129,7 @@ class _ConvsToBf16(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
         self.converted = 0
+        self.blocked = 0
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -101,15 +138,25 @@ class _ConvsToBf16(relax.PyExprMutator):
         data, weight = call.args
         attrs = call.attrs
         weight = weight.value.numpy()
+        conv_args = ([int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
+                     [int(d) for d in attrs.dilation])
+        self.converted += 1
+        if weight.ndim == 6:  # OIHW[b]i[b]o -> OIHW[b/2]i[b]o2i: input pairs innermost
+            out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
+            pairs = weight.reshape(out_blocks, in_blocks, kernel_h, kernel_w, in_block // 2, 2,
+                                   out_block).transpose(0, 1, 2, 3, 4, 6, 5)
+            bits = self.builder_.emit(self.builder_.call_te(
+                _round_to_bf16, data, int(data.ty.shape[1]), primfunc_name_hint=ROUND_KERNEL))
+            self.blocked += 1
+            return self.builder_.call_te(
+                _conv2d_nchwc_bf16, bits, relax.const(bf16_bits(pairs)), *conv_args,
+                primfunc_name_hint=BLOCKED_KERNEL)
         if weight.shape[1] % 2:  # one zero channel: the instructions take channel pairs
             weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
         bits = self.builder_.emit(self.builder_.call_te(
             _round_to_bf16, data, weight.shape[1], primfunc_name_hint=ROUND_KERNEL))
-        padding = [int(p) for p in attrs.padding]
-        self.converted += 1
         return self.builder_.call_te(
-            _conv2d_bf16, bits, relax.const(bf16_bits(weight)),
-            [int(s) for s in attrs.strides], padding, [int(d) for d in attrs.dilation],
+            _conv2d_bf16, bits, relax.const(bf16_bits(weight)), *conv_args,
             primfunc_name_hint=CONV_KERNEL)
 
 
@@ -128,7 +175,7 @@ def constant_bytes(mod: tvm.IRModule) -> int:
     return total
 
 
-@register_pass("convert_to_bf16", stage="quantize")
+@register_pass("convert_to_bf16", stage="layout")
 def convert_to_bf16(target: tvm.target.Target | None = None, report: dict | None = None,
                     ) -> tvm.transform.Pass:
     """Convert every matching conv2d to bf16 operands with fp32 accumulation."""
@@ -142,7 +189,7 @@ def convert_to_bf16(target: tvm.target.Target | None = None, report: dict | None
                 mutator.builder_.update_func(gvar, mutator.visit_expr(func))
         converted = relax.transform.DeadCodeElimination()(mutator.builder_.get())
         if report is not None:
-            report.update({"convert_to_bf16": mutator.converted,
+            report.update({"convert_to_bf16": mutator.converted, "blocked": mutator.blocked,
                            "constant_bytes": {"before": before,
                                               "after": constant_bytes(converted)}})
         return converted

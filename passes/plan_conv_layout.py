@@ -6,8 +6,10 @@ once padded (``rewrite.pad_channels``: 24 channels become 32 with zero filters, 
 NCHWc does). ``b`` is two vectors of the target's fp32 lanes (32 on AVX-512, 16 on AVX2, 8 on
 NEON), or one vector when more convs fit that (MobileNetV2's 16 and 144 channels on AVX-512).
 Produces: those convs on ``NCHW[b]c`` activations and ``OIHW[b]i[b]o`` (depthwise:
-``OIHW1i[b]o``) weights re-laid out at compile time, as ``conv2d_nchwc`` /
-``depthwise_conv2d_nchwc`` kernels whose output channels are the innermost axis: a register
+``OIHW1i[b]o``) weights re-laid out at compile time, still ``conv2d`` ops (so that
+``convert_to_bf16`` can take them); ``legalize_blocked_convs`` makes them this module's
+``conv2d_nchwc`` / ``depthwise_conv2d_nchwc`` / ``stem_conv2d_nchwc`` kernels, whose output
+channels are the innermost axis: a register
 tile's vectors are stored whole, and the epilogue (bias, residual add, ReLU, ReLU6) reads its
 operands the same way. The importer's ``Clip`` kernels become ``maximum``/``minimum`` ops first,
 so that TVM's ``ConvertLayout`` carries the layout through them as through the other ops
@@ -154,37 +156,6 @@ def depthwise_conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding,
 
 
 @relax.expr_functor.mutator
-class _BlockedConvsToKernels(relax.PyExprMutator):
-    """``conv2d`` on ``NCHW[b]c`` (as ``ConvertLayout`` leaves it) -> a ``conv2d_nchwc``
-    kernel; ``ConvertLayout``'s result is not legalizable by TVM (TOPI has no Relax lowering
-    for blocked layouts)."""
-
-    def __init__(self, mod: tvm.IRModule, layout: str):
-        super().__init__(mod)
-        self.layout = layout
-        self.converted = 0
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP
-                and call.attrs.out_layout == self.layout):
-            return call
-        data, weight = call.args
-        attrs = call.attrs
-        self.converted += 1
-        if attrs.data_layout != self.layout:
-            kernel, name = stem_conv2d_nchwc, STEM_KERNEL
-        elif int(attrs.groups) == 1:
-            kernel, name = conv2d_nchwc, CONV_KERNEL
-        else:
-            kernel, name = depthwise_conv2d_nchwc, DEPTHWISE_KERNEL
-        return self.builder_.call_te(
-            kernel, data, weight, [int(s) for s in attrs.strides],
-            [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
-            primfunc_name_hint=name)
-
-
-@relax.expr_functor.mutator
 class _ElementwiseTirToOps(relax.PyExprMutator):
     """``call_tir`` of a TE ``max``/``min`` with a scalar (how TVM's ONNX importer lowers
     ``Clip``) -> ``relax.maximum``/``relax.minimum``, which ``ConvertLayout`` carries through."""
@@ -262,14 +233,9 @@ def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tv
                 "no conv fits the block" if planned == 0 else
                 f"{changes} layout changes for {planned} convs: chains too short to pay"))
         return mod
-    converted = relax.transform.FoldConstant()(converted)
-    mutator = _BlockedConvsToKernels(converted, f"NCHW{block}c")
-    for gvar, func in converted.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
     if report is not None:
         report.update(facts)
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+    return relax.transform.FoldConstant()(converted)
 
 
 @register_pass("plan_conv_layout", stage="layout", kinds=("llvm",))

@@ -1,6 +1,7 @@
 """bf16 as a compile feature: refused for a target without bf16 dot products; planned on the
 simplified module by measuring bf16 against fp32 on the calibration (or evaluation) data, like
-the int8 guard; applied by ``convert_to_bf16`` at the start of the ``quantize`` stage."""
+the int8 guard; applied by ``convert_to_bf16`` at the end of the ``layout`` stage (after ``plan_conv_layout``:
+the convs it planned run bf16 in its blocked layout)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from relaycomp.compiler.pipeline import Placement
 from relaycomp.errors import PassError
 from relaycomp.precision.config import PrecisionConfig
 
-PASS, STAGE = "convert_to_bf16", "quantize"
+PASS, STAGE = "convert_to_bf16", "layout"
 
 
 def plan_precision(config: PrecisionConfig, context: PlanContext) -> Plan:
@@ -60,5 +61,5 @@ def _accuracy(context: PlanContext, source, samples: int) -> dict:
 
 
 PRECISION = register_feature(Feature(
-    "precision", PrecisionConfig, Placement(PASS, STAGE, "start"), plan_precision,
+    "precision", PrecisionConfig, Placement(PASS, STAGE, "end"), plan_precision,
     cli="relaycomp.precision.cli", description="bf16 convolutions with fp32 sums"))

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
 from relaycomp.frontend.onnx_import import import_onnx
+from relaycomp.passes.legalize_blocked_convs import legalize_blocked_convs
 from relaycomp.passes.plan_conv_layout import blocks_for, plan_conv_layout
 from relaycomp.targets import resolve
 from tests.helpers import assert_matches_ort
@@ -66,10 +67,11 @@ def _run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
 
 
 def _planned(mod: tvm.IRModule, preset: str = "x86-64-avx512") -> tuple[tvm.IRModule, dict]:
+    """``mod`` planned, its blocked convs made kernels (``legalize_blocked_convs``)."""
     report = {}
     target = resolve(preset, num_cores=2).tvm_target()
     with target:
-        return plan_conv_layout(target, report=report)(mod), report
+        return legalize_blocked_convs(target)(plan_conv_layout(target, report=report)(mod)), report
 
 
 def test_a_conv_chain_changes_layout_at_its_ends_only():
@@ -242,7 +244,7 @@ def test_blocked_conv_kernels_fill_the_target_vector_registers(preset, register,
     target = resolve(preset, num_cores=2).tvm_target()
     with target:
         mod = tvm.transform.Sequential(
-            [plan_conv_layout(target)] + cpu.legalize_passes(target)
+            [plan_conv_layout(target), legalize_blocked_convs(target)] + cpu.legalize_passes(target)
             + [relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu_loops(target)]
             + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(
                 _residual_block(channels=64, size=28))
@@ -275,7 +277,7 @@ def test_a_one_vector_block_tiles_two_output_blocks_per_broadcast():
     mod = bb.get()
     with target:
         mod = tvm.transform.Sequential(
-            [plan_conv_layout(target)] + cpu.legalize_passes(target)
+            [plan_conv_layout(target), legalize_blocked_convs(target)] + cpu.legalize_passes(target)
             + [relax.transform.FuseOps(), relax.transform.FuseTIR(), schedule_cpu_loops(target)]
             + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
     asm = _hot_loop(tvm.compile(mod, target, relax_pipeline=None).mod.imports[0]

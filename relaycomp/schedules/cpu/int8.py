@@ -57,6 +57,7 @@ from tvm.target import Target, codegen
 
 from relaycomp.schedules.cpu.bf16_arm_llvm import LLVM_IR as BFDOT_LLVM_IR
 from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA, LLVM_IR
+from relaycomp.schedules.cpu.bf16_nchwc import schedule_bf16_nchwc
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
     collect_loads,
@@ -294,8 +295,9 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
         isa = narrower[isa]
         shape = _conv_shape(sch.get(main), isa)
     if shape is None:
-        if bf16:
-            return None
+        if bf16:  # the blocked layout of plan_conv_layout
+            return schedule_bf16_nchwc(func, bf16_instructions(target), facts,
+                                       narrower=AVX512_BF16_YMM)
         return (schedule_int8_depthwise(func, target, facts)
                 or schedule_int8_gemv(func, target, facts))
     out_channels, width, steps, batch_loops = shape

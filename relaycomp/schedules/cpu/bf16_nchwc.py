@@ -1,0 +1,176 @@
+"""The schedule of a bf16 conv in the blocked layout (``conv2d_nchwc_bf16`` of
+``convert_to_bf16``): the bf16 dot product of the target tensorized over a register tile.
+
+Matches a PrimFunc whose one reduction block is
+``acc[n, fo, y, x, fi] += widen(data[n, co, y', x', 2p + k]) * widen(weight[fo, co, ry, rx, p, fi,
+k])`` - fp32 ``acc``, bf16 bits (``uint16``) ``data`` and ``weight`` - on a target with a bf16 dot
+product (:func:`relaycomp.schedules.cpu.int8.bf16_instructions`): AVX-512 BF16 ``vdpbf16ps``
+(16 lanes, or 8 on ymm for a block of 8), AArch64 ``bfdot`` (4 lanes).
+
+Schedule (``L`` lanes, block ``b = V L``, ``R`` output blocks and ``U`` columns a tile)::
+
+    parallel(n, fo / R, y, x / U) / co, ry, rx, p / unroll(U) / unroll(R) / unroll(V) / dot_Lx2
+
+The layout is already the instruction's: a pixel's input pair is one 32-bit broadcast, an
+output block's ``L x 2`` weights one vector load, and the ``U x R x V`` accumulators are stored
+whole, with the epilogue (bias, residual add, activation, the next conv's ``round_to_bf16``)
+inlined into their write-back. The padding (with a ``round_to_bf16`` inlined into it) is a
+parallel stage of its own; a ``round_to_bf16`` that feeds the conv directly (a 1x1 conv's
+input) is one too. Nothing is copied or repacked per call.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA
+from relaycomp.schedules.cpu.common import (
+    CpuFacts,
+    inline_epilogue,
+    schedule_spatial_block,
+    single_reduction,
+    static_int,
+)
+from relaycomp.schedules.cpu.int8_names import DOT_4X2_BFDOT, DOT_8X2_BF16, DOT_16X2_BF16
+
+STACK_TILE_BYTES = 1024  # TVM puts a "global" buffer on the stack only below 1 KB
+MIN_ACCUMULATORS = 12  # independent sums that hide the dot product's latency on two pipes
+# lanes -> the intrinsic of :mod:`bf16_intrin` / :mod:`bf16_arm_intrin`
+_INTRINSICS = {16: DOT_16X2_BF16, 8: DOT_8X2_BF16, 4: DOT_4X2_BFDOT}
+_HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
+
+
+def schedule_bf16_nchwc(func: tirx.PrimFunc, isa, facts: CpuFacts,
+                        narrower=None) -> s_tir.Schedule | None:
+    """The schedule of the module docstring with ``isa`` (an ``int8.Int8Instructions`` for
+    bf16; ``narrower``: the same on fewer lanes, for a block ``isa``'s lanes do not divide), or
+    ``None`` when ``func`` does not match. The intrinsics must be registered."""
+    sch = s_tir.Schedule(func)
+    nest = single_reduction(sch) if isa is not None else None
+    if nest is None:
+        return None
+    main = nest.main.block_rv
+    shape = _blocked_shape(sch.get(main))
+    if shape is None:
+        return None
+    out_blocks, block, width = shape
+    if block % isa.lanes and narrower is not None:
+        isa = narrower
+    if block % isa.lanes:
+        return None
+    vectors = block // isa.lanes
+    rows, tile = register_tile(out_blocks, vectors, width, isa.lanes, isa.registers,
+                               isa.scratch, loads_operands=isa.lane_columns > 0)
+
+    for info in nest.prologue:  # elementwise producers inline into the padding, if any
+        if not _is_padding(sch.get(info.block_rv)) and not _feeds_main(sch, info.block_rv, main):
+            _try_inline(sch, info.block_rv)
+    for info in nest.prologue:
+        if _still_there(sch, info.block_rv):
+            schedule_spatial_block(sch, info.block_rv, facts)
+
+    iters = sch.get(main).iter_vars
+    loops = sch.get_loops(main)
+    spatial = [loop for loop, it in zip(loops, iters) if it.iter_type == tirx.IterVar.DataPar]
+    reduction = [loop for loop, it in zip(loops, iters) if it.iter_type != tirx.IterVar.DataPar]
+    *batch, fo, y, x, fi = spatial
+    *window, pair = reduction  # (co, ry, rx,) p, k: unit loops may have vanished
+    fo_outer, fo_inner = sch.split(fo, [None, rows])
+    x_outer, x_inner = sch.split(x, [None, tile])
+    fi_vector, fi_lane = sch.split(fi, [vectors, isa.lanes])
+    sch.reorder(*batch, fo_outer, y, x_outer, *window, x_inner, fo_inner, fi_vector, fi_lane,
+                pair)
+    outer = sch.fuse(*batch, fo_outer, y, x_outer)
+    if facts.parallel:
+        sch.parallel(outer)
+    sch.annotate(outer, IMPORT_PRAGMA, isa.llvm_ir)
+    write_back = sch.cache_write(main, 0, "global")
+    inline_epilogue(sch, nest)
+    sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
+    init = sch.decompose_reduction(main, window[0] if window else x_inner)
+    sch.tensorize(fi_lane, _INTRINSICS[isa.lanes])
+    for loop in (x_inner, fo_inner, fi_vector):
+        sch.unroll(loop)
+    for stage in (init, write_back):
+        tile_loops = sch.get_loops(stage)
+        inner, lanes = sch.split(tile_loops[-1], [None, isa.lanes])
+        sch.vectorize(lanes)
+        sch.unroll(inner)
+    return sch
+
+
+def register_tile(out_blocks: int, vectors: int, width: int, lanes: int, registers: int,
+                  scratch: int, loads_operands: bool = False) -> tuple[int, int]:
+    """``(R, U)``: output blocks and columns of a register tile. Its ``U x R x V`` accumulators
+    (``V`` vectors a block) with the ``R x V`` weight vectors and the scratch registers must fit
+    the vector registers (on a load-store ISA the ``U`` broadcast inputs too) and, as a stack
+    buffer, stay under :data:`STACK_TILE_BYTES`; of those, the fewest loads per multiply-add -
+    ``1/(R V) + 1/U`` (a broadcast per column, a weight load per vector) - among tiles with at
+    least :data:`MIN_ACCUMULATORS` accumulators when there are any."""
+    best = None
+    for rows in (4, 3, 2, 1):
+        if out_blocks % rows or rows * vectors > 4:
+            continue
+        for tile in range(1, width + 1):
+            accumulators = tile * rows * vectors
+            operands = rows * vectors + (tile if loads_operands else scratch)
+            if (width % tile or accumulators + operands > registers
+                    or accumulators * lanes * 4 >= STACK_TILE_BYTES):
+                continue
+            cost = (accumulators < MIN_ACCUMULATORS, 1 / (rows * vectors) + 1 / tile,
+                    -accumulators)
+            if best is None or cost < best[0]:
+                best = (cost, rows, tile)
+    return (best[1], best[2]) if best else (1, 1)
+
+
+def _blocked_shape(block) -> tuple[int, int, int] | None:
+    """``(out_blocks, block, out_width)`` of a blocked bf16 conv block, else ``None``."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "float32":
+        return None
+    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
+    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint16", "uint16"]:
+        return None
+    data, weight = reads
+    if len(data.shape) != 5 or len(weight.shape) != 7 or len(store.buffer.shape) != 5:
+        return None
+    if static_int(weight.shape[6]) != 2 or any(static_int(d) is None for d in weight.shape):
+        return None
+    kinds = [it.iter_type == tirx.IterVar.DataPar for it in block.iter_vars]
+    spatial = sum(kinds)
+    if kinds != [True] * spatial + [False] * (len(kinds) - spatial) or spatial not in (4, 5):
+        return None
+    extents = [static_int(it.dom.extent) for it in block.iter_vars]
+    if None in extents[spatial - 4:] or extents[-1] != 2:
+        return None
+    out_blocks, width, block_size = extents[spatial - 4], extents[spatial - 2], extents[spatial - 1]
+    if block_size != static_int(weight.shape[5]) or out_blocks != static_int(weight.shape[0]):
+        return None
+    return out_blocks, block_size, width
+
+
+def _is_padding(block) -> bool:
+    return bool(_HAS_IF_THEN_ELSE(block))
+
+
+def _feeds_main(sch: s_tir.Schedule, block, main) -> bool:
+    return any(sch.get(c).same_as(sch.get(main)) for c in sch.get_consumers(block))
+
+
+def _try_inline(sch: s_tir.Schedule, block) -> None:
+    try:
+        sch.compute_inline(block)
+    except Exception:  # noqa: BLE001 - it stays a stage of its own
+        pass
+
+
+def _still_there(sch: s_tir.Schedule, block) -> bool:
+    try:
+        sch.get_loops(block)
+    except Exception:  # noqa: BLE001 - inlined away
+        return False
+    return True
+
+

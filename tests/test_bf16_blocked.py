@@ -1,0 +1,134 @@
+"""bf16 in the planned layout: ``convert_to_bf16`` runs after ``plan_conv_layout``, so the convs
+of a planned chain run bf16 on ``NCHW[b]c`` activations (``conv2d_nchwc_bf16``), tensorized
+over a register tile (``schedules/cpu/bf16_nchwc``), with the layout changed only where the
+chain ends - no per-conv input copy, no transposing write-back. The assembly checks
+cross-compile (AVX-512 BF16, Graviton3), so they run on any CPU; the numerics run on this
+machine (on the portable kernels where it has no bf16) against onnxruntime fp32."""
+
+import re
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tvm
+from test_bf16 import BF16_RTOL
+from test_bf16_arm import _SPILL
+from test_bf16_arm import _hot_loop as _arm_hot_loop
+from tvm import relax
+
+from relaycomp.compiler.pipeline import (
+    Placement,
+    default_stages,
+    run_stages,
+    split_before,
+    with_passes,
+)
+from relaycomp.frontend.onnx_import import import_onnx
+from relaycomp.ir import kernel_calls
+from relaycomp.targets import resolve
+from tests.passes.test_plan_conv_layout import _inverted_residual, _onnx_chain, _weight
+
+_BF16_STAGES = with_passes(default_stages("llvm"), [Placement("convert_to_bf16", "layout", "end")])
+_ZMM_DOT = re.compile(r"^\s*vdpbf16ps\s+[^\n]*%(zmm\d+)\s*$", re.MULTILINE)
+
+
+def _lowered(mod: tvm.IRModule, preset: str) -> tuple[tvm.IRModule, tvm.target.Target, dict]:
+    target = resolve(preset, num_cores=2).tvm_target()
+    lowered, report = run_stages(mod, _BF16_STAGES, target)
+    return lowered, target, report
+
+
+def _kernels(mod: tvm.IRModule, preset: str) -> list[str]:
+    """The kernels ``main`` calls before fusion."""
+    stages, _ = split_before(_BF16_STAGES, "fuse")
+    planned, _ = run_stages(mod, stages, resolve(preset, num_cores=2).tvm_target())
+    return [call.args[0].name_hint for call in kernel_calls(planned)]
+
+
+def _count(kernels: list[str], kernel: str) -> int:
+    """Calls of ``kernel`` or its numbered copies (``conv2d_nchwc_bf161``)."""
+    return sum(bool(re.fullmatch(rf"{kernel}\d*", name)) for name in kernels)
+
+
+def test_a_planned_chain_runs_bf16_blocked_with_the_layout_changed_at_its_ends_only():
+    kernels = _kernels(import_onnx(_onnx_chain()).mod, "x86-64-avx512-bf16")
+    assert _count(kernels, "conv2d_nchwc_bf16") == 4
+    assert _count(kernels, "conv2d_bf16") == _count(kernels, "conv2d_nchwc") == 0
+    assert _count(kernels, "te_layout_transform") == 2
+
+
+def test_a_mobilenet_block_keeps_its_depthwise_conv_and_stem_fp32_between_bf16_convs():
+    kernels = _kernels(import_onnx(_inverted_residual(channels=24, expanded=144,
+                                                      stem=True)).mod, "x86-64-avx512-bf16")
+    assert _count(kernels, "conv2d_nchwc_bf16") == 2  # expand and project, padded 24 -> 32
+    assert _count(kernels, "depthwise_conv2d_nchwc") == _count(kernels, "stem_conv2d_nchwc") == 1
+    assert _count(kernels, "te_layout_transform") == 1
+
+
+@pytest.mark.parametrize("model", [
+    _onnx_chain(), _inverted_residual(channels=24, expanded=144, stem=True)],
+    ids=["resnet-chain", "mobilenet-block"])
+def test_blocked_bf16_build_matches_onnxruntime_to_bf16_rounding(model):
+    """On this CPU: the vdpbf16ps kernels where it has AVX-512 BF16, the portable ones else."""
+    name = model.graph.input[0].name
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    lowered, target, report = _lowered(import_onnx(model).mod, "host")
+    assert report.facts("convert_to_bf16")["blocked"] >= 2
+    vm = relax.VirtualMachine(tvm.compile(lowered, target, relax_pipeline=None), tvm.cpu())
+    actual = vm["main"](tvm.runtime.tensor(x)).numpy()
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {name: x})[0]
+    error = np.abs(actual - expected).max()
+    assert 0 < error <= BF16_RTOL * np.abs(expected).max()  # bf16 operands, fp32 sums
+
+
+def _conv_chain(channels: int, size: int, kernel: int) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, channels, 28, 28), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(
+                x, _weight(channels, channels, size=kernel), padding=kernel // 2)))
+            y = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(
+                a, _weight(channels, channels, size=kernel), padding=kernel // 2)))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def _assembly(mod: tvm.IRModule, preset: str) -> str:
+    lowered, target, _ = _lowered(mod, preset)
+    return tvm.compile(lowered, target, relax_pipeline=None).mod.imports[0].inspect_source("asm")
+
+
+def _x86_hot_loop(asm: str) -> str:
+    blocks = re.split(r"^\.LBB\d+_\d+:", asm, flags=re.MULTILINE)
+    block = max(blocks, key=lambda text: text.count("vdpbf16ps"))
+    branch = re.search(r"^\s+j\w+\s", block, flags=re.MULTILINE)
+    return block[:branch.end()] if branch else block
+
+
+@pytest.mark.parametrize(("channels", "kernel"), [(64, 3), (48, 1)],
+                         ids=["two-vector-block-3x3", "one-vector-block-1x1"])
+def test_avx512_blocked_bf16_loop_shares_each_broadcast_across_accumulators(channels, kernel):
+    """The hot loop: at least 12 zmm accumulators, every broadcast input pair feeding two or
+    more ``vdpbf16ps`` (two output vectors of a block, or two blocks of a one-vector block),
+    no spill."""
+    loop = _x86_hot_loop(_assembly(_conv_chain(channels, 28, kernel), "x86-64-avx512-bf16"))
+    assert len(set(_ZMM_DOT.findall(loop))) >= 12, loop
+    broadcasts = len(re.findall(r"vpbroadcastd|vbroadcastss|\{1to16\}", loop))
+    assert loop.count("vdpbf16ps") >= 2 * broadcasts > 0, loop
+    assert not re.findall(r"vmov\w*\s+[^\n]*\(%rsp\)", loop), "spilled in the hot loop"
+
+
+def test_graviton3_blocked_bf16_loop_is_bfdot_on_registers():
+    loop = _arm_hot_loop(_assembly(_conv_chain(64, 28, 3), "aws-graviton3"))
+    accumulators = set(re.findall(r"^\s*bfdot\s+(v\d+)\.4s", loop, re.MULTILINE))
+    assert len(accumulators) >= 12, loop
+    assert not _SPILL.findall(loop), f"spilled q-registers:\n{loop}"
+
+
+def test_the_bf16_pass_runs_after_the_layout_is_planned():
+    names = [name for stage in _BF16_STAGES for name in stage.passes]
+    assert names.index("plan_conv_layout") < names.index("convert_to_bf16") < names.index(
+        "legalize_blocked_convs")
+
