@@ -27,9 +27,7 @@ from tvm import s_tir, tirx
 from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
-    inline_epilogue,
     schedule_spatial_block,
-    single_reduction,
     static_int,
 )
 from relaycomp.schedules.cpu.int8_names import DOT_4X2_BFDOT, DOT_8X2_BF16, DOT_16X2_BF16
@@ -46,11 +44,16 @@ def schedule_bf16_nchwc(func: tirx.PrimFunc, isa, facts: CpuFacts,
     """The schedule of the module docstring with ``isa`` (an ``int8.Int8Instructions`` for
     bf16; ``narrower``: the same on fewer lanes, for a block ``isa``'s lanes do not divide), or
     ``None`` when ``func`` does not match. The intrinsics must be registered."""
-    sch = s_tir.Schedule(func)
-    nest = single_reduction(sch) if isa is not None else None
-    if nest is None:
+    if isa is None:
         return None
-    main = nest.main.block_rv
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    reductions = [i for i, block in enumerate(blocks) if any(
+        it.iter_type != tirx.IterVar.DataPar for it in sch.get(block).iter_vars)]
+    if len(reductions) != 1:
+        return None
+    position = reductions[0]
+    main, prologue, epilogue = blocks[position], blocks[:position], blocks[position + 1:]
     shape = _blocked_shape(sch.get(main))
     if shape is None:
         return None
@@ -63,32 +66,30 @@ def schedule_bf16_nchwc(func: tirx.PrimFunc, isa, facts: CpuFacts,
     rows, tile = register_tile(out_blocks, vectors, width, isa.lanes, isa.registers,
                                isa.scratch, loads_operands=isa.lane_columns > 0)
 
-    for info in nest.prologue:  # elementwise producers inline into the padding, if any
-        if not _is_padding(sch.get(info.block_rv)) and not _feeds_main(sch, info.block_rv, main):
-            _try_inline(sch, info.block_rv)
-    for info in nest.prologue:
-        if _still_there(sch, info.block_rv):
-            schedule_spatial_block(sch, info.block_rv, facts)
+    for producer in prologue:  # elementwise producers inline into the padding, if any
+        if not _is_padding(sch.get(producer)) and not _feeds_main(sch, producer, main):
+            _try_inline(sch, producer)
+    for producer in prologue:
+        if _still_there(sch, producer):
+            schedule_spatial_block(sch, producer, facts)
 
-    iters = sch.get(main).iter_vars
-    loops = sch.get_loops(main)
-    spatial = [loop for loop, it in zip(loops, iters) if it.iter_type == tirx.IterVar.DataPar]
-    reduction = [loop for loop, it in zip(loops, iters) if it.iter_type != tirx.IterVar.DataPar]
-    *batch, fo, y, x, fi = spatial
-    *window, pair = reduction  # (co, ry, rx,) p, k: unit loops may have vanished
+    # the loops of the TE compute, unit ones included: n, fo, y, x, fi / co, ry, rx, p, k
+    n, fo, y, x, fi, *window, pair = sch.get_loops(main)
     fo_outer, fo_inner = sch.split(fo, [None, rows])
     x_outer, x_inner = sch.split(x, [None, tile])
     fi_vector, fi_lane = sch.split(fi, [vectors, isa.lanes])
-    sch.reorder(*batch, fo_outer, y, x_outer, *window, x_inner, fo_inner, fi_vector, fi_lane,
-                pair)
-    outer = sch.fuse(*batch, fo_outer, y, x_outer)
+    sch.reorder(n, fo_outer, y, x_outer, *window, x_inner, fo_inner, fi_vector, fi_lane, pair)
+    outer = sch.fuse(n, fo_outer, y, x_outer)
     if facts.parallel:
         sch.parallel(outer)
     sch.annotate(outer, IMPORT_PRAGMA, isa.llvm_ir)
     write_back = sch.cache_write(main, 0, "global")
-    inline_epilogue(sch, nest)
+    for consumer in epilogue[:-1]:  # bias, residual add, activation, round_to_bf16
+        sch.compute_inline(consumer)
+    if epilogue:
+        sch.reverse_compute_inline(epilogue[-1])
     sch.reverse_compute_at(write_back, outer, preserve_unit_loops=True)
-    init = sch.decompose_reduction(main, window[0] if window else x_inner)
+    init = sch.decompose_reduction(main, window[0])
     sch.tensorize(fi_lane, _INTRINSICS[isa.lanes])
     for loop in (x_inner, fo_inner, fi_vector):
         sch.unroll(loop)
@@ -138,14 +139,12 @@ def _blocked_shape(block) -> tuple[int, int, int] | None:
         return None
     if static_int(weight.shape[6]) != 2 or any(static_int(d) is None for d in weight.shape):
         return None
-    kinds = [it.iter_type == tirx.IterVar.DataPar for it in block.iter_vars]
-    spatial = sum(kinds)
-    if kinds != [True] * spatial + [False] * (len(kinds) - spatial) or spatial not in (4, 5):
-        return None
+    kinds = "".join("S" if it.iter_type == tirx.IterVar.DataPar else "R"
+                    for it in block.iter_vars)
     extents = [static_int(it.dom.extent) for it in block.iter_vars]
-    if None in extents[spatial - 4:] or extents[-1] != 2:
-        return None
-    out_blocks, width, block_size = extents[spatial - 4], extents[spatial - 2], extents[spatial - 1]
+    if kinds != "SSSSSRRRRR" or None in extents[1:] or extents[-1] != 2:
+        return None  # n, fo, y, x, fi / co, ry, rx, p, k (the TE compute's, unit ones kept)
+    out_blocks, width, block_size = extents[1], extents[3], extents[4]
     if block_size != static_int(weight.shape[5]) or out_blocks != static_int(weight.shape[0]):
         return None
     return out_blocks, block_size, width
