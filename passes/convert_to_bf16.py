@@ -29,14 +29,17 @@ in the blocked layout) and the constants' bytes before and after.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
 from relaycomp.registry import register_pass
-from relaycomp.rewrite.conv_window import SlidingWindow
+from relaycomp.rewrite.conv_window import SlidingWindow, pad_spatial
 
-ROUND_KERNEL, CONV_KERNEL, BLOCKED_KERNEL = "round_to_bf16", "conv2d_bf16", "conv2d_nchwc_bf16"
+ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
+BLOCKED_KERNEL, DEPTHWISE_KERNEL = "conv2d_nchwc_bf16", "depthwise_conv2d_nchwc_bf16"
 
 
 def bf16_bits(values: np.ndarray) -> np.ndarray:
@@ -99,65 +102,137 @@ def _conv2d_nchwc_bf16(data: te.Tensor, weight: te.Tensor, strides, padding,
         name="conv2d_nchwc_bf16", tag="conv2d_nchwc_bf16")
 
 
-def _blocked(call: relax.Call) -> int | None:
-    """The block ``b`` of a one-group conv on ``NCHW[b]c`` (``plan_conv_layout``), else
-    ``None``."""
-    attrs = call.attrs
-    layout = str(attrs.data_layout)
-    if not (layout.startswith("NCHW") and layout.endswith("c") and layout[4:-1].isdigit()):
-        return None
-    block = int(layout[4:-1])
-    return block if (str(attrs.out_layout) == layout and int(attrs.groups) == 1
-                     and str(attrs.kernel_layout) == f"OIHW{block}i{block}o") else None
+def _stem_conv2d_bf16(data: te.Tensor, weight: te.Tensor, strides, padding,
+                      kernel_w: int) -> te.Tensor:
+    """``out[n, fo, y, x, fi] = sum(widen(data[n, c, y', x' + 2j + k])
+    * widen(weight[fo, c, ry, j, 0, fi, k]))``: an NCHW input (an RGB image) written blocked,
+    the instructions' pairs taken along the kernel's row - two adjacent pixels of a channel,
+    adjacent in NCHW - so the input needs no layout change; an odd kernel width gets a zero
+    column (and the input one more column of padding)."""
+    out_blocks, channels, kernel_h, pair_columns, _, out_block, _ = weight.shape
+    top, left, bottom, right = padding
+    window = SlidingWindow(data, (kernel_h, kernel_w), strides, padding, (1, 1))
+    padded = pad_spatial(data, (top, left, bottom, right + 2 * pair_columns - kernel_w))
+    c = te.reduce_axis((0, channels), name="c")
+    j = te.reduce_axis((0, pair_columns), name="j")
+    p = te.reduce_axis((0, 1), name="p")
+    k = te.reduce_axis((0, 2), name="k")
+    stride_h, stride_w = strides
+    return te.compute(
+        (data.shape[0], out_blocks, window.height, window.width, out_block),
+        lambda n, fo, y, x, fi: te.sum(
+            widen(padded[n, c, y * stride_h + window.ry, x * stride_w + 2 * j + k + p])
+            * widen(weight[fo, c, window.ry, j, p, fi, k]), axis=[c, window.ry, j, p, k]),
+        name="conv2d_nchwc_bf16", tag="conv2d_nchwc_bf16")
 
 
-def _convertible(call: relax.Call) -> bool:
+def _depthwise_conv2d_nchwc_bf16(data: te.Tensor, weight: te.Tensor, strides, padding,
+                                 dilation) -> te.Tensor:
+    """``plan_conv_layout``'s depthwise conv over bf16 bits: ``data`` widened, fp32 weights
+    (no dot product to feed: the inputs cross memory in half the bytes)."""
+    blocks, _, kernel_h, kernel_w, _, block = weight.shape
+    window = SlidingWindow(data, (kernel_h, kernel_w), strides, padding, dilation)
+    return te.compute(
+        (data.shape[0], blocks, window.height, window.width, block),
+        lambda n, c, y, x, i: te.sum(
+            widen(window.padded[n, c, *window.at(y, x), i])
+            * weight[c, 0, window.ry, window.rx, 0, i], axis=[window.ry, window.rx]),
+        name="depthwise_conv2d_nchwc_bf16", tag="depthwise_conv2d_nchwc_bf16")
+
+
+def _kind(call: relax.Call) -> str | None:
+    """Which conv of :data:`_CONVERTERS` ``call`` is: ``nchw``, or in ``plan_conv_layout``'s
+    blocked layout ``blocked`` (one group), ``stem`` (an NCHW input) or ``depthwise``; ``None``
+    for what stays fp32."""
     if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
-        return False
+        return None
     data, weight = call.args
+    if not (isinstance(weight, tvm.ir.expr.Constant) and str(data.ty.dtype) == "float32"
+            and str(weight.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"):
+        return None
     attrs = call.attrs
-    nchw = (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
-            and attrs.out_layout == "NCHW")
-    return (isinstance(weight, tvm.ir.expr.Constant) and (nchw or _blocked(call) is not None)
-            and int(attrs.groups) == 1 and str(data.ty.dtype) == "float32"
-            and str(weight.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"
-            and weight.value.numpy().ndim in (4, 6))
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+    groups, out = int(attrs.groups), layouts[2]
+    if layouts == ("NCHW", "OIHW", "NCHW"):
+        return "nchw" if groups == 1 else None
+    if not (out.startswith("NCHW") and out.endswith("c") and out[4:-1].isdigit()):
+        return None
+    block = out[4:-1]
+    return {("NCHW", f"OIHW{block}o", 1): "stem",
+            (out, f"OIHW{block}i{block}o", 1): "blocked",
+            (out, f"OIHW1i{block}o", int(data.ty.shape[1]) * int(block)): "depthwise",
+            }.get((layouts[0], layouts[1], groups))
+
+
+def _nchw(builder, data, weight: np.ndarray, conv_args):
+    if weight.shape[1] % 2:  # one zero channel: the instructions take channel pairs
+        weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
+    bits = builder.emit(builder.call_te(_round_to_bf16, data, weight.shape[1],
+                                        primfunc_name_hint=ROUND_KERNEL))
+    return builder.call_te(_conv2d_bf16, bits, relax.const(bf16_bits(weight)), *conv_args,
+                           primfunc_name_hint=CONV_KERNEL)
+
+
+def _blocked(builder, data, weight: np.ndarray, conv_args):
+    """``OIHW[b]i[b]o`` -> ``OIHW[b/2]i[b]o2i``: each output channel's input pairs adjacent."""
+    out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
+    pairs = weight.reshape(out_blocks, in_blocks, kernel_h, kernel_w, in_block // 2, 2,
+                           out_block).transpose(0, 1, 2, 3, 4, 6, 5)
+    bits = builder.emit(builder.call_te(_round_to_bf16, data, int(data.ty.shape[1]),
+                                        primfunc_name_hint=ROUND_KERNEL))
+    return builder.call_te(_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(pairs)), *conv_args,
+                           primfunc_name_hint=BLOCKED_KERNEL)
+
+
+def _stem(builder, data, weight: np.ndarray, conv_args):
+    """``OIHW[b]o`` -> ``OIH(W/2)1i[b]o2w``: pairs of adjacent kernel columns (a zero column
+    after an odd width); a dilated stem stays fp32."""
+    strides, padding, dilation = conv_args
+    out_blocks, channels, kernel_h, kernel_w, out_block = weight.shape
+    if dilation != [1, 1]:
+        return None
+    if kernel_w % 2:
+        weight = np.concatenate([weight, np.zeros_like(weight[:, :, :, :1])], axis=3)
+    pairs = weight.reshape(out_blocks, channels, kernel_h, -1, 2, 1, out_block).transpose(
+        0, 1, 2, 3, 5, 6, 4)
+    bits = builder.emit(builder.call_te(_round_to_bf16, data, channels,
+                                        primfunc_name_hint=ROUND_KERNEL))
+    return builder.call_te(_stem_conv2d_bf16, bits, relax.const(bf16_bits(pairs)), strides,
+                           padding, kernel_w, primfunc_name_hint=BLOCKED_KERNEL)
+
+
+def _depthwise(builder, data, weight: np.ndarray, conv_args):
+    bits = builder.emit(builder.call_te(_round_to_bf16, data, int(data.ty.shape[1]),
+                                        primfunc_name_hint=ROUND_KERNEL))
+    return builder.call_te(_depthwise_conv2d_nchwc_bf16, bits, relax.const(weight), *conv_args,
+                           primfunc_name_hint=DEPTHWISE_KERNEL)
+
+
+# conv kind (``_kind``) -> its bf16 form: (builder, data, fp32 weight, conv args) -> the call
+# (``None``: it stays fp32)
+_CONVERTERS = {"nchw": _nchw, "blocked": _blocked, "stem": _stem, "depthwise": _depthwise}
 
 
 @relax.expr_functor.mutator
 class _ConvsToBf16(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
-        self.converted = 0
-        self.blocked = 0
+        self.converted = Counter()
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if not _convertible(call):
+        kind = _kind(call)
+        if kind is None:
             return call
         data, weight = call.args
         attrs = call.attrs
-        weight = weight.value.numpy()
         conv_args = ([int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
                      [int(d) for d in attrs.dilation])
-        self.converted += 1
-        if weight.ndim == 6:  # OIHW[b]i[b]o -> OIHW[b/2]i[b]o2i: input pairs innermost
-            out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
-            pairs = weight.reshape(out_blocks, in_blocks, kernel_h, kernel_w, in_block // 2, 2,
-                                   out_block).transpose(0, 1, 2, 3, 4, 6, 5)
-            bits = self.builder_.emit(self.builder_.call_te(
-                _round_to_bf16, data, int(data.ty.shape[1]), primfunc_name_hint=ROUND_KERNEL))
-            self.blocked += 1
-            return self.builder_.call_te(
-                _conv2d_nchwc_bf16, bits, relax.const(bf16_bits(pairs)), *conv_args,
-                primfunc_name_hint=BLOCKED_KERNEL)
-        if weight.shape[1] % 2:  # one zero channel: the instructions take channel pairs
-            weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
-        bits = self.builder_.emit(self.builder_.call_te(
-            _round_to_bf16, data, weight.shape[1], primfunc_name_hint=ROUND_KERNEL))
-        return self.builder_.call_te(
-            _conv2d_bf16, bits, relax.const(bf16_bits(weight)), *conv_args,
-            primfunc_name_hint=CONV_KERNEL)
+        converted = _CONVERTERS[kind](self.builder_, data, weight.value.numpy(), conv_args)
+        if converted is None:
+            return call
+        self.converted[kind] += 1
+        return converted
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:
@@ -189,7 +264,8 @@ def convert_to_bf16(target: tvm.target.Target | None = None, report: dict | None
                 mutator.builder_.update_func(gvar, mutator.visit_expr(func))
         converted = relax.transform.DeadCodeElimination()(mutator.builder_.get())
         if report is not None:
-            report.update({"convert_to_bf16": mutator.converted, "blocked": mutator.blocked,
+            report.update({"convert_to_bf16": sum(mutator.converted.values()),
+                           "by_kind": dict(mutator.converted),
                            "constant_bytes": {"before": before,
                                               "after": constant_bytes(converted)}})
         return converted

@@ -11,6 +11,7 @@ from relaycomp.errors import PassError
 from relaycomp.precision.config import PrecisionConfig
 
 PASS, STAGE = "convert_to_bf16", "layout"
+PLACEMENT = Placement(PASS, STAGE, "end")
 
 
 def plan_precision(config: PrecisionConfig, context: PlanContext) -> Plan:
@@ -43,14 +44,14 @@ def _accuracy(context: PlanContext, source, samples: int) -> dict:
     import numpy as np
 
     from relaycomp.frontend.inputs import load_batches
-    from relaycomp.passes.convert_to_bf16 import convert_to_bf16
     from relaycomp.runtime.agreement import HostModule, compare_outputs
 
     inputs = context.imported.inputs
     batches, labels = load_batches(source, inputs, what="bf16 accuracy", allow_labels=True)
     batches = batches[:samples]
     feeds = [[batch[spec.name] for spec in inputs] for batch in batches]
-    fp32, bf16 = HostModule(context.mod), HostModule(convert_to_bf16()(context.mod))
+    # bf16 as compiled: after the layout plan (on this machine's block), its convs converted
+    fp32, bf16 = HostModule(context.mod), HostModule(context.mod, [PLACEMENT])
     reference = np.concatenate([fp32.run(feed)[0] for feed in feeds])
     actual = np.concatenate([bf16.run(feed)[0] for feed in feeds])
     if labels is not None:
@@ -61,5 +62,5 @@ def _accuracy(context: PlanContext, source, samples: int) -> dict:
 
 
 PRECISION = register_feature(Feature(
-    "precision", PrecisionConfig, Placement(PASS, STAGE, "end"), plan_precision,
+    "precision", PrecisionConfig, PLACEMENT, plan_precision,
     cli="relaycomp.precision.cli", description="bf16 convolutions with fp32 sums"))

@@ -16,7 +16,13 @@ import tvm
 from tvm import relax
 
 from relaycomp import ir
-from relaycomp.compiler.pipeline import default_stages, run_stages, split_before
+from relaycomp.compiler.pipeline import (
+    Placement,
+    default_stages,
+    run_stages,
+    split_before,
+    with_passes,
+)
 
 # The module we are given has been through the stages before this one. From here on the build's
 # pipeline runs: the guard measures the integer kernels (QDQ conv/matmul lowered as in the
@@ -25,14 +31,16 @@ QUANTIZE_STAGE = "quantize"
 
 
 class HostModule:
-    """A Relax module compiled for this machine: ``run(arrays) -> [outputs]``."""
+    """A Relax module compiled for this machine: ``run(arrays) -> [outputs]``; ``placements``
+    add passes to the pipeline (``convert_to_bf16``: the bf16 build as compiled)."""
 
-    def __init__(self, mod: tvm.IRModule):
+    def __init__(self, mod: tvm.IRModule, placements: Sequence[Placement] = ()):
         from relaycomp.targets import resolve
 
         spec = resolve("host")
         target = spec.tvm_target()
-        stages = split_before(default_stages(spec.kind), QUANTIZE_STAGE)[1]
+        stages = with_passes(split_before(default_stages(spec.kind), QUANTIZE_STAGE)[1],
+                             placements)
         lowered, _ = run_stages(mod, stages, target)
         self._device = tvm.cpu(0)
         self._vm = relax.VirtualMachine(ir.build_executable(lowered, target), self._device)

@@ -135,7 +135,7 @@ def _blocked_shape(block) -> tuple[int, int, int] | None:
     if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint16", "uint16"]:
         return None
     data, weight = reads
-    if len(data.shape) != 5 or len(weight.shape) != 7 or len(store.buffer.shape) != 5:
+    if len(data.shape) not in (4, 5) or len(weight.shape) != 7 or len(store.buffer.shape) != 5:
         return None
     if static_int(weight.shape[6]) != 2 or any(static_int(d) is None for d in weight.shape):
         return None
