@@ -164,27 +164,25 @@ def _kind(call: relax.Call) -> str | None:
             }.get((layouts[0], layouts[1], groups))
 
 
-def _nchw(builder, data, weight: np.ndarray, conv_args):
+def _nchw(builder, rounded, data, weight: np.ndarray, conv_args):
     if weight.shape[1] % 2:  # one zero channel: the instructions take channel pairs
         weight = np.concatenate([weight, np.zeros_like(weight[:, :1])], axis=1)
-    bits = builder.emit(builder.call_te(_round_to_bf16, data, weight.shape[1],
-                                        primfunc_name_hint=ROUND_KERNEL))
+    bits = rounded(weight.shape[1])
     return builder.call_te(_conv2d_bf16, bits, relax.const(bf16_bits(weight)), *conv_args,
                            primfunc_name_hint=CONV_KERNEL)
 
 
-def _blocked(builder, data, weight: np.ndarray, conv_args):
+def _blocked(builder, rounded, data, weight: np.ndarray, conv_args):
     """``OIHW[b]i[b]o`` -> ``OIHW[b/2]i[b]o2i``: each output channel's input pairs adjacent."""
     out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
     pairs = weight.reshape(out_blocks, in_blocks, kernel_h, kernel_w, in_block // 2, 2,
                            out_block).transpose(0, 1, 2, 3, 4, 6, 5)
-    bits = builder.emit(builder.call_te(_round_to_bf16, data, int(data.ty.shape[1]),
-                                        primfunc_name_hint=ROUND_KERNEL))
+    bits = rounded(int(data.ty.shape[1]))
     return builder.call_te(_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(pairs)), *conv_args,
                            primfunc_name_hint=BLOCKED_KERNEL)
 
 
-def _stem(builder, data, weight: np.ndarray, conv_args):
+def _stem(builder, rounded, data, weight: np.ndarray, conv_args):
     """``OIHW[b]o`` -> ``OIH(W/2)1i[b]o2w``: pairs of adjacent kernel columns (a zero column
     after an odd width); a dilated stem stays fp32."""
     strides, padding, dilation = conv_args
@@ -195,44 +193,76 @@ def _stem(builder, data, weight: np.ndarray, conv_args):
         weight = np.concatenate([weight, np.zeros_like(weight[:, :, :, :1])], axis=3)
     pairs = weight.reshape(out_blocks, channels, kernel_h, -1, 2, 1, out_block).transpose(
         0, 1, 2, 3, 5, 6, 4)
-    bits = builder.emit(builder.call_te(_round_to_bf16, data, channels,
-                                        primfunc_name_hint=ROUND_KERNEL))
+    bits = rounded(channels)
     return builder.call_te(_stem_conv2d_bf16, bits, relax.const(bf16_bits(pairs)), strides,
                            padding, kernel_w, primfunc_name_hint=BLOCKED_KERNEL)
 
 
-def _depthwise(builder, data, weight: np.ndarray, conv_args):
-    bits = builder.emit(builder.call_te(_round_to_bf16, data, int(data.ty.shape[1]),
-                                        primfunc_name_hint=ROUND_KERNEL))
+def _depthwise(builder, rounded, data, weight: np.ndarray, conv_args):
+    bits = rounded(int(data.ty.shape[1]))
     return builder.call_te(_depthwise_conv2d_nchwc_bf16, bits, relax.const(weight), *conv_args,
                            primfunc_name_hint=DEPTHWISE_KERNEL)
 
 
-# conv kind (``_kind``) -> its bf16 form: (builder, data, fp32 weight, conv args) -> the call
-# (``None``: it stays fp32)
+# conv kind (``_kind``) -> its bf16 form: (builder, rounded, data, fp32 weight, conv args) ->
+# the call (``None``: it stays fp32); ``rounded(channels)`` is ``data`` as bf16 bits, made once.
 _CONVERTERS = {"nchw": _nchw, "blocked": _blocked, "stem": _stem, "depthwise": _depthwise}
+
+
+def _widen_bits(bits: te.Tensor) -> te.Tensor:
+    return te.compute(bits.shape, lambda *index: widen(bits(*index)), name="widen_bf16")
 
 
 @relax.expr_functor.mutator
 class _ConvsToBf16(relax.PyExprMutator):
+    """Converts the convs; an activation rounded for a conv is rounded once, and its other
+    readers (a residual add) read the rounded bits widened, so that the kernel making it writes
+    bf16 only - half the bytes - and no fp32 copy is kept alive for them."""
+
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
         self.converted = Counter()
+        self.bits: dict[relax.Var, relax.Var] = {}  # activation -> its bf16 bits, same shape
+
+    def _rounded(self, data: relax.Expr):
+        def rounded(channels: int):
+            same_shape = int(data.ty.shape[1]) == channels
+            if same_shape and data in self.bits:
+                return self.bits[data]
+            bits = self.builder_.emit(self.builder_.call_te(
+                _round_to_bf16, data, channels, primfunc_name_hint=ROUND_KERNEL))
+            if same_shape and isinstance(data, relax.Var):
+                self.bits[data] = bits
+            return bits
+
+        return rounded
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
         kind = _kind(call)
         if kind is None:
-            return call
+            return self._read_bits(call)
         data, weight = call.args
         attrs = call.attrs
         conv_args = ([int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
                      [int(d) for d in attrs.dilation])
-        converted = _CONVERTERS[kind](self.builder_, data, weight.value.numpy(), conv_args)
+        converted = _CONVERTERS[kind](self.builder_, self._rounded(data), data,
+                                      weight.value.numpy(), conv_args)
         if converted is None:
             return call
         self.converted[kind] += 1
         return converted
+
+    def _read_bits(self, call: relax.Call) -> relax.Call:
+        """``call`` (an op) reading the bf16 bits of the activations rounded already."""
+        if not isinstance(call.op, tvm.ir.Op) or not any(
+                isinstance(arg, relax.Var) and arg in self.bits for arg in call.args):
+            return call
+        args = [self.builder_.emit(self.builder_.call_te(
+                    _widen_bits, self.bits[arg], primfunc_name_hint="widen_bf16"))
+                if isinstance(arg, relax.Var) and arg in self.bits else arg
+                for arg in call.args]
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
 def constant_bytes(mod: tvm.IRModule) -> int:
