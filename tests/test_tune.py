@@ -446,16 +446,20 @@ def test_tuning_for_another_machine_without_a_device_is_refused(model, tmp_path)
                                progress=False))
 
 
-@pytest.mark.parametrize("preset", ["raspberry-pi-4", "x86-64-avx512"])
+@pytest.mark.parametrize("preset", ["raspberry-pi-4", "x86-64-avx512", "x86-64-avx512-bf16"])
 @pytest.mark.parametrize("net", [conv_net, mobilenet_style_net])
 def test_every_heuristic_baseline_builds_as_the_tuner_builds_it(preset, net):
     """The tuner measures each kernel's heuristic schedule built by its own builder (weight
     repacks removed, as a build folds them): every kernel of a CNN must build that way, or its
-    baseline is lost (a bias copy read at constant indices once broke it on Arm)."""
+    baseline is lost (a bias copy read at constant indices once broke it on Arm). The bf16
+    preset builds with ``--precision bf16`` (its tensorized kernels)."""
+    from relaycomp.compiler.pipeline import Placement, with_passes
     from relaycomp.tune.measure import build_kernel
 
     target = resolve(preset).tvm_target()
     stages = default_stages("llvm")
+    if preset.endswith("bf16"):
+        stages = with_passes(stages, [Placement("convert_to_bf16", "layout", "end")])
     fused, _ = run_stages(import_onnx(net()).mod, split_before(stages, "schedule")[0], target)
     tasks = ms.relax_integration.extract_tasks(with_layout_free_weights(fused), target)
     assert len(tasks) > 3
