@@ -8,7 +8,7 @@ The sum leaves out what the whole model adds (the VM, allocations, thread-pool w
 kernels, colder caches): compare it with ``relaycomp run``'s latency.
 
     python benchmarks/profile_kernels.py benchmarks/models/mobilenet_v2.onnx [--quantize | --bf16]
-        [--top 20]
+        [--top 20] [--target x86-64-avx2]
 """
 
 from __future__ import annotations
@@ -96,11 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantize", action="store_true", help="int8, own calibration")
     parser.add_argument("--bf16", action="store_true", help="convs in bf16 (convert_to_bf16)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--target", default="host", help="a target preset (default: host)")
     args = parser.parse_args(argv)
     from relaycomp import ir
 
     ir.request_threads(THREADS)
-    mod, target = scheduled_module(args.model, args.quantize, args.bf16)
+    mod, target = scheduled_module(args.model, args.quantize, args.bf16, args.target)
     times, calls = kernel_times(mod, target)
     total = sum(times[k] * calls[k] for k in times)
     print(f"{args.model.name}{' int8' if args.quantize else ''}: {total:.2f} ms in "

@@ -18,13 +18,16 @@ Produces: ``conv2d_bf16(round_to_bf16(x), W_bits)``, two kernels (``call_tir``):
 
 bf16 travels as ``uint16`` bits because TVM 0.27 cannot keep a bf16 buffer inside a kernel (its
 ``BF16ComputeLegalize`` widens every one to fp32), and the kernel must hand bf16 pairs to the
-instruction. Depthwise convs and a blocked conv reading NCHW (the RGB stem) stay fp32.
+instruction. In the blocked layout the RGB stem (an NCHW input) takes its pairs along the kernel
+row and a depthwise conv reads bf16 inputs into fp32 sums; a ``matmul`` with a constant 2-D
+weight (a classifier) gets that weight in bf16. An activation rounded for a conv is rounded once,
+and its other readers (a residual add) read those bits widened.
 Keeps: the function signature; outputs within the bf16 rounding of each conv's operands (8
 significant bits; sums in fp32) - the bf16 feature measures the loss against fp32.
 Runs: at the end of stage ``layout`` when ``--precision bf16`` asks for it (after
 ``plan_conv_layout``, which plans the fp32 convs; ``fold_batchnorm`` ran before: the folded
-weights are the ones rounded). Reports: ``convert_to_bf16`` convs converted (``blocked`` of them
-in the blocked layout) and the constants' bytes before and after.
+weights are the ones rounded). Reports: ``convert_to_bf16`` ops converted, ``by_kind`` (``nchw``,
+``blocked``, ``stem``, ``depthwise``, ``matmul``) and the constants' bytes before and after.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from relaycomp.rewrite.conv_window import SlidingWindow, pad_spatial
 
 ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
 BLOCKED_KERNEL, DEPTHWISE_KERNEL = "conv2d_nchwc_bf16", "depthwise_conv2d_nchwc_bf16"
+MATMUL_KERNEL = "matmul_bf16"
 
 
 def bf16_bits(values: np.ndarray) -> np.ndarray:
@@ -140,16 +144,28 @@ def _depthwise_conv2d_nchwc_bf16(data: te.Tensor, weight: te.Tensor, strides, pa
         name="depthwise_conv2d_nchwc_bf16", tag="depthwise_conv2d_nchwc_bf16")
 
 
+def _matmul_bf16(data: te.Tensor, weight: te.Tensor) -> te.Tensor:
+    """``out[m, n] = sum(data[m, k] * widen(weight[k, n]))``: a classifier's constant weight
+    in bf16 (half the bytes it streams), its input and sums fp32."""
+    k = te.reduce_axis((0, weight.shape[0]), name="k")
+    return te.compute((data.shape[0], weight.shape[1]),
+                      lambda m, n: te.sum(data[m, k] * widen(weight[k, n]), axis=k),
+                      name="matmul_bf16")
+
+
 def _kind(call: relax.Call) -> str | None:
     """Which conv of :data:`_CONVERTERS` ``call`` is: ``nchw``, or in ``plan_conv_layout``'s
     blocked layout ``blocked`` (one group), ``stem`` (an NCHW input) or ``depthwise``; ``None``
     for what stays fp32."""
-    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+    if not (isinstance(call.op, tvm.ir.Op)
+            and call.op.name in ("relax.nn.conv2d", "relax.matmul")):
         return None
     data, weight = call.args
     if not (isinstance(weight, tvm.ir.expr.Constant) and str(data.ty.dtype) == "float32"
             and str(weight.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"):
         return None
+    if call.op.name == "relax.matmul":
+        return "matmul" if len(data.ty.shape) == len(weight.ty.shape) == 2 else None
     attrs = call.attrs
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     groups, out = int(attrs.groups), layouts[2]
@@ -198,6 +214,11 @@ def _stem(builder, rounded, data, weight: np.ndarray, conv_args):
                            padding, kernel_w, primfunc_name_hint=BLOCKED_KERNEL)
 
 
+def _matmul(builder, rounded, data, weight: np.ndarray, conv_args):
+    return builder.call_te(_matmul_bf16, data, relax.const(bf16_bits(weight)),
+                           primfunc_name_hint=MATMUL_KERNEL)
+
+
 def _depthwise(builder, rounded, data, weight: np.ndarray, conv_args):
     bits = rounded(int(data.ty.shape[1]))
     return builder.call_te(_depthwise_conv2d_nchwc_bf16, bits, relax.const(weight), *conv_args,
@@ -206,7 +227,8 @@ def _depthwise(builder, rounded, data, weight: np.ndarray, conv_args):
 
 # conv kind (``_kind``) -> its bf16 form: (builder, rounded, data, fp32 weight, conv args) ->
 # the call (``None``: it stays fp32); ``rounded(channels)`` is ``data`` as bf16 bits, made once.
-_CONVERTERS = {"nchw": _nchw, "blocked": _blocked, "stem": _stem, "depthwise": _depthwise}
+_CONVERTERS = {"nchw": _nchw, "blocked": _blocked, "stem": _stem, "depthwise": _depthwise,
+               "matmul": _matmul}
 
 
 def _widen_bits(bits: te.Tensor) -> te.Tensor:
@@ -244,8 +266,9 @@ class _ConvsToBf16(relax.PyExprMutator):
             return self._read_bits(call)
         data, weight = call.args
         attrs = call.attrs
-        conv_args = ([int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
-                     [int(d) for d in attrs.dilation])
+        conv_args = None if kind == "matmul" else (
+            [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
+            [int(d) for d in attrs.dilation])
         converted = _CONVERTERS[kind](self.builder_, self._rounded(data), data,
                                       weight.value.numpy(), conv_args)
         if converted is None:

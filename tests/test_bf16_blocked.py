@@ -26,8 +26,10 @@ from relaycomp.compiler.pipeline import (
 )
 from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.ir import kernel_calls
+from relaycomp.passes.convert_to_bf16 import bf16_bits
 from relaycomp.targets import resolve
 from tests.passes.test_plan_conv_layout import _inverted_residual, _onnx_chain, _weight
+
 
 def _strided_stem_net(size: int = 29):
     """A ResNet-style 7x7 stride-2 RGB stem over an odd-sized image (the kernel row's pairs
@@ -154,3 +156,24 @@ def test_the_bf16_pass_runs_after_the_layout_is_planned():
     assert names.index("plan_conv_layout") < names.index("convert_to_bf16") < names.index(
         "legalize_blocked_convs")
 
+
+
+def test_a_classifier_weight_is_bf16_and_its_sums_fp32():
+    """``matmul`` with a constant 2-D weight (a Gemm's, folded): the weight in bf16 (half the
+    bytes the batch-1 product streams), the input and sums fp32."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((64, 10)).astype("float32")
+    x = rng.standard_normal((1, 64)).astype("float32")
+    bb = relax.BlockBuilder()
+    var = relax.Var("x", relax.TensorType((1, 64), "float32"))
+    with bb.function("main", [var]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.matmul(var, relax.const(weight)))
+        bb.emit_func_output(y)
+    lowered, target, report = _lowered(bb.get(), "host")
+    assert report.facts("convert_to_bf16")["by_kind"] == {"matmul": 1}
+    vm = relax.VirtualMachine(tvm.compile(lowered, target, relax_pipeline=None), tvm.cpu())
+    actual = vm["main"](tvm.runtime.tensor(x)).numpy()
+    rounded = (bf16_bits(weight).astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_allclose(actual, x @ rounded, rtol=1e-5, atol=1e-5)  # exactly the bf16 weight
+    assert not np.allclose(actual, x @ weight, rtol=1e-6, atol=0)

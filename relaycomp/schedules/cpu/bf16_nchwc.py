@@ -21,6 +21,8 @@ input) is one too. Nothing is copied or repacked per call.
 
 from __future__ import annotations
 
+import contextlib
+
 import tvm
 from tvm import s_tir, tirx
 
@@ -159,10 +161,8 @@ def _feeds_main(sch: s_tir.Schedule, block, main) -> bool:
 
 
 def _try_inline(sch: s_tir.Schedule, block) -> None:
-    try:
+    with contextlib.suppress(Exception):  # what cannot be inlined stays a stage of its own
         sch.compute_inline(block)
-    except Exception:  # noqa: BLE001 - it stays a stage of its own
-        pass
 
 
 def _still_there(sch: s_tir.Schedule, block) -> bool:
