@@ -21,7 +21,8 @@ bf16 travels as ``uint16`` bits because TVM 0.27 cannot keep a bf16 buffer insid
 instruction. In the blocked layout the RGB stem (an NCHW input) takes its pairs along the kernel
 row and a depthwise conv reads bf16 inputs into fp32 sums; a ``matmul`` with a constant 2-D
 weight (a classifier) gets that weight in bf16. An activation rounded for a conv is rounded once,
-and its other readers (a residual add) read those bits widened.
+and its other readers (a residual add) read those bits widened; a max pool feeding a converted
+conv reads bits too (``max_pool2d_bf16``: max commutes with rounding).
 Keeps: the function signature; outputs within the bf16 rounding of each conv's operands (8
 significant bits; sums in fp32) - the bf16 feature measures the loss against fp32.
 Runs: at the end of stage ``layout`` when ``--precision bf16`` asks for it (after
@@ -36,7 +37,7 @@ from collections import Counter
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, te, tirx, topi
 
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.conv_window import SlidingWindow, pad_spatial
@@ -231,6 +232,18 @@ _CONVERTERS = {"nchw": _nchw, "blocked": _blocked, "stem": _stem, "depthwise": _
                "matmul": _matmul}
 
 
+def _is_max_pool(expr) -> bool:
+    return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
+            and expr.op.name == "relax.nn.max_pool2d")
+
+
+def _max_pool2d_bits(bits: te.Tensor, pool_size, strides, dilation, padding, ceil_mode: bool,
+                     layout: str) -> te.Tensor:
+    """A max pool over bf16 bits, widened as it reads them: one kernel, half the bytes in."""
+    return topi.nn.pool2d(_widen_bits(bits), pool_size, strides, dilation, padding, "max",
+                          ceil_mode, layout)
+
+
 def _widen_bits(bits: te.Tensor) -> te.Tensor:
     return te.compute(bits.shape, lambda *index: widen(bits(*index)), name="widen_bf16")
 
@@ -245,6 +258,18 @@ class _ConvsToBf16(relax.PyExprMutator):
         super().__init__(mod)
         self.converted = Counter()
         self.bits: dict[relax.Var, relax.Var] = {}  # activation -> its bf16 bits, same shape
+        self.pooled: set[relax.Var] = set()  # inputs of max pools whose output a conv rounds
+
+    def convert(self, func: relax.Function) -> relax.Function:
+        """``func`` converted; a max pool feeding a converted conv reads bf16 bits (max commutes
+        with rounding: the same values), so the kernel before it writes bf16 too."""
+        values = {binding.var: binding.value for block in func.body.blocks
+                  for binding in block.bindings}
+        self.pooled = {values[call.args[0]].args[0] for call in values.values()
+                       if isinstance(call, relax.Call) and _kind(call) is not None
+                       and _is_max_pool(values.get(call.args[0]))
+                       and isinstance(values[call.args[0]].args[0], relax.Var)}
+        return self.visit_expr(func)
 
     def _rounded(self, data: relax.Expr):
         def rounded(channels: int):
@@ -261,6 +286,14 @@ class _ConvsToBf16(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
+        if _is_max_pool(call) and call.args[0] in self.pooled:
+            data, attrs = call.args[0], call.attrs
+            bits = self._rounded(data)(int(data.ty.shape[1]))
+            return self.builder_.call_te(
+                _max_pool2d_bits, bits, [int(k) for k in attrs.pool_size],
+                [int(k) for k in attrs.strides], [int(k) for k in attrs.dilation],
+                [int(k) for k in attrs.padding], bool(attrs.ceil_mode), str(attrs.layout),
+                primfunc_name_hint="max_pool2d_bf16")
         kind = _kind(call)
         if kind is None:
             return self._read_bits(call)
@@ -314,7 +347,7 @@ def convert_to_bf16(target: tvm.target.Target | None = None, report: dict | None
         mutator = _ConvsToBf16(mod)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+                mutator.builder_.update_func(gvar, mutator.convert(func))
         converted = relax.transform.DeadCodeElimination()(mutator.builder_.get())
         if report is not None:
             report.update({"convert_to_bf16": sum(mutator.converted.values()),

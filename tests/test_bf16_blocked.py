@@ -33,14 +33,16 @@ from tests.passes.test_plan_conv_layout import _inverted_residual, _onnx_chain, 
 
 def _strided_stem_net(size: int = 29):
     """A ResNet-style 7x7 stride-2 RGB stem over an odd-sized image (the kernel row's pairs
-    end on a zero column past the padding), then a 3x3 conv."""
+    end on a zero column past the padding), a 3x3 stride-2 max pool, then a 3x3 conv."""
     rng = np.random.default_rng(2)
     inits = [numpy_helper.from_array((rng.standard_normal(shape) / 12).astype("float32"), name)
              for name, shape in (("w0", (32, 3, 7, 7)), ("w1", (32, 32, 3, 3)))]
     nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], strides=[2, 2], pads=[3] * 4),
              helper.make_node("Relu", ["c0"], ["r0"]),
-             helper.make_node("Conv", ["r0", "w1"], ["y"], pads=[1] * 4)]
-    out = (size + 6 - 7) // 2 + 1
+             helper.make_node("MaxPool", ["r0"], ["p0"], kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1] * 4),
+             helper.make_node("Conv", ["p0", "w1"], ["y"], pads=[1] * 4)]
+    out = ((size + 6 - 7) // 2 + 1 + 2 - 3) // 2 + 1
     graph = helper.make_graph(
         nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, out, out])], inits)
@@ -74,6 +76,14 @@ def test_a_planned_chain_runs_bf16_blocked_with_the_layout_changed_at_its_ends_o
     assert _count(kernels, "conv2d_nchwc_bf16") == 4
     assert _count(kernels, "conv2d_bf16") == _count(kernels, "conv2d_nchwc") == 0
     assert _count(kernels, "te_layout_transform") == 2
+
+
+def test_a_max_pool_between_convs_reads_bf16():
+    """Max commutes with rounding: the pool after the stem reads the stem's bf16 bits (the stem
+    writes half the bytes) and gives the values the next conv would round to anyway."""
+    kernels = _kernels(import_onnx(_strided_stem_net()).mod, "x86-64-avx512-bf16")
+    assert _count(kernels, "max_pool2d_bf16") == 1 and _count(kernels, "max_pool2d") == 0
+    assert _count(kernels, "conv2d_nchwc_bf16") == 2
 
 
 def test_a_mobilenet_block_runs_bf16_from_its_rgb_stem_through_its_depthwise_conv():
