@@ -40,6 +40,8 @@ DEPTHWISE_KERNEL = "depthwise_conv2d_nchwc"
 STEM_KERNEL = "stem_conv2d_nchwc"
 VECTORS_PER_BLOCK = 2  # the register tile's vectors along the output channels
 CONV_OP = "relax.nn.conv2d"
+_COMMUTATIVE = ("relax.add", "relax.multiply", "relax.maximum", "relax.minimum")
+_BINARY = (*_COMMUTATIVE, "relax.subtract", "relax.divide")
 
 
 def blocks_for(target: tvm.target.Target) -> list[int]:
@@ -158,7 +160,10 @@ def depthwise_conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding,
 @relax.expr_functor.mutator
 class _ElementwiseTirToOps(relax.PyExprMutator):
     """``call_tir`` of a TE ``max``/``min`` with a scalar (how TVM's ONNX importer lowers
-    ``Clip``) -> ``relax.maximum``/``relax.minimum``, which ``ConvertLayout`` carries through."""
+    ``Clip``) and ``relax.clip`` with scalar bounds (its ``HardSigmoid``/``HardSwish``) ->
+    ``relax.maximum``/``relax.minimum``, which ``ConvertLayout`` carries through; a commutative
+    op with a constant first gets its tensor first (``ConvertLayout`` takes the first operand's
+    layout: ``3 * x`` would stay NCHW)."""
 
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
@@ -166,11 +171,44 @@ class _ElementwiseTirToOps(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
+        if (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.clip"
+                and all(isinstance(bound, (tvm.tirx.IntImm, tvm.tirx.FloatImm))
+                        for bound in call.args[1:])):
+            data, low, high = call.args
+            dtype = str(data.ty.dtype)
+            return relax.op.minimum(relax.op.maximum(data, relax.const(float(low.value), dtype)),
+                                    relax.const(float(high.value), dtype))
+        if isinstance(call.op, tvm.ir.Op) and call.op.name in _BINARY:
+            return self._tensor_first(call)
         found = elementwise_tir(self.mod, call)
         if found is None:
             return call
         tensor, scalar = call.args[1].fields
         return found[1](tensor, scalar)
+
+
+    @staticmethod
+    def _tensor_first(call: relax.Call) -> relax.Call:
+        """A one-element constant operand as a scalar, the tensor operand first (commutative
+        ops): ``ConvertLayout`` cannot lay out a ``[1]`` operand, and takes the first operand's
+        layout (``3 * x`` would stay NCHW)."""
+        args = list(call.args)
+        for i, arg in enumerate(args):
+            if (isinstance(arg, tvm.ir.expr.Constant) and arg.value.numpy().size == 1
+                    and arg.value.numpy().ndim > 0 and _same_shape(call, args[1 - i])):
+                args[i] = relax.const(arg.value.numpy().reshape(()), str(arg.ty.dtype))
+        if (call.op.name in _COMMUTATIVE and isinstance(args[0], tvm.ir.expr.Constant)
+                and not isinstance(args[1], tvm.ir.expr.Constant)):
+            args.reverse()
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def _same_shape(call: relax.Call, operand: relax.Expr) -> bool:
+    """Whether ``call``'s result has ``operand``'s static shape (broadcasting added nothing)."""
+    shapes = [getattr(expr.ty, "shape", None) for expr in (call, operand)]
+    if any(shape is None or not hasattr(shape, "values") for shape in shapes):
+        return False
+    return [str(d) for d in shapes[0].values] == [str(d) for d in shapes[1].values]
 
 
 def _raise_elementwise_tir(mod: tvm.IRModule) -> tvm.IRModule:
