@@ -16,6 +16,9 @@ so that TVM's ``ConvertLayout`` carries the layout through them as through the o
 between convs (elementwise ops, pooling); ``layout_transform`` kernels appear only where a chain
 starts or ends (the graph's input and output, ops that need NCHW).
 Keeps: the function signature; outputs equal up to fp32 summation order.
+Also plans int8: on AVX-512 VNNI, chains of integer convs keep their uint8 activations in
+``NCHW16c`` between convs (``relaycomp.rewrite.int8_layout``, run first; its facts are the
+report's ``int8_*`` keys).
 Refuses (leaves the module as it was, and says why in the report) when the layout would change
 more often than there are planned convs: chains too short to pay for their conversions.
 Runs: in stage ``layout``, after ``quantize`` (int8 and bf16 took the convs they run), for CPU
@@ -32,6 +35,7 @@ from tvm import relax, te
 from relaycomp.channels.relax_ops import elementwise_tir
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.conv_window import SlidingWindow
+from relaycomp.rewrite.int8_layout import plan_int8_layout
 from relaycomp.rewrite.pad_channels import pad_channels
 from relaycomp.schedules.cpu.common import cpu_facts
 
@@ -286,6 +290,7 @@ def plan_conv_layout(target: tvm.target.Target | None = None, report: dict | Non
         chosen = target or tvm.target.Target.current()
         if chosen is None:
             return mod
+        mod = plan_int8_layout(mod, chosen, report)  # int8 convs: NCHW16c uint8
         return plan_layout(mod, choose_block(mod, blocks_for(chosen)), report)
 
     return _plan

@@ -79,6 +79,7 @@ from relaycomp.schedules.cpu.int8_names import (
     DOT_16X2_BF16,
     DOT_16X4_VNNI,
 )
+from relaycomp.schedules.cpu.int8_nchwc import schedule_int8_nchwc
 from relaycomp.schedules.cpu.int8_pointwise import (
     groups_last,
     schedule_groups_last_stage,
@@ -298,7 +299,8 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
         if bf16:  # the blocked layout of plan_conv_layout
             return schedule_bf16_nchwc(func, bf16_instructions(target), facts,
                                        narrower=AVX512_BF16_YMM)
-        return (schedule_int8_depthwise(func, target, facts)
+        return (schedule_int8_nchwc(func, target, facts)  # planned NCHW16c (int8_layout)
+                or schedule_int8_depthwise(func, target, facts)
                 or schedule_int8_gemv(func, target, facts))
     out_channels, width, steps, batch_loops = shape
     # Padding stays a stage of its own, writing the input pairs-last, once; so does a cast that
