@@ -191,10 +191,22 @@ def cmd_compile(args) -> int:
         print(f"  fusion: {fusion['kernels_before']} -> {fusion['kernels_after']} kernels, "
               f"intermediate tensors {fusion['intermediate_bytes_before'] / 1024:.1f} -> "
               f"{fusion['intermediate_bytes_after'] / 1024:.1f} KiB")
+    layout = manifest.report.get("layout")
+    if layout:
+        print(f"  layout: {_layout_line(layout)}")
     if args.time_passes:
         print_pass_times(artifact.pipeline)
     bundle_cli.after_compile(args, artifact)
     return 0
+
+
+def _layout_line(layout: dict) -> str:
+    """``plan_conv_layout``'s report in a few words."""
+    if layout.get("planned"):
+        padded = f", {layout['padded']} padded to the block" if layout.get("padded") else ""
+        return (f"{layout['planned']} convs on NCHW{layout['block']}c, "
+                f"{layout['layout_changes']} layout change(s){padded}")
+    return f"NCHW kept ({layout.get('skipped', 'nothing planned')})"
 
 
 def _after_compile_hooks(args, config, manifest) -> None:

@@ -320,3 +320,14 @@ def test_hardswish_and_one_element_affines_keep_the_blocked_layout(tmp_path):
     assert _calls(planned).count("layout_transform") == 2
     x = RNG.standard_normal((1, 16, 10, 10)).astype("float32") * 4  # the clips saturate
     assert_matches_ort(model, {"x": x}, tmp_path, rtol=1e-5)
+
+
+def test_the_compile_command_says_what_the_plan_did(tmp_path, capsys):
+    import onnx
+
+    from relaycomp.cli.main import main
+
+    onnx.save(_onnx_chain(), tmp_path / "chain.onnx")
+    assert main(["compile", str(tmp_path / "chain.onnx"), "-o", str(tmp_path / "m.so"),
+                 "--target", "x86-64-avx512"]) == 0
+    assert "  layout: 4 convs on NCHW32c, 2 layout change(s)" in capsys.readouterr().out
