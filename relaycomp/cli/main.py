@@ -202,11 +202,15 @@ def cmd_compile(args) -> int:
 
 def _layout_line(layout: dict) -> str:
     """``plan_conv_layout``'s report in a few words."""
+    parts = []
+    if layout.get("int8_planned"):
+        parts.append(f"{layout['int8_planned']} int8 convs on NCHW16c, "
+                     f"{layout['int8_layout_changes']} layout change(s)")
     if layout.get("planned"):
         padded = f", {layout['padded']} padded to the block" if layout.get("padded") else ""
-        return (f"{layout['planned']} convs on NCHW{layout['block']}c, "
-                f"{layout['layout_changes']} layout change(s){padded}")
-    return f"NCHW kept ({layout.get('skipped', 'nothing planned')})"
+        parts.append(f"{layout['planned']} convs on NCHW{layout['block']}c, "
+                     f"{layout['layout_changes']} layout change(s){padded}")
+    return "; ".join(parts) or f"NCHW kept ({layout.get('skipped', 'nothing planned')})"
 
 
 def _after_compile_hooks(args, config, manifest) -> None:
