@@ -145,13 +145,16 @@ def is_unit_stride(indices, var: tirx.Var) -> bool:
 
 
 def schedule_spatial_block(
-    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, facts: CpuFacts
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, facts: CpuFacts, row_elements: int = 0
 ) -> None:
     """Parallelize and vectorize a data-parallel block sitting at the root of the function.
 
     The innermost loop is split by the vector width when it divides evenly (a short innermost
     loop is vectorized whole); all other loops are fused into one loop that is made parallel when
     the block is large enough to repay waking the thread pool. Symbolic extents stay scalar.
+    With ``row_elements``, the innermost loops that together hold at most that many elements
+    stay serial loops inside each parallel iteration (a padded copy: one whole row per
+    iteration, rather than one vector per iteration behind a div/mod of the fused index).
     """
     loops = sch.get_loops(block)
     if not loops:
@@ -172,6 +175,10 @@ def schedule_spatial_block(
         return
     if total is not None and total < MIN_PARALLEL_ELEMENTS:
         return
+    row = loop_extent(sch, inner) or 1
+    while len(outer) > 1 and row * (loop_extent(sch, outer[-1]) or row_elements + 1) <= (
+            row_elements):
+        row *= loop_extent(sch, outer.pop())
     sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 

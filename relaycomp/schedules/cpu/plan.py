@@ -197,9 +197,11 @@ def _analyze(block, facts: CpuFacts) -> _Candidate | Plan | None:
                 if dim is None or size * MAX_PACK_RATIO > macs:
                     continue
                 cost = 1 if size * FREE_PACK_RATIO <= macs else max(size, 3)
-            if register_iter is None and facts.loads_operands:
+            if register_iter is None and (facts.loads_operands or len(operands) == 1):
                 # No other operand to reuse the vectors (a depthwise conv): on a load-store ISA,
-                # a second axis of this one (the output rows) that its loads slide along.
+                # a second axis of this one (the output rows) that its loads slide along; so too
+                # for a pool on any ISA (ResNet-18's max pool: 7 pixels x 2 vectors, measured
+                # 10% faster than one pixel per iteration).
                 register_iter = _sliding_axis(load, iters, extents, exclusive[k] - {i})
             vectors, tile = _register_tile(extents, lanes, facts, i, register_iter)
             rows = _vector_rows(extents, lanes, facts, i, register_iter,
