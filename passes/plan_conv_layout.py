@@ -35,7 +35,7 @@ from tvm import relax, te
 from relaycomp.channels.relax_ops import elementwise_tir
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.conv_window import SlidingWindow
-from relaycomp.rewrite.int8_layout import plan_int8_layout
+from relaycomp.rewrite.int8_layout import layout_changes, plan_int8_layout
 from relaycomp.rewrite.pad_channels import pad_channels
 from relaycomp.schedules.cpu.common import cpu_facts
 
@@ -223,21 +223,6 @@ def _raise_elementwise_tir(mod: tvm.IRModule) -> tvm.IRModule:
     return relax.transform.DeadCodeElimination()(mutator.builder_.get())
 
 
-def _layout_changes(mod: tvm.IRModule) -> int:
-    """``layout_transform`` calls on activations (not constants) in ``main``."""
-    count = 0
-
-    def visit(expr) -> None:
-        nonlocal count
-        if (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
-                and expr.op.name == "relax.layout_transform"
-                and not isinstance(expr.args[0], tvm.ir.expr.Constant)):
-            count += 1
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return count
-
-
 def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tvm.IRModule:
     """``mod`` with its plannable convs on ``NCHW[block]c`` (see the module docstring)."""
     planned, padding = 0, {}
@@ -265,7 +250,7 @@ def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tv
             report.update(block=block, planned=0, skipped=str(err).strip().splitlines()[-1])
         return mod
     converted = relax.transform.EliminateCommonSubexpr()(converted)
-    changes = _layout_changes(converted)
+    changes = layout_changes(converted["main"])
     facts = {"block": block, "planned": planned, "layout_changes": changes}
     facts.update({key: padding[key] for key in ("padded", "padding_skipped")
                   if padding.get(key)})

@@ -13,6 +13,7 @@ import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 from test_bf16 import BF16_RTOL
+from test_bf16 import _hot_loop as _x86_hot_loop
 from test_bf16_arm import _SPILL
 from test_bf16_arm import _hot_loop as _arm_hot_loop
 from tvm import relax
@@ -132,13 +133,6 @@ def _conv_chain(channels: int, size: int, kernel: int) -> tvm.IRModule:
 def _assembly(mod: tvm.IRModule, preset: str) -> str:
     lowered, target, _ = _lowered(mod, preset)
     return tvm.compile(lowered, target, relax_pipeline=None).mod.imports[0].inspect_source("asm")
-
-
-def _x86_hot_loop(asm: str) -> str:
-    blocks = re.split(r"^\.LBB\d+_\d+:", asm, flags=re.MULTILINE)
-    block = max(blocks, key=lambda text: text.count("vdpbf16ps"))
-    branch = re.search(r"^\s+j\w+\s", block, flags=re.MULTILINE)
-    return block[:branch.end()] if branch else block
 
 
 @pytest.mark.parametrize(("channels", "kernel"), [(64, 3), (48, 1)],

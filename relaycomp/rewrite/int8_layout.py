@@ -198,7 +198,7 @@ def _mutate(mutator, mod: tvm.IRModule) -> tvm.IRModule:
     return mutator.builder_.get()
 
 
-def _layout_changes(func: relax.Function) -> int:
+def layout_changes(func: relax.Function) -> int:
     """``layout_transform`` calls on activations (not constants)."""
     count = 0
 
@@ -295,7 +295,7 @@ def plan_int8_layout(mod: tvm.IRModule, target: tvm.target.Target | None,
     converted = relax.transform.EliminateCommonSubexpr()(converted)
     converted = relax.transform.DeadCodeElimination()(relax.transform.EliminateCommonSubexpr()(
         _mutate(_TransformBeforeDequantize(converted), converted)))
-    changes = _layout_changes(converted["main"])
+    changes = layout_changes(converted["main"])
     if planned == 0 or changes * CONVS_PER_CHANGE > planned:
         if report is not None and planned:
             report["int8_skipped"] = (f"{changes} layout changes for {planned} int8 convs: "

@@ -21,16 +21,17 @@ input) is one too. Nothing is copied or repacked per call.
 
 from __future__ import annotations
 
-import contextlib
-
 import tvm
 from tvm import s_tir, tirx
 
 from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
+    inlined,
+    reduction_operands,
     schedule_spatial_block,
     static_int,
+    vectorize_tiles,
 )
 from relaycomp.schedules.cpu.int8_names import DOT_4X2_BFDOT, DOT_8X2_BF16, DOT_16X2_BF16
 
@@ -70,7 +71,7 @@ def schedule_bf16_nchwc(func: tirx.PrimFunc, isa, facts: CpuFacts,
 
     for producer in prologue:  # elementwise producers inline into the padding, if any
         if not _is_padding(sch.get(producer)) and not _feeds_main(sch, producer, main):
-            _try_inline(sch, producer)
+            inlined(sch, producer)
     for producer in prologue:
         if _still_there(sch, producer):
             schedule_spatial_block(sch, producer, facts)
@@ -95,11 +96,7 @@ def schedule_bf16_nchwc(func: tirx.PrimFunc, isa, facts: CpuFacts,
     sch.tensorize(fi_lane, _INTRINSICS[isa.lanes])
     for loop in (x_inner, fo_inner, fi_vector):
         sch.unroll(loop)
-    for stage in (init, write_back):
-        tile_loops = sch.get_loops(stage)
-        inner, lanes = sch.split(tile_loops[-1], [None, isa.lanes])
-        sch.vectorize(lanes)
-        sch.unroll(inner)
+    vectorize_tiles(sch, (init, write_back), isa.lanes)
     return sch
 
 
@@ -130,14 +127,11 @@ def register_tile(out_blocks: int, vectors: int, width: int, lanes: int, registe
 
 def _blocked_shape(block) -> tuple[int, int, int] | None:
     """``(out_blocks, block, out_width)`` of a blocked bf16 conv block, else ``None``."""
-    store = block.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "float32":
+    found = reduction_operands(block, "float32", "uint16", "uint16")
+    if found is None:
         return None
-    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
-    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint16", "uint16"]:
-        return None
-    data, weight = reads
-    if len(data.shape) not in (4, 5) or len(weight.shape) != 7 or len(store.buffer.shape) != 5:
+    data, weight, output = found
+    if len(data.shape) not in (4, 5) or len(weight.shape) != 7 or len(output.shape) != 5:
         return None
     if static_int(weight.shape[6]) != 2 or any(static_int(d) is None for d in weight.shape):
         return None
@@ -158,11 +152,6 @@ def _is_padding(block) -> bool:
 
 def _feeds_main(sch: s_tir.Schedule, block, main) -> bool:
     return any(sch.get(c).same_as(sch.get(main)) for c in sch.get_consumers(block))
-
-
-def _try_inline(sch: s_tir.Schedule, block) -> None:
-    with contextlib.suppress(Exception):  # what cannot be inlined stays a stage of its own
-        sch.compute_inline(block)
 
 
 def _still_there(sch: s_tir.Schedule, block) -> bool:

@@ -96,6 +96,49 @@ def single_reduction(sch: s_tir.Schedule) -> ReductionNest | None:
     return ReductionNest(infos[:position], reductions[0], infos[position + 1:])
 
 
+def reduction_operands(block, accumulator: str, data: str, weight: str) -> tuple | None:
+    """``(data, weight, output)`` buffers of a block that sums ``data x weight`` into an
+    ``accumulator`` output (its two reads of those dtypes, in that order), else ``None``."""
+    store = block.body
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != accumulator:
+        return None
+    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
+    if len(reads) != 2 or [str(b.dtype) for b in reads] != [data, weight]:
+        return None
+    return reads[0], reads[1], store.buffer
+
+
+def matched_reduction(func: tirx.PrimFunc, match) -> tuple | None:
+    """``(schedule, nest, match(main block))`` for ``func`` split around its only reduction
+    block (:func:`single_reduction`), or ``None`` when it has none or ``match`` returns
+    ``None`` - the first steps of every tensorized schedule."""
+    sch = s_tir.Schedule(func)
+    nest = single_reduction(sch)
+    if nest is None:
+        return None
+    found = match(sch.get(nest.main.block_rv))
+    return None if found is None else (sch, nest, found)
+
+
+def inlined(sch: s_tir.Schedule, block) -> bool:
+    """Inline ``block`` into its consumers if it can be; whether it was (else it stays a stage
+    of its own)."""
+    try:
+        sch.compute_inline(block)
+    except Exception:  # noqa: BLE001 - what cannot be inlined stays a stage of its own
+        return False
+    return True
+
+
+def vectorize_tiles(sch: s_tir.Schedule, stages, lanes: int) -> None:
+    """A register tile's init and write-back stages: their innermost loop split into vectors
+    of ``lanes``, the vectors unrolled."""
+    for stage in stages:
+        inner, vector = sch.split(sch.get_loops(stage)[-1], [None, lanes])
+        sch.vectorize(vector)
+        sch.unroll(inner)
+
+
 def static_int(expr) -> int | None:
     """The value of a constant integer expression, ``None`` for a symbolic one."""
     return int(expr.value) if isinstance(expr, tirx.IntImm) else None

@@ -62,6 +62,7 @@ from relaycomp.schedules.cpu.common import (
     CpuFacts,
     collect_loads,
     inline_epilogue,
+    inlined,
     schedule_spatial_block,
     single_reduction,
     static_int,
@@ -309,7 +310,7 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
     kept = [info.block_rv for info in nest.prologue
             if _HAS_IF_THEN_ELSE(sch.get(info.block_rv))
             or (_is_cast(sch.get(info.block_rv)) and _feeds(sch, info.block_rv, main))
-            or not _inlined(sch, info.block_rv)]
+            or not inlined(sch, info.block_rv)]
     stride = (_column_stride(sch.get(main), batch_loops)
               if lane_form and isa.lane_columns else None)
     blocks, tile = _register_tile(out_channels // isa.lanes, width, steps, isa, stride)
@@ -389,13 +390,6 @@ def _weight_is_pair_safe(func: tirx.PrimFunc, block) -> bool:
     safe = {int(i) for i in marked}
     return any(i in safe and param.same_as(weight) for i, param in enumerate(func.params))
 
-
-def _inlined(sch: s_tir.Schedule, block) -> bool:
-    try:
-        sch.compute_inline(block)
-    except Exception:  # noqa: BLE001 - it stays a stage of its own
-        return False
-    return True
 
 
 def _conv_shape(block, isa: Int8Instructions) -> tuple[int, int, int, int] | None:

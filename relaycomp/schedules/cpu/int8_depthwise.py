@@ -35,8 +35,10 @@ from relaycomp.schedules.cpu.common import (
     CpuFacts,
     collect_loads,
     inline_epilogue,
+    inlined,
+    matched_reduction,
+    reduction_operands,
     schedule_spatial_block,
-    single_reduction,
 )
 
 TAPS = 4  # kernel columns one vpdpbusd sums: a 3-wide kernel row gets one zero column
@@ -52,13 +54,8 @@ _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
 def u8_s8_operands(block) -> tuple | None:
     """``(data, weight)`` buffers of a block that accumulates ``uint8 x int8`` into an
     ``int32`` output, else ``None``."""
-    store = block.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
-        return None
-    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
-    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint8", "int8"]:
-        return None
-    return reads[0], reads[1]
+    found = reduction_operands(block, "int32", "uint8", "int8")
+    return found[:2] if found else None
 
 
 def has_avx512_vnni(target: Target | None) -> bool:
@@ -201,22 +198,17 @@ def row_lanes(width: int, stride: int) -> int | None:
 def schedule_int8_depthwise(func: tirx.PrimFunc, target: Target,
                             facts: CpuFacts) -> s_tir.Schedule | None:
     """The schedule of the module docstring, or ``None`` when ``func`` does not match."""
-    if depthwise_taps(target) is None:
+    matched = (matched_reduction(func, _depthwise_shape)
+               if depthwise_taps(target) is not None else None)
+    if matched is None:
         return None
-    sch = s_tir.Schedule(func)
-    nest = single_reduction(sch)
-    if nest is None:
-        return None
+    sch, nest, (width, stride, spatial) = matched
     main = nest.main.block_rv
-    shape = _depthwise_shape(sch.get(main))
-    if shape is None:
-        return None
-    width, stride, spatial = shape
     lanes = row_lanes(width, stride)
     if lanes is None:
         return None
     kept = [info.block_rv for info in nest.prologue
-            if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not _inlined(sch, info.block_rv)]
+            if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not inlined(sch, info.block_rv)]
     loops = sch.get_loops(main)
     *outer, y, x = loops[:spatial]
     *channel, ry, rx = loops[spatial:]
@@ -237,10 +229,3 @@ def schedule_int8_depthwise(func: tirx.PrimFunc, target: Target,
         schedule_spatial_block(sch, block, facts)
     return sch
 
-
-def _inlined(sch: s_tir.Schedule, block) -> bool:
-    try:
-        sch.compute_inline(block)
-    except Exception:  # noqa: BLE001 - it stays a stage of its own
-        return False
-    return True

@@ -34,10 +34,13 @@ from relaycomp.schedules.cpu.common import (
     CpuFacts,
     collect_loads,
     inline_epilogue,
+    inlined,
+    matched_reduction,
+    reduction_operands,
     schedule_spatial_block,
-    single_reduction,
     static_int,
     uses_var,
+    vectorize_tiles,
 )
 from relaycomp.schedules.cpu.int8_depthwise import has_avx512_vnni
 from relaycomp.schedules.cpu.int8_names import DOT_16X4_VNNI
@@ -65,19 +68,15 @@ def schedule_int8_nchwc(func: tirx.PrimFunc, target: Target,
     for a depthwise conv, or ``None`` when ``func`` matches neither."""
     if not has_avx512_vnni(target):
         return None
-    sch = s_tir.Schedule(func)
-    nest = single_reduction(sch)
-    if nest is None:
-        return None
-    main = nest.main.block_rv
-    shape = blocked_int8_shape(sch.get(main))
-    if shape is None:  # not a dense conv: a depthwise one, or none of these
+    matched = matched_reduction(func, blocked_int8_shape)
+    if matched is None:  # not a dense conv: a depthwise one, or none of these
         return schedule_int8_depthwise_nchwc(func, target, facts)
-    out_blocks, width = shape
+    sch, nest, (out_blocks, width) = matched
+    main = nest.main.block_rv
     rows, tile = register_tile(out_blocks, 1, width, LANES, REGISTERS, SCRATCH)
     for info in nest.prologue:  # the padding stays a stage of its own; elementwise producers
         # (a residual's dequantize) inline into the epilogue that reads them
-        if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not _inlined(sch, info.block_rv):
+        if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)) or not inlined(sch, info.block_rv):
             schedule_spatial_block(sch, info.block_rv, facts)
 
     axes, window = output_axes(sch, main)
@@ -100,25 +99,18 @@ def schedule_int8_nchwc(func: tirx.PrimFunc, target: Target,
     for loop in (x_inner, fo_inner):
         if loop is not None:
             sch.unroll(loop)
-    for stage in (init, write_back):
-        tile_loops = sch.get_loops(stage)
-        inner, lanes = sch.split(tile_loops[-1], [None, LANES])
-        sch.vectorize(lanes)
-        sch.unroll(inner)
+    vectorize_tiles(sch, (init, write_back), LANES)
     return sch
 
 
 def blocked_int8_shape(block) -> tuple[int, int] | None:
     """``(out_blocks, out_width)`` of a ``conv2d_nchwc_int8`` block (module docstring), else
     ``None``."""
-    store = block.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+    found = reduction_operands(block, "int32", "uint8", "int8")
+    if found is None:
         return None
-    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
-    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint8", "int8"]:
-        return None
-    data, weight = reads
-    if len(data.shape) != 5 or len(weight.shape) != 7 or len(store.buffer.shape) != 5:
+    data, weight, output = found
+    if len(data.shape) != 5 or len(weight.shape) != 7 or len(output.shape) != 5:
         return None
     if any(static_int(d) is None for d in weight.shape) or (
             static_int(weight.shape[5]), static_int(weight.shape[6])) != (LANES, GROUP):
@@ -132,18 +124,11 @@ def blocked_int8_shape(block) -> tuple[int, int] | None:
         return None
     if not any(load.source.same_as(weight) for load in collect_loads(block.body)):
         return None
-    out_blocks, width = static_int(store.buffer.shape[1]), static_int(store.buffer.shape[3])
+    out_blocks, width = static_int(output.shape[1]), static_int(output.shape[3])
     if out_blocks != static_int(weight.shape[0]) or width is None or width < 2:
         return None
     return out_blocks, width
 
-
-def _inlined(sch: s_tir.Schedule, block) -> bool:
-    try:
-        sch.compute_inline(block)
-    except Exception:  # noqa: BLE001 - it stays a stage of its own
-        return False
-    return True
 
 
 def schedule_int8_depthwise_nchwc(func: tirx.PrimFunc, target: Target,
@@ -156,22 +141,17 @@ def schedule_int8_depthwise_nchwc(func: tirx.PrimFunc, target: Target,
         parallel(n, c, y, x / U) / ry / unroll(U) / dot
 
     ``None`` when ``func`` does not match."""
-    if not has_avx512_vnni(target):
+    matched = matched_reduction(func, _depthwise_width) if has_avx512_vnni(target) else None
+    if matched is None:
         return None
-    sch = s_tir.Schedule(func)
-    nest = single_reduction(sch)
-    if nest is None:
-        return None
+    sch, nest, width = matched
     main = nest.main.block_rv
-    width = _depthwise_width(sch.get(main))
-    if width is None:
-        return None
     columns = max(d for d in range(1, MAX_COLUMNS + 1) if width % d == 0)
     padding = []
     for info in nest.prologue:
         if _HAS_IF_THEN_ELSE(sch.get(info.block_rv)):
             padding.append(info.block_rv)
-        elif not _inlined(sch, info.block_rv):
+        elif not inlined(sch, info.block_rv):
             schedule_spatial_block(sch, info.block_rv, facts)
     axes, (ry, k) = output_axes(sch, main)
     x_outer, x_inner = sch.split(axes[3], [None, columns])
@@ -190,11 +170,7 @@ def schedule_int8_depthwise_nchwc(func: tirx.PrimFunc, target: Target,
     init = sch.decompose_reduction(main, ry)
     sch.tensorize(i, depthwise_dot())
     sch.unroll(x_inner)
-    for stage in (init, write_back):
-        tile_loops = sch.get_loops(stage)
-        inner, lanes = sch.split(tile_loops[-1], [None, LANES])
-        sch.vectorize(lanes)
-        sch.unroll(inner)
+    vectorize_tiles(sch, (init, write_back), LANES)
     return sch
 
 
@@ -243,14 +219,11 @@ def _depthwise_vnni():
 
 def _depthwise_width(block) -> int | None:
     """The output width of a ``depthwise_conv2d_nchwc_int8`` block, else ``None``."""
-    store = block.body
-    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+    found = reduction_operands(block, "int32", "uint8", "int8")
+    if found is None:
         return None
-    reads = [region.source for region in block.reads if not region.source.same_as(store.buffer)]
-    if len(reads) != 2 or [str(b.dtype) for b in reads] != ["uint8", "int8"]:
-        return None
-    data, weight = reads
-    if len(data.shape) != 5 or len(weight.shape) != 4 or len(store.buffer.shape) != 5:
+    data, weight, output = found
+    if len(data.shape) != 5 or len(weight.shape) != 4 or len(output.shape) != 5:
         return None
     if (static_int(weight.shape[2]), static_int(weight.shape[3])) != (LANES, TAPS):
         return None
@@ -261,7 +234,7 @@ def _depthwise_width(block) -> int | None:
         return None
     if None in extents or extents[-1] != TAPS or extents[kinds.count("S") - 1] != LANES:
         return None
-    width = static_int(store.buffer.shape[3])
+    width = static_int(output.shape[3])
     return width if width is not None and width >= 2 else None
 
 
