@@ -154,6 +154,15 @@ def _matmul_bf16(data: te.Tensor, weight: te.Tensor) -> te.Tensor:
                       name="matmul_bf16")
 
 
+def _channels(expr: relax.Expr) -> int | None:
+    """``expr``'s static size along axis 1 (channels, or channel blocks), else ``None``."""
+    shape = getattr(expr.ty, "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None or len(values) < 2 or not isinstance(values[1], tvm.tirx.IntImm):
+        return None
+    return int(values[1])
+
+
 def _kind(call: relax.Call) -> str | None:
     """Which conv of :data:`_CONVERTERS` ``call`` is: ``nchw``, or in ``plan_conv_layout``'s
     blocked layout ``blocked`` (one group), ``stem`` (an NCHW input) or ``depthwise``; ``None``
@@ -166,18 +175,19 @@ def _kind(call: relax.Call) -> str | None:
             and str(weight.ty.dtype) == "float32" and str(call.ty.dtype) == "float32"):
         return None
     if call.op.name == "relax.matmul":
-        return "matmul" if len(data.ty.shape) == len(weight.ty.shape) == 2 else None
+        return "matmul" if data.ty.ndim == 2 and weight.value.numpy().ndim == 2 else None
     attrs = call.attrs
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     groups, out = int(attrs.groups), layouts[2]
     if layouts == ("NCHW", "OIHW", "NCHW"):
         return "nchw" if groups == 1 else None
-    if not (out.startswith("NCHW") and out.endswith("c") and out[4:-1].isdigit()):
+    if not (out.startswith("NCHW") and out.endswith("c") and out[4:-1].isdigit()
+            and _channels(data) is not None):
         return None
     block = out[4:-1]
     return {("NCHW", f"OIHW{block}o", 1): "stem",
             (out, f"OIHW{block}i{block}o", 1): "blocked",
-            (out, f"OIHW1i{block}o", int(data.ty.shape[1]) * int(block)): "depthwise",
+            (out, f"OIHW1i{block}o", _channels(data) * int(block)): "depthwise",
             }.get((layouts[0], layouts[1], groups))
 
 
@@ -194,7 +204,7 @@ def _blocked(builder, rounded, data, weight: np.ndarray, conv_args):
     out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
     pairs = weight.reshape(out_blocks, in_blocks, kernel_h, kernel_w, in_block // 2, 2,
                            out_block).transpose(0, 1, 2, 3, 4, 6, 5)
-    bits = rounded(int(data.ty.shape[1]))
+    bits = rounded(_channels(data))
     return builder.call_te(_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(pairs)), *conv_args,
                            primfunc_name_hint=BLOCKED_KERNEL)
 
@@ -221,7 +231,7 @@ def _matmul(builder, rounded, data, weight: np.ndarray, conv_args):
 
 
 def _depthwise(builder, rounded, data, weight: np.ndarray, conv_args):
-    bits = rounded(int(data.ty.shape[1]))
+    bits = rounded(_channels(data))
     return builder.call_te(_depthwise_conv2d_nchwc_bf16, bits, relax.const(weight), *conv_args,
                            primfunc_name_hint=DEPTHWISE_KERNEL)
 
@@ -273,7 +283,7 @@ class _ConvsToBf16(relax.PyExprMutator):
 
     def _rounded(self, data: relax.Expr):
         def rounded(channels: int):
-            same_shape = int(data.ty.shape[1]) == channels
+            same_shape = _channels(data) == channels
             if same_shape and data in self.bits:
                 return self.bits[data]
             bits = self.builder_.emit(self.builder_.call_te(
@@ -286,9 +296,10 @@ class _ConvsToBf16(relax.PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if _is_max_pool(call) and call.args[0] in self.pooled:
+        if (_is_max_pool(call) and call.args[0] in self.pooled
+                and _channels(call.args[0]) is not None):
             data, attrs = call.args[0], call.attrs
-            bits = self._rounded(data)(int(data.ty.shape[1]))
+            bits = self._rounded(data)(_channels(data))
             return self.builder_.call_te(
                 _max_pool2d_bits, bits, [int(k) for k in attrs.pool_size],
                 [int(k) for k in attrs.strides], [int(k) for k in attrs.dilation],
