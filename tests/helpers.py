@@ -117,3 +117,19 @@ def wait_for_device(tracker: str, key: str, count: int = 1, timeout: float = 60)
             return
         time.sleep(0.5)
     raise RuntimeError(f"no server registered under '{key}' at {tracker}")
+
+
+def build_scheduled(mod, target):
+    """``mod`` (Relax, before legalization) built for ``target`` through TVM's CPU legalization,
+    relaycomp's ``schedule_cpu_loops`` and TVM's lowering: the kernels as the schedule makes
+    them, without the rest of relaycomp's pipeline."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops
+
+    with target:
+        mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_cpu_loops(target)]
+                                       + cpu.dataflow_lower_passes(target)
+                                       + cpu.finalize_passes(target))(mod)
+    return tvm.compile(mod, target, relax_pipeline=None)

@@ -4,15 +4,14 @@ four taps of a kernel row per vpdpbusd, exact against an integer reference."""
 import numpy as np
 import pytest
 import tvm
+from helpers import build_scheduled
 from models import mobilenet_style_net
 from qdq import ort_qdq
 from tvm import relax
-from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.target import codegen
 
 from relaycomp.compiler.pipeline import default_stages, run_stages
 from relaycomp.frontend.onnx_import import import_onnx
-from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops
 from relaycomp.schedules.cpu.int8_depthwise import TAPS, depthwise_taps, row_lanes
 from relaycomp.targets import resolve
 
@@ -69,14 +68,6 @@ def _reference(x: np.ndarray, weight: np.ndarray, stride: int) -> np.ndarray:
     return np.clip(np.round(y / SCALE), 0, 255).astype(np.uint8)
 
 
-def _build(mod, target):
-    with target:
-        mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_cpu_loops(target)]
-                                       + cpu.dataflow_lower_passes(target)
-                                       + cpu.finalize_passes(target))(mod)
-    return tvm.compile(mod, target, relax_pipeline=None)
-
-
 def _asm(executable) -> str:
     return executable.mod.imports[0].inspect_source("asm")
 
@@ -87,7 +78,7 @@ def built():
     cases = {}
     for case in CASES:
         mod, weight = _depthwise(*case)
-        cases[case] = mod, weight, _build(mod, CASCADE_LAKE)
+        cases[case] = mod, weight, build_scheduled(mod, CASCADE_LAKE)
     return cases
 
 
@@ -102,7 +93,7 @@ def test_depthwise_conv_is_vpdpbusd_without_spills(built, case):
 
 def test_zen5_lays_out_the_taps_with_one_byte_permute():
     mod, _ = _depthwise(32, 16, 1)
-    asm = _asm(_build(mod, ZEN5))
+    asm = _asm(build_scheduled(mod, ZEN5))
     assert "vpdpbusd" in asm and "vpermt2b" in asm and "vpinsrb" not in asm
 
 

@@ -6,11 +6,10 @@ import re
 import numpy as np
 import pytest
 import tvm
+from helpers import build_scheduled
 from tvm import relax
-from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.target import codegen
 
-from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops
 from relaycomp.targets import resolve
 
 CASCADE_LAKE = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
@@ -38,18 +37,10 @@ def _head(outputs: int):
     return bb.get(), weight
 
 
-def _build(mod, target):
-    with target:
-        mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_cpu_loops(target)]
-                                       + cpu.dataflow_lower_passes(target)
-                                       + cpu.finalize_passes(target))(mod)
-    return tvm.compile(mod, target, relax_pipeline=None)
-
-
 @pytest.fixture(scope="module")
 def built():
     """outputs -> (weight, executable): 48 (16 lanes x 3 accumulators), 40 (8 lanes x 5)."""
-    return {n: (weight, _build(mod, CASCADE_LAKE))
+    return {n: (weight, build_scheduled(mod, CASCADE_LAKE))
             for n, (mod, weight) in ((n, _head(n)) for n in (48, 40))}
 
 

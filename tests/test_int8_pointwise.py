@@ -4,11 +4,11 @@
 import numpy as np
 import pytest
 import tvm
+from helpers import build_scheduled
 from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.target import codegen
 
-from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops
 from relaycomp.schedules.cpu.common import cpu_facts
 from relaycomp.schedules.cpu.int8_pointwise import register_tile, schedule_int8_pointwise
 from relaycomp.targets import resolve
@@ -48,14 +48,6 @@ def _reference(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return np.clip(np.round(y / SCALE), 0, 255).astype(np.uint8)
 
 
-def _build(mod, target):
-    with target:
-        mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_cpu_loops(target)]
-                                       + cpu.dataflow_lower_passes(target)
-                                       + cpu.finalize_passes(target))(mod)
-    return tvm.compile(mod, target, relax_pipeline=None)
-
-
 # (in, out channels, size): 28 x 28 and 12 x 12 rows across vectors; 64 -> 24 channels (no
 # multiple of 16: the channel-lanes schedule would run half-width)
 CASES = ((16, 32, 16), (24, 16, 28), (32, 48, 12), (64, 24, 16))
@@ -64,7 +56,7 @@ CASES = ((16, 32, 16), (24, 16, 28), (32, 48, 12), (64, 24, 16))
 @pytest.fixture(scope="module")
 def built():
     """(channels, out_channels, size) -> (weight, Cascade Lake executable)."""
-    return {case: (weight, _build(mod, CASCADE_LAKE))
+    return {case: (weight, build_scheduled(mod, CASCADE_LAKE))
             for case, (mod, weight) in ((case, _pointwise(*case)) for case in CASES)}
 
 

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import tvm
+from helpers import build_scheduled
 from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.target import codegen
@@ -44,14 +45,6 @@ def _int8_conv(channels=16, out_channels=32, size=10, stride=1, zero_point=3, we
     return bb.get(), weight
 
 
-def _build(mod, target):
-    with target:
-        mod = tvm.transform.Sequential(cpu.legalize_passes(target) + [schedule_cpu_loops(target)]
-                                       + cpu.dataflow_lower_passes(target)
-                                       + cpu.finalize_passes(target))(mod)
-    return tvm.compile(mod, target, relax_pipeline=None)
-
-
 def _reference(x, weight, stride, zero_point):
     padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)),
                     constant_values=zero_point)
@@ -69,7 +62,7 @@ def _reference(x, weight, stride, zero_point):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_int8_conv_is_tensorized_and_exact(stride):
     mod, weight = _int8_conv(stride=stride)
-    executable = _build(mod, AVX2)
+    executable = build_scheduled(mod, AVX2)
     asm = executable.mod.imports[0].inspect_source("asm")
     assert "vpmaddwd" in asm and "vpmaddubsw" not in asm  # 8-bit weights: not pair-safe
     x = np.random.default_rng(1).integers(0, 256, (1, 16, 10, 10)).astype("uint8")
@@ -85,12 +78,12 @@ def test_int8_conv_is_tensorized_and_exact(stride):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pair_safe_weights_take_vpmaddubsw_and_stay_exact(stride):
     mod, weight = _int8_conv(stride=stride, weight_max=63, zero_point=255)
-    asm = _build(mod, AVX2).mod.imports[0].inspect_source("asm")
+    asm = build_scheduled(mod, AVX2).mod.imports[0].inspect_source("asm")
     assert "vpmaddubsw" in asm
     # All-255 inputs: the int16 pair sums at their extremes.
     for x in (np.full((1, 16, 10, 10), 255, np.uint8),
               np.random.default_rng(1).integers(0, 256, (1, 16, 10, 10)).astype("uint8")):
-        vm = relax.VirtualMachine(_build(mod, AVX2), tvm.cpu())
+        vm = relax.VirtualMachine(build_scheduled(mod, AVX2), tvm.cpu())
         actual = vm["main"](tvm.runtime.tensor(x)).numpy()
         expected, _ = _reference(x, weight, stride, 255)
         assert np.abs(actual.astype(int) - expected).max() <= 1
@@ -122,7 +115,7 @@ def test_avx512_vnni_target_uses_vpdpbusd():
     vnni = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
                               "mcpu": "cascadelake", "num-cores": 2})
     mod, _ = _int8_conv(channels=16, out_channels=32)
-    assert "vpdpbusd" in _build(mod, vnni).mod.imports[0].inspect_source("asm")
+    assert "vpdpbusd" in build_scheduled(mod, vnni).mod.imports[0].inspect_source("asm")
 
 
 @pytest.mark.parametrize(("out_channels", "register"), [(32, "zmm"), (24, "ymm")])
@@ -133,11 +126,11 @@ def test_avx512_vnni_uses_512_bit_vpdpbusd_or_256_bit_for_channels_in_eights(out
     vnni = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
                               "mcpu": "cascadelake", "num-cores": 2})
     mod, weight = _int8_conv(channels=16, out_channels=out_channels)
-    asm = _build(mod, vnni).mod.imports[0].inspect_source("asm")
+    asm = build_scheduled(mod, vnni).mod.imports[0].inspect_source("asm")
     assert re.search(rf"vpdpbusd\s+[^\n]*%{register}\d+", asm), "not tensorized"
     if codegen.llvm_cpu_has_features(["avx512vnni", "avx512vl"], resolve("host").tvm_target()):
         x = np.random.default_rng(1).integers(0, 256, (1, 16, 10, 10)).astype("uint8")
-        vm = relax.VirtualMachine(_build(mod, vnni), tvm.cpu())
+        vm = relax.VirtualMachine(build_scheduled(mod, vnni), tvm.cpu())
         out = vm["main"](tvm.runtime.tensor(x)).numpy()
         np.testing.assert_array_equal(out, _reference(x, weight, 1, 3)[0])
 
@@ -148,7 +141,7 @@ def test_aarch64_dotprod_target_uses_sdot_on_int8_activations():
                              "mcpu": "neoverse-n1", "num-cores": 4})
     assert int8_data_dtype(arm) == "int8" and int8_data_dtype(AVX2) == "uint8"
     mod, _ = _int8_conv(data="int8", zero_point=-3)
-    assert "sdot" in _build(mod, arm).mod.imports[0].inspect_source("asm")
+    assert "sdot" in build_scheduled(mod, arm).mod.imports[0].inspect_source("asm")
 
 
 def test_no_avx2_no_int8_schedule():
