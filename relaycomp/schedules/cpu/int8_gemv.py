@@ -27,8 +27,8 @@ from tvm.target import Target
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
     inline_epilogue,
+    matched_reduction,
     schedule_spatial_block,
-    single_reduction,
 )
 from relaycomp.schedules.cpu.int8_depthwise import has_avx512_vnni, u8_s8_operands
 from relaycomp.schedules.cpu.int8_names import DOT_8X4_VNNI, DOT_16X4_VNNI
@@ -41,17 +41,11 @@ MAX_ACCUMULATORS = 8  # independent accumulators: vpdpbusd's latency x its issue
 def schedule_int8_gemv(func: tirx.PrimFunc, target: Target,
                        facts: CpuFacts) -> s_tir.Schedule | None:
     """The schedule of the module docstring, or ``None`` when ``func`` does not match."""
-    if not has_avx512_vnni(target):
+    matched = matched_reduction(func, _gemv_shape) if has_avx512_vnni(target) else None
+    if matched is None or matched[1].prologue:
         return None
-    sch = s_tir.Schedule(func)
-    nest = single_reduction(sch)
-    if nest is None or nest.prologue:
-        return None
+    sch, nest, (outputs, _) = matched
     main = nest.main.block_rv
-    shape = _gemv_shape(sch.get(main))
-    if shape is None:
-        return None
-    outputs, _ = shape
     lanes = 16 if outputs % 16 == 0 else 8
     blocks = max(b for b in range(1, MAX_ACCUMULATORS + 1) if outputs // lanes % b == 0)
     from relaycomp.schedules.cpu import int8_intrin  # noqa: F401 - registers the intrinsics

@@ -36,8 +36,8 @@ from relaycomp.schedules.cpu.common import (
     collect_loads,
     inline_epilogue,
     loop_extent,
+    matched_reduction,
     schedule_spatial_block,
-    single_reduction,
 )
 from relaycomp.schedules.cpu.int8_depthwise import has_avx512_vnni, u8_s8_operands
 
@@ -152,17 +152,13 @@ def _pointwise_shape(block) -> tuple[int, int, int, int] | None:
 def schedule_int8_pointwise(func: tirx.PrimFunc, target: Target,
                             facts: CpuFacts) -> s_tir.Schedule | None:
     """The schedule of the module docstring, or ``None`` when ``func`` does not match."""
-    if not has_avx512_vnni(target):
+    matched = matched_reduction(func, _pointwise_shape) if has_avx512_vnni(target) else None
+    if matched is None:
         return None
-    sch = s_tir.Schedule(func)
-    nest = single_reduction(sch)
-    if nest is None or any(_HAS_IF_THEN_ELSE(sch.get(info.block_rv)) for info in nest.prologue):
+    sch, nest, (channels, height, width, inputs) = matched
+    if any(_HAS_IF_THEN_ELSE(sch.get(info.block_rv)) for info in nest.prologue):
         return None  # a padded input
     main = nest.main.block_rv
-    shape = _pointwise_shape(sch.get(main))
-    if shape is None:
-        return None
-    channels, height, width, inputs = shape
     pixels = height * width
     if pixels % LANES or inputs > MAX_INPUT_CHANNELS and channels % CHANNEL_LANES == 0:
         return None
