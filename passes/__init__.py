@@ -7,6 +7,7 @@ from relaycomp.passes import (  # noqa: F401 - importing registers them
     fold_batchnorm,
     fuse_by_pattern,
     legalize_blocked_convs,
+    legalize_layout_transforms,
     lower_qdq_to_integer,
     mark_pair_safe_weights,
     merge_parallel_convs,

@@ -76,7 +76,7 @@ def test_a_planned_chain_runs_bf16_blocked_with_the_layout_changed_at_its_ends_o
     kernels = _kernels(import_onnx(_onnx_chain()).mod, "x86-64-avx512-bf16")
     assert _count(kernels, "conv2d_nchwc_bf16") == 4
     assert _count(kernels, "conv2d_bf16") == _count(kernels, "conv2d_nchwc") == 0
-    assert _count(kernels, "te_layout_transform") == 2
+    assert _count(kernels, "layout_transform") == 2
 
 
 def test_a_max_pool_between_convs_reads_bf16():
@@ -96,7 +96,7 @@ def test_a_mobilenet_block_runs_bf16_from_its_rgb_stem_through_its_depthwise_con
     assert _count(kernels, "conv2d_nchwc_bf16") == 3
     assert _count(kernels, "depthwise_conv2d_nchwc_bf16") == 1
     assert not [name for name in kernels if re.fullmatch(r"\w*conv2d(_nchwc)?\d*", name)]
-    assert _count(kernels, "te_layout_transform") == 1
+    assert _count(kernels, "layout_transform") == 1
 
 
 @pytest.mark.parametrize("model", [

@@ -78,7 +78,8 @@ PIPELINES: dict[str, list[tuple[str, list[str]]]] = {
     # CPU: the activation layout is planned once int8 took the convs it runs (bf16 takes them
     # after, in the planned layout); the blocked convs become kernels as legalization starts.
     "llvm": (_FRONT[:3] + [("layout", ["plan_conv_layout"]), _FRONT[3],
-                           ("legalize", ["legalize_blocked_convs", *_FRONT[4][1],
+                           ("legalize", ["legalize_blocked_convs", "legalize_layout_transforms",
+                                         *_FRONT[4][1],
                                          "reduce_from_infinity"]), _FRONT[5],
                            ("schedule", ["schedule_cpu_loops"]), _NUMERICS, ("lower", _LOWER)]),
     "cuda": _FRONT + [("schedule", ["schedule_gpu_default"]), _NUMERICS,
