@@ -81,7 +81,8 @@ PIPELINES: dict[str, list[tuple[str, list[str]]]] = {
                            ("legalize", ["legalize_blocked_convs", "legalize_layout_transforms",
                                          *_FRONT[4][1],
                                          "reduce_from_infinity"]), _FRONT[5],
-                           ("schedule", ["schedule_cpu_loops"]), _NUMERICS, ("lower", _LOWER)]),
+                           ("schedule", ["schedule_cpu_loops"]),
+                           ("numerics", ["vectorize_exp", *_NUMERICS[1]]), ("lower", _LOWER)]),
     "cuda": _FRONT + [("schedule", ["schedule_gpu_default"]), _NUMERICS,
                       ("lower", _LOWER[:5] + ["rewrite_cuda_graph"] + _LOWER[5:])],
 }
