@@ -59,6 +59,7 @@ _LOWER = ["rewrite_dataflow_reshape", "to_non_dataflow", "remove_purity_checking
           "call_tir_rewrite", "static_plan_block_memory", "lower_alloc_tensor",
           "kill_after_last_use", "lower_runtime_builtin", "compute_prim_value", "vm_shape_lower",
           "attach_global_symbol"]
+_LEGALIZE_OPS = ["legalize_ops", "annotate_op_pattern", "fold_constant"]
 _FRONT = [
     ("simplify", ["fold_batchnorm", "remove_noop_ops", "unstack_max_min",
                   "decompose_ops_for_inference", "canonicalize_bindings", "fold_constant",
@@ -66,8 +67,7 @@ _FRONT = [
     ("prune", []),  # where a feature's pass may go (the prune feature's prune_channels)
     ("quantize", ["lower_qdq_to_integer"]),  # the quantize feature puts quantize_int8 first
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
-    ("legalize", ["decompose_conv_transpose", "legalize_ops", "annotate_op_pattern",
-                  "fold_constant"]),
+    ("legalize", ["decompose_conv_transpose", *_LEGALIZE_OPS]),
     ("fuse", ["fuse_ops", "fuse_tir", "mark_pair_safe_weights"]),
 ]
 # NaN-propagating max/min name an operand twice: made after the schedule stage, where no pass
@@ -77,9 +77,10 @@ _NUMERICS = ("numerics", ["propagate_nan_in_max_min"])
 PIPELINES: dict[str, list[tuple[str, list[str]]]] = {
     # CPU: the activation layout is planned once int8 took the convs it runs (bf16 takes them
     # after, in the planned layout); the blocked convs become kernels as legalization starts.
-    "llvm": (_FRONT[:3] + [("layout", ["plan_conv_layout"]), _FRONT[3],
+    "llvm": (_FRONT[:3] + [("layout", ["decompose_conv_transpose", "plan_conv_layout"]),
+                           _FRONT[3],
                            ("legalize", ["legalize_blocked_convs", "legalize_layout_transforms",
-                                         *_FRONT[4][1],
+                                         *_LEGALIZE_OPS,
                                          "reduce_from_infinity"]), _FRONT[5],
                            ("schedule", ["schedule_cpu_loops"]),
                            ("numerics", ["vectorize_exp", *_NUMERICS[1]]), ("lower", _LOWER)]),
