@@ -61,6 +61,10 @@ class _TransformsToGathers(relax.PyExprMutator):
         if not isinstance(data_type, relax.TensorType) or data_type.shape is None or not all(
                 isinstance(dim, tirx.IntImm) for dim in data_type.shape.values):
             return call
+        try:  # a map without an inverse (none that ConvertLayout makes) keeps TVM's lowering
+            call.attrs.index_map.non_surjective_inverse(data_type.shape.values)
+        except Exception:  # noqa: BLE001 - TVM raises its own error types here
+            return call
         pad_value = call.attrs.pad_value
         pad = pad_value.value if pad_value is not None else (
             0 if str(data_type.dtype).startswith(("int", "uint")) else 0.0)
