@@ -21,5 +21,5 @@ from relaycomp.passes import (  # noqa: F401 - importing registers them
     schedule_cpu_loops,
     schedule_gpu_default,
     unstack_max_min,
-    vectorize_exp,
+    vectorize_math,
 )

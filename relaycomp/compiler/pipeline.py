@@ -83,7 +83,7 @@ PIPELINES: dict[str, list[tuple[str, list[str]]]] = {
                                          *_LEGALIZE_OPS,
                                          "reduce_from_infinity"]), _FRONT[5],
                            ("schedule", ["schedule_cpu_loops"]),
-                           ("numerics", ["vectorize_exp", *_NUMERICS[1]]), ("lower", _LOWER)]),
+                           ("numerics", ["vectorize_math", *_NUMERICS[1]]), ("lower", _LOWER)]),
     "cuda": _FRONT + [("schedule", ["schedule_gpu_default"]), _NUMERICS,
                       ("lower", _LOWER[:5] + ["rewrite_cuda_graph"] + _LOWER[5:])],
 }
