@@ -13,7 +13,10 @@ Produces: each such function rewritten by the first rule of :data:`RULES` that a
   stack buffer; the epilogue applied as the tile is written back; padding its own parallel stage.
 - ``inner_reduction`` (``_cpu_reduction``): sum/mean/max over contiguous trailing axes (global
   average pooling, GEMV with a [N, K] weight): vector partial sums (rfactor), parallel outputs.
-- ``reduction``: TVM's ``dlight.cpu.Reduction`` (softmax, layer/group norm, variance, argmax).
+- ``row_reductions`` (``row_reductions``): several reductions of each row (softmax, log-softmax:
+  the row maximum and the sum): each rfactor-ed into vector partial results, all inside one
+  parallel loop over the rows.
+- ``reduction``: TVM's ``dlight.cpu.Reduction`` (layer/group norm, variance, argmax).
 - ``injective`` (``_cpu_elementwise``): inlined, outer loops parallel, innermost vectorized.
 - ``parallel_outer``: anything else (e.g. a symbolic reduction extent): leading spatial loops
   fused and parallel.
@@ -24,8 +27,8 @@ With ``prepack_weights`` a kernel whose weight is repacked gets that weight alre
 compile time when the weight is a constant.
 
 Keeps: numerics - loops are split, reordered, fused, parallelized, vectorized and unrolled, and
-each output's reduction order is kept, except in ``inner_reduction``, which adds vector-wide
-partial sums: results match the unscheduled build to fp32 rounding. Function signatures and the
+each output's reduction order is kept, except in ``inner_reduction`` and ``row_reductions``,
+which add vector-wide partial sums: results match the unscheduled build to fp32 rounding. Function signatures and the
 Relax functions are unchanged, apart from the prepacked weights above. A function no rule can
 schedule - or whose scheduling raises - is left exactly as it was: the pass never fails a build.
 Runs: after FuseTIR (the end of the cpu_generic ``legalize_passes``) and before
@@ -48,6 +51,7 @@ from relaycomp.registry import register_pass
 from relaycomp.schedules.cpu.contraction import ContractionRule
 from relaycomp.schedules.cpu.elementwise import GuardedRule, InjectiveRule, ParallelOuterRule
 from relaycomp.schedules.cpu.reduction import InnerReductionRule
+from relaycomp.schedules.cpu.row_reductions import RowReductionsRule
 
 IS_SCHEDULED = "tirx.is_scheduled"
 RULE_ATTR = "relaycomp.cpu_schedule_rule"
@@ -56,6 +60,7 @@ RULE_ATTR = "relaycomp.cpu_schedule_rule"
 RULES: tuple[ScheduleRule, ...] = (
     ContractionRule(),
     InnerReductionRule(),
+    RowReductionsRule(),
     GuardedRule("reduction", dlight_cpu.Reduction()),
     InjectiveRule(),
     ParallelOuterRule(),

@@ -23,6 +23,7 @@ from relaycomp.schedules.cpu.common import (
     schedule_spatial_block,
     single_reduction,
     static_int,
+    uses_var,
 )
 
 
@@ -44,7 +45,7 @@ class InnerReductionRule(CpuRule):
         for info in nest.prologue:
             if not _inline(sch, info.block_rv):
                 schedule_spatial_block(sch, info.block_rv, facts)
-        width = _vector_width(sch.get(main), spatial_count, facts)
+        width = reduction_width(sch.get(main), spatial_count, facts)
         if width is None:
             return None
         loops = sch.get_loops(main)
@@ -77,10 +78,11 @@ def _inline(sch: s_tir.Schedule, block_rv) -> bool:
     return True
 
 
-def _vector_width(block, spatial_count: int, facts: CpuFacts) -> int | None:
+def reduction_width(block, spatial_count: int, facts: CpuFacts) -> int | None:
     """Lanes x chains for the fused reduction, or ``None`` if it is not contiguous or divisible.
 
-    Every operand must read the reduction iterators, in order, as its trailing whole dimensions.
+    Every operand must read the reduction iterators, in order, as its trailing whole dimensions,
+    or none of them (a value of the row: softmax's maximum, subtracted from each element).
     """
     store = block.body
     if not isinstance(store, tirx.BufferStore):
@@ -95,7 +97,11 @@ def _vector_width(block, spatial_count: int, facts: CpuFacts) -> int | None:
     operands = [ld for ld in collect_loads(store.value) if not ld.source.same_as(store.buffer)]
     if not operands:
         return None
-    for load in operands:
+    reading = [load for load in operands
+               if any(uses_var(index, it.var) for index in load.indices for it in iters)]
+    if not reading:
+        return None
+    for load in reading:
         tail = list(load.indices)[len(load.indices) - len(iters) :]
         dims = list(load.source.shape)[len(load.indices) - len(iters) :]
         if len(tail) != len(iters):
