@@ -304,3 +304,24 @@ def test_a_rule_that_raises_counts_as_not_applicable():
     mod = _legalized(_function({"x": (4, 8)}, lambda x: R.nn.relu(x)), scheduled=False)
     (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
     assert GuardedRule("broken", Broken()).apply(func, TARGET, False) is None
+
+
+def _concat_padded(a, b):
+    return R.nn.pad(R.concat([a, b], axis=1), [0, 0, 0, 0, 1, 1, 1, 1], pad_value=0.5)
+
+
+def test_a_padded_concat_keeps_numerics():
+    _assert_schedule_keeps_numerics({"a": (1, 3, 20, 21), "b": (1, 5, 20, 21)}, _concat_padded)
+
+
+@pytest.mark.parametrize(("inputs", "body", "split"), [
+    ({"a": (1, 3, 20, 21), "b": (1, 5, 20, 21)}, _concat_padded, True),
+    ({"a": (1, 3, 20, 21)}, lambda a: R.nn.pad(a, [0, 0, 0, 0, 1, 1, 1, 1]), False),
+], ids=["concat-then-pad", "one-input-pad"])
+def test_padding_of_several_inputs_is_filled_by_a_block_of_its_own(inputs, body, split):
+    """The pad value in a fill block, the interior written without a bounds test per element
+    (int8 PP-OCRv4 det's resized-concat-padded neck: 2.68 -> 0.47 ms on Zen 5); a one-input
+    pad stays one block (split, measured slower)."""
+    scheduled = _legalized(_function(inputs, body), scheduled=True)
+    [kernel] = [f for f in scheduled.functions.values() if _rule(f) == "injective"]
+    assert ("_pad_const" in kernel.script()) == split

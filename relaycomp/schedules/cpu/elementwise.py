@@ -2,7 +2,8 @@
 
 - :class:`InjectiveRule`: functions made only of injective blocks (elementwise, broadcast, pad,
   transpose, reshape, concat, layout transforms). Producers are inlined into consumers where
-  possible; every remaining block gets fused-outer-parallel / vectorized-inner loops.
+  possible; every remaining block gets fused-outer-parallel / vectorized-inner loops; a padded
+  block that reads several tensors gets the pad value from a fill block of its own.
 - :class:`ParallelOuterRule`: anything else with leading spatial loops (reductions no other rule
   took, symbolic shapes): those loops are fused and made parallel, injective blocks vectorized.
 - :class:`GuardedRule`: runs a TVM dlight rule (e.g. ``dlight.cpu.Reduction``)
@@ -20,6 +21,7 @@ from relaycomp.schedules.cpu.common import (
     MIN_PARALLEL_ELEMENTS,
     CpuFacts,
     CpuRule,
+    collect_loads,
     schedule_spatial_block,
 )
 
@@ -39,8 +41,28 @@ class InjectiveRule(CpuRule):
         if any(sch.get(info.block_rv).init is not None for info in infos):
             return None
         for info in try_inline(sch, infos):
+            fill = _split_off_padding(sch, info.block_rv)
+            if fill is not None:
+                schedule_spatial_block(sch, fill, facts)
             schedule_spatial_block(sch, info.block_rv, facts)
         return sch
+
+
+def _split_off_padding(sch: s_tir.Schedule, block_rv) -> s_tir.schedule.SBlockRV | None:
+    """For a padded block that reads several tensors (a concat padded for the next conv), a
+    block of its own filling the pad value (a memset), the padded block then writing only the
+    interior, without the bounds test per element that kept LLVM from vectorizing it; returns
+    the fill block, or ``None`` (a one-input pad vectorizes as it is: measured slower split)."""
+    store = sch.get(block_rv).body
+    if not isinstance(store, tirx.BufferStore):
+        return None
+    sources = {load.source for load in collect_loads(store.value)}
+    if len(sources) < 2:
+        return None
+    try:
+        return sch.decompose_padding(block_rv, sch.get_loops(block_rv)[0])
+    except Exception:  # noqa: BLE001 - not a padding pattern
+        return None
 
 
 class ParallelOuterRule(CpuRule):
