@@ -67,3 +67,20 @@ def test_channels_that_fill_the_block_or_would_double_are_left_alone():
     assert padded_width(16, 32) == 16 and padded_width(32, 16) == 32
     mod = _chain()
     assert pad_channels(mod, block=8).same_as(mod)
+
+
+def test_an_integer_conv_is_left_alone():
+    """An int8 conv (uint8 x int8 -> int32, as lower_qdq_to_integer leaves it) is no float
+    conv the layout plan takes: padding it would only add slices (and once took PP-OCRv4 det's
+    int8 build down with it)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, 6, 6), "uint8"))
+    weight = relax.const(RNG.integers(-127, 128, (24, 32, 1, 1)).astype("int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.nn.conv2d(x, weight, out_dtype="int32"))
+        bb.emit_func_output(y)
+    before = bb.get()
+    report = {}
+    assert pad_channels(before, block=16, report=report).same_as(before)
+    assert report == {"padded": 0}
