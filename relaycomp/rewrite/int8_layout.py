@@ -1,34 +1,41 @@
-"""Plan the layout of uint8 activations between int8 convs: ``NCHW16c`` along conv chains.
+"""Plan the layout of uint8 activations between int8 convs: ``NCHW[b]c`` along conv chains.
 
 ``lower_qdq_to_integer`` leaves each int8 conv as ``conv2d(x_q, W_q) -> int32`` followed by its
 requantizing epilogue (rescale, bias, residual add, the next ``quantize``), all on NCHW. The
-x86 int8 kernels then copy their uint8 input into the layout ``vpdpbusd`` reads (four input
-channels of a pixel adjacent) and write their channels-last accumulators back to NCHW through a
-transpose, in every conv. :func:`plan_int8_layout` gives chains of such convs ``NCHW16c``
-activations instead: a pixel's 16 channels adjacent, so a 32-bit broadcast of the input is four
-channels of one pixel, and the 16 int32 lanes of a ``vpdpbusd`` accumulator are one output
-pixel's 16 channels, stored whole (one 16-byte store after requantizing). Layout changes happen
-where a chain starts or ends (the stem, the pooling head, ops that need NCHW).
+x86 int8 kernels then copy their uint8 input into the layout their dot product reads (four
+input channels of a pixel adjacent) and write their channels-last accumulators back to NCHW
+through a transpose, in every conv. :func:`plan_int8_layout` gives chains of such convs
+``NCHW[b]c`` activations instead: a pixel's ``b`` channels adjacent, so a 32-bit broadcast of
+the input is four channels of one pixel, and the ``b`` int32 lanes of an accumulator are one
+output pixel's ``b`` channels, stored whole (``b`` bytes after requantizing). The block is the
+target's (:func:`block_for`): 16 with AVX-512 VNNI (``vpdpbusd`` on zmm), 8 on AVX2 without it
+(ymm: ``vpmaddubsw`` + ``vpmaddwd`` where the weights are pair-safe, ``int8.pair_safe`` - the
+7-bit weights relaycomp's quantizer gives AVX2 targets always are - else ``vpmaddwd`` on
+widened operands; both exact). Layout changes happen where
+a chain starts or ends (the stem, the pooling head, ops that need NCHW).
 
-How: the per-tensor ``quantize``/``dequantize`` ops become the elementwise ops their TVM
-legalization computes (bit-identical), so that TVM's ``ConvertLayout`` carries the layout through
-them as through the rescale and residual adds. Asked for ``NCHW16c``: the one-group int8 convs
-(uint8 x int8 -> int32, channels multiples of :data:`BLOCK`; the RGB stem, three channels and
-the zero one ``lower_qdq_to_integer`` adds, reads its image as one ``NCHW4c`` block), and the
-depthwise ones whose input
-a planned conv makes (a depthwise conv after an NCHW producer - MobileNetV2's convs over 24
-channels - keeps NCHW: changing its input, 4-6x its expansion's, would cost more); a depthwise
-conv ``lower_qdq_to_integer`` left summing in float32 (7-wide rows) is made the same integer
-conv in int32 first. The others are asked for what they have. The planned convs then become the
-kernels of :mod:`relaycomp.rewrite.int8_kernels` (weights laid out at compile time: a step's
-16 x 4 weights of an output block are one 64-byte load), scheduled by
-:mod:`relaycomp.schedules.cpu.int8_nchwc`.
+How: the importer's ``Clip`` kernels (``call_tir`` of a max/min) become ``maximum``/``minimum``
+ops and the per-tensor ``quantize``/``dequantize`` ops the elementwise ops their TVM
+legalization computes (bit-identical; :mod:`int8_elementwise`), so that TVM's ``ConvertLayout``
+carries the layout through them as through the rescale and residual adds. Asked for
+``NCHW[b]c``: the one-group int8 convs (uint8 x int8 -> int32, channels multiples of ``b``;
+the RGB stem, three channels and the zero one ``lower_qdq_to_integer`` adds, reads its image as
+one ``NCHW4c`` block), and the depthwise ones whose input a planned conv makes (a depthwise
+conv after an NCHW producer - on AVX-512, MobileNetV2's convs over 24 channels - keeps NCHW:
+changing its input, 4-6x its expansion's, would cost more); a depthwise conv
+``lower_qdq_to_integer`` left summing in float32 (7-wide rows; on AVX2 all) is made the same
+integer conv in int32 first, its kernel rows widened to :data:`TAPS`. The others are asked for
+what they have. The planned convs then become the kernels of
+:mod:`relaycomp.rewrite.int8_kernels` (weights laid out at compile time: a step's ``b`` x 4
+weights of an output block are one vector load), scheduled by
+:mod:`relaycomp.schedules.cpu.int8_nchwc` and ``int8_nchwc_depthwise``.
 
 Keeps: outputs bit-identical (the same integer sums and float epilogue operations).
-Applies on x86 CPUs with AVX-512 VNNI only (the kernels' instruction); refused, the module
-unchanged and the reason reported, when the layout would change more than once per
-:data:`CONVS_PER_CHANGE` planned convs. ResNet-18: all 20 convs planned, 2 layout changes (the
-image, the pooled features); MobileNetV2: 46 of 52 convs, 4 changes.
+Applies on x86 CPUs with AVX-512 VNNI or AVX2; refused, the module unchanged and the reason
+reported, when the layout would change more than once per :data:`CONVS_PER_CHANGE` planned
+convs. ResNet-18: all 20 convs planned, 2 layout changes (the image, the pooled features);
+MobileNetV2 (onnxruntime's QDQ, VNNI): 46 of 52 convs, 4 changes; MobileNetV2 quantized by
+relaycomp for AVX2: all 52, 2 changes.
 """
 
 from __future__ import annotations
@@ -37,27 +44,22 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from relaycomp.rewrite.int8_kernels import BLOCK, GROUP, LAYOUT, TAPS, BlockedToKernels
-from relaycomp.schedules.cpu.int8 import AVX512_VNNI, int8_instructions
+from relaycomp.rewrite.int8_elementwise import (
+    ELEMENTWISE,
+    ClipTirToOps,
+    QdqToElementwise,
+    TransformBeforeDequantize,
+)
+from relaycomp.rewrite.int8_kernels import AVX2_BLOCK, BLOCK, GROUP, TAPS, BlockedToKernels
+from relaycomp.schedules.cpu.int8_isa import AVX2, AVX512_VNNI, int8_instructions
 
 CONVS_PER_CHANGE = 2  # planned convs a layout change must pay for
 CONV_OP = "relax.nn.conv2d"
-# the ops of a requantizing epilogue and a residual add, quantize/dequantize decomposed
-ELEMENTWISE = {f"relax.{name}" for name in (
-    "astype", "add", "subtract", "multiply", "divide", "round", "minimum", "maximum")}
-
-
-def _scalar(expr) -> float | None:
-    if not isinstance(expr, tvm.ir.expr.Constant):
-        return None
-    value = expr.value.numpy()
-    return float(value.reshape(-1)[0]) if value.size == 1 else None
-
-
-def _float_depthwise(call: relax.Call) -> np.ndarray | None:
+def _float_depthwise(call: relax.Call, block: int = BLOCK) -> np.ndarray | None:
     """The int8 weights, widened to ``TAPS``-wide rows, of a depthwise conv that
     ``lower_qdq_to_integer`` left summing uint8 inputs in float32 (rows its NCHW kernel does
-    not tile, e.g. 7 wide) with integer weights, its channels whole blocks; else ``None``."""
+    not tile, e.g. 7 wide; every one on AVX2) with integer weights, its channels whole
+    ``block`` s; else ``None``."""
     data, weight = call.args
     attrs = call.attrs
     if not (isinstance(weight, tvm.ir.expr.Constant) and len(weight.ty.shape) == 4
@@ -68,7 +70,7 @@ def _float_depthwise(call: relax.Call) -> np.ndarray | None:
     values = weight.value.numpy()
     channels = values.shape[0]
     if not (int(attrs.groups) == channels == int(data.ty.shape[1]) and values.shape[1] == 1
-            and channels % BLOCK == 0 and values.shape[3] <= TAPS
+            and channels % block == 0 and values.shape[3] <= TAPS
             and all(int(d) == 1 for d in attrs.dilation)):
         return None
     if np.any(values != np.round(values)) or values.min() < -128 or values.max() > 127:
@@ -77,10 +79,11 @@ def _float_depthwise(call: relax.Call) -> np.ndarray | None:
     return np.concatenate([values.astype(np.int8), extra], axis=3)
 
 
-def _plannable(call: relax.Call) -> str | None:
+def _plannable(call: relax.Call, block: int = BLOCK) -> str | None:
     """``"dense"`` for a one-group NCHW uint8 x int8 -> int32 conv with a constant weight, its
-    channels whole blocks (``"stem"`` with four input channels: ``NCHW4c`` in); ``"depthwise"`` for such a depthwise conv with ``TAPS``-wide kernel
-    rows and no dilation; else ``None``."""
+    channels whole ``block`` s (``"stem"`` with four input channels: ``NCHW4c`` in);
+    ``"depthwise"`` for such a depthwise conv with ``TAPS``-wide kernel rows and no dilation;
+    else ``None``."""
     data, weight = call.args
     attrs = call.attrs
     if not (isinstance(weight, tvm.ir.expr.Constant) and len(weight.ty.shape) == 4):
@@ -89,51 +92,18 @@ def _plannable(call: relax.Call) -> str | None:
     if not (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW"
             and attrs.out_layout == "NCHW" and str(data.ty.dtype) == "uint8"
             and str(weight.ty.dtype) == "int8" and str(call.ty.dtype) == "int32"
-            and out_channels % BLOCK == 0):
+            and out_channels % block == 0):
         return None
     groups = int(attrs.groups)
-    if groups == 1 and in_channels % BLOCK == 0 and int(data.ty.shape[1]) == in_channels:
-        return "dense"
-    if groups == 1 and in_channels == GROUP and int(data.ty.shape[1]) == in_channels:
-        return "stem"  # an RGB image (and a zero channel): read as one block of 4 channels
-    if (groups == out_channels and in_channels == 1 and int(data.ty.shape[1]) == groups
+    kind = None
+    if groups == 1 and in_channels % block == 0 and int(data.ty.shape[1]) == in_channels:
+        kind = "dense"
+    elif groups == 1 and in_channels == GROUP and int(data.ty.shape[1]) == in_channels:
+        kind = "stem"  # an RGB image (and a zero channel): read as one block of 4 channels
+    elif (groups == out_channels and in_channels == 1 and int(data.ty.shape[1]) == groups
             and int(weight.ty.shape[3]) == TAPS and all(int(d) == 1 for d in attrs.dilation)):
-        return "depthwise"
-    return None
-
-
-@relax.expr_functor.mutator
-class _QdqToElementwise(relax.PyExprMutator):
-    """Per-tensor ``quantize``/``dequantize`` -> the elementwise ops of their legalization:
-    ``astype(max(min(round(x / s) + zp, hi), lo))`` and ``astype(astype(q, int32) - zp, float32) *
-    s`` (the same float operations, in the same order)."""
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name not in (
-                "relax.quantize", "relax.dequantize"):
-            return call
-        data, scale, zero_point = call.args
-        s, zp = _scalar(scale), _scalar(zero_point)
-        dtype = str(call.attrs.out_dtype)
-        if s is None or zp is None:
-            return call
-        if call.op.name == "relax.quantize":
-            if dtype not in ("uint8", "int8") or str(data.ty.dtype) != "float32":
-                return call
-            info = np.iinfo(dtype)
-            value = relax.op.round(relax.op.divide(data, relax.const(s, "float32")))
-            value = relax.op.add(value, relax.const(zp, "float32"))
-            # clip as minimum then maximum (what TVM's clip computes), which ConvertLayout
-            # carries and clip it does not
-            value = relax.op.minimum(value, relax.const(float(info.max), "float32"))
-            value = relax.op.maximum(value, relax.const(float(info.min), "float32"))
-            return relax.op.astype(value, dtype)
-        if dtype != "float32" or str(data.ty.dtype) not in ("uint8", "int8"):
-            return call
-        shifted = relax.op.subtract(relax.op.astype(data, "int32"),
-                                    relax.const(int(zp), "int32"))
-        return relax.op.multiply(relax.op.astype(shifted, "float32"), relax.const(s, "float32"))
+        kind = "depthwise"
+    return kind
 
 
 @relax.expr_functor.mutator
@@ -143,15 +113,15 @@ class _DepthwiseToInt32(relax.PyExprMutator):
     tap, out_dtype="int32"), "float32")``: the same integers (the float sums were exact), so
     that the planned depthwise kernel takes it."""
 
-    def __init__(self, fed: list):
+    def __init__(self, fed: list, block: int = BLOCK):
         super().__init__()
-        self.fed = fed
+        self.fed, self.channel_block = fed, block
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP):
             return call
-        weight = _float_depthwise(call)
+        weight = _float_depthwise(call, self.channel_block)
         if weight is None or not any(call.args[1].same_as(w) for w in self.fed):
             return call
         attrs = call.attrs
@@ -161,34 +131,6 @@ class _DepthwiseToInt32(relax.PyExprMutator):
                                  padding=[top, left, bottom, right], dilation=attrs.dilation,
                                  groups=attrs.groups, out_dtype="int32")
         return relax.op.astype(acc, "float32")
-
-
-@relax.expr_functor.mutator
-class _TransformBeforeDequantize(relax.PyExprMutator):
-    """``layout_transform(f(x))``, ``f`` a decomposed ``dequantize`` (elementwise ops with
-    scalar constants) of a uint8/int8 ``x`` -> ``f(layout_transform(x))``: the layout of a
-    residual's 1-byte input changes, not of its 4-byte float dequantization (ResNet-18's first
-    residual), and usually the same ``layout_transform(x)`` the next conv reads."""
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.layout_transform"):
-            return call
-        chain, value = [], call.args[0]
-        while isinstance(value, relax.Var):
-            bound = self.lookup_binding(value)
-            if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)
-                    and bound.op.name in ELEMENTWISE and len(chain) < 8
-                    and all(_scalar(arg) is not None for arg in bound.args[1:])):
-                break
-            chain.append(bound)
-            value = bound.args[0]
-        if not chain or str(value.ty.dtype) not in ("uint8", "int8"):
-            return call
-        result = relax.Call(call.op, [value], call.attrs)
-        for bound in reversed(chain):
-            result = relax.Call(bound.op, [result, *bound.args[1:]], bound.attrs)
-        return result
 
 
 def _mutate(mutator, mod: tvm.IRModule) -> tvm.IRModule:
@@ -213,15 +155,15 @@ def layout_changes(func: relax.Function) -> int:
     return count
 
 
-def _fed_by_dense_convs(func: relax.Function) -> list:
+def _fed_by_dense_convs(func: relax.Function, block: int = BLOCK) -> list:
     """The weights of the depthwise convs whose input a plannable one-group conv produces,
     through elementwise ops (its requantizing epilogue, a residual add): the convs whose input
     is already ``NCHW16c`` once that one is planned. A depthwise conv after an NCHW producer (a
     conv over 24 channels) keeps NCHW: its input, 4-6x its expansion's input, would change
     layout instead."""
     bound: dict = {}
-    for block in func.body.blocks:
-        for binding in block.bindings:
+    for dataflow in func.body.blocks:
+        for binding in dataflow.bindings:
             bound[binding.var] = binding.value
 
     def from_dense(expr, depth: int = 0) -> bool:
@@ -229,7 +171,7 @@ def _fed_by_dense_convs(func: relax.Function) -> list:
         if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op) or depth > 32:
             return False
         if value.op.name == CONV_OP:
-            return _plannable(value) in ("dense", "stem")
+            return _plannable(value, block) in ("dense", "stem")
         if value.op.name not in ELEMENTWISE:
             return False
         return any(from_dense(arg, depth + 1) for arg in value.args
@@ -238,7 +180,8 @@ def _fed_by_dense_convs(func: relax.Function) -> list:
     return [value.args[1] for value in bound.values()
             if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
             and value.op.name == CONV_OP and from_dense(value.args[0])
-            and (_plannable(value) == "depthwise" or _float_depthwise(value) is not None)]
+            and (_plannable(value, block) == "depthwise"
+                 or _float_depthwise(value, block) is not None)]
 
 
 def _convs(func: relax.Function) -> list[relax.Call]:
@@ -249,41 +192,53 @@ def _convs(func: relax.Function) -> list[relax.Call]:
     return found
 
 
+def block_for(target: tvm.target.Target | None) -> int | None:
+    """The channel block ``target``'s planned kernels take: 16 on an x86 CPU with AVX-512
+    VNNI (``vpdpbusd``), 8 with AVX2 only (``vpmaddubsw`` + ``vpmaddwd``, pair-safe weights);
+    else ``None``."""
+    if target is None or target.kind.name != "llvm":
+        return None
+    return {AVX512_VNNI: BLOCK, AVX2: AVX2_BLOCK}.get(int8_instructions(target))
+
+
 def applies(target: tvm.target.Target | None) -> bool:
-    """Whether ``target`` runs the planned kernels: an x86 CPU with AVX-512 VNNI."""
-    return (target is not None and target.kind.name == "llvm"
-            and int8_instructions(target) is AVX512_VNNI)
+    """Whether ``target`` runs the planned kernels: an x86 CPU with AVX-512 VNNI or AVX2."""
+    return block_for(target) is not None
 
 
 def plan_int8_layout(mod: tvm.IRModule, target: tvm.target.Target | None,
                      report: dict | None = None) -> tvm.IRModule:
-    """``mod`` with its chains of int8 convs on ``NCHW16c`` uint8 activations (module
-    docstring), or ``mod`` itself where that does not apply or pay. ``report`` gets
-    ``int8_planned`` (convs given the layout) and ``int8_layout_changes``, or ``int8_skipped``
-    and why."""
-    if not applies(target) or not any(gvar.name_hint == "main"
-                                      for gvar in mod.get_global_vars()):
+    """``mod`` with its chains of int8 convs on ``NCHW[b]c`` uint8 activations (module
+    docstring; ``b`` from :func:`block_for`), or ``mod`` itself where that does not apply or
+    pay. ``report`` gets ``int8_planned`` (convs given the layout) and
+    ``int8_layout_changes``, or ``int8_skipped`` and why."""
+    block = block_for(target)
+    if block is None or not any(gvar.name_hint == "main" for gvar in mod.get_global_vars()):
         return mod
-    if not any(_plannable(call) in ("dense", "stem") for call in _convs(mod["main"])):
+    if not any(_plannable(call, block) in ("dense", "stem")
+               for call in _convs(mod["main"])):
         return mod  # a float model, or int8 convs none of which fills a block
     planned = 0
-    decomposed = _mutate(_QdqToElementwise(mod), mod)
-    decomposed = _mutate(_DepthwiseToInt32(_fed_by_dense_convs(decomposed["main"])), decomposed)
-    fed = _fed_by_dense_convs(decomposed["main"])
+    layout = f"NCHW{block}c"
+    raised = relax.transform.DeadCodeElimination()(_mutate(ClipTirToOps(mod), mod))
+    decomposed = _mutate(QdqToElementwise(raised), raised)
+    decomposed = _mutate(_DepthwiseToInt32(_fed_by_dense_convs(decomposed["main"], block),
+                                           block), decomposed)
+    fed = _fed_by_dense_convs(decomposed["main"], block)
 
     def desired(call: relax.Call):
         nonlocal planned
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP):
             return {}
-        kind = _plannable(call)
+        kind = _plannable(call, block)
         if kind == "depthwise" and not any(call.args[1].same_as(weight) for weight in fed):
             kind = None  # its input is NCHW: changing it before would move 4-6x the bytes
         if kind is None:  # said explicitly: left alone it would adopt its input's layout
             return {CONV_OP: [str(call.attrs.data_layout), str(call.attrs.kernel_layout)]}
         planned += 1
-        return {CONV_OP: {"dense": [LAYOUT, f"OIHW{BLOCK}i{BLOCK}o"],
-                          "stem": [f"NCHW{GROUP}c", f"OIHW{GROUP}i{BLOCK}o", LAYOUT],
-                          "depthwise": [LAYOUT, f"OIHW1i{BLOCK}o"]}[kind]}
+        return {CONV_OP: {"dense": [layout, f"OIHW{block}i{block}o"],
+                          "stem": [f"NCHW{GROUP}c", f"OIHW{GROUP}i{block}o", layout],
+                          "depthwise": [layout, f"OIHW1i{block}o"]}[kind]}
 
     try:
         converted = relax.transform.ConvertLayout({}, desired)(decomposed)
@@ -294,7 +249,7 @@ def plan_int8_layout(mod: tvm.IRModule, target: tvm.target.Target | None,
         return mod
     converted = relax.transform.EliminateCommonSubexpr()(converted)
     converted = relax.transform.DeadCodeElimination()(relax.transform.EliminateCommonSubexpr()(
-        _mutate(_TransformBeforeDequantize(converted), converted)))
+        _mutate(TransformBeforeDequantize(converted), converted)))
     changes = layout_changes(converted["main"])
     if planned == 0 or changes * CONVS_PER_CHANGE > planned:
         if report is not None and planned:
@@ -304,5 +259,6 @@ def plan_int8_layout(mod: tvm.IRModule, target: tvm.target.Target | None,
     converted = relax.transform.FoldConstant()(converted)
     if report is not None:
         report.update(int8_planned=planned, int8_layout_changes=changes)
-    return relax.transform.DeadCodeElimination()(_mutate(BlockedToKernels(converted),
-                                                         converted))
+    # on AVX2 vpmaddubsw sums weight pairs in int16: other weights take exact kernels
+    kernels = BlockedToKernels(converted, block, pairs=block == AVX2_BLOCK)
+    return relax.transform.DeadCodeElimination()(_mutate(kernels, converted))

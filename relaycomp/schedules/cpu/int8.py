@@ -37,7 +37,10 @@ On AVX-512 VNNI three shapes get kernels of their own: a 1x1 conv over rows of w
 vectors puts the lanes along the row instead (``int8_pointwise``: no transposing write-back),
 tried first; a depthwise conv (``int8_depthwise``: integer accumulation, four taps a
 ``vpdpbusd``) and a batch-1 matrix-vector product (``int8_gemv``) where this schedule does
-not match.
+not match. On AVX-512 VNNI and on AVX2, the convs ``int8_layout`` planned on ``NCHW[b]c``
+activations have schedules of their own (``int8_nchwc``, ``int8_nchwc_depthwise``: 16 lanes on
+``vpdpbusd``, 8 on ``vpmaddubsw`` + ``vpmaddwd``), as has the batch-1 head on AVX2
+(``int8_gemv``: ``vpmaddwd`` on widened operands).
 
 The same schedule runs bf16 convs (``convert_to_bf16``: ``acc += widen(data) * widen(weight)``
 over bf16 bits held as ``uint16``, fp32 ``acc``) on AVX-512 BF16's ``vdpbf16ps``, 16 or 8 lanes x
@@ -48,15 +51,12 @@ reads them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
-from tvm.target import Target, codegen
+from tvm.target import Target
 
-from relaycomp.schedules.cpu.bf16_arm_llvm import LLVM_IR as BFDOT_LLVM_IR
-from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA, LLVM_IR
+from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA
 from relaycomp.schedules.cpu.bf16_nchwc import schedule_bf16_nchwc
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
@@ -70,7 +70,25 @@ from relaycomp.schedules.cpu.common import (
 )
 from relaycomp.schedules.cpu.int8_depthwise import schedule_int8_depthwise
 from relaycomp.schedules.cpu.int8_gemv import schedule_int8_gemv
-from relaycomp.schedules.cpu.int8_names import (
+from relaycomp.schedules.cpu.int8_isa import (  # noqa: F401 - re-exported, the public names
+    ARM_BFDOT,
+    ARM_SDOT,
+    AVX2,
+    AVX2_PAIRS,
+    AVX512_BF16,
+    AVX512_BF16_YMM,
+    AVX512_VNNI,
+    AVX512_VNNI_YMM,
+    PAIR_SAFE_PARAMS,
+    X86_TRIPLES,
+    Int8Instructions,
+    bf16_instructions,
+    int8_data_dtype,
+    int8_instructions,
+    pair_safe,
+    prefers_pair_safe_weights,
+)
+from relaycomp.schedules.cpu.int8_names import (  # noqa: F401 - re-exported
     DOT_4X2_BFDOT,
     DOT_4X4_SDOT,
     DOT_8X2_AVX2,
@@ -81,6 +99,7 @@ from relaycomp.schedules.cpu.int8_names import (
     DOT_16X4_VNNI,
 )
 from relaycomp.schedules.cpu.int8_nchwc import schedule_int8_nchwc
+from relaycomp.schedules.cpu.int8_nchwc_depthwise import schedule_int8_depthwise_nchwc
 from relaycomp.schedules.cpu.int8_pointwise import (
     groups_last,
     schedule_groups_last_stage,
@@ -91,98 +110,6 @@ LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 EPILOGUE_COST = 14  # instructions per vector of outputs: gather, rescale, round, clip, store
 STACK_TILE_BYTES = 1024  # TVM puts a "global" buffer on the stack only below 1 KB
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
-# PrimFunc attribute: indices of the int8 parameters that are constants with pair-safe values.
-PAIR_SAFE_PARAMS = "relaycomp.pair_safe_int8_params"
-
-
-@dataclass(frozen=True)
-class Int8Instructions:
-    """A u8 x s8 -> s32 dot-product instruction as a tensor intrinsic ``C[lanes] +=
-    A[group] . B[lanes, group]``, the vector registers and the instructions one broadcast of
-    ``A`` costs."""
-
-    intrinsic: str
-    lanes: int
-    group: int
-    registers: int
-    broadcast_cost: int
-    mac_cost: int  # instructions per accumulator and step: product(s) and add
-    scratch: int = 2  # registers besides accumulators and weights: broadcast input, product
-    data_dtype: str = "uint8"  # what the instruction multiplies the weights with
-    weight_dtype: str = "int8"
-    accumulator_dtype: str = "int32"
-    llvm_ir: str | None = None  # LLVM IR the intrinsic calls into, imported by the kernel
-    # Lane-indexed form (AArch64 ``sdot v.4s, v.16b, v.4b[i]``): one vector load holds the
-    # inputs of this many adjacent columns (0: none). Without it the ``U`` broadcast inputs of
-    # a step stay live at once on AArch64 (LLVM hoists the ``ld1r``s), not ``scratch`` of them.
-    lane_columns: int = 0
-
-
-# vpmaddwd on 16-bit widened operands (exact); a u8 pair broadcast is movzwl, vmovd, vpmovzxbw,
-# vpbroadcastd.
-AVX2 = Int8Instructions(DOT_8X2_AVX2, lanes=8, group=2, registers=16, broadcast_cost=4,
-                        mac_cost=2)
-# vpmaddubsw + vpmaddwd(ones) on pair-safe weights; a u8 quad broadcast is one vpbroadcastd; the
-# ones vector takes a register.
-AVX2_PAIRS = Int8Instructions(DOT_8X4_AVX2, lanes=8, group=4, registers=16, broadcast_cost=1,
-                              mac_cost=3, scratch=3)
-# AVX-512 VNNI vpdpbusd: four u8 x s8 products summed into s32, exact.
-AVX512_VNNI = Int8Instructions(DOT_16X4_VNNI, lanes=16, group=4, registers=32,
-                               broadcast_cost=1, mac_cost=1)
-# The same on 256-bit registers (AVX-512 VL), for output channels a multiple of 8 but not 16.
-AVX512_VNNI_YMM = Int8Instructions(DOT_8X4_VNNI, lanes=8, group=4, registers=32,
-                                   broadcast_cost=1, mac_cost=1)
-# AArch64 dot product (ARMv8.2 +dotprod): sdot, four s8 x s8 products summed into s32, exact;
-# activations are int8 (``lower_qdq_to_integer`` shifts uint8 ones by -128 for such targets).
-ARM_SDOT = Int8Instructions(DOT_4X4_SDOT, lanes=4, group=4, registers=32, broadcast_cost=1,
-                            mac_cost=1, scratch=1, data_dtype="int8", lane_columns=4)
-
-# AVX-512 BF16 vdpbf16ps: two bf16 x bf16 products added to each fp32 lane; on 512-bit registers
-# and, for output channels a multiple of 8 but not 16, on 256-bit ones (AVX-512 VL). Two spare
-# registers more than VNNI's: with 28 accumulators of a 28-wide row LLVM spilled.
-AVX512_BF16 = Int8Instructions(DOT_16X2_BF16, lanes=16, group=2, registers=32,
-                               broadcast_cost=1, mac_cost=1, scratch=4, data_dtype="uint16",
-                               weight_dtype="uint16", accumulator_dtype="float32",
-                               llvm_ir=LLVM_IR)
-AVX512_BF16_YMM = Int8Instructions(DOT_8X2_BF16, lanes=8, group=2, registers=32,
-                                   broadcast_cost=1, mac_cost=1, scratch=4, data_dtype="uint16",
-                                   weight_dtype="uint16", accumulator_dtype="float32",
-                                   llvm_ir=LLVM_IR)
-# Armv8.6 BF16 bfdot: two bf16 x bf16 products added to each of 4 fp32 lanes; lane-indexed
-# over a tile's columns like sdot (``bf16_arm_intrin``).
-ARM_BFDOT = Int8Instructions(DOT_4X2_BFDOT, lanes=4, group=2, registers=32, broadcast_cost=1,
-                             mac_cost=1, scratch=1, data_dtype="uint16", weight_dtype="uint16",
-                             accumulator_dtype="float32", llvm_ir=BFDOT_LLVM_IR,
-                             lane_columns=4)
-
-
-X86_TRIPLES = ("x86_64", "i686", "i386")
-
-
-def _triple(target: Target) -> str:
-    return str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
-
-
-def _cpu_has(target: Target, feature: str) -> bool:
-    """Whether ``target``'s CPU has ``feature``; an unknown CPU has none (the generic schedule)."""
-    try:
-        return bool(codegen.llvm_cpu_has_features([feature], target))
-    except Exception:  # noqa: BLE001 - an unknown CPU gets the generic schedule
-        return False
-
-
-def bf16_instructions(target: Target) -> Int8Instructions | None:
-    """``target``'s bf16 dot product: x86 AVX-512 BF16 (``vdpbf16ps``), AArch64 BF16
-    (``bfdot``, Armv8.6: Graviton3, Neoverse V1/V2/N2), else ``None``."""
-    if target.kind.name != "llvm":
-        return None
-    if _triple(target).startswith("aarch64"):
-        return ARM_BFDOT if _cpu_has(target, "bf16") else None
-    if not _triple(target).startswith(X86_TRIPLES):
-        return None
-    return AVX512_BF16 if _cpu_has(target, "avx512bf16") else None
-
-
 def _lane_intrinsic(isa: Int8Instructions, columns: int, stride: int) -> str:
     """The lane-indexed form of ``isa`` (``sdot`` or ``bfdot``) over ``columns`` columns."""
     if isa is ARM_BFDOT:
@@ -192,50 +119,6 @@ def _lane_intrinsic(isa: Int8Instructions, columns: int, stride: int) -> str:
     from relaycomp.schedules.cpu.int8_intrin import sdot_lanes
 
     return sdot_lanes(columns, stride)
-
-
-def int8_instructions(target: Target) -> Int8Instructions | None:
-    """The best int8 dot product of ``target``: x86 VNNI, then AVX2; AArch64 dotprod; else
-    ``None``."""
-    triple = _triple(target)
-    if triple.startswith("aarch64"):
-        return ARM_SDOT if _cpu_has(target, "dotprod") else None
-    if not triple.startswith(X86_TRIPLES):
-        return None
-    if _cpu_has(target, "avx512vnni"):
-        return AVX512_VNNI
-    return AVX2 if _cpu_has(target, "avx2") else None
-
-
-def int8_data_dtype(target: Target | None) -> str:
-    """The activation dtype ``target``'s int8 conv kernels multiply: ``int8`` for AArch64
-    dotprod (sdot), else ``uint8``."""
-    return "int8" if target is not None and target.kind.name == "llvm" and (
-        int8_instructions(target) is ARM_SDOT) else "uint8"
-
-
-def prefers_pair_safe_weights(target: Target | None) -> bool:
-    """Whether int8 kernels for ``target`` run twice as fast on pair-safe (7-bit) weights: an
-    x86 CPU with AVX2 but no AVX-512 VNNI (``None``: the host)."""
-    target = target if target is not None else Target.current(allow_none=True)
-    if target is None:
-        target = Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
-    return target.kind.name == "llvm" and int8_instructions(target) is AVX2
-
-
-def pair_safe(weight: np.ndarray) -> bool:
-    """Whether ``vpmaddubsw`` sums every pair of adjacent input channels of ``weight`` (int8,
-    ``[out, in, ...]``) with any uint8 inputs without leaving int16: per pair, the positive
-    weights sum to at most 128 and the negative ones to at least -128 (255 x 128 < 2^15)."""
-    if weight.dtype != np.int8 or weight.ndim < 2:
-        return False
-    wide = weight.astype(np.int32)
-    if wide.shape[1] % 2:
-        wide = np.concatenate([wide, np.zeros_like(wide[:, :1])], axis=1)
-    pairs = wide.reshape(wide.shape[0], wide.shape[1] // 2, 2, -1)
-    positive = np.maximum(pairs, 0).sum(axis=2)
-    negative = np.minimum(pairs, 0).sum(axis=2)
-    return bool(positive.max(initial=0) <= 128 and negative.min(initial=0) >= -128)
 
 
 def _register_intrinsics() -> None:
@@ -300,7 +183,8 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
         if bf16:  # the blocked layout of plan_conv_layout
             return schedule_bf16_nchwc(func, bf16_instructions(target), facts,
                                        narrower=AVX512_BF16_YMM)
-        return (schedule_int8_nchwc(func, target, facts)  # planned NCHW16c (int8_layout)
+        return (schedule_int8_nchwc(func, target, facts)  # planned NCHW[b]c (int8_layout)
+                or schedule_int8_depthwise_nchwc(func, target, facts)
                 or schedule_int8_depthwise(func, target, facts)
                 or schedule_int8_gemv(func, target, facts))
     out_channels, width, steps, batch_loops = shape

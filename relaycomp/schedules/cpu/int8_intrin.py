@@ -16,18 +16,19 @@ from tvm.script.ir_builder.tirx import prim_func as build_prim_func
 from relaycomp.schedules.cpu.int8_names import (
     DOT_4X4_SDOT,
     DOT_8X2_AVX2,
+    DOT_8X2_AVX2_WIDE,
     DOT_8X4_AVX2,
     DOT_8X4_VNNI,
     DOT_16X4_VNNI,
 )
 
 
-def _dot_desc(lanes: int, group: int, data: str):
+def _dot_desc(lanes: int, group: int, data: str, weight: str = "int8"):
     """What every intrinsic computes: ``C[lanes] += A[group] . B[lanes, group]`` in int32."""
 
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((group,), data, offset_factor=1),
-             B: T.Buffer((lanes, group), "int8", offset_factor=1),
+             B: T.Buffer((lanes, group), weight, offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
@@ -48,14 +49,32 @@ def _dot_8x2_avx2(A: T.Buffer((2,), "uint8", offset_factor=1),
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
         T.writes(C[0:8])
-        # (a0, a1) widened to two int16 and broadcast to all 8 lanes: [a0 a1 a0 a1 ...]. One
-        # expression: a Python name bound here becomes a T.alloc_local, i.e. a workspace
-        # allocation per output tile inside the parallel loop.
+        # (a0, a1) broadcast as a 16-bit pair to 8 byte pairs, then widened to int16: [a0 a1 a0
+        # a1 ...] (vpbroadcastw from memory, vpmovzxbw: widening first took movzwl, vmovd,
+        # vpmovzxbw, vpbroadcastd). One expression: a Python name bound here becomes a
+        # T.alloc_local, i.e. a workspace allocation per output tile inside the parallel loop.
         C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-            T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", A.vload([0], "uint8x2")),
-                                                    dtype="int32"), 8), dtype="int16x16"),
+            T.Cast("int16x16", T.reinterpret(T.broadcast(T.reinterpret(
+                A.vload([0], "uint8x2"), dtype="uint16"), 8), dtype="uint8x16")),
             T.Cast("int16x16", B.vload([0, 0], dtype="int8x16")),
+            dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _dot_8x2_avx2_wide(A: T.Buffer((2,), "uint8", offset_factor=1),
+                       B: T.Buffer((8, 2), "int16", offset_factor=1),
+                       C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        # as _dot_8x2_avx2, the weights already int16 (widened at compile time): vpmaddwd
+        # reads them from memory, no vpmovsxbw a step
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.Cast("int16x16", T.reinterpret(T.broadcast(T.reinterpret(
+                A.vload([0], "uint8x2"), dtype="uint16"), 8), dtype="uint8x16")),
+            B.vload([0, 0], dtype="int16x16"),
             dtype="int32x8")
 
 
@@ -126,6 +145,8 @@ def _dot_4x4_sdot(A: T.Buffer((4,), "int8", offset_factor=1),
 
 s_tir.TensorIntrin.register(DOT_4X4_SDOT, _dot_desc(4, 4, "int8"), _dot_4x4_sdot, override=True)
 s_tir.TensorIntrin.register(DOT_8X2_AVX2, _dot_desc(8, 2, "uint8"), _dot_8x2_avx2, override=True)
+s_tir.TensorIntrin.register(DOT_8X2_AVX2_WIDE, _dot_desc(8, 2, "uint8", "int16"),
+                            _dot_8x2_avx2_wide, override=True)
 s_tir.TensorIntrin.register(DOT_8X4_AVX2, _dot_desc(8, 4, "uint8"), _dot_8x4_avx2,
                             override=True)
 s_tir.TensorIntrin.register(DOT_16X4_VNNI, _dot_desc(16, 4, "uint8"), _dot_vnni(16),

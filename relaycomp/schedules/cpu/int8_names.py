@@ -4,6 +4,7 @@ when first needed: parsing their TVMScript costs seconds)."""
 
 DOT_8X2_AVX2 = "relaycomp_dot_8x2_u8i8i32_avx2"
 DOT_8X4_AVX2 = "relaycomp_dot_8x4_u8i8i32_avx2_pairs"
+DOT_8X2_AVX2_WIDE = "relaycomp_dot_8x2_u8i16i32_avx2"  # weights widened to int16 beforehand
 DOT_16X4_VNNI = "relaycomp_dot_16x4_u8i8i32_vnni"
 DOT_8X4_VNNI = "relaycomp_dot_8x4_u8i8i32_vnni_ymm"
 DOT_4X4_SDOT = "relaycomp_dot_4x4_i8i8i32_sdot"
