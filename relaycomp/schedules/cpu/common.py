@@ -85,7 +85,9 @@ class ReductionNest:
 
 def single_reduction(sch: s_tir.Schedule) -> ReductionNest | None:
     """``sch``'s function split around its only reduction block; ``None`` if it cannot be
-    normalized or has no or several reductions."""
+    normalized, has no or several reductions, or an epilogue block writes fewer elements than
+    the reduction (a channel slice fused after a conv): inlined into the tile's write-back, that
+    block would store the whole tile - past the end of its smaller output."""
     infos = normalize_prim_func(sch)
     if infos is None:
         return None
@@ -93,7 +95,20 @@ def single_reduction(sch: s_tir.Schedule) -> ReductionNest | None:
     if len(reductions) != 1:
         return None
     position = infos.index(reductions[0])
-    return ReductionNest(infos[:position], reductions[0], infos[position + 1:])
+    epilogue = infos[position + 1:]
+    size = _written_size(sch, reductions[0].block_rv)
+    if any(_written_size(sch, info.block_rv) < size for info in epilogue):
+        return None
+    return ReductionNest(infos[:position], reductions[0], epilogue)
+
+
+def _written_size(sch: s_tir.Schedule, block_rv) -> float:
+    """Elements of the buffer ``block_rv`` writes (infinite when symbolic: never smaller)."""
+    size = 1.0
+    for dim in sch.get(block_rv).writes[0].source.shape:
+        extent = static_int(dim)
+        size *= float("inf") if extent is None else extent
+    return size
 
 
 def reduction_operands(block, accumulator: str, data: str, weight: str) -> tuple | None:
