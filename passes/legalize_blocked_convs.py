@@ -19,6 +19,7 @@ import re
 import tvm
 from tvm import relax
 
+from relaycomp.ir import mutate_relax_functions
 from relaycomp.passes.plan_conv_layout import (
     CONV_KERNEL,
     CONV_OP,
@@ -64,14 +65,10 @@ class _BlockedConvsToKernels(relax.PyExprMutator):
 def lower_blocked_convs(mod: tvm.IRModule, report: dict | None = None) -> tvm.IRModule:
     """``mod`` with every blocked conv a kernel (see the module docstring)."""
     mutator = _BlockedConvsToKernels(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    mutated = mutate_relax_functions(mod, mutator)
     if report is not None and mutator.lowered:
         report["lowered"] = mutator.lowered
-    if not mutator.lowered:
-        return mod
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+    return relax.transform.DeadCodeElimination()(mutated) if mutator.lowered else mod
 
 
 @register_pass("legalize_blocked_convs", stage="legalize", kinds=("llvm",))

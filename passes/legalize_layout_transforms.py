@@ -23,6 +23,7 @@ import functools
 import tvm
 from tvm import relax, te, tirx
 
+from relaycomp.ir import mutate_relax_functions
 from relaycomp.registry import register_pass
 
 OP = "relax.layout_transform"
@@ -77,14 +78,10 @@ class _TransformsToGathers(relax.PyExprMutator):
 def lower_layout_transforms(mod: tvm.IRModule, report: dict | None = None) -> tvm.IRModule:
     """``mod`` with every static ``layout_transform`` a gather kernel (module docstring)."""
     mutator = _TransformsToGathers(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    mutated = mutate_relax_functions(mod, mutator)
     if report is not None and mutator.lowered:
         report["lowered"] = mutator.lowered
-    if not mutator.lowered:
-        return mod
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+    return relax.transform.DeadCodeElimination()(mutated) if mutator.lowered else mod
 
 
 @register_pass("legalize_layout_transforms", stage="legalize", kinds=("llvm",))

@@ -33,6 +33,7 @@ import tvm
 from tvm import relax, te
 
 from relaycomp.channels.relax_ops import elementwise_tir
+from relaycomp.ir import mutate_relax_functions
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.conv_window import SlidingWindow
 from relaycomp.rewrite.int8_layout import layout_changes, plan_int8_layout
@@ -216,11 +217,8 @@ def _same_shape(call: relax.Call, operand: relax.Expr) -> bool:
 
 
 def _raise_elementwise_tir(mod: tvm.IRModule) -> tvm.IRModule:
-    mutator = _ElementwiseTirToOps(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+    return relax.transform.DeadCodeElimination()(
+        mutate_relax_functions(mod, _ElementwiseTirToOps(mod)))
 
 
 def plan_layout(mod: tvm.IRModule, block: int, report: dict | None = None) -> tvm.IRModule:

@@ -380,6 +380,16 @@ def local_builder_worker():
     return _worker_func, _serialize_params
 
 
+def mutate_relax_functions(mod: tvm.IRModule, mutator) -> tvm.IRModule:
+    """The module ``mutator`` (a ``relax.PyExprMutator`` made on ``mod``) builds from visiting
+    every Relax function of ``mod`` (its dead bindings kept: ``DeadCodeElimination`` removes
+    them)."""
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 def rewrite_primfuncs(mod: tvm.IRModule, rewrite) -> tuple[tvm.IRModule, int, int]:
     """``mod`` with every PrimFunc replaced by ``rewrite(func) -> (func, count)`` where the count
     is non-zero; and the number of kernels changed and the sum of the counts. ``mod`` itself is

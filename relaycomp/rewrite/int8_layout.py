@@ -44,6 +44,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from relaycomp.ir import mutate_relax_functions
 from relaycomp.rewrite.int8_elementwise import (
     ELEMENTWISE,
     ClipTirToOps,
@@ -134,10 +135,7 @@ class _DepthwiseToInt32(relax.PyExprMutator):
 
 
 def _mutate(mutator, mod: tvm.IRModule) -> tvm.IRModule:
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
+    return mutate_relax_functions(mod, mutator)
 
 
 def layout_changes(func: relax.Function) -> int:

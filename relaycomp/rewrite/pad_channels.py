@@ -20,6 +20,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from relaycomp.ir import mutate_relax_functions
+
 CONV_OP = "relax.nn.conv2d"
 MAX_GROWTH = 0.5  # 24 -> 32 channels (+33%) pads, 16 -> 32 (+100%) does not
 BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.maximum", "relax.minimum"}
@@ -39,14 +41,10 @@ def pad_channels(mod: tvm.IRModule, block: int, report: dict | None = None) -> t
     """``mod`` with its NCHW convs' channels padded to multiples of ``block`` (module docstring);
     ``mod`` itself when no conv needs it. ``report["padded"]``: the convs given zero filters."""
     mutator = _ChannelPadder(mod, block)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    mutated = mutate_relax_functions(mod, mutator)
     if report is not None:
         report["padded"] = mutator.padded
-    if not mutator.padded:
-        return mod
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+    return relax.transform.DeadCodeElimination()(mutated) if mutator.padded else mod
 
 
 def _is_op(expr, names) -> bool:
