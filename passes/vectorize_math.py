@@ -16,8 +16,10 @@ each per 16 lanes.
 Keeps: results within 4e-7 relative of the exact functions where they are normal floats
 (denormal ones within 2e-38); ``exp(+inf) = inf``,
 ``exp(-inf) = 0``, NaN stays NaN (the last ``max`` with the argument: NaN wins a TVM ``max``,
-which lowers to ``a > b ? a : b``; ``erf`` tests for it); ``sigmoid``/``tanh``/``erf`` saturate. A
-non-trivial argument (an inlined producer) is bound once in a ``Let``.
+which lowers to ``a > b ? a : b``; ``erf`` tests for it); ``sigmoid``/``tanh``/``erf`` saturate. An
+argument is named several times as one shared expression, not bound in a ``Let``: TVM's
+vectorizer mishandled a ``Let`` inside a per-lane ``if_then_else`` (an LSTM's fused gates:
+garbage out), and the code generator and LLVM merge the repeats.
 Runs: stage ``numerics`` for CPU targets, after ``schedule``: tuning and the schedules see the
 calls; the code generator sees arithmetic.
 Reports: ``kernels`` rewritten and ``calls`` expanded.
@@ -29,7 +31,7 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 
-from relaycomp.ir import loaded_buffer, rewrite_primfuncs
+from relaycomp.ir import rewrite_primfuncs
 from relaycomp.registry import register_pass
 
 # Cephes expf: exp(r) ~ 1 + r + r^2 (P0 r^5 + ... + P5), |r| <= ln(2)/2
@@ -53,7 +55,7 @@ def _f32(value: float) -> tirx.FloatImm:
 
 
 def exp_polynomial(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    """``exp(x)`` for a float32 ``x`` (a leaf: it is named three times)."""
+    """``exp(x)`` for a float32 ``x`` (named twice, as one shared expression)."""
     clamped = tirx.Max(tirx.Min(x, _f32(_X_MAX)), _f32(_X_MIN))
     n = tirx.floor(clamped * _f32(_LOG2E) + _f32(0.5))
     r = clamped - n * _f32(_LN2)
@@ -76,13 +78,13 @@ def _power_of_two(exponent: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def _sigmoid(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    return _f32(1.0) / (_f32(1.0) + _bound(-x, exp_polynomial))
+    return _f32(1.0) / (_f32(1.0) + exp_polynomial(-x))
 
 
 def _tanh(x: tirx.PrimExpr) -> tirx.PrimExpr:
     """``sign(x) (1 - e) / (1 + e)``, ``e = exp(-2|x|)``; ``x - x^3/3 + 2x^5/15`` near 0."""
     magnitude = tirx.Max(x, -x)
-    e = _bound(_f32(-2.0) * magnitude, exp_polynomial)  # in (0, 1]
+    e = exp_polynomial(_f32(-2.0) * magnitude)  # in (0, 1]
     ratio = (_f32(1.0) - e) / (_f32(1.0) + e)
     square = x * x
     series = x * (_f32(1.0) + square * (_f32(-1.0 / 3.0) + square * _f32(2.0 / 15.0)))
@@ -106,14 +108,6 @@ def _horner(x: tirx.PrimExpr, coefficients) -> tirx.PrimExpr:
     return value
 
 
-def _bound(x: tirx.PrimExpr, build) -> tirx.PrimExpr:
-    """``build(x)``, with ``x`` bound to a variable first unless it is a load, var or constant."""
-    if loaded_buffer(x) is not None or isinstance(x, (tirx.Var, tirx.FloatImm)):
-        return build(x)
-    var = tirx.Var("v", "float32")
-    return tirx.Let(var, x, build(var))
-
-
 _EXPANSIONS = {"tirx.exp": exp_polynomial, "tirx.sigmoid": _sigmoid, "tirx.tanh": _tanh,
                "tirx.erf": _erf}
 
@@ -128,7 +122,7 @@ def rewrite_primfunc(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, int]:
         if expand is None or str(node.ty) != "float32":
             return node
         count[0] += 1
-        return _bound(node.args[0], expand)
+        return expand(node.args[0])
 
     mutated = tvm_ffi.structural_mutate(func, [(tvm.ir.expr.Call, call)])
     return (mutated, count[0]) if count[0] else (func, 0)
