@@ -69,8 +69,8 @@ class RowReductionsRule(CpuRule):
                 partials.append(sch.rfactor(lanes, factor_axis=rows))
                 partial_widths.append(width)
             except s_tir.ScheduleError:
-                # a max from -inf (reduce_from_infinity) is no reducer rfactor knows: it stays a
-                # chain, unrolled by the vector width
+                # a reducer rfactor does not know (the infinite starts were made finite in
+                # ``apply``): a chain, unrolled by the vector width
                 sch.unroll(lanes)
         last = infos[-1].block_rv
         row_loops = sch.get_loops(last)[:rows]
