@@ -8,6 +8,7 @@ from relaycomp.passes import (  # noqa: F401 - importing registers them
     fuse_by_pattern,
     legalize_blocked_convs,
     legalize_layout_transforms,
+    lower_convs_to_winograd,
     lower_qdq_to_integer,
     mark_pair_safe_weights,
     merge_parallel_convs,

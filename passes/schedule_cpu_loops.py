@@ -52,12 +52,14 @@ from relaycomp.schedules.cpu.contraction import ContractionRule
 from relaycomp.schedules.cpu.elementwise import GuardedRule, InjectiveRule, ParallelOuterRule
 from relaycomp.schedules.cpu.reduction import InnerReductionRule
 from relaycomp.schedules.cpu.row_reductions import RowReductionsRule
+from relaycomp.schedules.cpu.winograd import WinogradRule
 
 IS_SCHEDULED = "tirx.is_scheduled"
 RULE_ATTR = "relaycomp.cpu_schedule_rule"
 
 # Tried in order; the first rule returning a schedule wins. Specific before general.
 RULES: tuple[ScheduleRule, ...] = (
+    WinogradRule(),
     ContractionRule(),
     InnerReductionRule(),
     RowReductionsRule(),

@@ -22,7 +22,8 @@ PRESETS = ["x86-64-avx512", "x86-64-avx2", "cortex-a76"]
 
 
 def _net() -> onnx.ModelProto:
-    """An RGB stem, a dense 3x3 conv (several blocks of output channels whichever the block), a
+    """An RGB stem, a dense 5x5 conv (several blocks of output channels whichever the block; a
+    3x3 one would be Winograd's), a
     max pool, then a 1x1 expansion, depthwise 3x3 convs (stride 1 and 2) with ReLU6, a 1x1
     projection; a classifier head.
     Input [1, 3, 30, 30]: 15x15 after the stem, 8x8 after the pool, 4x4 after the last
@@ -30,7 +31,7 @@ def _net() -> onnx.ModelProto:
     g = _Graph(seed=3)
     zero, six = g.const(np.float32(0.0), "clip_min"), g.const(np.float32(6.0), "clip_max")
     y = g.op("Relu", [g.conv("x", 3, 64, stride=2)])
-    y = g.op("Relu", [g.conv(y, 64, 64)])
+    y = g.op("Relu", [g.conv(y, 64, 64, kernel=5)])
     y = g.op("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     y = g.op("Clip", [g.conv(y, 64, 128, kernel=1), zero, six])
     y = g.op("Clip", [g.conv(y, 128, 128, group=128), zero, six])

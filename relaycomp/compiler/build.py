@@ -185,6 +185,7 @@ def _manifest(imported: ImportedModel, spec: TargetSpec, report: PipelineReport,
         versions={"relaycomp": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__},
         report={"import": imported.report, "kernels": kernels, "fusion": report.fusion(),
                 "layout": report.facts("plan_conv_layout") or None,
+                "winograd": report.facts("lower_convs_to_winograd") or None,
                 "seconds_by_stage": report.seconds_by_stage()},
     )
 

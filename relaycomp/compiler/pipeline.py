@@ -79,8 +79,8 @@ PIPELINES: dict[str, list[tuple[str, list[str]]]] = {
     # after, in the planned layout); the blocked convs become kernels as legalization starts.
     "llvm": (_FRONT[:3] + [("layout", ["decompose_conv_transpose", "plan_conv_layout"]),
                            _FRONT[3],
-                           ("legalize", ["legalize_blocked_convs", "legalize_layout_transforms",
-                                         *_LEGALIZE_OPS,
+                           ("legalize", ["lower_convs_to_winograd", "legalize_blocked_convs",
+                                         "legalize_layout_transforms", *_LEGALIZE_OPS,
                                          "reduce_from_infinity"]), _FRONT[5],
                            ("schedule", ["schedule_cpu_loops"]),
                            ("numerics", ["vectorize_math", *_NUMERICS[1]]), ("lower", _LOWER)]),
