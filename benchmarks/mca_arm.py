@@ -1,7 +1,8 @@
 """Static estimate of the Arm kernels: llvm-mca on the innermost loops of a ``cortex-a76`` build.
 
 There is no Arm board here, but the cross-compiled aarch64 assembly can be read. For ResNet-18's
-fp32 and int8 (``r18_qdq.onnx``) 3x3 convs and MobileNetV2's largest depthwise conv, each kernel
+fp32 and int8 (``r18_qdq.onnx``) 3x3 convs (the tile products of those lowered to Winograd) and
+MobileNetV2's largest depthwise conv, each kernel
 of the scheduled module (``profile_kernels.scheduled_module``) is built alone for the target, the
 innermost loop (the basic block with the most ``fmla``/``sdot``) is cut out of its assembly and
 handed to llvm-mca with LLVM 19's Neoverse-N1 model - the server twin of the Cortex-A76: two
@@ -194,6 +195,11 @@ def conv_kernels(mod, want: str) -> list[tuple[str, str]]:
     found, seen = [], set()
     for name in names:
         func = mod[name]
+        if want == "3x3" and name.startswith("winograd_products"):
+            # a Winograd conv's tile products: [alpha^2 x tiles x C] @ [alpha^2 x C x K]
+            products = "x".join(str(int(d)) for d in func.params[-1].shape)
+            found.append((f"{products} winograd", name))
+            continue
         found_window = _window(func) if "conv2d" in name else None
         if found_window is None or found_window[0][2] != 3:
             continue
