@@ -16,10 +16,12 @@ each per 16 lanes.
 Keeps: results within 4e-7 relative of the exact functions where they are normal floats
 (denormal ones within 2e-38); ``exp(+inf) = inf``,
 ``exp(-inf) = 0``, NaN stays NaN (the last ``max`` with the argument: NaN wins a TVM ``max``,
-which lowers to ``a > b ? a : b``; ``erf`` tests for it); ``sigmoid``/``tanh``/``erf`` saturate. An
-argument is named several times as one shared expression, not bound in a ``Let``: TVM's
-vectorizer mishandled a ``Let`` inside a per-lane ``if_then_else`` (an LSTM's fused gates:
-garbage out), and the code generator and LLVM merge the repeats.
+which lowers to ``a > b ? a : b``; ``erf`` tests for it); ``sigmoid``/``tanh``/``erf`` saturate. A small
+argument (a load, a sum: up to ``_NAMED_TWICE`` nodes) is named several times as one shared
+expression, which the code generator and LLVM merge; a larger one is bound in a ``Let`` (repeated,
+nested expansions - an LSTM cell's tanh of sigmoids - grew the code exponentially: 50 s to compile
+a small CRNN), except under a per-lane ``if_then_else`` or ``Select`` (a concat), where TVM's
+vectorizer mishandles a ``Let`` (garbage out): there the call stays as it was.
 Runs: stage ``numerics`` for CPU targets, after ``schedule``: tuning and the schedules see the
 calls; the code generator sees arithmetic.
 Reports: ``kernels`` rewritten and ``calls`` expanded.
@@ -108,24 +110,58 @@ def _horner(x: tirx.PrimExpr, coefficients) -> tirx.PrimExpr:
     return value
 
 
+# An argument this small (nodes) is repeated where the expansion names it; a larger one is bound
+# in a ``Let`` - repeated, nested expansions (an LSTM's tanh of sigmoids) grew the code
+# exponentially, 50 s to compile a small CRNN.
+_NAMED_TWICE = 32
+_IF_THEN_ELSE = "prim.if_then_else"  # the op of tirx.if_then_else
 _EXPANSIONS = {"tirx.exp": exp_polynomial, "tirx.sigmoid": _sigmoid, "tirx.tanh": _tanh,
                "tirx.erf": _erf}
 
 
 def rewrite_primfunc(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, int]:
     """``func`` with its float32 ``exp``/``sigmoid``/``tanh``/``erf`` expanded; and how many."""
-    count = [0]
+    count, conditionals = [0], [0]
 
     def call(node, mutator):
+        if getattr(node.op, "name", None) == _IF_THEN_ELSE:
+            return select(node, mutator)
         node = mutator.default_mutate(node)
         expand = _EXPANSIONS.get(getattr(node.op, "name", None))
         if expand is None or str(node.ty) != "float32":
             return node
+        (argument,) = node.args
+        if _size(argument) <= _NAMED_TWICE:  # a load, a sum: cheap to repeat
+            count[0] += 1
+            return expand(argument)
+        if conditionals[0]:  # a larger argument under a per-lane condition: left as it was
+            return node
         count[0] += 1
-        return expand(node.args[0])
+        var = tirx.Var("x", "float32")
+        return tirx.Let(var, argument, expand(var))
 
-    mutated = tvm_ffi.structural_mutate(func, [(tvm.ir.expr.Call, call)])
+    def select(node, mutator):
+        conditionals[0] += 1
+        try:
+            return mutator.default_mutate(node)
+        finally:
+            conditionals[0] -= 1
+
+    mutated = tvm_ffi.structural_mutate(
+        func, [(tvm.ir.expr.Call, call), (tirx.Select, select)])
     return (mutated, count[0]) if count[0] else (func, 0)
+
+
+def _size(expr: tirx.PrimExpr) -> int:
+    """Nodes of ``expr`` as a tree (every occurrence counted), up to ``_NAMED_TWICE + 1``."""
+    seen = [0]
+
+    def visit(_node):
+        seen[0] += 1
+        return tvm_ffi.WalkResult.SKIP if seen[0] > _NAMED_TWICE else None
+
+    tvm_ffi.structural_walk(expr, visit, order="pre")
+    return seen[0]
 
 
 @register_pass("vectorize_math", stage="numerics", kinds=("llvm",),
