@@ -31,9 +31,10 @@ KERNEL = "layout_transform"
 
 
 def layout_transform_gather(data: te.Tensor, index_map: tirx.IndexMap, pad_value,
-                            ) -> te.Tensor:
-    """``out[j] = data[index_map^-1(j)]``, or ``pad_value`` where ``j`` is padding."""
-    inverse, padding = index_map.non_surjective_inverse(data.shape)
+                            inverse: tuple | None = None) -> te.Tensor:
+    """``out[j] = data[index_map^-1(j)]``, or ``pad_value`` where ``j`` is padding;
+    ``inverse`` is ``index_map.non_surjective_inverse`` of ``data``'s shape, if known."""
+    inverse, padding = inverse or index_map.non_surjective_inverse(data.shape)
     out_shape = index_map.map_shape(list(data.shape))
 
     def element(*indices):
@@ -63,7 +64,7 @@ class _TransformsToGathers(relax.PyExprMutator):
                 isinstance(dim, tirx.IntImm) for dim in data_type.shape.values):
             return call
         try:  # a map without an inverse (none that ConvertLayout makes) keeps TVM's lowering
-            call.attrs.index_map.non_surjective_inverse(data_type.shape.values)
+            inverse = call.attrs.index_map.non_surjective_inverse(data_type.shape.values)
         except Exception:  # noqa: BLE001 - TVM raises its own error types here
             return call
         pad_value = call.attrs.pad_value
@@ -71,7 +72,7 @@ class _TransformsToGathers(relax.PyExprMutator):
             0 if str(data_type.dtype).startswith(("int", "uint")) else 0.0)
         self.lowered += 1
         kernel = functools.partial(layout_transform_gather, index_map=call.attrs.index_map,
-                                   pad_value=pad)  # not TE arguments: bound, not passed
+                                   pad_value=pad, inverse=tuple(inverse))  # bound, not passed
         return self.builder_.call_te(kernel, call.args[0], primfunc_name_hint=KERNEL)
 
 
