@@ -150,13 +150,19 @@ def widened_tile(out_blocks: int, width: int, dot: BlockedDot) -> tuple[int, int
     return rows, tile
 
 
+def int8_operands(block) -> tuple | None:
+    """``(data, weight, output)`` of a ``uint8 x int8 -> int32`` reduction ``block``, or of
+    ``uint8 x int16`` (a weight widened for AVX2's ``vpmaddwd``), else ``None``."""
+    return (reduction_operands(block, "int32", "uint8", "int8")
+            or reduction_operands(block, "int32", "uint8", "int16"))
+
+
 def blocked_int8_shape(block, lanes: int = VNNI_BLOCKS.lanes,
                        ) -> tuple[int, int, tuple] | None:
     """``(out_blocks, out_width, (group, weight dtype))`` of a ``conv2d_nchwc_int8`` block of
     ``lanes``-channel blocks, its weights int8 or int16 in groups of 4 or 2 input channels
     (module docstring), else ``None``."""
-    found = (reduction_operands(block, "int32", "uint8", "int8")
-             or reduction_operands(block, "int32", "uint8", "int16"))
+    found = int8_operands(block)
     if found is None:
         return None
     data, weight, output = found

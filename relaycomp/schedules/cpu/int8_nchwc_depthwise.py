@@ -42,12 +42,11 @@ from relaycomp.schedules.cpu.common import (
     inline_epilogue,
     inlined,
     matched_reduction,
-    reduction_operands,
     schedule_spatial_block,
     static_int,
     vectorize_tiles,
 )
-from relaycomp.schedules.cpu.int8_nchwc import blocked_dot, output_axes
+from relaycomp.schedules.cpu.int8_nchwc import blocked_dot, int8_operands, output_axes
 
 TAPS = 4  # a kernel row: four adjacent pixels, one vector of NCHW[b]c
 # Output pixels a tile (accumulators), which with the kernel rows' weight vectors and the
@@ -185,8 +184,7 @@ def _depthwise_widened(lanes: int):
 def _depthwise_width(block, lanes: int) -> tuple[int, str] | None:
     """The output width and weight dtype (int8, or int16 widened for AVX2's ``vpmaddwd``) of a
     ``depthwise_conv2d_nchwc_int8`` block of ``lanes``-channel blocks, else ``None``."""
-    found = (reduction_operands(block, "int32", "uint8", "int8")
-             or reduction_operands(block, "int32", "uint8", "int16"))
+    found = int8_operands(block)
     if found is None:
         return None
     data, weight, output = found
