@@ -63,7 +63,7 @@ def fits(call: relax.Call) -> bool:
             or any(str(e.ty.dtype) != "float32" for e in (data, weight, call))):
         return False
     shape, out_shape = _static(data.ty.shape), _static(call.ty.shape)
-    kernel = weight.value.shape
+    kernel = tuple(int(d) for d in weight.value.shape)
     if shape is None or out_shape is None or len(kernel) != 6 or kernel[2:4] != (3, 3):
         return False
     return out_shape[2] * out_shape[3] >= MIN_OUTPUT_PIXELS

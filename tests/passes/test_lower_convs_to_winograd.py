@@ -8,8 +8,10 @@ import pytest
 import tvm
 from tvm import relax
 
+from relaycomp.compiler.pipeline import default_stages, run_stages, split_before
+from relaycomp.frontend.onnx_import import import_onnx
 from relaycomp.passes.lower_convs_to_winograd import OUT_EWISE_FUSABLE, lower_to_winograd
-from relaycomp.passes.schedule_cpu_loops import schedule_cpu_loops, schedule_report
+from relaycomp.passes.schedule_cpu_loops import RULE_ATTR, schedule_cpu_loops, schedule_report
 from relaycomp.rewrite import winograd
 from relaycomp.targets import resolve
 from tests.helpers import assert_matches_ort
@@ -92,29 +94,33 @@ def test_the_transforms_get_the_winograd_schedule():
     assert by_rule == {"contraction": 1, "winograd": 2}  # the ReLU fused into the output's
 
 
-def _resnet_stage(size: int, channels: int = 32, batch: int = 1, first_pad: int = 1):
-    """conv + ReLU, conv, residual add, ReLU (a ResNet basic block), in ONNX; with
-    ``first_pad=0`` the first conv shrinks the map by 2 and the block has no residual."""
+def _resnet_stage(size: int, channels: int = 32, batch: int = 1, first_pads=(1, 1, 1, 1)):
+    """conv + ReLU, conv, residual add, ReLU (a ResNet basic block), in ONNX; with other
+    ``first_pads`` (top, left, bottom, right) than 1 the first conv changes the map's size and
+    the block has no residual."""
     g = _Graph(seed=3)
     first = g.op("Relu", [g.op("Conv", [
         "x", g.weight((channels, channels, 3, 3), 9 * channels),
         g.const(RNG.standard_normal(channels).astype("float32") * 0.1)],
-        kernel_shape=[3, 3], pads=[first_pad] * 4)])
+        kernel_shape=[3, 3], pads=list(first_pads))])
     second = g.conv(first, channels, channels)
-    out_size = size + 2 * first_pad - 2
-    out = g.op("Relu", [g.op("Add", [second, "x"]) if first_pad else second])
+    top, left, bottom, right = first_pads
+    out_size = [size + top + bottom - 2, size + left + right - 2]
+    residual = tuple(first_pads) == (1, 1, 1, 1)
+    out = g.op("Relu", [g.op("Add", [second, "x"]) if residual else second])
     return g.model("stage", [_float_input("x", [batch, channels, size, size])], {"y": out},
-                   {"y": _float_output([batch, channels, out_size, out_size])})
+                   {"y": _float_output([batch, channels, *out_size])})
 
 
-@pytest.mark.parametrize(("size", "batch", "first_pad"), [
-    (16, 1, 1),   # 4x4 tiles that cover the map exactly
-    (14, 2, 1),   # the last tiles reach past the map; two images
-    (18, 1, 0),   # an unpadded conv: 16x16 outputs of an 18x18 input
+@pytest.mark.parametrize(("size", "batch", "first_pads"), [
+    (16, 1, (1, 1, 1, 1)),   # 4x4 tiles that cover the map exactly
+    (14, 2, (1, 1, 1, 1)),   # the last tiles reach past the map; two images
+    (18, 1, (0, 0, 0, 0)),   # an unpadded conv: 16x16 outputs of an 18x18 input
+    (16, 1, (2, 0, 1, 1)),   # uneven padding: 17x15 outputs
 ])
-def test_compiled_convs_match_onnxruntime(tmp_path, size, batch, first_pad):
+def test_compiled_convs_match_onnxruntime(tmp_path, size, batch, first_pads):
     x = RNG.standard_normal((batch, 32, size, size)).astype("float32")
-    assert_matches_ort(_resnet_stage(size, batch=batch, first_pad=first_pad), {"x": x},
+    assert_matches_ort(_resnet_stage(size, batch=batch, first_pads=first_pads), {"x": x},
                        tmp_path, rtol=2e-5)
     report = json.loads((tmp_path / "model.so.json").read_text())["report"]
     assert report["winograd"] == {"lowered": 2, "tile": "F(4x4, 3x3)"}
@@ -129,3 +135,17 @@ def test_an_onnx_conv_without_bias_matches_too(tmp_path):
                     {"y": _float_output([1, 32, 16, 16])})
     x = RNG.standard_normal((1, 32, 16, 16)).astype("float32")
     assert_matches_ort(model, {"x": x}, tmp_path, rtol=2e-5)
+
+
+def test_every_kernel_of_a_lowered_conv_gets_its_rule():
+    """The transforms get the Winograd schedule, also an output transform fused with the
+    layout change back to NCHW where the chain ends (else the injective rule left its
+    coefficients as runtime selects: 27x slower); the tile products the contraction rule."""
+    target = resolve("host", num_cores=2).tvm_target()
+    stages, _ = split_before(default_stages("llvm"), "lower")
+    mod = run_stages(import_onnx(_resnet_stage(16)).mod, stages, target)[0]
+    rules = {gvar.name_hint: str(func.attrs[RULE_ATTR]) for gvar, func in mod.functions_items()
+             if isinstance(func, tvm.tirx.PrimFunc) and "winograd" in gvar.name_hint}
+    assert any("layout_transform" in name for name in rules), rules  # the case in question
+    for name, rule in rules.items():
+        assert rule == ("contraction" if "products" in name else "winograd"), (name, rule)

@@ -7,7 +7,9 @@
   unrolled (the coefficients fold to constants, zero terms drop) and the channel block vectorized.
 - Output transform (with the conv's epilogue inlined: bias, residual add, ReLU): one parallel
   iteration per (image, output-channel block, row of tiles); per tile and output row, the row
-  pass (``A^T M``) into a stack buffer, then the columns, written as whole channel vectors.
+  pass (``A^T M``) into a stack buffer, then the columns, written as whole channel vectors. A
+  block fused after them in another shape (a layout change where the chain ends) is a parallel
+  stage of its own.
 
 Each stack buffer holds one row of the tile (``alpha x b`` floats, under the 1 KB that lowering
 keeps on the stack rather than allocating per iteration).
@@ -18,7 +20,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from relaycomp.rewrite.winograd import INPUT_ROWS, INPUT_TRANSFORM, OUTPUT_ROWS, OUTPUT_TRANSFORM
-from relaycomp.schedules.cpu.common import CpuFacts, CpuRule, loop_extent
+from relaycomp.schedules.cpu.common import CpuFacts, CpuRule, loop_extent, schedule_spatial_block
 
 
 class WinogradRule(CpuRule):
@@ -56,9 +58,17 @@ def _schedule_input(sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule:
 def _schedule_output(sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule:
     rows = sch.get_sblock(OUTPUT_ROWS)
     tile = int(sch.get(rows).writes[0].source.shape[2])
-    *inlined, last = [block for block in _blocks(sch) if sch.get(block).name_hint != OUTPUT_ROWS]
-    for block in reversed(inlined):  # the transform and the epilogue but its last op
+    blocks = [block for block in _blocks(sch) if sch.get(block).name_hint != OUTPUT_ROWS]
+    shapes = [[int(d) for d in sch.get(block).writes[0].source.shape] for block in blocks]
+    # the transform and the epilogue written over its output (bias, residual add, ReLU) become
+    # one block; what follows in another shape (a layout change at the chain's end) stays a
+    # stage of its own
+    same = next((i for i, shape in enumerate(shapes) if shape != shapes[0]), len(shapes))
+    *inlined, last = blocks[:same]
+    for block in reversed(inlined):
         sch.compute_inline(block)
+    for block in blocks[same:]:
+        schedule_spatial_block(sch, block, facts)
     batch, channel_block, y, x, lane = sch.get_loops(last)
     tile_y, row = sch.split(y, [None, tile])
     tile_x, column = sch.split(x, [None, tile])
