@@ -1,10 +1,10 @@
 """Lower planned fp32 3x3 stride-1 convs to Winograd F(4x4, 3x3): a quarter of the multiply-adds.
 
 Matches: ``conv2d`` on ``NCHW[b]c`` activations (as ``plan_conv_layout`` leaves it) with one
-group, a constant fp32 ``3 x 3`` weight, stride 1, dilation 1, fp32 input and output, static
-shapes, and at least ``MIN_OUTPUT_PIXELS`` outputs per image (at 7x7 the transformed weight is
-streamed for too few tiles: ResNet-18's 512-channel convs measured 1.8x slower with 4x4 tiles,
-1.15x with 2x2). Outputs that 4 does not divide get a last row and column of tiles that reach
+group, a constant fp32 ``3 x 3`` weight whose transform takes at most ``MAX_TRANSFORMED_BYTES``,
+stride 1, dilation 1, fp32 input and output, static shapes, and at least ``MIN_OUTPUT_PIXELS``
+outputs per image (at 7x7 the transformed weight is streamed for too few tiles: ResNet-18's
+512-channel convs measured 1.8x slower with 4x4 tiles, 1.15x with 2x2). Outputs that 4 does not divide get a last row and column of tiles that reach
 past them (inputs there read as zeros, outputs there are not written).
 Produces: per conv three kernels of :mod:`relaycomp.rewrite.winograd`: the input transform
 (``winograd_input``, marked ``kOutEWiseFusable`` so that FuseOps never merges it with the
@@ -17,13 +17,14 @@ Keeps: the function signature; outputs equal the direct conv's up to the transfo
 Runs: at the start of stage ``legalize`` for CPU targets, before ``legalize_blocked_convs``
 lowers the other planned convs. Reports: ``lowered`` (convs lowered), ``tile``.
 Measured (Zen 5, 2 threads, against the direct blocked kernel; ReLU fused): 64 channels at 56x56
-2.6x faster, 128 at 28x28 3.1x, 256 at 14x14 2.1x; ResNet-18 fp32 from 1.02x onnxruntime's time to
-0.74x. In a bf16 build the convs stay bf16 direct kernels (``vdpbf16ps``): fp32 Winograd
-measured slower there.
+2.6x faster, 128 at 28x28 3.1x (256 at 14x14 2.1x, but see ``MAX_TRANSFORMED_BYTES``); ResNet-18
+fp32 from 1.02x onnxruntime's time to 0.75x. In a bf16 build the convs stay bf16 direct kernels
+(``vdpbf16ps``): fp32 Winograd measured slower there.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -40,6 +41,11 @@ TILE = 4  # F(4x4, 3x3)
 # channels); at 7x7 the transformed weight (512 channels: 9.4 MB) is streamed for 4 tiles, and
 # F(2x2, 3x3)'s 16 tiles still measured 1.15x slower.
 MIN_OUTPUT_PIXELS = 14 * 14
+# The transformed weight is (4 + 2)^2 / 3^2 = 4x the conv's, in the artifact and streamed per call:
+# at most this much per conv. ResNet-18's 256-channel convs (9.4 MB each) stay direct: the
+# artifact grows 47 -> 54 MB instead of 75 MB, for 3% of the speed (0.75x onnxruntime's time
+# instead of 0.73x, by min, interleaved with six other builds).
+MAX_TRANSFORMED_BYTES = 4 << 20
 OUT_EWISE_FUSABLE = 4  # tvm.relay's OpPatternKind.kOutEWiseFusable
 _BLOCKED = re.compile(r"NCHW(\d+)c")
 
@@ -66,7 +72,9 @@ def fits(call: relax.Call) -> bool:
     kernel = tuple(int(d) for d in weight.value.shape)
     if shape is None or out_shape is None or len(kernel) != 6 or kernel[2:4] != (3, 3):
         return False
-    return out_shape[2] * out_shape[3] >= MIN_OUTPUT_PIXELS
+    transformed_bytes = (TILE + 2) ** 2 * math.prod(kernel[:2]) * math.prod(kernel[4:]) * 4
+    return (out_shape[2] * out_shape[3] >= MIN_OUTPUT_PIXELS
+            and transformed_bytes <= MAX_TRANSFORMED_BYTES)
 
 
 def _oihw(blocked: np.ndarray) -> np.ndarray:

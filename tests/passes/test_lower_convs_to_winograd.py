@@ -149,3 +149,18 @@ def test_every_kernel_of_a_lowered_conv_gets_its_rule():
     assert any("layout_transform" in name for name in rules), rules  # the case in question
     for name, rule in rules.items():
         assert rule == ("contraction" if "products" in name else "winograd"), (name, rule)
+
+
+def test_a_conv_whose_transformed_weight_would_take_over_4_mib_stays_direct():
+    """256 channels: the transformed weight, 4x the conv's, would be 9.4 MB in the artifact."""
+    x = relax.Var("x", relax.TensorType((1, 8, 14, 14, 32), "float32"))
+    weight = relax.const(np.zeros((8, 8, 3, 3, 32, 32), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.conv2d(
+                x, weight, padding=1, data_layout="NCHW32c", kernel_layout="OIHW32i32o",
+                out_layout="NCHW32c"))
+        bb.emit_func_output(out)
+    before = bb.get()
+    assert lower_to_winograd(before) is before
