@@ -46,13 +46,7 @@ def _schedule_input(sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule:
     row, column = sch.split(element, [alpha, alpha])
     sch.reorder(tile, channel_block, row, column, lane)
     outer = sch.fuse(tile, channel_block)
-    if facts.parallel:
-        sch.parallel(outer)
-    sch.compute_at(rows, row, preserve_unit_loops=True)
-    _unroll_vectorize(sch, rows, row)
-    sch.unroll(column)
-    sch.vectorize(lane)
-    return sch
+    return _tile_loops(sch, facts, outer, rows, row, column, lane)
 
 
 def _schedule_output(sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule:
@@ -74,6 +68,13 @@ def _schedule_output(sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule:
     tile_x, column = sch.split(x, [None, tile])
     sch.reorder(batch, channel_block, tile_y, tile_x, row, column, lane)
     outer = sch.fuse(batch, channel_block, tile_y)
+    return _tile_loops(sch, facts, outer, rows, row, column, lane)
+
+
+def _tile_loops(sch: s_tir.Schedule, facts: CpuFacts, outer, rows, row, column,
+                lane) -> s_tir.Schedule:
+    """``outer`` parallel; the row pass (``rows``) computed per row of the tile, its loops
+    unrolled but the lanes; the columns unrolled and the channel lanes vectorized."""
     if facts.parallel:
         sch.parallel(outer)
     sch.compute_at(rows, row, preserve_unit_loops=True)
