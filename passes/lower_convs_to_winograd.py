@@ -4,8 +4,9 @@ Matches: ``conv2d`` on ``NCHW[b]c`` activations (as ``plan_conv_layout`` leaves 
 group, a constant fp32 ``3 x 3`` weight whose transform takes at most ``MAX_TRANSFORMED_BYTES``,
 stride 1, dilation 1, fp32 input and output, static shapes, and at least ``MIN_OUTPUT_PIXELS``
 outputs per image (at 7x7 the transformed weight is streamed for too few tiles: ResNet-18's
-512-channel convs measured 1.8x slower with 4x4 tiles, 1.15x with 2x2). Outputs that 4 does not divide get a last row and column of tiles that reach
-past them (inputs there read as zeros, outputs there are not written).
+512-channel convs measured 1.8x slower with 4x4 tiles, 1.15x with 2x2). Outputs that 4 does not
+divide get a last row and column of tiles that reach past them (inputs there read as zeros,
+outputs there are not written).
 Produces: per conv three kernels of :mod:`relaycomp.rewrite.winograd`: the input transform
 (``winograd_input``, marked ``kOutEWiseFusable`` so that FuseOps never merges it with the
 kernel before it, whose output it reads in overlapping windows), the tile products
@@ -100,19 +101,18 @@ class _WinogradConvs(relax.PyExprMutator):
         shape, out_shape = _static(data.ty.shape), _static(call.ty.shape)
         top, left = int(call.attrs.padding[0]), int(call.attrs.padding[1])
         out_size = out_shape[2:4]
-        tile = TILE
         placeholder = te.placeholder(shape, "float32", name="data")
-        transformed = winograd.input_transform(placeholder, tile, (top, left), out_size)
+        transformed = winograd.input_transform(placeholder, TILE, (top, left), out_size)
         func = te.create_prim_func([placeholder, transformed]).with_attr(
             "op_pattern", OUT_EWISE_FUSABLE)
         gvar = self.builder_.add_func(func, winograd.INPUT_TRANSFORM)
         v = self.builder_.emit(relax.call_tir(gvar, [data], relax.TensorType(
             [int(d) for d in transformed.shape], "float32")))
-        u = relax.const(winograd.transform_weight(_oihw(weight.value.numpy()), tile))
+        u = relax.const(winograd.transform_weight(_oihw(weight.value.numpy()), TILE))
         products = self.builder_.emit_te(winograd.tile_products, v, u,
                                          primfunc_name_hint=winograd.TILE_PRODUCTS)
         self.lowered += 1
-        return self.builder_.call_te(winograd.output_transform, products, tile, shape[0],
+        return self.builder_.call_te(winograd.output_transform, products, TILE, shape[0],
                                      out_size, shape[4],
                                      primfunc_name_hint=winograd.OUTPUT_TRANSFORM)
 

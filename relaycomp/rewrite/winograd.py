@@ -146,15 +146,6 @@ def output_transform(products: te.Tensor, tile: int, batch: int, out_size: tuple
         name=OUTPUT_TRANSFORM, tag=OUTPUT_TRANSFORM)
 
 
-def conv2d_winograd_nchwc(data: te.Tensor, weight: te.Tensor, tile: int, padding,
-                          out_size) -> te.Tensor:
-    """The whole conv in one TE graph (for tests: reference numerics of the three kernels);
-    ``weight`` is the transformed ``U``."""
-    transformed = input_transform(data, tile, padding, out_size)
-    products = tile_products(transformed, weight)
-    return output_transform(products, tile, int(data.shape[0]), out_size, int(data.shape[4]))
-
-
 def tile_counts(out_size: tuple[int, int], tile: int) -> tuple[int, int]:
     """Tiles along the output's height and width: the last row and column of tiles may reach
     past the output (inputs there read as zeros, outputs there are not written)."""
