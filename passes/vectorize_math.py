@@ -16,12 +16,13 @@ each per 16 lanes.
 Keeps: results within 4e-7 relative of the exact functions where they are normal floats
 (denormal ones within 2e-38); ``exp(+inf) = inf``,
 ``exp(-inf) = 0``, NaN stays NaN (the last ``max`` with the argument: NaN wins a TVM ``max``,
-which lowers to ``a > b ? a : b``; ``erf`` tests for it); ``sigmoid``/``tanh``/``erf`` saturate. A small
-argument (a load, a sum: up to ``_NAMED_TWICE`` nodes) is named several times as one shared
-expression, which the code generator and LLVM merge; a larger one is bound in a ``Let`` (repeated,
-nested expansions - an LSTM cell's tanh of sigmoids - grew the code exponentially: 50 s to compile
-a small CRNN), except under a per-lane ``if_then_else`` or ``Select`` (a concat), where TVM's
-vectorizer mishandles a ``Let`` (garbage out): there the call stays as it was.
+which lowers to ``a > b ? a : b``; ``erf`` tests for it); ``sigmoid``/``tanh``/``erf``
+saturate. A small argument (a load, a sum: up to ``_NAMED_TWICE`` nodes) is named several times
+as one shared expression, which the code generator and LLVM merge; a larger one is bound in a
+``Let`` (repeated, nested expansions - an LSTM cell's tanh of sigmoids - grew the code
+exponentially: 50 s to compile a small CRNN), except under a per-lane ``if_then_else`` or
+``Select`` (a concat), where TVM's vectorizer mishandles a ``Let`` (garbage out): there the call
+stays as it was.
 Runs: stage ``numerics`` for CPU targets, after ``schedule``: tuning and the schedules see the
 calls; the code generator sees arithmetic.
 Reports: ``kernels`` rewritten and ``calls`` expanded.
