@@ -19,8 +19,9 @@ Runs: at the start of stage ``legalize`` for CPU targets, before ``legalize_bloc
 lowers the other planned convs. Reports: ``lowered`` (convs lowered), ``tile``.
 Measured (Zen 5, 2 threads, against the direct blocked kernel; ReLU fused): 64 channels at 56x56
 2.6x faster, 128 at 28x28 3.1x (256 at 14x14 2.1x, but see ``MAX_TRANSFORMED_BYTES``); ResNet-18
-fp32 from 1.02x onnxruntime's time to 0.75x. In a bf16 build the convs stay bf16 direct kernels
-(``vdpbf16ps``): fp32 Winograd measured slower there.
+fp32 from 1.02x onnxruntime's time to 0.75x. In a bf16 build ``convert_to_bf16`` takes these
+convs first, as bf16 Winograd F(2x2, 3x3) (fp32 F(4x4) measured slower there than the direct
+bf16 kernel).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def _static(shape) -> tuple | None:
     return None if None in values else tuple(int(v) for v in values)
 
 
-def fits(call: relax.Call) -> bool:
-    """Whether ``call`` is a conv this pass lowers (see the module docstring)."""
+def fits(call: relax.Call, tile: int = TILE, element_bytes: int = 4) -> bool:
+    """Whether ``call`` is a conv this pass lowers (see the module docstring); ``tile`` and
+    ``element_bytes`` size the transformed weight (``convert_to_bf16``: F(2x2) in bf16)."""
     if not (isinstance(call.op, tvm.ir.Op) and call.op.name == CONV_OP):
         return False
     attrs = call.attrs
@@ -73,12 +75,13 @@ def fits(call: relax.Call) -> bool:
     kernel = tuple(int(d) for d in weight.value.shape)
     if shape is None or out_shape is None or len(kernel) != 6 or kernel[2:4] != (3, 3):
         return False
-    transformed_bytes = (TILE + 2) ** 2 * math.prod(kernel[:2]) * math.prod(kernel[4:]) * 4
+    transformed_bytes = ((tile + 2) ** 2 * math.prod(kernel[:2]) * math.prod(kernel[4:])
+                         * element_bytes)
     return (out_shape[2] * out_shape[3] >= MIN_OUTPUT_PIXELS
             and transformed_bytes <= MAX_TRANSFORMED_BYTES)
 
 
-def _oihw(blocked: np.ndarray) -> np.ndarray:
+def oihw(blocked: np.ndarray) -> np.ndarray:
     """An ``OIHW[b]i[b]o`` weight ``[K/b, C/b, 3, 3, b, b]`` as ``OIHW`` ``[K, C, 3, 3]``."""
     out_blocks, in_blocks, height, width, in_block, out_block = blocked.shape
     return blocked.transpose(0, 5, 1, 4, 2, 3).reshape(
@@ -104,11 +107,11 @@ class _WinogradConvs(relax.PyExprMutator):
         placeholder = te.placeholder(shape, "float32", name="data")
         transformed = winograd.input_transform(placeholder, TILE, (top, left), out_size)
         func = te.create_prim_func([placeholder, transformed]).with_attr(
-            "op_pattern", OUT_EWISE_FUSABLE)
+            "op_pattern", OUT_EWISE_FUSABLE).without_attr("global_symbol")
         gvar = self.builder_.add_func(func, winograd.INPUT_TRANSFORM)
         v = self.builder_.emit(relax.call_tir(gvar, [data], relax.TensorType(
             [int(d) for d in transformed.shape], "float32")))
-        u = relax.const(winograd.transform_weight(_oihw(weight.value.numpy()), TILE))
+        u = relax.const(winograd.transform_weight(oihw(weight.value.numpy()), TILE))
         products = self.builder_.emit_te(winograd.tile_products, v, u,
                                          primfunc_name_hint=winograd.TILE_PRODUCTS)
         self.lowered += 1

@@ -58,6 +58,7 @@ from tvm.target import Target
 
 from relaycomp.schedules.cpu.bf16_llvm import IMPORT_PRAGMA
 from relaycomp.schedules.cpu.bf16_nchwc import schedule_bf16_nchwc
+from relaycomp.schedules.cpu.bf16_products import schedule_bf16_products
 from relaycomp.schedules.cpu.common import (
     CpuFacts,
     collect_loads,
@@ -180,9 +181,10 @@ def _schedule_int8_conv(func: tirx.PrimFunc, target: Target, facts: CpuFacts,
         isa = narrower[isa]
         shape = _conv_shape(sch.get(main), isa)
     if shape is None:
-        if bf16:  # the blocked layout of plan_conv_layout
-            return schedule_bf16_nchwc(func, bf16_instructions(target), facts,
-                                       narrower=AVX512_BF16_YMM)
+        if bf16:  # the blocked layout of plan_conv_layout, or Winograd's tile products
+            return (schedule_bf16_nchwc(func, bf16_instructions(target), facts,
+                                        narrower=AVX512_BF16_YMM)
+                    or schedule_bf16_products(func, bf16_instructions(target), facts))
         return (schedule_int8_nchwc(func, target, facts)  # planned NCHW[b]c (int8_layout)
                 or schedule_int8_depthwise_nchwc(func, target, facts)
                 or schedule_int8_depthwise(func, target, facts)

@@ -38,6 +38,15 @@ class WinogradRule(CpuRule):
 
 
 def _schedule_input(sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule:
+    blocks = _blocks(sch)
+    names = [sch.get(block).name_hint for block in blocks]
+    position = names.index(INPUT_TRANSFORM)
+    for index, (block, name) in enumerate(zip(blocks, names, strict=True)):
+        if name not in (INPUT_ROWS, INPUT_TRANSFORM):  # a bf16 input's widening and rounding
+            if index < position:
+                sch.compute_inline(block)
+            else:
+                sch.reverse_compute_inline(block)
     transform, rows = sch.get_sblock(INPUT_TRANSFORM), sch.get_sblock(INPUT_ROWS)
     block = int(sch.get(rows).writes[0].source.shape[-1])
     alpha = int(sch.get(rows).writes[0].source.shape[2])
@@ -74,11 +83,13 @@ def _schedule_output(sch: s_tir.Schedule, facts: CpuFacts) -> s_tir.Schedule:
 def _tile_loops(sch: s_tir.Schedule, facts: CpuFacts, outer, rows, row, column,
                 lane) -> s_tir.Schedule:
     """``outer`` parallel; the row pass (``rows``) computed per row of the tile, its loops
-    unrolled but the lanes; the columns unrolled and the channel lanes vectorized."""
+    unrolled but the lanes; the rows and columns unrolled (every coefficient a constant) and the
+    channel lanes vectorized."""
     if facts.parallel:
         sch.parallel(outer)
     sch.compute_at(rows, row, preserve_unit_loops=True)
     _unroll_vectorize(sch, rows, row)
+    sch.unroll(row)  # the row's coefficients constants too
     sch.unroll(column)
     sch.vectorize(lane)
     return sch
