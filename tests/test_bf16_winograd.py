@@ -7,14 +7,17 @@ import json
 import re
 
 import numpy as np
+import pytest
 import tvm
 from test_bf16 import BF16_RTOL
 from test_bf16 import _hot_loop as _x86_hot_loop
 from test_bf16_arm import _SPILL
 from test_bf16_arm import _hot_loop as _arm_hot_loop
+from test_emulated_device import KEY, device  # noqa: F401 - the emulated aarch64 device
 from tvm import relax
 
 import relaycomp
+from relaycomp.compiler.build import CompileConfig, compile_model
 from relaycomp.compiler.pipeline import (
     default_stages,
     placement_of,
@@ -23,6 +26,8 @@ from relaycomp.compiler.pipeline import (
     with_passes,
 )
 from relaycomp.passes.schedule_cpu_loops import RULE_ATTR
+from relaycomp.precision.config import PrecisionConfig
+from relaycomp.runtime.remote import load_remote
 from relaycomp.targets import resolve
 from tests.helpers import ort_outputs
 from tests.passes.test_lower_convs_to_winograd import _resnet_stage
@@ -100,3 +105,18 @@ def test_a_bf16_winograd_build_matches_onnxruntime_to_bf16_rounding(tmp_path):
     assert 0 < error <= BF16_RTOL * np.abs(expected).max()
     report = json.loads((tmp_path / "model.so.json").read_text())["report"]
     assert report["winograd"] is None  # no fp32 conv left for lower_convs_to_winograd
+
+
+@pytest.mark.slow
+def test_graviton3_bf16_winograd_matches_onnxruntime_on_the_device(device, tmp_path):  # noqa: F811
+    """The ``bfdot`` tile products compute on aarch64 (under qemu) what onnxruntime's fp32 does,
+    to bf16 rounding."""
+    model = _resnet_stage(16, channels=64)
+    config = CompileConfig(target="aws-graviton3", features=(PrecisionConfig(),))
+    artifact = compile_model(model, tmp_path / "model.so", config)
+    assert artifact.manifest.report["precision"]["by_kind"] == {"winograd": 2}
+    x = np.random.default_rng(3).standard_normal((1, 64, 16, 16)).astype("float32")
+    actual = load_remote(artifact.path, device, KEY).run({"x": x})["y"]
+    expected = ort_outputs(model, {"x": x})["y"]
+    error = np.abs(actual - expected).max()
+    assert 0 < error <= BF16_RTOL * np.abs(expected).max()
