@@ -16,8 +16,9 @@ Produces: ``conv2d_bf16(round_to_bf16(x), W_bits)``, two kernels (``call_tir``):
   bytes), each operand widened to fp32 exactly (``bits << 16``) and summed in fp32; bias,
   activation and residual adds stay fp32 in its epilogue, as before.
 - A blocked 3x3 stride-1 conv that ``lower_convs_to_winograd.fits`` (14x14 outputs or more) over
-  ``WINOGRAD_MIN_CHANNELS`` or more input and output channels as Winograd F(2x2, 3x3) instead: the input transform of the bf16 bits computed in fp32 and
-  rounded to bf16 (``winograd_input_bf16``), the 16 tile products on the bf16 dot product with
+  ``WINOGRAD_MIN_CHANNELS`` or more input and output channels as Winograd F(2x2, 3x3) instead:
+  the input transform of the bf16 bits computed in fp32 and rounded to bf16
+  (``winograd_input_bf16``), the 16 tile products on the bf16 dot product with
   fp32 sums (``winograd_products_bf16``, the weight transformed at compile time, then rounded),
   the output transform in fp32 with the epilogue fused. 2.25x fewer multiply-adds; its error is
   about 1.7x the direct bf16 conv's (F(4x4)'s larger coefficients: 5x); ResNet-18's cosine to
@@ -282,12 +283,10 @@ def _depthwise(builder, rounded, data, weight: np.ndarray, conv_args):
                            primfunc_name_hint=DEPTHWISE_KERNEL)
 
 
-# conv kind (``_kind``) -> its bf16 form: (builder, rounded, data, fp32 weight, conv args) ->
-# the call (``None``: it stays fp32); ``rounded(channels)`` is ``data`` as bf16 bits, made once.
 def _winograd(builder, rounded, data, weight: np.ndarray, conv_args):
     """A planned 3x3 stride-1 conv as Winograd F(2x2, 3x3): the input transform and the tile
     products in bf16 (2.25x fewer multiply-adds; F(4x4)'s larger coefficients would lose 5x the
-    accuracy of the direct bf16 conv, F(2x2)'s ~1.5x), the output transform in fp32."""
+    accuracy of the direct bf16 conv, F(2x2)'s about 1.7x), the output transform in fp32."""
     _, padding, _ = conv_args
     bits = rounded(_channels(data))
     shape = [int(d) for d in data.ty.shape.values]
@@ -309,6 +308,8 @@ def _winograd(builder, rounded, data, weight: np.ndarray, conv_args):
                            out_size, shape[4], primfunc_name_hint=winograd.OUTPUT_TRANSFORM)
 
 
+# conv kind (``_kind``) -> its bf16 form: (builder, rounded, data, fp32 weight, conv args) ->
+# the call (``None``: it stays fp32); ``rounded(channels)`` is ``data`` as bf16 bits, made once.
 _CONVERTERS = {"nchw": _nchw, "blocked": _blocked, "stem": _stem, "depthwise": _depthwise,
                "winograd": _winograd,
                "matmul": _matmul}
