@@ -48,7 +48,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx, topi
 
-from relaycomp.passes.lower_convs_to_winograd import OUT_EWISE_FUSABLE, oihw
+from relaycomp.passes.lower_convs_to_winograd import call_input_transform, oihw
 from relaycomp.passes.lower_convs_to_winograd import fits as winograd_fits
 from relaycomp.registry import register_pass
 from relaycomp.rewrite import winograd
@@ -292,13 +292,8 @@ def _winograd(builder, rounded, data, weight: np.ndarray, conv_args):
     shape = [int(d) for d in data.ty.shape.values]
     top, left, bottom, right = padding
     out_size = (shape[2] + top + bottom - 2, shape[3] + left + right - 2)
-    placeholder = te.placeholder(shape, "uint16", name="bits")
-    transformed = _winograd_input_bits(placeholder, (top, left), out_size)
-    func = te.create_prim_func([placeholder, transformed]).with_attr(
-        "op_pattern", OUT_EWISE_FUSABLE).without_attr("global_symbol")
-    gvar = builder.add_func(func, WINOGRAD_INPUT)
-    v = builder.emit(relax.call_tir(gvar, [bits], relax.TensorType(
-        [int(d) for d in transformed.shape], "uint16")))
+    v = call_input_transform(builder, bits, lambda x: _winograd_input_bits(
+        x, (top, left), out_size), WINOGRAD_INPUT)
     u = winograd.transform_weight(oihw(weight), WINOGRAD_TILE)  # [e, C, K]
     elements, channels, outputs = u.shape
     u = u.reshape(elements, channels // 2, 2, outputs).transpose(0, 1, 3, 2)

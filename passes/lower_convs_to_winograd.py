@@ -88,6 +88,21 @@ def oihw(blocked: np.ndarray) -> np.ndarray:
         out_blocks * out_block, in_blocks * in_block, height, width)
 
 
+def call_input_transform(builder: relax.BlockBuilder, data: relax.Expr, transform,
+                         name: str) -> relax.Var:
+    """Emit ``transform(data)`` (a TE input transform) as a kernel of its own, marked
+    ``kOutEWiseFusable``: FuseOps never merges it with the kernel before it, whose output it
+    reads in overlapping windows."""
+    placeholder = te.placeholder([int(d) for d in data.ty.shape.values], str(data.ty.dtype),
+                                 name="data")
+    transformed = transform(placeholder)
+    func = te.create_prim_func([placeholder, transformed]).with_attr(
+        "op_pattern", OUT_EWISE_FUSABLE).without_attr("global_symbol")
+    gvar = builder.add_func(func, name)
+    return builder.emit(relax.call_tir(gvar, [data], relax.TensorType(
+        [int(d) for d in transformed.shape], str(transformed.dtype))))
+
+
 @relax.expr_functor.mutator
 class _WinogradConvs(relax.PyExprMutator):
     """Each conv :func:`fits` accepts -> input transform, tile products, output transform."""
@@ -104,13 +119,9 @@ class _WinogradConvs(relax.PyExprMutator):
         shape, out_shape = _static(data.ty.shape), _static(call.ty.shape)
         top, left = int(call.attrs.padding[0]), int(call.attrs.padding[1])
         out_size = out_shape[2:4]
-        placeholder = te.placeholder(shape, "float32", name="data")
-        transformed = winograd.input_transform(placeholder, TILE, (top, left), out_size)
-        func = te.create_prim_func([placeholder, transformed]).with_attr(
-            "op_pattern", OUT_EWISE_FUSABLE).without_attr("global_symbol")
-        gvar = self.builder_.add_func(func, winograd.INPUT_TRANSFORM)
-        v = self.builder_.emit(relax.call_tir(gvar, [data], relax.TensorType(
-            [int(d) for d in transformed.shape], "float32")))
+        v = call_input_transform(
+            self.builder_, data, lambda x: winograd.input_transform(x, TILE, (top, left), out_size),
+            winograd.INPUT_TRANSFORM)
         u = relax.const(winograd.transform_weight(oihw(weight.value.numpy()), TILE))
         products = self.builder_.emit_te(winograd.tile_products, v, u,
                                          primfunc_name_hint=winograd.TILE_PRODUCTS)
