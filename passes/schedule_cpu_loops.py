@@ -6,6 +6,9 @@ elementwise, reshape/transpose/layout transforms) - for an llvm (CPU) target.
 Produces: each such function rewritten by the first rule of :data:`RULES` that applies, marked
 ``tirx.is_scheduled`` and ``relaycomp.cpu_schedule_rule`` = the rule's name:
 
+- ``winograd`` (``schedules/cpu/winograd.py``): the input and output transforms of the convs
+  ``lower_convs_to_winograd`` and ``convert_to_bf16`` lowered to Winograd; the tile's rows and
+  columns unrolled (constant coefficients), channel lanes vectorized, the epilogue inlined.
 - ``contraction`` (``_cpu_contraction``, ``_cpu_plan``): conv1d/2d/3d (NCHW; strided, dilated,
   grouped, depthwise, transposed), dense/matmul, batch matmul, pooling. Outer spatial loops fused
   into one parallel loop; a register tile of accumulators (vectorized along a unit-stride or

@@ -5,6 +5,7 @@
   the transformed tile, the row pass (``B^T d``, one input row of the tile's window per
   coefficient) into a small stack buffer, then the column pass into ``V``; the tile's loops
   unrolled (the coefficients fold to constants, zero terms drop) and the channel block vectorized.
+  A bf16 input's widening and ``V``'s rounding to bf16 are inlined into the two passes.
 - Output transform (with the conv's epilogue inlined: bias, residual add, ReLU): one parallel
   iteration per (image, output-channel block, row of tiles); per tile and output row, the row
   pass (``A^T M``) into a stack buffer, then the columns, written as whole channel vectors. A
