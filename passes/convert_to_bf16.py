@@ -48,6 +48,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx, topi
 
+from relaycomp.ir import static_shape
 from relaycomp.passes.lower_convs_to_winograd import call_input_transform, oihw
 from relaycomp.passes.lower_convs_to_winograd import fits as winograd_fits
 from relaycomp.registry import register_pass
@@ -289,7 +290,7 @@ def _winograd(builder, rounded, data, weight: np.ndarray, conv_args):
     accuracy of the direct bf16 conv, F(2x2)'s about 1.7x), the output transform in fp32."""
     _, padding, _ = conv_args
     bits = rounded(_channels(data))
-    shape = [int(d) for d in data.ty.shape.values]
+    shape = static_shape(data)
     top, left, bottom, right = padding
     out_size = (shape[2] + top + bottom - 2, shape[3] + left + right - 2)
     v = call_input_transform(builder, bits, lambda x: _winograd_input_bits(

@@ -33,7 +33,7 @@ import numpy as np
 import tvm
 from tvm import relax, te
 
-from relaycomp.ir import mutate_relax_functions
+from relaycomp.ir import mutate_relax_functions, static_shape
 from relaycomp.passes.plan_conv_layout import CONV_OP
 from relaycomp.registry import register_pass
 from relaycomp.rewrite import winograd
@@ -49,12 +49,7 @@ MIN_OUTPUT_PIXELS = 14 * 14
 # instead of 0.73x, by min, interleaved with six other builds).
 MAX_TRANSFORMED_BYTES = 4 << 20
 OUT_EWISE_FUSABLE = 4  # tvm.relay's OpPatternKind.kOutEWiseFusable
-_BLOCKED = re.compile(r"NCHW(\d+)c")
-
-
-def _static(shape) -> tuple | None:
-    values = [getattr(d, "value", None) for d in shape]
-    return None if None in values else tuple(int(v) for v in values)
+_BLOCKED = re.compile(r"NCHW\d+c")
 
 
 def fits(call: relax.Call, tile: int = TILE, element_bytes: int = 4) -> bool:
@@ -64,14 +59,14 @@ def fits(call: relax.Call, tile: int = TILE, element_bytes: int = 4) -> bool:
         return False
     attrs = call.attrs
     data, weight = call.args
-    layout = _BLOCKED.fullmatch(str(attrs.out_layout))
-    if (layout is None or str(attrs.data_layout) != str(attrs.out_layout)
+    if (_BLOCKED.fullmatch(str(attrs.out_layout)) is None
+            or str(attrs.data_layout) != str(attrs.out_layout)
             or int(attrs.groups) != 1 or not isinstance(weight, tvm.ir.expr.Constant)
             or [int(s) for s in attrs.strides] != [1, 1]
             or [int(d) for d in attrs.dilation] != [1, 1]
             or any(str(e.ty.dtype) != "float32" for e in (data, weight, call))):
         return False
-    shape, out_shape = _static(data.ty.shape), _static(call.ty.shape)
+    shape, out_shape = static_shape(data), static_shape(call)
     kernel = tuple(int(d) for d in weight.value.shape)
     if shape is None or out_shape is None or len(kernel) != 6 or kernel[2:4] != (3, 3):
         return False
@@ -93,8 +88,7 @@ def call_input_transform(builder: relax.BlockBuilder, data: relax.Expr, transfor
     """Emit ``transform(data)`` (a TE input transform) as a kernel of its own, marked
     ``kOutEWiseFusable``: FuseOps never merges it with the kernel before it, whose output it
     reads in overlapping windows."""
-    placeholder = te.placeholder([int(d) for d in data.ty.shape.values], str(data.ty.dtype),
-                                 name="data")
+    placeholder = te.placeholder(static_shape(data), str(data.ty.dtype), name="data")
     transformed = transform(placeholder)
     func = te.create_prim_func([placeholder, transformed]).with_attr(
         "op_pattern", OUT_EWISE_FUSABLE).without_attr("global_symbol")
@@ -116,7 +110,7 @@ class _WinogradConvs(relax.PyExprMutator):
         if not fits(call):
             return call
         data, weight = call.args
-        shape, out_shape = _static(data.ty.shape), _static(call.ty.shape)
+        shape, out_shape = static_shape(data), static_shape(call)
         top, left = int(call.attrs.padding[0]), int(call.attrs.padding[1])
         out_size = out_shape[2:4]
         v = call_input_transform(

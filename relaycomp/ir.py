@@ -182,6 +182,18 @@ def tensor_types(expr_type) -> list[tuple[tuple[int, ...], str]]:
     return [(shape, str(expr_type.dtype))]
 
 
+def static_shape(var_or_type) -> tuple[int, ...] | None:
+    """The static shape of a Relax tensor (an expression or its type), else ``None`` (not a
+    tensor, unknown rank, or a symbolic dimension)."""
+    ty = var_or_type.ty if isinstance(var_or_type, relax.Expr) else var_or_type
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    dims = getattr(ty.shape, "values", None)
+    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    return tuple(int(d) for d in dims)
+
+
 def main_output_types(mod: tvm.IRModule) -> list[tuple[tuple[int, ...], str]]:
     """(shape, dtype) of every output of ``main``, flattened in order."""
     return tensor_types(mod["main"].ret_ty)

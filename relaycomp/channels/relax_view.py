@@ -26,7 +26,7 @@ from tvm.ir.expr import Constant
 from relaycomp.channels.apply import by_space, kept_width
 from relaycomp.channels.relax_ops import call_to_node, elementwise_tir, rewrite_call
 from relaycomp.channels.view import GraphView, OpNode
-from relaycomp.ir import substitute_vars
+from relaycomp.ir import static_shape, substitute_vars
 
 
 class RelaxView(GraphView):
@@ -208,19 +208,9 @@ def _vars_in(expr) -> list[relax.Var]:
 
 
 def _set_shape(shapes: dict, name: str, ty) -> None:
-    shape = _static_shape(ty)
+    shape = static_shape(ty)
     if shape is not None:
         shapes[name] = shape
-
-
-def _static_shape(var_or_type) -> tuple[int, ...] | None:
-    ty = var_or_type.ty if isinstance(var_or_type, relax.Expr) else var_or_type
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    dims = getattr(ty.shape, "values", None)
-    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return tuple(int(d) for d in dims)
 
 
 def relax_totals(func: relax.Function) -> dict:
@@ -240,14 +230,14 @@ def relax_totals(func: relax.Function) -> dict:
 
 
 def _macs(call: relax.Call) -> int:
-    out = _static_shape(call.ty) if isinstance(call.ty, relax.TensorType) else None
+    out = static_shape(call.ty) if isinstance(call.ty, relax.TensorType) else None
     if out is None:
         return 0
     if call.op.name == "relax.nn.conv2d":
-        kernel = _static_shape(call.args[1].ty)
+        kernel = static_shape(call.args[1].ty)
         return int(np.prod(out)) * int(np.prod(kernel[1:])) if kernel else 0
     if call.op.name == "relax.matmul":
-        left = _static_shape(call.args[0].ty)
+        left = static_shape(call.args[0].ty)
         return int(np.prod(out)) * left[-1] if left else 0
     return 0
 
