@@ -124,61 +124,64 @@ def _depthwise_desc(lanes: int, weight_dtype: str):
     return desc
 
 
-def _depthwise_impl(lanes: int, isa: str):
-    """One ``4 lanes``-byte load, a byte shuffle to channel-major taps, then ``vpdpbusd``
-    (VNNI) or ``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd`` (AVX2). Built with the IR builder: the
-    shuffle indices are constants."""
-    bytes_ = lanes * TAPS
+def _intrinsic(lanes: int, weight_dtype: str, value):
+    """A depthwise intrinsic's implementation, built with the IR builder (its shuffle indices
+    are constants): ``C[0:lanes] = value(A, B, C)`` over ``A``, ``TAPS`` pixels of ``lanes``
+    uint8 channels, and ``B``, ``lanes`` channels' ``TAPS`` weights of ``weight_dtype``."""
     with IRBuilder() as builder, build_prim_func():
         a, b, c = (T.arg(name, T.handle()) for name in "abc")
         A = T.match_buffer(a, (TAPS, lanes), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (lanes, TAPS), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, TAPS), weight_dtype, offset_factor=1)
         C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:TAPS, 0:lanes], B[0:lanes, 0:TAPS])
             T.writes(C[0:lanes])
-            taps = tirx.Shuffle([A.vload([0, 0], f"uint8x{bytes_}")],
-                                [k * lanes + i for i in range(lanes) for k in range(TAPS)])
-            weights = T.reinterpret(B.vload([0, 0], f"int8x{bytes_}"), dtype=f"int8x{bytes_}")
-            accumulator = C.vload([0], f"int32x{lanes}")
-            if isa == "vnni":
-                value = T.call_llvm_pure_intrin(
-                    f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", accumulator,
-                    T.reinterpret(taps, dtype=f"int8x{bytes_}"), weights)
-            else:  # the int16 pair sums are exact: int8_layout planned pair-safe taps only
-                pairs = T.call_llvm_pure_intrin(f"int16x{lanes * 2}",
-                                                "llvm.x86.avx2.pmadd.ub.sw", taps, weights)
-                value = accumulator + T.call_llvm_pure_intrin(
-                    f"int32x{lanes}", "llvm.x86.avx2.pmadd.wd", pairs,
-                    T.broadcast(T.int16(1), lanes * 2))
-            T.buffer_store(C, value, [T.ramp(0, 1, lanes)])
+            T.buffer_store(C, value(A, B, C), [T.ramp(0, 1, lanes)])
     return builder.get()
+
+
+def _depthwise_impl(lanes: int, isa: str):
+    """One ``4 lanes``-byte load, a byte shuffle to channel-major taps, then ``vpdpbusd``
+    (VNNI) or ``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd`` (AVX2)."""
+    bytes_ = lanes * TAPS
+
+    def value(A, B, C):
+        taps = tirx.Shuffle([A.vload([0, 0], f"uint8x{bytes_}")],
+                            [k * lanes + i for i in range(lanes) for k in range(TAPS)])
+        weights = T.reinterpret(B.vload([0, 0], f"int8x{bytes_}"), dtype=f"int8x{bytes_}")
+        accumulator = C.vload([0], f"int32x{lanes}")
+        if isa == "vnni":
+            return T.call_llvm_pure_intrin(
+                f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", accumulator,
+                T.reinterpret(taps, dtype=f"int8x{bytes_}"), weights)
+        # the int16 pair sums are exact: int8_layout planned pair-safe taps only
+        pairs = T.call_llvm_pure_intrin(f"int16x{lanes * 2}", "llvm.x86.avx2.pmadd.ub.sw",
+                                        taps, weights)
+        return accumulator + T.call_llvm_pure_intrin(
+            f"int32x{lanes}", "llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), lanes * 2))
+
+    return _intrinsic(lanes, "int8", value)
 
 
 def _depthwise_widened(lanes: int):
     """AVX2, int16 weights: per pair of taps, the two pixels' ``lanes`` channels shuffled to
     channel-major pairs and widened to int16, one ``vpmaddwd`` with the pair's weights."""
-    with IRBuilder() as builder, build_prim_func():
-        a, b, c = (T.arg(name, T.handle()) for name in "abc")
-        A = T.match_buffer(a, (TAPS, lanes), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (lanes, TAPS), "int16", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:TAPS, 0:lanes], B[0:lanes, 0:TAPS])
-            T.writes(C[0:lanes])
-            pixels = A.vload([0, 0], f"uint8x{lanes * TAPS}")
-            weights = B.vload([0, 0], f"int16x{lanes * TAPS}")
-            value = C.vload([0], f"int32x{lanes}")
-            for pair in range(TAPS // 2):
-                taps = [2 * pair + t for t in range(2)]
-                data = T.Cast(f"int16x{lanes * 2}", tirx.Shuffle(
-                    [pixels], [k * lanes + i for i in range(lanes) for k in taps]))
-                weight = tirx.Shuffle([weights], [i * TAPS + k for i in range(lanes)
-                                                  for k in taps])
-                value = value + T.call_llvm_pure_intrin(
-                    f"int32x{lanes}", "llvm.x86.avx2.pmadd.wd", data, weight)
-            T.buffer_store(C, value, [T.ramp(0, 1, lanes)])
-    return builder.get()
+
+    def value(A, B, C):
+        pixels = A.vload([0, 0], f"uint8x{lanes * TAPS}")
+        weights = B.vload([0, 0], f"int16x{lanes * TAPS}")
+        total = C.vload([0], f"int32x{lanes}")
+        for pair in range(TAPS // 2):
+            taps = [2 * pair + t for t in range(2)]
+            data = T.Cast(f"int16x{lanes * 2}", tirx.Shuffle(
+                [pixels], [k * lanes + i for i in range(lanes) for k in taps]))
+            weight = tirx.Shuffle([weights], [i * TAPS + k for i in range(lanes)
+                                              for k in taps])
+            total = total + T.call_llvm_pure_intrin(
+                f"int32x{lanes}", "llvm.x86.avx2.pmadd.wd", data, weight)
+        return total
+
+    return _intrinsic(lanes, "int16", value)
 
 
 def _depthwise_width(block, lanes: int) -> tuple[int, str] | None:
