@@ -22,6 +22,7 @@ host's own TVM, tvm-ffi and numpy versions. Later starts reuse it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -116,18 +117,27 @@ def prepare(arch: str = "aarch64", root: str | os.PathLike | None = None,
     """The device folder for ``arch`` under ``root``, built on first use (see the module doc).
 
     It is rebuilt when the host's TVM, tvm-ffi or numpy version changes, so the device always
-    runs the runtime matching the compiler that builds for it.
+    runs the runtime matching the compiler that builds for it. Processes preparing the same
+    folder at once (two test workers, two terminals) take turns: the second finds it ready.
     """
     spec = ARCHES.get(arch)
     sysroot = Sysroot(spec, Path(root or default_root()) / spec.name)
     _require(spec.qemu, "qemu-user-static")
+    sysroot.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(sysroot.path.parent / f"{spec.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _prepared(sysroot, mirror, log)
+
+
+def _prepared(sysroot: Sysroot, mirror: str, log) -> Sysroot:
+    """``sysroot``, built unless its stamp names the host's versions (the caller holds the lock)."""
     stamp = sysroot.path / "ready.json"
     versions = _wanted_versions()
     if stamp.is_file() and json.loads(stamp.read_text()) == versions and sysroot.python.is_file():
         return sysroot
     for program, package in _TOOLS.items():
         _require(program, package)
-    log(f"preparing an emulated {spec.name} device in {sysroot.path} (once, about a minute)")
+    log(f"preparing an emulated {sysroot.arch.name} device in {sysroot.path} (once, about a minute)")
     _unpack_python(sysroot, mirror)
     _install_wheels(sysroot, versions)
     write_atomically(stamp, json.dumps(versions).encode())  # written last: the folder is whole
