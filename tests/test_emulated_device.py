@@ -62,6 +62,29 @@ def test_an_unreachable_tracker_is_one_line_at_once(monkeypatch, tmp_path, capsy
     assert "WARNING" not in error
 
 
+def test_two_processes_preparing_one_folder_take_turns(monkeypatch, tmp_path):
+    import fcntl
+    import threading
+
+    from relaycomp.runtime import emulated_device
+
+    qemu = tmp_path / "qemu-aarch64-static"
+    qemu.write_text("#!/bin/sh\n")
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    built = []
+    monkeypatch.setattr(emulated_device, "_prepared",
+                        lambda sysroot, mirror, log: built.append(sysroot.path) or sysroot)
+    with open(tmp_path / "aarch64.lock", "w") as other:  # another process preparing it
+        fcntl.flock(other, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=prepare, args=("aarch64", tmp_path))
+        waiting.start()
+        waiting.join(timeout=0.5)
+        assert waiting.is_alive() and not built
+    waiting.join(timeout=10)
+    assert built == [tmp_path / "aarch64"]
+
+
 def test_a_tracker_address_without_a_port_is_refused():
     with pytest.raises(EmulatorError, match="expects HOST:PORT"):
         EmulatedDevice("localhost", KEY)
