@@ -5,6 +5,7 @@ NCHW/OIHW or in the blocked layout ``plan_conv_layout`` gives conv chains (``NCH
 output, ``OIHW[b]i[b]o`` weight). The bf16 instructions take two input channels at a time
 (``vdpbf16ps``, ``bfdot``): an NCHW conv with an odd channel count (an RGB stem) gets one zero
 channel, in the rounded input and in the weight; a blocked conv's channels come in whole blocks.
+A squeeze-excite block's conv (one output pixel, a small weight: :func:`_excitation`) stays fp32.
 Produces: ``conv2d_bf16(round_to_bf16(x), W_bits)``, two kernels (``call_tir``):
 
 - ``round_to_bf16``: fp32 -> bf16 bits (``uint16``), rounded to nearest even, NaN kept NaN.
@@ -64,6 +65,8 @@ WINOGRAD_TILE = 2  # F(2x2, 3x3)
 # channels its traffic outweighs the saved multiply-adds (PP-OCRv4 det's 96 -> 32 convs at
 # 160x160 measured 2x slower than the direct bf16 conv; ResNet-18's 64 -> 64 at 56x56 faster).
 WINOGRAD_MIN_CHANNELS = 64
+# A one-pixel conv with a weight this small or smaller stays fp32 (:func:`_excitation`).
+EXCITATION_WEIGHT_BYTES = 1 << 20
 
 
 def bf16_bits(values: np.ndarray) -> np.ndarray:
@@ -208,6 +211,17 @@ def _channels(expr: relax.Expr) -> int | None:
     return int(values[1])
 
 
+def _excitation(call: relax.Call) -> bool:
+    """Whether conv ``call`` is a squeeze-excite block's: one output pixel (over pooled features)
+    and a weight of at most ``EXCITATION_WEIGHT_BYTES``. Its multiply-adds and weight reads are
+    negligible, and its output is broadcast over a whole map in the kernel FuseOps makes of it,
+    which in bf16 measured 5x slower (1.57 against 0.33 ms in PP-OCRv4 det's neck). A large
+    weight over one pixel (a classifier's 1x1 conv) is read faster in bf16 and is converted."""
+    shape = static_shape(call)
+    return (shape is not None and len(shape) >= 4 and shape[2] == shape[3] == 1
+            and call.args[1].value.numpy().nbytes <= EXCITATION_WEIGHT_BYTES)
+
+
 def _kind(call: relax.Call) -> str | None:
     """Which conv of :data:`_CONVERTERS` ``call`` is: ``nchw``, or in ``plan_conv_layout``'s
     blocked layout ``winograd`` (3x3 stride 1, see :func:`_winograd`), ``blocked`` (one group),
@@ -221,6 +235,8 @@ def _kind(call: relax.Call) -> str | None:
         return None
     if call.op.name == "relax.matmul":
         return "matmul" if data.ty.ndim == 2 and weight.value.numpy().ndim == 2 else None
+    if _excitation(call):
+        return None
     attrs = call.attrs
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     groups, out = int(attrs.groups), layouts[2]

@@ -77,6 +77,29 @@ def test_a_grouped_conv_stays_fp32():
     assert op_counts(convert_to_bf16()(bb.get()))["nn.conv2d"] == 1
 
 
+def _one_pixel_conv_module(channels: int, out_channels: int):
+    """``conv2d(mean(x over H, W), W)``: a squeeze-excite block's conv over pooled features."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, channels, 8, 8), "float32"))
+    weight = relax.const(np.ones((out_channels, channels, 1, 1), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            pooled = bb.emit(relax.op.mean(x, axis=[2, 3], keepdims=True))
+            y = bb.emit_output(relax.op.nn.conv2d(pooled, weight))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def test_a_squeeze_excite_conv_stays_fp32_and_a_large_one_pixel_conv_does_not():
+    report = {}
+    excite = convert_to_bf16(report=report)(_one_pixel_conv_module(96, 24))  # 9 KB weight
+    assert op_counts(excite)["nn.conv2d"] == 1 and report["convert_to_bf16"] == 0
+    classifier = convert_to_bf16()(_one_pixel_conv_module(960, 320))  # 1.2 MB weight
+    assert "nn.conv2d" not in op_counts(classifier)
+
+
 def test_converted_module_matches_onnxruntime_to_bf16_rounding():
     model = resnet_block_net()
     feeds = random_inputs(model)
