@@ -325,3 +325,58 @@ def test_padding_of_several_inputs_is_filled_by_a_block_of_its_own(inputs, body,
     scheduled = _legalized(_function(inputs, body), scheduled=True)
     [kernel] = [f for f in scheduled.functions.values() if _rule(f) == "injective"]
     assert ("_pad_const" in kernel.script()) == split
+
+
+def _blocked_concat(pieces: int = 4, channels: int = 24, block: int = 16, size: int = 6):
+    """``out[n, C, y, x, c]``: the concat of ``pieces`` blocked (``NCHW16c``) tensors of
+    ``channels`` channels each, written blocked - PP-OCRv4 det's neck: which piece a lane reads
+    depends on the channel block and on the lane."""
+    from tvm import te
+
+    parts = [te.placeholder((1, -(-channels // block), size, size, block), name=f"p{i}")
+             for i in range(pieces)]
+
+    def value(n, cb, y, x, lane):
+        channel = cb * block + lane
+        result = None
+        for i in reversed(range(pieces)):
+            offset = channel - i * channels
+            read = parts[i][n, offset // block, y, x, offset % block]
+            result = read if result is None else tirx.if_then_else(
+                channel < (i + 1) * channels, read, result)
+        return result
+
+    out = te.compute((1, pieces * channels // block, size, size, block), value, name="concat")
+    return te.create_prim_func([*parts, out])
+
+
+@pytest.mark.parametrize("mcpu", ["skylake-avx512", "haswell"], ids=["16 lanes", "8 lanes"])
+def test_a_concat_of_blocked_pieces_unrolls_its_channel_blocks_and_keeps_numerics(mcpu):
+    from relaycomp.schedules.cpu.elementwise import InjectiveRule
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    func = _blocked_concat()
+    sch = InjectiveRule().apply(func, target, False)
+    assert sch is not None
+    loops = {}
+    tvm_ffi.structural_walk(sch.mod["main"].body, (tirx.For, lambda loop: loops.setdefault(
+        tirx.ForKind(int(loop.kind)), []).append(int(loop.extent))))
+    assert 6 in loops[tirx.ForKind.UNROLLED]  # the six channel blocks
+    assert loops[tirx.ForKind.VECTORIZED] == [16 if mcpu == "skylake-avx512" else 8]
+
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((1, 2, 6, 6, 16)).astype("float32") for _ in range(4)]
+    out = tvm.runtime.tensor(np.zeros((1, 6, 6, 6, 16), "float32"))
+    kernel = tvm.compile(sch.mod, target=tvm.target.Target({"kind": "llvm", "num-cores": 2}))
+    kernel(*[tvm.runtime.tensor(p) for p in parts], out)
+    nchw = np.concatenate([p.transpose(0, 1, 4, 2, 3).reshape(1, 32, 6, 6)[:, :24]
+                           for p in parts], axis=1)
+    expected = nchw.reshape(1, 6, 16, 6, 6).transpose(0, 1, 3, 4, 2)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_a_padding_keeps_its_small_row_loop_in_the_parallel_loop():
+    mod = _legalized(_function({"x": (1, 3, 8, 8)}, lambda x: R.nn.pad(
+        x, pad_width=[0, 0, 0, 0, 1, 1, 1, 1])), scheduled=True)
+    (func,) = [f for _, f in mod.functions_items() if _rule(f) == "injective"]
+    assert tirx.ForKind.UNROLLED not in _loop_kinds(func)

@@ -203,7 +203,8 @@ def is_unit_stride(indices, var: tirx.Var) -> bool:
 
 
 def schedule_spatial_block(
-    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, facts: CpuFacts, row_elements: int = 0
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, facts: CpuFacts, row_elements: int = 0,
+    unrolled: s_tir.schedule.LoopRV | None = None,
 ) -> None:
     """Parallelize and vectorize a data-parallel block sitting at the root of the function.
 
@@ -213,6 +214,8 @@ def schedule_spatial_block(
     With ``row_elements``, the innermost loops that together hold at most that many elements
     stay serial loops inside each parallel iteration (a padded copy: one whole row per
     iteration, rather than one vector per iteration behind a div/mod of the fused index).
+    ``unrolled`` (a loop of static extent, not the innermost) moves just outside the vector loop
+    and is unrolled, out of the fused one: in each copy its index is a constant.
     """
     loops = sch.get_loops(block)
     if not loops:
@@ -225,6 +228,10 @@ def schedule_spatial_block(
     if inner_extent is not None and inner_extent % lanes == 0 and inner_extent > lanes:
         row, inner = sch.split(inner, factors=[None, lanes])
         outer.append(row)
+    if unrolled is not None:
+        outer = [loop for loop in outer if not sch.get(loop).same_as(sch.get(unrolled))]
+        sch.reorder(*outer, unrolled, inner)
+        sch.unroll(unrolled)
     if inner_extent is not None and 2 <= loop_extent(sch, inner) <= 2 * lanes:
         sch.vectorize(inner)
     # A longer odd-sized innermost loop stays a plain loop: LLVM vectorizes it with a remainder,
