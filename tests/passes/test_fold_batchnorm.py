@@ -33,3 +33,27 @@ def test_folding_keeps_the_signature():
 def test_folded_builds_match_onnxruntime(tmp_path):
     for model in (conv_net(), resnet_block_net()):
         assert_matches_ort(model, random_inputs(model), tmp_path, rtol=1e-4)
+
+
+def _upsampling_with_batchnorm():
+    """PP-OCR's DB head's upsampling: ConvTranspose (2x2, stride 2) + bias + BatchNorm + ReLU."""
+    import numpy as np
+    from models import _float_input, _float_output, _Graph
+
+    g = _Graph(seed=7)
+    up = g.op("ConvTranspose", ["x", g.weight((16, 8, 2, 2), 16 * 4)], kernel_shape=[2, 2],
+              strides=[2, 2])
+    biased = g.op("Add", [up, g.const(g.rng.standard_normal((1, 8, 1, 1)).astype(np.float32))])
+    normed = g.batchnorm(biased, 8)
+    return g.model("up", [_float_input("x", [1, 16, 6, 6])], {"y": g.op("Relu", [normed])},
+                   {"y": _float_output([1, 8, 12, 12])})
+
+
+def test_a_batchnorm_after_a_transposed_conv_is_folded_and_matches_onnxruntime(tmp_path):
+    report = {}
+    before, after = fold(_upsampling_with_batchnorm(), report)
+    assert op_counts(before)["nn.batch_norm"] == 1
+    assert "nn.batch_norm" not in op_counts(after)
+    assert report == {"fold_batchnorm_transpose": 1}
+    model = _upsampling_with_batchnorm()
+    assert_matches_ort(model, random_inputs(model), tmp_path, rtol=1e-4)
