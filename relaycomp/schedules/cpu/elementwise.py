@@ -3,7 +3,8 @@
 - :class:`InjectiveRule`: functions made only of injective blocks (elementwise, broadcast, pad,
   transpose, reshape, concat, layout transforms). Producers are inlined into consumers where
   possible; every remaining block gets fused-outer-parallel / vectorized-inner loops; a padded
-  block that reads several tensors gets the pad value from a fill block of its own.
+  block that reads several tensors gets the pad value from a fill block of its own; a concat
+  along a blocked axis has its channel-block loop unrolled outside the vector loop.
 - :class:`ParallelOuterRule`: anything else with leading spatial loops (reductions no other rule
   took, symbolic shapes): those loops are fused and made parallel, injective blocks vectorized.
 - :class:`GuardedRule`: runs a TVM dlight rule (e.g. ``dlight.cpu.Reduction``)
