@@ -380,3 +380,18 @@ def test_a_padding_keeps_its_small_row_loop_in_the_parallel_loop():
         x, pad_width=[0, 0, 0, 0, 1, 1, 1, 1])), scheduled=True)
     (func,) = [f for _, f in mod.functions_items() if _rule(f) == "injective"]
     assert tirx.ForKind.UNROLLED not in _loop_kinds(func)
+
+
+def test_a_select_on_loaded_values_keeps_its_channel_blocks_in_the_parallel_loop():
+    """``round_to_bf16``'s ``isnan(x)`` reads the block and the lane through a load: per element,
+    not a piece boundary, so the channel blocks stay in the fused parallel loop."""
+    from tvm import te
+
+    from relaycomp.passes.convert_to_bf16 import round_bits
+    from relaycomp.schedules.cpu.elementwise import InjectiveRule
+
+    x = te.placeholder((1, 6, 8, 8, 16), name="x")
+    bits = te.compute(x.shape, lambda *i: round_bits(x(*i)), name="round_to_bf16")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+    sch = InjectiveRule().apply(te.create_prim_func([x, bits]), target, False)
+    assert tirx.ForKind.UNROLLED not in _loop_kinds(sch.mod["main"])

@@ -65,14 +65,15 @@ def _piece_selecting_loop(sch: s_tir.Schedule, info) -> s_tir.schedule.LoopRV | 
 
     ``info`` is the block's dlight ``BlockInfo`` (one loop per block iterator). The loop is the
     first (outermost) one, other than the lane's, whose iterator one comparison of a select's
-    condition reads with the lane's, with a static extent of at most
-    :data:`MAX_UNROLLED_PIECE_LOOP`."""
+    condition reads with the lane's, in its index arithmetic (a comparison of loaded values -
+    ``isnan(x)``, ``x > 0`` - selects per element, not per piece), with a static extent of at
+    most :data:`MAX_UNROLLED_PIECE_LOOP`."""
     store = sch.get(info.block_rv).body
     if not isinstance(store, tirx.BufferStore) or len(info.iters) < 2:
         return None
     conditions = [comparison for condition in _select_conditions(store.value)
                   for comparison in _comparisons(condition)
-                  if uses_var(comparison, info.iters[-1].var)]
+                  if uses_var(comparison, info.iters[-1].var) and not collect_loads(comparison)]
     for it in info.iters[:-1]:
         if (isinstance(it.dom, int) and 1 < it.dom <= MAX_UNROLLED_PIECE_LOOP
                 and any(uses_var(condition, it.var) for condition in conditions)):
