@@ -24,6 +24,7 @@ from tvm.relax.dpl import DFPattern, is_const, is_op, is_tuple_get_item, wildcar
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.rules import Rule, rule_pass
 
+
 @dataclass(frozen=True)
 class _ConvBatchNorm:
     """The pattern ``batch_norm(conv(x, W) [+ b], gamma, beta, mean, var)[0]`` for one conv op,

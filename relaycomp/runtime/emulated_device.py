@@ -123,8 +123,12 @@ def prepare(arch: str = "aarch64", root: str | os.PathLike | None = None,
     spec = ARCHES.get(arch)
     sysroot = Sysroot(spec, Path(root or default_root()) / spec.name)
     _require(spec.qemu, "qemu-user-static")
-    sysroot.path.parent.mkdir(parents=True, exist_ok=True)
-    with open(sysroot.path.parent / f"{spec.name}.lock", "w") as lock:
+    try:
+        sysroot.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(sysroot.path.parent / f"{spec.name}.lock", "w")  # noqa: SIM115
+    except OSError:  # a read-only root (a folder prepared by root, used by a user): no turns
+        return _prepared(sysroot, mirror, log)
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         return _prepared(sysroot, mirror, log)
 
