@@ -1,8 +1,9 @@
 """fold_batchnorm: every conv+BN pair becomes one conv + bias, numerics unchanged."""
 
+import numpy as np
 import tvm
 from helpers import assert_matches_ort
-from models import conv_net, random_inputs, resnet_block_net
+from models import _float_input, _float_output, _Graph, conv_net, random_inputs, resnet_block_net
 
 from relaycomp.frontend.examples import get_example
 from relaycomp.frontend.onnx_import import import_onnx, load_onnx
@@ -37,9 +38,6 @@ def test_folded_builds_match_onnxruntime(tmp_path):
 
 def _upsampling_with_batchnorm():
     """PP-OCR's DB head's upsampling: ConvTranspose (2x2, stride 2) + bias + BatchNorm + ReLU."""
-    import numpy as np
-    from models import _float_input, _float_output, _Graph
-
     g = _Graph(seed=7)
     up = g.op("ConvTranspose", ["x", g.weight((16, 8, 2, 2), 16 * 4)], kernel_shape=[2, 2],
               strides=[2, 2])
