@@ -96,7 +96,6 @@ def _fold(parts: _ConvBatchNorm):
 _CONV = _ConvBatchNorm("relax.nn.conv2d", "OIHW", 0)
 # A transposed conv's weight is [in, out / groups, kh, kw]: foldable with one group.
 _CONV_TRANSPOSE = _ConvBatchNorm("relax.nn.conv2d_transpose", "IOHW", 1)
-PATTERN = _CONV.pattern
 RULES = (Rule("fold_batchnorm", _CONV.pattern, _fold(_CONV), _foldable(_CONV)),
          Rule("fold_batchnorm_transpose", _CONV_TRANSPOSE.pattern, _fold(_CONV_TRANSPOSE),
               _foldable(_CONV_TRANSPOSE)))
