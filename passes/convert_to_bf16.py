@@ -43,6 +43,7 @@ and after.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -219,7 +220,12 @@ def _excitation(call: relax.Call) -> bool:
     weight over one pixel (a classifier's 1x1 conv) is read faster in bf16 and is converted."""
     shape = static_shape(call)
     return (shape is not None and len(shape) >= 4 and shape[2] == shape[3] == 1
-            and call.args[1].value.numpy().nbytes <= EXCITATION_WEIGHT_BYTES)
+            and _nbytes(call.args[1]) <= EXCITATION_WEIGHT_BYTES)
+
+
+def _nbytes(constant: relax.Constant) -> int:
+    """A constant's size in bytes, from its shape and dtype (no copy of its data)."""
+    return math.prod(constant.value.shape) * tvm.DataType(str(constant.value.dtype)).bits // 8
 
 
 def _kind(call: relax.Call) -> str | None:
