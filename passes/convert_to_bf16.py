@@ -56,6 +56,7 @@ from relaycomp.passes.lower_convs_to_winograd import fits as winograd_fits
 from relaycomp.registry import register_pass
 from relaycomp.rewrite import winograd
 from relaycomp.rewrite.conv_window import SlidingWindow, pad_spatial
+from relaycomp.rewrite.float_bits import is_nan
 
 ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
 BLOCKED_KERNEL, DEPTHWISE_KERNEL = "conv2d_nchwc_bf16", "depthwise_conv2d_nchwc_bf16"
@@ -82,7 +83,7 @@ def round_bits(value: tirx.PrimExpr) -> tirx.PrimExpr:
     bits = tirx.reinterpret("uint32", value)
     nearest_even = (bits + tirx.const(0x7FFF, "uint32")
                     + ((bits >> tirx.const(16, "uint32")) & tirx.const(1, "uint32")))
-    return tirx.Select(tirx.isnan(value), tirx.const(0x7FC0, "uint16"),
+    return tirx.Select(is_nan(value), tirx.const(0x7FC0, "uint16"),
                        (nearest_even >> tirx.const(16, "uint32")).astype("uint16"))
 
 

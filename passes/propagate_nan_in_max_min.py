@@ -51,6 +51,7 @@ from tvm import s_tir, tirx
 
 from relaycomp.ir import loaded_buffer, rewrite_primfuncs
 from relaycomp.registry import register_pass
+from relaycomp.rewrite.float_bits import is_nan
 
 FORMS = ("llvm", "native", "select")  # see the module docstring; form_for(target) picks one
 _NATIVE = {"Max": "llvm.maximum", "Min": "llvm.minimum"}
@@ -95,7 +96,7 @@ def nan_propagating(expr, form: str = "llvm", bind: bool = True):
             return type(expr)(b, a)
         if not _leaf(b):
             a, b = b, a
-        return tirx.Select(tirx.isnan(b), b, type(expr)(b, a))
+        return tirx.Select(is_nan(b), b, type(expr)(b, a))
     keeps_right = tirx.LT if isinstance(expr, tirx.Max) else tirx.GT  # when b is the result
     bindings = []
 
@@ -110,7 +111,7 @@ def nan_propagating(expr, form: str = "llvm", bind: bool = True):
     if _constant(b):
         result = tirx.Select(keeps_right(a, b), b, a)
     else:
-        result = tirx.Select(tirx.Or(keeps_right(a, b), tirx.isnan(b)), b, a)
+        result = tirx.Select(tirx.Or(keeps_right(a, b), is_nan(b)), b, a)
     for var, value in reversed(bindings):
         result = tirx.Let(var, value, result)
     return result

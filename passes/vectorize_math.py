@@ -36,6 +36,7 @@ from tvm import tirx
 
 from relaycomp.ir import rewrite_primfuncs
 from relaycomp.registry import register_pass
+from relaycomp.rewrite.float_bits import is_nan
 
 # Cephes expf: exp(r) ~ 1 + r + r^2 (P0 r^5 + ... + P5), |r| <= ln(2)/2
 _POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
@@ -100,7 +101,7 @@ def _erf(x: tirx.PrimExpr) -> tirx.PrimExpr:
     square = clamped * clamped
     p = _horner(square, _ERF_P)
     q = _horner(square, _ERF_Q)
-    return tirx.Select(tirx.isnan(x), x, clamped * p / q)  # the clamp would drop a NaN
+    return tirx.Select(is_nan(x), x, clamped * p / q)  # the clamp would drop a NaN
 
 
 def _horner(x: tirx.PrimExpr, coefficients) -> tirx.PrimExpr:

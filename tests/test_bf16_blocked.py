@@ -152,6 +152,31 @@ def test_avx512_blocked_bf16_loop_shares_each_broadcast_across_accumulators(chan
     assert not re.findall(r"vmov\w*\s+[^\n]*\(%rsp\)", loop), "spilled in the hot loop"
 
 
+def _projection_chain(channels: int = 32, size: int = 12) -> tvm.IRModule:
+    """conv -> relu -> 1x1 conv (no activation: a MobileNet projection) -> conv -> relu: the
+    projection's epilogue adds its bias and rounds to bf16 for the next conv."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, channels, size, size), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, _weight(channels, channels),
+                                                            padding=1)))
+            b = bb.emit(relax.op.nn.conv2d(a, _weight(channels, channels, size=1)))
+            y = bb.emit_output(relax.op.nn.relu(relax.op.nn.conv2d(
+                b, _weight(channels, channels), padding=1)))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def test_avx512_bf16_rounding_epilogue_is_vector_code():
+    """``round_to_bf16``'s NaN test once scalarized its loop (TVM's vectorizer has no rule for
+    ``isnan``): a ``vucomiss`` and a branch per lane after every tile of MobileNetV2's
+    projection convs, half their time. It compares bits now, sixteen lanes at a time."""
+    asm = _assembly(_projection_chain(), "x86-64-avx512-bf16")
+    assert "vdpbf16ps" in asm
+    assert not re.findall(r"\bv?u?comiss\b", asm), "a scalar NaN test"
+
+
 def test_graviton3_blocked_bf16_loop_is_bfdot_on_registers():
     loop = _arm_hot_loop(_assembly(_conv_chain(64, 12, 3), "aws-graviton3"))
     accumulators = set(re.findall(r"^\s*bfdot\s+(v\d+)\.4s", loop, re.MULTILINE))
