@@ -133,3 +133,18 @@ def build_scheduled(mod, target):
                                        + cpu.dataflow_lower_passes(target)
                                        + cpu.finalize_passes(target))(mod)
     return tvm.compile(mod, target, relax_pipeline=None)
+
+
+def scalarized_loops(mod) -> list[str]:
+    """The loops of ``mod`` (scheduled TIR) that TVM's ``VectorizeLoop`` gave up on and ran a
+    lane at a time (it renames such a loop's variable ``*_s``): none, for a vector kernel."""
+    import re
+
+    import tvm
+    from tvm import s_tir, tirx
+
+    lowered = tvm.ir.transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.ConvertBlocksToOpaque(),
+        s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(),
+        s_tir.transform.StmtSimplify(), tirx.transform.VectorizeLoop(True)])(mod)
+    return re.findall(r"for (\w+_s) in", lowered.script())

@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
@@ -51,12 +54,24 @@ class InjectiveRule(CpuRule):
             fill = _split_off_padding(sch, info.block_rv)
             if fill is not None:
                 schedule_spatial_block(sch, fill, facts)
+            pieces = _piece_selecting_loop(sch, info)
             schedule_spatial_block(sch, info.block_rv, facts,
-                                   unrolled=_piece_selecting_loop(sch, info))
+                                   unrolled=pieces.loop if pieces else None,
+                                   piece_lanes=pieces.lanes if pieces else 0)
         return sch
 
 
-def _piece_selecting_loop(sch: s_tir.Schedule, info) -> s_tir.schedule.LoopRV | None:
+@dataclass(frozen=True)
+class PieceLoop:
+    """Where a blocked concat's pieces change: ``loop`` (the channel blocks) is unrolled, and
+    the vector loop runs ``lanes`` lanes at a time when a piece starts inside a block (24-channel
+    pieces in ``NCHW16c``: 8), 0 when pieces start on block boundaries."""
+
+    loop: s_tir.schedule.LoopRV
+    lanes: int
+
+
+def _piece_selecting_loop(sch: s_tir.Schedule, info) -> PieceLoop | None:
     """For a concat along a blocked axis (``NCHW16c`` pieces of 24 channels: which piece a
     lane reads depends on the channel block *and* the lane), the channel-block loop, to unroll
     just outside the vector loop: each copy's piece boundaries are then constants, and LLVM
@@ -67,7 +82,11 @@ def _piece_selecting_loop(sch: s_tir.Schedule, info) -> s_tir.schedule.LoopRV | 
     first (outermost) one, other than the lane's, whose iterator one comparison of a select's
     condition reads with the lane's, in its index arithmetic (a comparison of loaded values -
     ``isnan(x)``, ``x > 0`` - selects per element, not per piece), with a static extent of at
-    most :data:`MAX_UNROLLED_PIECE_LOOP`."""
+    most :data:`MAX_UNROLLED_PIECE_LOOP`. Its lanes: the largest divisor of the lane loop's
+    extent that divides every constant of those comparisons (piece starts at 24, 48, 72 of a
+    16-lane block: 8), so that no vector straddles two pieces - TVM's vectorizer then proves
+    each condition uniform across the vector, where one straddling vector scalarizes the whole
+    loop (PP-OCRv4 det's bf16 resize-concat-round kernel: a lane at a time before)."""
     store = sch.get(info.block_rv).body
     if not isinstance(store, tirx.BufferStore) or len(info.iters) < 2:
         return None
@@ -77,8 +96,22 @@ def _piece_selecting_loop(sch: s_tir.Schedule, info) -> s_tir.schedule.LoopRV | 
     for it in info.iters[:-1]:
         if (isinstance(it.dom, int) and 1 < it.dom <= MAX_UNROLLED_PIECE_LOOP
                 and any(uses_var(condition, it.var) for condition in conditions)):
-            return it.loop_rv
+            return PieceLoop(it.loop_rv, _piece_lanes(conditions, info.iters[-1].dom))
     return None
+
+
+def _piece_lanes(conditions: list[tirx.PrimExpr], extent) -> int:
+    """The lanes of a vector that stays inside one piece: the gcd of the lane loop's static
+    ``extent`` and the integer constants of ``conditions``; 0 when that is ``extent`` itself
+    (or the extent is symbolic) - no split needed - or under 4 lanes, not worth a vector."""
+    if not isinstance(extent, int):
+        return 0
+    constants: list[int] = []
+    for condition in conditions:
+        tvm_ffi.structural_walk(condition, (tirx.IntImm, lambda imm: constants.append(
+            abs(int(imm.value)))))
+    lanes = math.gcd(extent, *constants)
+    return lanes if 4 <= lanes < extent else 0
 
 
 def _comparisons(condition: tirx.PrimExpr) -> list[tirx.PrimExpr]:
