@@ -199,16 +199,16 @@ FACTS = cpu_facts(TARGET)
 LANES = FACTS.lanes("float32")
 
 
-def _conv_plan(x_shape, w_shape, stride=1):
+def _conv_plan(x_shape, w_shape, stride=1, groups=1, facts=None):
     """The heuristic plan of a conv2d block, and the block's iterator names."""
-    mod = _legalized(_function({"x": x_shape, "w": w_shape}, lambda x, w: _conv(x, w, stride)),
-                     scheduled=False)
+    mod = _legalized(_function({"x": x_shape, "w": w_shape},
+                               lambda x, w: _conv(x, w, stride, groups=groups)), scheduled=False)
     (func,) = [f for _, f in mod.functions_items() if _is_prim(f) and "conv" in str(f)]
     sch = s_tir.Schedule(func)
     (block,) = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
                 if len(sch.get(b).iter_vars) == 7]
     iters = [str(it.var.name) for it in sch.get(block).iter_vars]
-    return plan_contraction(sch.get(block), FACTS), iters
+    return plan_contraction(sch.get(block), facts or FACTS), iters
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -230,6 +230,16 @@ def test_a_conv_whose_width_fills_the_tile_keeps_one_register_axis(width):
     assert plan.outer_register_iter is None and plan.outer_register_tile == 1
     vectors, pixels = (1, 7) if width == 7 else (2, 4)
     assert (plan.vector_tile, plan.register_tile) == (vectors * LANES, pixels)
+
+
+def test_a_row_of_a_depthwise_conv_takes_at_most_eight_vectors():
+    """No register axis (NCHW depthwise, vectors along the row): every vector needs its own
+    inputs and the epilogue holds them all - a 320-wide row gets 5 vectors, not 10."""
+    avx512 = cpu_facts(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512",
+                                          "num-cores": 2}))
+    plan, iters = _conv_plan((1, 16, 6, 320), (16, 1, 3, 3), groups=16, facts=avx512)
+    assert iters[plan.vector_iter] == "v_xx" and plan.register_iter is None
+    assert plan.vector_tile == 5 * 16  # 20 vectors a row: 5 divide it, 10 would too
 
 
 def test_the_second_register_axis_is_unrolled_in_the_schedule():

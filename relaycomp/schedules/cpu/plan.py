@@ -49,6 +49,11 @@ MAX_PACK_RATIO = 8
 # Independent accumulators that keep both FMA pipes busy (2 pipes x 4 cycles on AVX2 cores):
 # a one-axis tile with fewer gets a second register axis when that gives more.
 MIN_ACCUMULATORS = 8
+# A tile without a register axis (a depthwise conv along a row, a matrix-vector product) has no
+# operand to share between its vectors, and its epilogue works on all of them at once: past 8
+# vectors the epilogue spills (PP-OCRv4 det int8's NCHW depthwise convs with a quantizing
+# hardswish: 10 vectors 1.59 ms, 5 vectors 0.89 ms).
+MAX_VECTORS_WITHOUT_REGISTER_AXIS = 8
 
 
 @dataclass(frozen=True)
@@ -303,7 +308,8 @@ def _register_tile(extents, lanes, facts, vector_iter, register_iter) -> tuple[i
     budget holds, then the fewest loads per multiply-add (vectors + register_tile)."""
     u_extent = 1 if register_iter is None else extents[register_iter]
     # Without a register axis (matrix-vector) the chains can only come from more vectors.
-    most_vectors = 2 if u_extent > 1 else facts.accumulator_budget
+    most_vectors = 2 if u_extent > 1 else min(facts.accumulator_budget,
+                                              MAX_VECTORS_WITHOUT_REGISTER_AXIS)
     best = (0, 0, 0, 1, 1)
     for vectors in range(1, most_vectors + 1):
         if extents[vector_iter] % (vectors * lanes) == 0:
