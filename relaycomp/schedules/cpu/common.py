@@ -204,7 +204,7 @@ def is_unit_stride(indices, var: tirx.Var) -> bool:
 
 def schedule_spatial_block(
     sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, facts: CpuFacts, row_elements: int = 0,
-    unrolled: s_tir.schedule.LoopRV | None = None, piece_lanes: int = 0,
+    partitioned: s_tir.schedule.LoopRV | None = None, piece_lanes: int = 0,
 ) -> None:
     """Parallelize and vectorize a data-parallel block sitting at the root of the function.
 
@@ -214,11 +214,11 @@ def schedule_spatial_block(
     With ``row_elements``, the innermost loops that together hold at most that many elements
     stay serial loops inside each parallel iteration (a padded copy: one whole row per
     iteration, rather than one vector per iteration behind a div/mod of the fused index).
-    ``unrolled`` (a loop of static extent, not the innermost) moves just outside the vector loop,
-    out of the fused one, and is partitioned into one block per iteration: in each copy its
-    index is a constant that simplification folds into the indices. With ``piece_lanes`` (a
+    ``partitioned`` (a loop of static extent, not the innermost) moves just outside the vector
+    loop, out of the fused one, and is partitioned into one block per iteration: in each copy
+    its index is a constant that simplification folds into the indices. With ``piece_lanes`` (a
     divisor of the innermost extent), the innermost loop is vectorized that many lanes at a
-    time, and the loop over those vectors is partitioned the same way, inside ``unrolled``.
+    time, and the loop over those vectors is partitioned the same way, inside ``partitioned``.
     """
     loops = sch.get_loops(block)
     if not loops:
@@ -231,20 +231,20 @@ def schedule_spatial_block(
     if inner_extent is not None and inner_extent % lanes == 0 and inner_extent > lanes:
         row, inner = sch.split(inner, factors=[None, lanes])
         outer.append(row)
-    partitioned = []
-    if unrolled is not None:
-        outer = [loop for loop in outer if not sch.get(loop).same_as(sch.get(unrolled))]
-        sch.reorder(*outer, unrolled, inner)
+    to_partition = []
+    if partitioned is not None:
+        outer = [loop for loop in outer if not sch.get(loop).same_as(sch.get(partitioned))]
+        sch.reorder(*outer, partitioned, inner)
         if piece_lanes and (loop_extent(sch, inner) or 0) % piece_lanes == 0:
             piece, inner = sch.split(inner, factors=[None, piece_lanes])
-            partitioned.append(piece)
-        partitioned.append(unrolled)  # innermost first: the outer partition copies the inner
+            to_partition.append(piece)
+        to_partition.append(partitioned)  # innermost first: the outer partition copies the inner
     row = loop_extent(sch, inner) or 1
     # A longer odd-sized innermost loop stays a plain loop: LLVM vectorizes it with a remainder,
     # which beats fusing it into the outer loops and paying a div/mod per element.
     if inner_extent is not None and 2 <= row <= 2 * lanes:
         sch.vectorize(inner)
-    for loop in partitioned:  # the loops inside them are copied: ``inner`` is gone after this
+    for loop in to_partition:  # the loops inside them are copied: ``inner`` is gone after this
         _partition_per_iteration(sch, loop)
     if not outer or not facts.parallel:
         return
