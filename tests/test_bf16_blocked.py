@@ -154,7 +154,7 @@ def test_avx512_blocked_bf16_loop_shares_each_broadcast_across_accumulators(chan
 
 def _projection_chain(channels: int = 32, size: int = 12) -> tvm.IRModule:
     """conv -> relu -> 1x1 conv (no activation: a MobileNet projection) -> conv -> relu: the
-    projection's epilogue adds its bias and rounds to bf16 for the next conv."""
+    projection's epilogue only rounds its sums to bf16 for the next conv."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, channels, size, size), "float32"))
     with bb.function("main", [x]):
