@@ -43,14 +43,13 @@ and after.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import numpy as np
 import tvm
 from tvm import relax, te, tirx, topi
 
-from relaycomp.ir import static_shape
+from relaycomp.ir import static_shape, tensor_bytes
 from relaycomp.passes.lower_convs_to_winograd import call_input_transform, oihw
 from relaycomp.passes.lower_convs_to_winograd import fits as winograd_fits
 from relaycomp.registry import register_pass
@@ -221,12 +220,7 @@ def _excitation(call: relax.Call) -> bool:
     weight over one pixel (a classifier's 1x1 conv) is read faster in bf16 and is converted."""
     shape = static_shape(call)
     return (shape is not None and len(shape) >= 4 and shape[2] == shape[3] == 1
-            and _nbytes(call.args[1]) <= EXCITATION_WEIGHT_BYTES)
-
-
-def _nbytes(constant: relax.Constant) -> int:
-    """A constant's size in bytes, from its shape and dtype (no copy of its data)."""
-    return math.prod(constant.value.shape) * tvm.DataType(str(constant.value.dtype)).bits // 8
+            and tensor_bytes(call.args[1].ty) <= EXCITATION_WEIGHT_BYTES)
 
 
 def _kind(call: relax.Call) -> str | None:

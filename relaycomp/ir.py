@@ -308,9 +308,10 @@ def structural_key(mod: tvm.IRModule) -> str:
     return str(tvm_ffi.structural_hash(mod))
 
 
-def _tensor_bytes(value_type) -> int:
+def tensor_bytes(value_type) -> int:
+    """Bytes of a tensor (or tuple of tensors) type with a static shape; 0 when it has none."""
     if isinstance(value_type, relax.TupleType):
-        return sum(_tensor_bytes(field) for field in value_type.fields)
+        return sum(tensor_bytes(field) for field in value_type.fields)
     if not isinstance(value_type, relax.TensorType) or value_type.shape is None:
         return 0
     dims = [d for d in value_type.shape]
@@ -345,8 +346,8 @@ def kernel_traffic(mod: tvm.IRModule) -> dict[str, int]:
             value = binding.value
             if isinstance(value, relax.Call) and value.op.same_as(call_tir):
                 kernels += 1
-                produced += _tensor_bytes(binding.var.ty)
-    returned = _tensor_bytes(main.ret_ty)
+                produced += tensor_bytes(binding.var.ty)
+    returned = tensor_bytes(main.ret_ty)
     return {"kernels": kernels, "intermediate_bytes": max(produced - returned, 0)}
 
 
