@@ -229,8 +229,8 @@ def schedule_spatial_block(
     inner, inner_extent = loops[-1], loop_extent(sch, loops[-1])
     outer = loops[:-1]
     if inner_extent is not None and inner_extent % lanes == 0 and inner_extent > lanes:
-        row, inner = sch.split(inner, factors=[None, lanes])
-        outer.append(row)
+        vectors, inner = sch.split(inner, factors=[None, lanes])
+        outer.append(vectors)
     to_partition = []
     if partitioned is not None:
         outer = [loop for loop in outer if not sch.get(loop).same_as(sch.get(partitioned))]
