@@ -13,6 +13,7 @@ from relaycomp.passes import (  # noqa: F401 - importing registers them
     mark_pair_safe_weights,
     merge_parallel_convs,
     merge_parallel_matmuls,
+    pack_matvec_weights,
     plan_conv_layout,
     propagate_nan_in_max_min,
     prune_channels,

@@ -29,7 +29,8 @@ bf16 travels as ``uint16`` bits because TVM 0.27 cannot keep a bf16 buffer insid
 ``BF16ComputeLegalize`` widens every one to fp32), and the kernel must hand bf16 pairs to the
 instruction. In the blocked layout the RGB stem (an NCHW input) takes its pairs along the kernel
 row and a depthwise conv reads bf16 inputs into fp32 sums; a ``matmul`` with a constant 2-D
-weight (a classifier) gets that weight in bf16. An activation rounded for a conv is rounded once,
+weight (a classifier) gets that weight in bf16, packed in blocks of columns over few rows
+(``relaycomp.rewrite.matvec``). An activation rounded for a conv is rounded once,
 and its other readers (a residual add) read those bits widened; a max pool feeding a converted
 conv reads bits too (``max_pool2d_bf16``: max commutes with rounding).
 Keeps: the function signature; outputs within the bf16 rounding of each conv's operands (8
@@ -56,6 +57,8 @@ from relaycomp.registry import register_pass
 from relaycomp.rewrite import winograd
 from relaycomp.rewrite.conv_window import SlidingWindow, pad_spatial
 from relaycomp.rewrite.float_bits import is_nan
+from relaycomp.rewrite.matvec import call_matvec, pack_columns
+from relaycomp.rewrite.matvec import fits as matvec_fits
 
 ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
 BLOCKED_KERNEL, DEPTHWISE_KERNEL = "conv2d_nchwc_bf16", "depthwise_conv2d_nchwc_bf16"
@@ -291,6 +294,11 @@ def _stem(builder, rounded, data, weight: np.ndarray, conv_args):
 
 
 def _matmul(builder, rounded, data, weight: np.ndarray, conv_args):
+    """A product of few rows (a classifier) streams its weight packed in blocks of columns
+    (``relaycomp.rewrite.matvec``), others read it as ``[K, N]``."""
+    if matvec_fits(static_shape(data) and static_shape(data)[0], weight.shape, weight.size * 2):
+        return call_matvec(builder, data, pack_columns(bf16_bits(weight)), weight.shape[1],
+                           widen)
     return builder.call_te(_matmul_bf16, data, relax.const(bf16_bits(weight)),
                            primfunc_name_hint=MATMUL_KERNEL)
 

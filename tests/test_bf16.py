@@ -100,6 +100,28 @@ def test_a_squeeze_excite_conv_stays_fp32_and_a_large_one_pixel_conv_does_not():
     assert "nn.conv2d" not in op_counts(classifier)
 
 
+def test_a_classifier_streams_its_bf16_weight_packed_in_blocks_of_columns():
+    from tvm import relax
+
+    from relaycomp.rewrite.matvec import BLOCK, KERNEL
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((512, 1000)).astype(np.float32)  # ResNet-18's classifier
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 512), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.matmul(x, relax.const(weight)))
+        bb.emit_func_output(y)
+    converted = convert_to_bf16()(bb.get())
+    [kernel] = [func for gvar, func in converted.functions_items() if gvar.name_hint == KERNEL]
+    packed = kernel.params[1]
+    assert str(packed.dtype) == "uint16"
+    assert [int(d) for d in packed.shape] == [16, 512, BLOCK]
+    features = rng.standard_normal((1, 512)).astype(np.float32)
+    _close(HostModule(converted).run([features])[0], features @ weight)
+
+
 def test_converted_module_matches_onnxruntime_to_bf16_rounding():
     model = resnet_block_net()
     feeds = random_inputs(model)
