@@ -70,3 +70,58 @@ def test_rebuilding_at_the_same_path_runs_the_new_library(tmp_path):
     second = relaycomp.load(path).run(random_inputs(mlp()))
     assert list(first) == ["logits"] and list(second) == ["probs"]
     assert second["probs"].shape == (4, 10)
+
+
+def _misaligned(array: np.ndarray) -> np.ndarray:
+    """A copy of ``array`` whose data starts 4 bytes past a 64-byte boundary."""
+    from relaycomp.runtime.staging import aligned_empty
+
+    raw = aligned_empty((array.nbytes + 64,), np.uint8)
+    copy = raw[4:4 + array.nbytes].view(array.dtype).reshape(array.shape)
+    copy[...] = array
+    return copy
+
+
+def test_aligned_misaligned_and_strided_inputs_give_the_same_outputs(conv_artifact):
+    model = relaycomp.load(conv_artifact)
+    [(name, x)] = random_inputs(conv_net()).items()
+    expected = model.run({name: x.copy()})
+    strided = np.repeat(x, 2, axis=-1)[..., ::2]  # x again, not C-contiguous
+    for variant in (_misaligned(x), strided, _misaligned(x[::-1].copy())[::-1]):
+        before = variant.copy()
+        actual = model.run({name: variant})
+        assert all(np.array_equal(actual[k], expected[k]) for k in expected)
+        np.testing.assert_array_equal(variant, before)  # the caller's array is left alone
+
+
+def test_an_aligned_input_is_passed_without_a_copy_and_others_through_one_buffer():
+    from relaycomp.runtime.staging import ALIGNMENT, InputStaging, aligned_empty
+
+    staging = InputStaging()
+    aligned = aligned_empty((3, 40), np.float32)
+    aligned[...] = 1.5
+    assert aligned.ctypes.data % ALIGNMENT == 0
+    assert np.shares_memory(np.from_dlpack(staging.tensor(0, aligned)), aligned)
+    shifted = _misaligned(aligned)
+    first = np.from_dlpack(staging.tensor(0, shifted))
+    second = np.from_dlpack(staging.tensor(0, shifted + 1))
+    assert not np.shares_memory(first, shifted)
+    assert np.shares_memory(first, second)  # one staging buffer, reused
+    assert (second == 2.5).all()
+
+
+def test_an_output_that_views_its_input_is_not_overwritten_by_the_next_call(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "view",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [3, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    loaded = relaycomp.load(relaycomp.compile(model, tmp_path / "view.so").path)
+    x = _misaligned(np.arange(12, dtype=np.float32).reshape(2, 6))  # through the staging buffer
+    first = loaded.run({"x": x})["y"]
+    loaded.run({"x": x + 100})
+    np.testing.assert_array_equal(first, np.arange(12, dtype=np.float32).reshape(3, 4))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ import numpy as np
 from relaycomp import ir
 from relaycomp.compiler.manifest import Manifest, check_artifact, read_manifest
 from relaycomp.errors import ArtifactError, InputSpecError, last_line
+from relaycomp.runtime.staging import InputStaging
 from relaycomp.targets import TargetSpec, check_shared_library, elf_machine
 
 
@@ -59,6 +61,10 @@ class LoadedModel:
     TVM_NUM_THREADS is set or TVM's thread pool already started in this process. Either is
     capped at the CPUs this process may use (more threads only contend; TVM's pool aborts
     at very large counts); capping an explicit ``threads`` warns.
+
+    On the CPU, :meth:`run` passes an aligned numpy input to the kernels without a copy and
+    copies any other into a buffer it reuses (``relaycomp.runtime.staging``); calls from several
+    threads run one at a time.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
@@ -72,6 +78,8 @@ class LoadedModel:
             self._vm, self._device = ir.load_vm(str(self.path), self._device_kind())
         except Exception as err:
             raise ArtifactError(f"cannot load {self.path}: {last_line(err)}") from err
+        self._staging = InputStaging() if self._device_kind() == "cpu" else None
+        self._lock = threading.Lock()
 
     def _device_kind(self) -> str:
         return "cuda" if self.target.kind == "cuda" else "cpu"
@@ -88,9 +96,11 @@ class LoadedModel:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; returns ``{output name: array}``."""
         arrays = self._check_inputs(inputs)
-        tensors = [ir.to_device(a, self._device) for a in arrays]
         try:
-            results = ir.to_numpy(self._vm["main"](*tensors))
+            with self._lock:
+                tensors = [self._staging.tensor(i, a) if self._staging is not None
+                           else ir.to_device(a, self._device) for i, a in enumerate(arrays)]
+                results = ir.to_numpy(self._vm["main"](*tensors))
         except Exception as err:  # noqa: BLE001 - TVM's checks raise its own error types
             # The inputs fit the manifest, so the library disagrees with its manifest.
             raise ArtifactError(f"{self.path} rejects inputs of its manifest's signature: "

@@ -1,0 +1,59 @@
+"""Hand numpy inputs to a CPU model without allocating a tensor for every call.
+
+A fresh ``tvm.runtime.tensor`` per input and call costs an allocation and the first touch of
+every page of it: MobileNetV2's 600 KB input cost 0.25 ms of a 2.75 ms bf16 run (Zen 4, 2
+threads, by min). TVM's kernels take 64-byte-aligned data (``tvm.runtime.from_dlpack`` refuses
+other addresses), so:
+
+- a C-contiguous, writeable numpy array at a 64-byte-aligned address is passed as it is, over
+  DLPack (no copy: a compiled Relax function never writes its inputs);
+- any other is copied into a staging array of the model's own, aligned, allocated at the first
+  call and reused.
+
+Outputs are still copied out (``.numpy()``): an output may be a view of an input (a reshape),
+and so of a staging array the next call overwrites.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+
+ALIGNMENT = 64
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data starts at a multiple of ``ALIGNMENT``."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _passable(array: np.ndarray) -> bool:
+    return (array.flags.c_contiguous and array.flags.writeable
+            and array.ctypes.data % ALIGNMENT == 0)
+
+
+class InputStaging:
+    """One model's inputs on the CPU: :meth:`tensor` per input, per call (module docstring).
+
+    Not for concurrent calls: the staging arrays are the model's (and so is the VM)."""
+
+    def __init__(self) -> None:
+        self._staged: dict[int, np.ndarray] = {}
+
+    def tensor(self, index: int, array: np.ndarray) -> tvm.runtime.Tensor:
+        """Input ``index`` of the next call, holding ``array``'s values."""
+        if not _passable(array):
+            staged = self._staged.get(index)
+            if staged is None or staged.shape != array.shape or staged.dtype != array.dtype:
+                staged = self._staged[index] = aligned_empty(array.shape, array.dtype)
+            np.copyto(staged, array)
+            array = staged
+        try:
+            return tvm.runtime.from_dlpack(array)
+        except Exception:  # noqa: BLE001 - a dtype DLPack cannot carry (numpy's bool, on
+            # some versions): the copying path, as before
+            return tvm.runtime.tensor(array, tvm.cpu())
