@@ -39,7 +39,7 @@ class _PackMatvecWeights(relax.PyExprMutator):
             return call
         data, weight = call.args
         shape = static_shape(data)
-        if not (isinstance(weight, tvm.ir.expr.Constant) and shape is not None and len(shape) == 2
+        if not (isinstance(weight, tvm.ir.expr.GenericConst) and shape is not None and len(shape) == 2
                 and {str(data.ty.dtype), str(weight.ty.dtype), str(call.ty.dtype)}
                 == {"float32"}
                 and fits(shape[0], static_shape(weight) or (), tensor_bytes(weight.ty))):
