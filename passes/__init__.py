@@ -22,6 +22,7 @@ from relaycomp.passes import (  # noqa: F401 - importing registers them
     remove_noop_ops,
     schedule_cpu_loops,
     schedule_gpu_default,
+    tabulate_byte_functions,
     unstack_max_min,
     vectorize_math,
 )

@@ -65,7 +65,7 @@ _FRONT = [
                   "decompose_ops_for_inference", "canonicalize_bindings", "fold_constant",
                   "merge_parallel_matmuls", "fuse_by_pattern"]),
     ("prune", []),  # where a feature's pass may go (the prune feature's prune_channels)
-    ("quantize", ["lower_qdq_to_integer"]),  # the quantize feature puts quantize_int8 first
+    ("quantize", ["lower_qdq_to_integer", "tabulate_byte_functions"]),  # the quantize feature puts quantize_int8 first
     ("dispatch", ["dispatch_sampling", "dispatch_sort_scan"]),
     ("legalize", ["decompose_conv_transpose", *_LEGALIZE_OPS]),
     ("fuse", ["fuse_ops", "fuse_tir", "mark_pair_safe_weights"]),
