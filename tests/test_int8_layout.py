@@ -54,6 +54,19 @@ def _mobilenet_chain():
                    {"logits": _float_output([1, 10])})
 
 
+def _mobilenet_24_chain():
+    """A MobileNetV2 in miniature with its 24-channel stage (features 2 and 3: 16 -> 24 strided,
+    24 -> 24 with a residual add, expansion 6), which fills no 16-channel block."""
+    g = _Graph(seed=5)
+    y = g.op("Relu", [g.batchnorm(g.conv("x", 3, 16, bias=False), 16)])
+    y = _inverted_residual(g, y, 16, 24, expand=6, stride=2)
+    y = _inverted_residual(g, y, 24, 24, expand=6, stride=1)
+    y = _inverted_residual(g, y, 24, 32, expand=6, stride=2)
+    logits = g.classifier_head(y, 32, 10)
+    return g.model("mobilenet_24_chain", [_float_input("x", [1, 3, 28, 28])],
+                   {"logits": logits}, {"logits": _float_output([1, 10])})
+
+
 @pytest.fixture(scope="module")
 def qdq_model():
     return ort_qdq(_resnet_chain())
@@ -166,3 +179,22 @@ def test_planned_mobilenet_matches_onnxruntime(mobilenet_qdq, tmp_path):
     actual = relaycomp.load(artifact.path).run(inputs)["logits"]
     expected = ort_run(mobilenet_qdq, inputs, optimized=False)
     assert np.abs(actual - expected).max() <= 2 * output_scale(mobilenet_qdq) + 1e-6
+
+
+def test_24_channel_convs_are_padded_to_the_block_and_planned_with_the_rest(tmp_path):
+    model = ort_qdq(_mobilenet_24_chain())
+    stages, _ = split_before(default_stages("llvm"), "layout")
+    mod = run_stages(import_onnx(model).mod, stages, CASCADE_LAKE)[0]
+    report = {}
+    planned = plan_int8_layout(mod, CASCADE_LAKE, report)
+    # the stem and all nine convs of the three blocks; the three that make 24 channels padded
+    # (16 -> 24, 24 -> 24 and its residual, and the expansion reading them pads its weights)
+    assert report == {"int8_planned": 10, "int8_layout_changes": 2, "int8_padded": 2}
+    assert _kernels(planned, DEPTHWISE_KERNEL) == 3
+    if HOST_HAS_VNNI:
+        inputs = {"x": np.random.default_rng(9).standard_normal((1, 3, 28, 28))
+                  .astype(np.float32)}
+        artifact = relaycomp.compile(model, tmp_path / "m.so", num_cores=2)
+        actual = relaycomp.load(artifact.path).run(inputs)["logits"]
+        expected = ort_run(model, inputs, optimized=False)
+        assert np.abs(actual - expected).max() <= 2 * output_scale(model) + 1e-6

@@ -25,9 +25,13 @@ from relaycomp.ir import mutate_relax_functions
 CONV_OP = "relax.nn.conv2d"
 MAX_GROWTH = 0.5  # 24 -> 32 channels (+33%) pads, 16 -> 32 (+100%) does not
 BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.maximum", "relax.minimum"}
-# Unary ops that map the zeros of a padded channel to finite values.
+# Unary ops that map the zeros of a padded channel to finite values (casts and rounding: an
+# int8 conv's epilogue once its quantize is decomposed).
 UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu",
-         "relax.nn.gelu", "relax.nn.leakyrelu"}
+         "relax.nn.gelu", "relax.nn.leakyrelu", "relax.astype", "relax.round"}
+# Divided by a scalar constant (a decomposed quantize's scale), a padded channel stays finite.
+DIVIDE = "relax.divide"
+PAD = "relax.nn.pad"
 
 
 def padded_width(channels: int, block: int) -> int:
@@ -37,10 +41,14 @@ def padded_width(channels: int, block: int) -> int:
     return width if width <= channels * (1 + MAX_GROWTH) else channels
 
 
-def pad_channels(mod: tvm.IRModule, block: int, report: dict | None = None) -> tvm.IRModule:
+def pad_channels(mod: tvm.IRModule, block: int, report: dict | None = None,
+                 weight_dtype: str = "float32") -> tvm.IRModule:
     """``mod`` with its NCHW convs' channels padded to multiples of ``block`` (module docstring);
-    ``mod`` itself when no conv needs it. ``report["padded"]``: the convs given zero filters."""
-    mutator = _ChannelPadder(mod, block)
+    ``mod`` itself when no conv needs it. ``report["padded"]``: the convs given zero filters.
+    ``weight_dtype``: the convs padded, ``float32`` ones for the float plan or ``int8`` ones
+    (uint8 x int8 -> int32, as ``lower_qdq_to_integer`` leaves them) for the int8 plan; a
+    padded channel of an int8 chain holds its zero point after each requantization."""
+    mutator = _ChannelPadder(mod, block, weight_dtype)
     mutated = mutate_relax_functions(mod, mutator)
     if report is not None:
         report["padded"] = mutator.padded
@@ -59,9 +67,10 @@ def _pad_axis(array: np.ndarray, axis: int, width: int) -> np.ndarray:
 
 @relax.expr_functor.mutator
 class _ChannelPadder(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, block: int):
+    def __init__(self, mod: tvm.IRModule, block: int, weight_dtype: str):
         super().__init__(mod)
         self.block = block
+        self.weight_dtype = weight_dtype
         self.real = {}  # padded var -> its real channel count
         self.sliced = {}  # padded var -> the var holding its real channels
         self.padded = 0  # convs given zero filters
@@ -94,6 +103,9 @@ class _ChannelPadder(relax.PyExprMutator):
             return self._binary(call)
         if _is_op(call, UNARY) and call.args and self.real.get(call.args[0]) is not None:
             return call, self.real[call.args[0]]
+        if (_is_op(call, {DIVIDE, PAD}) and self.real.get(call.args[0]) is not None
+                and _keeps_channels(call)):
+            return call, self.real[call.args[0]]
         return self._with_real_args(call), None
 
     def _conv(self, call) -> tuple[relax.Expr, int | None]:
@@ -101,8 +113,8 @@ class _ChannelPadder(relax.PyExprMutator):
         attrs = call.attrs
         if not (isinstance(weight, tvm.ir.expr.Constant) and attrs.data_layout == "NCHW"
                 and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"
-                and str(weight.ty.dtype) == "float32"):
-            # an integer conv (int8) is no float conv the plan could take: left as it is
+                and str(weight.ty.dtype) == self.weight_dtype):
+            # a conv of the other plan (int8 for the float plan) is left as it is
             return self._with_real_args(call), None
         array = weight.value.numpy()
         out_channels, groups = array.shape[0], int(attrs.groups)
@@ -164,6 +176,16 @@ class _ChannelPadder(relax.PyExprMutator):
     @staticmethod
     def _slice(expr, real: int):
         return relax.op.strided_slice(expr, axes=[1], begin=[0], end=[real])
+
+
+def _keeps_channels(call: relax.Call) -> bool:
+    """A divide of a padded tensor by a scalar constant; a pad of its rows and columns only."""
+    if call.op.name == DIVIDE:
+        divisor = call.args[1]
+        return (isinstance(divisor, tvm.ir.expr.Constant) and divisor.value.numpy().size == 1
+                and divisor.value.numpy().reshape(-1)[0] != 0)
+    widths = [int(w) for w in call.attrs.pad_width]
+    return len(widths) == 8 and widths[:4] == [0, 0, 0, 0]
 
 
 def _width(expr) -> int | None:
