@@ -31,9 +31,19 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
+def _compact_strides(shape, itemsize: int) -> tuple[int, ...]:
+    strides, step = [], itemsize
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
 def _passable(array: np.ndarray) -> bool:
-    return (array.flags.c_contiguous and array.flags.writeable
-            and array.ctypes.data % ALIGNMENT == 0)
+    """Aligned, writeable and laid out exactly as TVM checks it: C strides on every axis (numpy
+    calls an array C-contiguous whatever the strides of its one-element axes)."""
+    return (array.flags.writeable and array.ctypes.data % ALIGNMENT == 0
+            and array.strides == _compact_strides(array.shape, array.itemsize))
 
 
 class InputStaging:
@@ -46,6 +56,8 @@ class InputStaging:
 
     def tensor(self, index: int, array: np.ndarray) -> tvm.runtime.Tensor:
         """Input ``index`` of the next call, holding ``array``'s values."""
+        if array.size == 0:  # nothing to copy; numpy gives an empty array any strides
+            return tvm.runtime.tensor(array, tvm.cpu())
         if not _passable(array):
             staged = self._staged.get(index)
             if staged is None or staged.shape != array.shape or staged.dtype != array.dtype:
