@@ -296,7 +296,8 @@ def _stem(builder, rounded, data, weight: np.ndarray, conv_args):
 def _matmul(builder, rounded, data, weight: np.ndarray, conv_args):
     """A product of few rows (a classifier) streams its weight packed in blocks of columns
     (``relaycomp.rewrite.matvec``), others read it as ``[K, N]``."""
-    if matvec_fits(static_shape(data) and static_shape(data)[0], weight.shape, weight.size * 2):
+    rows = (static_shape(data) or (None,))[0]
+    if matvec_fits(rows, weight.shape, weight.size * 2):
         return call_matvec(builder, data, pack_columns(bf16_bits(weight)), weight.shape[1],
                            widen)
     return builder.call_te(_matmul_bf16, data, relax.const(bf16_bits(weight)),

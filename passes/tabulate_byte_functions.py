@@ -21,7 +21,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax, te
 
-from relaycomp.ir import mutate_relax_functions
+from relaycomp.ir import emit_rebound, mutate_relax_functions, static_shape
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.byte_tables import find_chains, flatten_table, lookup, tabulate
 
@@ -43,18 +43,14 @@ class _ChainsToLookups(relax.PyExprMutator):
             return
         chain, table = found
         source = self.visit_expr(chain.source)
-        data = te.placeholder(
-            [int(d) for d in chain.output.ty.shape.values], str(chain.source.ty.dtype), "data")
+        data = te.placeholder(static_shape(chain.output), str(chain.source.ty.dtype), "data")
         values = te.placeholder(table.shape, str(table.dtype), "table")
         result = lookup(data, values, chain.varying, str(chain.source.ty.dtype) == "int8")
         func = te.create_prim_func([data, values, result]).with_attr(
             "op_pattern", ELEMWISE).without_attr("global_symbol")
         gvar = self.builder_.add_func(func, "lookup_table")
         call = relax.call_tir(gvar, [source, relax.const(table)], chain.output.ty)
-        output = not isinstance(binding.var, relax.DataflowVar)
-        emit = self.builder_.emit_output if output and self.builder_.current_block_is_dataflow() \
-            else self.builder_.emit
-        self.set_var_remap(binding.var, emit(call, binding.var.name))
+        self.set_var_remap(binding.var, emit_rebound(self.builder_, binding.var, call))
 
 
 def tabulate_chains(mod: tvm.IRModule, report: dict | None = None) -> tvm.IRModule:

@@ -194,6 +194,13 @@ def static_shape(var_or_type) -> tuple[int, ...] | None:
     return tuple(int(d) for d in dims)
 
 
+def emit_rebound(builder: relax.BlockBuilder, var: relax.Var, value: relax.Expr) -> relax.Var:
+    """Emit ``value`` in place of ``var``'s binding, under ``var``'s name: as an output of the
+    dataflow block when ``var`` is one (it is read after the block), else as a plain binding."""
+    output = not isinstance(var, relax.DataflowVar) and builder.current_block_is_dataflow()
+    return (builder.emit_output if output else builder.emit)(value, var.name)
+
+
 def main_output_types(mod: tvm.IRModule) -> list[tuple[tuple[int, ...], str]]:
     """(shape, dtype) of every output of ``main``, flattened in order."""
     return tensor_types(mod["main"].ret_ty)

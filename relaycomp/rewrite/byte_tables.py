@@ -18,6 +18,8 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from relaycomp.ir import static_shape
+
 BYTE_DTYPES = ("uint8", "int8")
 # Ops that compute each output element from the elements at its own position only.
 ELEMENTWISE = {f"relax.{name}" for name in (
@@ -51,16 +53,6 @@ class Chain:
 
 def lookup_axis(varying) -> int:
     return max(axis for axis, size in enumerate(varying) if size == 1)
-
-
-def _shape(expr) -> tuple[int, ...] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    dims = getattr(ty.shape, "values", None)
-    if dims is None or not all(isinstance(d, tirx.IntImm) for d in dims):
-        return None
-    return tuple(int(d) for d in dims)
 
 
 def _constant_shape(call: relax.Call, position: int, value: np.ndarray, rank: int):
@@ -117,7 +109,7 @@ def _derive(binding, derived) -> tuple | None:
     if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
             and call.op.name in ELEMENTWISE):
         return None
-    shape = _shape(binding.var)
+    shape = static_shape(binding.var)
     if shape is None:
         return None
     sources, varying, chain = [], [1] * len(shape), []
@@ -131,7 +123,7 @@ def _derive(binding, derived) -> tuple | None:
                 source = arg
             else:
                 return None
-            if _shape(arg) != shape:
+            if static_shape(arg) != shape:
                 return None
             sources.append(source)
         elif isinstance(arg, tvm.ir.expr.GenericConst):

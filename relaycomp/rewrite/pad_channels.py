@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from relaycomp.ir import mutate_relax_functions
+from relaycomp.ir import emit_rebound, mutate_relax_functions
 
 CONV_OP = "relax.nn.conv2d"
 MAX_GROWTH = 0.5  # 24 -> 32 channels (+33%) pads, 16 -> 32 (+100%) does not
@@ -88,9 +88,7 @@ class _ChannelPadder(relax.PyExprMutator):
         output = not isinstance(binding.var, relax.DataflowVar)
         if real is not None and output:  # what leaves the block has its real channels
             value, real = self._slice(self.builder_.emit(value), real), None
-        emit = self.builder_.emit_output if output and self.builder_.current_block_is_dataflow() \
-            else self.builder_.emit
-        new_var = emit(value, binding.var.name)
+        new_var = emit_rebound(self.builder_, binding.var, value)
         if real is not None:
             self.real[new_var] = real
         self.set_var_remap(binding.var, new_var)
