@@ -56,9 +56,9 @@ from relaycomp.passes.lower_convs_to_winograd import fits as winograd_fits
 from relaycomp.registry import register_pass
 from relaycomp.rewrite import winograd
 from relaycomp.rewrite.conv_window import SlidingWindow, pad_spatial
-from relaycomp.rewrite.float_bits import is_nan
 from relaycomp.rewrite.matvec import call_matvec, pack_columns
 from relaycomp.rewrite.matvec import fits as matvec_fits
+from relaycomp.schedules.cpu.bf16_round import rounding
 
 ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
 BLOCKED_KERNEL, DEPTHWISE_KERNEL = "conv2d_nchwc_bf16", "depthwise_conv2d_nchwc_bf16"
@@ -80,20 +80,12 @@ def bf16_bits(values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
 
 
-def round_bits(value: tirx.PrimExpr) -> tirx.PrimExpr:
-    """An fp32 ``value`` as bf16 bits (``uint16``), round to nearest even, NaN kept NaN."""
-    bits = tirx.reinterpret("uint32", value)
-    nearest_even = (bits + tirx.const(0x7FFF, "uint32")
-                    + ((bits >> tirx.const(16, "uint32")) & tirx.const(1, "uint32")))
-    return tirx.Select(is_nan(value), tirx.const(0x7FC0, "uint16"),
-                       (nearest_even >> tirx.const(16, "uint32")).astype("uint16"))
-
-
-def _round_to_bf16(x: te.Tensor, channels: int) -> te.Tensor:
-    """``x`` as bf16 bits, with zero channels up to ``channels`` (axis 1)."""
+def _round_to_bf16(x: te.Tensor, channels: int, round_value) -> te.Tensor:
+    """``x`` as bf16 bits (each value rounded by ``round_value``: ``bf16_round.rounding``), with
+    zero channels up to ``channels`` (axis 1)."""
 
     def rounded(*index):
-        return round_bits(x(*index))
+        return round_value(x(*index))
 
     if int(x.shape[1]) == channels:
         return te.compute(x.shape, rounded, name="round_to_bf16")
@@ -185,12 +177,12 @@ def _matmul_bf16(data: te.Tensor, weight: te.Tensor) -> te.Tensor:
                       name="matmul_bf16")
 
 
-def _winograd_input_bits(bits: te.Tensor, padding, out_size) -> te.Tensor:
+def _winograd_input_bits(bits: te.Tensor, padding, out_size, round_value) -> te.Tensor:
     """Winograd F(2x2, 3x3)'s input transform of bf16 bits, computed in fp32 and rounded back:
     ``V`` as the tile products' bf16 operand, channel pairs adjacent."""
     widened = te.compute(bits.shape, lambda *index: widen(bits(*index)), name="widen_bf16")
     transformed = winograd.input_transform(widened, WINOGRAD_TILE, padding, out_size)
-    return te.compute(transformed.shape, lambda *index: round_bits(transformed(*index)),
+    return te.compute(transformed.shape, lambda *index: round_value(transformed(*index)),
                       name="round_to_bf16")
 
 
@@ -320,7 +312,7 @@ def _winograd(builder, rounded, data, weight: np.ndarray, conv_args):
     top, left, bottom, right = padding
     out_size = (shape[2] + top + bottom - 2, shape[3] + left + right - 2)
     v = call_input_transform(builder, bits, lambda x: _winograd_input_bits(
-        x, (top, left), out_size), WINOGRAD_INPUT)
+        x, (top, left), out_size, rounded.value), WINOGRAD_INPUT)
     u = winograd.transform_weight(oihw(weight), WINOGRAD_TILE)  # [e, C, K]
     elements, channels, outputs = u.shape
     u = u.reshape(elements, channels // 2, 2, outputs).transpose(0, 1, 3, 2)
@@ -331,7 +323,8 @@ def _winograd(builder, rounded, data, weight: np.ndarray, conv_args):
 
 
 # conv kind (``_kind``) -> its bf16 form: (builder, rounded, data, fp32 weight, conv args) ->
-# the call (``None``: it stays fp32); ``rounded(channels)`` is ``data`` as bf16 bits, made once.
+# the call (``None``: it stays fp32); ``rounded(channels)`` is ``data`` as bf16 bits, made once,
+# and ``rounded.value`` rounds one fp32 value in a kernel (``_Rounded``).
 _CONVERTERS = {"nchw": _nchw, "blocked": _blocked, "stem": _stem, "depthwise": _depthwise,
                "winograd": _winograd,
                "matmul": _matmul}
@@ -353,14 +346,36 @@ def _widen_bits(bits: te.Tensor) -> te.Tensor:
     return te.compute(bits.shape, lambda *index: widen(bits(*index)), name="widen_bf16")
 
 
+class _Rounded:
+    """``data`` as bf16 bits for a converter: ``rounded(channels)`` emits the ``round_to_bf16``
+    kernel once per activation (zero channels up to ``channels``); ``rounded.value`` is how the
+    target's kernels round one fp32 value (``bf16_round.rounding``)."""
+
+    def __init__(self, mutator: _ConvsToBf16, data: relax.Expr):
+        self.mutator, self.data, self.value = mutator, data, mutator.round_value
+
+    def __call__(self, channels: int) -> relax.Expr:
+        data, known, builder = self.data, self.mutator.bits, self.mutator.builder_
+        same_shape = _channels(data) == channels
+        if same_shape and data in known:
+            return known[data]
+        bits = builder.emit(builder.call_te(
+            lambda x: _round_to_bf16(x, channels, self.value), data,
+            primfunc_name_hint=ROUND_KERNEL))
+        if same_shape and isinstance(data, relax.Var):
+            known[data] = bits
+        return bits
+
+
 @relax.expr_functor.mutator
 class _ConvsToBf16(relax.PyExprMutator):
     """Converts the convs; an activation rounded for a conv is rounded once, and its other
     readers (a residual add) read the rounded bits widened, so that the kernel making it writes
     bf16 only - half the bytes - and no fp32 copy is kept alive for them."""
 
-    def __init__(self, mod: tvm.IRModule):
+    def __init__(self, mod: tvm.IRModule, round_value):
         super().__init__(mod)
+        self.round_value = round_value
         self.converted = Counter()
         self.bits: dict[relax.Var, relax.Var] = {}  # activation -> its bf16 bits, same shape
         self.pooled: set[relax.Var] = set()  # inputs of max pools whose output a conv rounds
@@ -376,18 +391,8 @@ class _ConvsToBf16(relax.PyExprMutator):
                        and isinstance(values[call.args[0]].args[0], relax.Var)}
         return self.visit_expr(func)
 
-    def _rounded(self, data: relax.Expr):
-        def rounded(channels: int):
-            same_shape = _channels(data) == channels
-            if same_shape and data in self.bits:
-                return self.bits[data]
-            bits = self.builder_.emit(self.builder_.call_te(
-                _round_to_bf16, data, channels, primfunc_name_hint=ROUND_KERNEL))
-            if same_shape and isinstance(data, relax.Var):
-                self.bits[data] = bits
-            return bits
-
-        return rounded
+    def _rounded(self, data: relax.Expr) -> _Rounded:
+        return _Rounded(self, data)
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -450,7 +455,7 @@ def convert_to_bf16(target: tvm.target.Target | None = None, report: dict | None
     @tvm.transform.module_pass(opt_level=0, name="convert_to_bf16")
     def _convert(mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         before = constant_bytes(mod)
-        mutator = _ConvsToBf16(mod)
+        mutator = _ConvsToBf16(mod, rounding(target))
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 mutator.builder_.update_func(gvar, mutator.convert(func))

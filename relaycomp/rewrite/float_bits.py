@@ -22,12 +22,25 @@ _LAYOUTS = {
 
 
 def is_nan(value: tirx.PrimExpr) -> tirx.PrimExpr:
-    """``isnan(value)`` as a comparison of its bits (float16/32/64; other dtypes: ``isnan``)."""
-    layout = _LAYOUTS.get(str(value.ty))
+    """``isnan(value)`` as a comparison of its bits (float16/32/64, scalar or vector; other
+    dtypes: ``isnan``)."""
+    dtype = tvm.DataType(str(value.ty))
+    layout = _LAYOUTS.get(str(dtype.with_lanes(1)))
     if layout is None:
         return tirx.isnan(value)
     bits_type, exponent = layout
-    bits = tirx.reinterpret(bits_type, value)
     sign = 1 << (tvm.DataType(bits_type).bits - 1)
-    magnitude = bits & tirx.const(sign - 1, bits_type)
-    return tirx.LT(tirx.const(exponent, bits_type), magnitude)
+    bits = tirx.reinterpret(lanes_of(bits_type, dtype.lanes), value)
+    magnitude = bits & constant(sign - 1, bits_type, dtype.lanes)
+    return tirx.LT(constant(exponent, bits_type, dtype.lanes), magnitude)
+
+
+def lanes_of(dtype: str, lanes: int) -> str:
+    """``dtype`` with ``lanes`` lanes (``uint32``, 16 -> ``uint32x16``)."""
+    return dtype if lanes == 1 else f"{dtype}x{lanes}"
+
+
+def constant(number: int, dtype: str, lanes: int = 1) -> tirx.PrimExpr:
+    """``number`` as a ``dtype`` scalar, or broadcast to ``lanes`` lanes."""
+    scalar = tirx.const(number, dtype)
+    return scalar if lanes == 1 else tirx.Broadcast(scalar, lanes)

@@ -413,7 +413,7 @@ def test_a_select_on_loaded_values_keeps_its_channel_blocks_in_the_parallel_loop
     not a piece boundary, so the channel blocks stay in the fused parallel loop."""
     from tvm import te
 
-    from relaycomp.passes.convert_to_bf16 import round_bits
+    from relaycomp.schedules.cpu.bf16_round import round_bits
     from relaycomp.schedules.cpu.elementwise import InjectiveRule
 
     x = te.placeholder((1, 6, 8, 8, 16), name="x")
