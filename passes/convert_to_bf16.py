@@ -15,7 +15,10 @@ Produces: ``conv2d_bf16(round_to_bf16(x), W_bits)``, two kernels (``call_tir``):
   ``OIHW[b/2]i[b]o2i``: each output channel's input pairs adjacent, as the instructions read
   them): the conv over bf16 bits (the weight rounded the same way at compile time, half the
   bytes), each operand widened to fp32 exactly (``bits << 16``) and summed in fp32; bias,
-  activation and residual adds stay fp32 in its epilogue, as before.
+  activation and residual adds stay fp32 in its epilogue, as before. Trailing input-channel
+  pairs whose weights are all zero (the channels ``pad_channels`` added to fill a block) are
+  not read: a zero weight adds nothing to the sum unless its input is inf or NaN, and those
+  channels hold zeros.
 - A blocked 3x3 stride-1 conv that ``lower_convs_to_winograd.fits`` (14x14 outputs or more) over
   ``WINOGRAD_MIN_CHANNELS`` or more input and output channels as Winograd F(2x2, 3x3) instead:
   the input transform of the bf16 bits computed in fp32 and rounded to bf16
@@ -121,11 +124,17 @@ def _conv2d_nchwc_bf16(data: te.Tensor, weight: te.Tensor, strides, padding,
     co = te.reduce_axis((0, in_blocks), name="co")
     p = te.reduce_axis((0, pairs), name="p")
     k = te.reduce_axis((0, 2), name="k")
+    block_pairs = int(data.shape[4]) // 2
+
+    def data_pair(n, y, x):  # the input channel pair ``(co, p)`` reads
+        if pairs == block_pairs:
+            return window.padded[n, co, *window.at(y, x), p * 2 + k]
+        return window.padded[n, p // block_pairs, *window.at(y, x), p % block_pairs * 2 + k]
+
     return te.compute(
         (data.shape[0], out_blocks, window.height, window.width, out_block),
         lambda n, fo, y, x, fi: te.sum(
-            widen(window.padded[n, co, *window.at(y, x), p * 2 + k])
-            * widen(weight[fo, co, window.ry, window.rx, p, fi, k]),
+            widen(data_pair(n, y, x)) * widen(weight[fo, co, window.ry, window.rx, p, fi, k]),
             axis=[co, window.ry, window.rx, p, k]),
         name="conv2d_nchwc_bf16", tag="conv2d_nchwc_bf16")
 
@@ -265,8 +274,25 @@ def _blocked(builder, rounded, data, weight: np.ndarray, conv_args):
     pairs = weight.reshape(out_blocks, in_blocks, kernel_h, kernel_w, in_block // 2, 2,
                            out_block).transpose(0, 1, 2, 3, 4, 6, 5)
     bits = rounded(_channels(data))
-    return builder.call_te(_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(pairs)), *conv_args,
-                           primfunc_name_hint=BLOCKED_KERNEL)
+    return builder.call_te(_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(_used_pairs(pairs))),
+                           *conv_args, primfunc_name_hint=BLOCKED_KERNEL)
+
+
+def _used_pairs(pairs: np.ndarray) -> np.ndarray:
+    """A blocked weight ``[O, I, kh, kw, pairs, o, 2]`` without its trailing input-channel
+    pairs whose weights are all zero - the zero filters ``pad_channels`` gave a 24-channel
+    input to fill a block of 32, a quarter of MobileNetV2's 24 -> 144 convs' multiply-adds -
+    as ``[O, 1, kh, kw, used pairs, o, 2]``, the pairs of all blocks along one axis (the kernel
+    reads ``data[pair // block pairs]``); ``pairs`` itself when none is all zero. Those channels
+    hold zeros, so the sums are the same."""
+    out_blocks, in_blocks, kernel_h, kernel_w, block_pairs, out_block, _ = pairs.shape
+    flat = pairs.transpose(0, 2, 3, 1, 4, 5, 6).reshape(
+        out_blocks, kernel_h, kernel_w, in_blocks * block_pairs, out_block, 2)
+    nonzero = np.flatnonzero(np.any(flat != 0, axis=(0, 1, 2, 4, 5)))
+    used = int(nonzero[-1]) + 1 if nonzero.size else 1
+    if used == in_blocks * block_pairs or in_blocks == 1 and used == block_pairs:
+        return pairs
+    return flat[:, :, :, :used][:, None]
 
 
 def _stem(builder, rounded, data, weight: np.ndarray, conv_args):

@@ -100,6 +100,18 @@ def test_a_mobilenet_block_runs_bf16_from_its_rgb_stem_through_its_depthwise_con
     assert _count(kernels, "layout_transform") == 1
 
 
+def test_a_conv_over_padded_channels_skips_their_zero_weights():
+    """144 channels padded to 5 blocks of 32: the projection conv reads the 72 channel pairs
+    that have weights (one weight block, the pairs of all input blocks along one axis), not the
+    8 zero pairs ``pad_channels`` added; the sums are the same (the numerics test below)."""
+    stages, _ = split_before(_BF16_STAGES, "fuse")
+    planned, _ = run_stages(import_onnx(_inverted_residual(channels=24, expanded=144)).mod,
+                            stages, resolve("x86-64-avx512-bf16", num_cores=2).tvm_target())
+    weights = [[int(d) for d in call.args[1][1].ty.shape] for call in kernel_calls(planned)
+               if re.fullmatch(r"conv2d_nchwc_bf16\d*", call.args[0].name_hint)]
+    assert [1, 1, 1, 1, 72, 32, 2] in weights, weights
+
+
 @pytest.mark.parametrize("model", [
     _onnx_chain(), _inverted_residual(channels=24, expanded=144, stem=True),
     _inverted_residual(channels=32, expanded=96, size=15, stem=True), _strided_stem_net()],
