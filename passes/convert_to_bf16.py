@@ -283,8 +283,9 @@ def _used_pairs(pairs: np.ndarray) -> np.ndarray:
     pairs whose weights are all zero - the zero filters ``pad_channels`` gave a 24-channel
     input to fill a block of 32, a quarter of MobileNetV2's 24 -> 144 convs' multiply-adds -
     as ``[O, 1, kh, kw, used pairs, o, 2]``, the pairs of all blocks along one axis (the kernel
-    reads ``data[pair // block pairs]``); ``pairs`` itself when none is all zero. Those channels
-    hold zeros, so the sums are the same."""
+    reads ``data[pair // block pairs]``); ``pairs`` itself when none is all zero. A zero weight
+    adds nothing unless its input is inf or NaN, and the channels ``pad_channels`` adds hold
+    zeros: the sums are the same."""
     out_blocks, in_blocks, kernel_h, kernel_w, block_pairs, out_block, _ = pairs.shape
     flat = pairs.transpose(0, 2, 3, 1, 4, 5, 6).reshape(
         out_blocks, kernel_h, kernel_w, in_blocks * block_pairs, out_block, 2)
