@@ -291,7 +291,7 @@ def _used_pairs(pairs: np.ndarray) -> np.ndarray:
         out_blocks, kernel_h, kernel_w, in_blocks * block_pairs, out_block, 2)
     nonzero = np.flatnonzero(np.any(flat != 0, axis=(0, 1, 2, 4, 5)))
     used = int(nonzero[-1]) + 1 if nonzero.size else 1
-    if used == in_blocks * block_pairs or in_blocks == 1 and used == block_pairs:
+    if used == in_blocks * block_pairs:
         return pairs
     return flat[:, :, :, :used][:, None]
 

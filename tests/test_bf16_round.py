@@ -77,6 +77,21 @@ def test_integer_rounding_matches_numpy_on_every_class_of_value(lanes):
     _assert_rounded(bits, values, flushes_denormals=False)
 
 
+def test_integer_rounding_of_a_vector_value_matches_numpy():
+    """``round_bits`` on a 16-lane value, as ``LowerIntrin`` hands it a vectorized call it has
+    no instruction for (4 lanes, a non-LLVM target): vector constants, a vector NaN test."""
+    x = tvm.tirx.decl_buffer((1024,), "float32", name="x")
+    y = tvm.tirx.decl_buffer((1024,), "uint16", name="y")
+    i = tvm.tirx.Var("i", "int32")
+    lanes = tvm.tirx.Ramp(i * 16, 1, 16)
+    body = tvm.tirx.For(i, 0, 64, tvm.tirx.ForKind.SERIAL, tvm.tirx.BufferStore(
+        y, round_bits(tvm.tirx.BufferLoad(x, [lanes])), [lanes]))
+    func = tvm.tirx.PrimFunc([x, y], body).with_attr("global_symbol", "main")
+    values = _values()
+    bits = _run(tvm.IRModule({"main": func}), _target("host"), values)
+    _assert_rounded(bits, values, flushes_denormals=False)
+
+
 @pytest.mark.parametrize("lanes", LANES)
 def test_avx512_bf16_rounding_is_one_instruction_a_vector_and_stays_vector(lanes):
     """8 and 16 lanes: one ``vcvtneps2bf16`` (ymm, zmm) each; 32: two of 16; a scalar and 4
