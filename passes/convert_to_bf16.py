@@ -61,6 +61,7 @@ from relaycomp.rewrite import winograd
 from relaycomp.rewrite.conv_window import SlidingWindow, pad_spatial
 from relaycomp.rewrite.matvec import call_matvec, pack_columns
 from relaycomp.rewrite.matvec import fits as matvec_fits
+from relaycomp.rewrite.pad_channels import used_inputs
 from relaycomp.schedules.cpu.bf16_round import rounding
 
 ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
@@ -289,8 +290,7 @@ def _used_pairs(pairs: np.ndarray) -> np.ndarray:
     out_blocks, in_blocks, kernel_h, kernel_w, block_pairs, out_block, _ = pairs.shape
     flat = pairs.transpose(0, 2, 3, 1, 4, 5, 6).reshape(
         out_blocks, kernel_h, kernel_w, in_blocks * block_pairs, out_block, 2)
-    nonzero = np.flatnonzero(np.any(flat != 0, axis=(0, 1, 2, 4, 5)))
-    used = int(nonzero[-1]) + 1 if nonzero.size else 1
+    used = used_inputs(flat, axis=3)
     if used == in_blocks * block_pairs:
         return pairs
     return flat[:, :, :, :used][:, None]

@@ -6,7 +6,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from relaycomp.rewrite.pad_channels import pad_channels, padded_width
+from relaycomp.rewrite.pad_channels import pad_channels, padded_width, used_inputs
 
 RNG = np.random.default_rng(0)
 
@@ -84,3 +84,13 @@ def test_an_integer_conv_is_left_alone():
     report = {}
     assert pad_channels(before, block=16, report=report).same_as(before)
     assert report == {"padded": 0}
+
+
+def test_a_conv_reads_its_inputs_up_to_the_last_with_a_nonzero_weight():
+    weight = RNG.standard_normal((8, 32, 3, 3)).astype("float32")
+    weight[:, 24:] = 0  # pad_channels' zero input weights
+    weight[:, 5] = 0  # a zero input among the real ones is still read
+    assert used_inputs(weight, axis=1) == 24
+    weight[3, 30, 1, 1] = 1.0
+    assert used_inputs(weight, axis=1) == 31
+    assert used_inputs(np.zeros((4, 6)), axis=-1) == 1

@@ -34,6 +34,16 @@ DIVIDE = "relax.divide"
 PAD = "relax.nn.pad"
 
 
+def used_inputs(weight: np.ndarray, axis: int) -> int:
+    """How many of ``weight``'s inputs along ``axis`` a conv must read: up to the last one with
+    a nonzero weight (at least one). The zero weights :func:`pad_channels` gives a conv's padded
+    input channels come last, so a kernel that stops there computes the same sums - and reads a
+    quarter less of a 24-channel input padded to 32."""
+    others = tuple(i for i in range(weight.ndim) if i != axis % weight.ndim)
+    nonzero = np.flatnonzero(np.any(weight != 0, axis=others))
+    return int(nonzero[-1]) + 1 if nonzero.size else 1
+
+
 def padded_width(channels: int, block: int) -> int:
     """``channels`` rounded up to a multiple of ``block``, or ``channels`` when that would grow
     them by more than ``MAX_GROWTH``."""

@@ -3,6 +3,7 @@ changed once where the chain starts and once where it ends, computing the same o
 block follows the target's vectors; short chains and convs that do not fit keep NCHW."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
+from relaycomp.compiler.pipeline import default_stages, run_stages, split_before
 from relaycomp.frontend.onnx_import import import_onnx
+from relaycomp.ir import kernel_calls
 from relaycomp.passes.legalize_blocked_convs import legalize_blocked_convs
 from relaycomp.passes.plan_conv_layout import blocks_for, plan_conv_layout
 from relaycomp.targets import resolve
@@ -198,6 +201,20 @@ def test_a_compiled_mobilenet_block_with_padded_channels_matches_onnxruntime(tmp
                        tmp_path, rtol=1e-5)
     report = json.loads((tmp_path / "model.so.json").read_text())["report"]["layout"]
     assert report["planned"] == 4 and report["layout_changes"] == 1  # the stem writes blocked
+
+
+def test_a_conv_over_padded_channels_reads_only_the_channels_with_weights():
+    """Padded to blocks of 32, the expand conv's 24 input channels and the projection's 144 are
+    all it reads (one weight block, the channels of all input blocks along one axis), not the
+    8 and 16 zero channels ``pad_channels`` added: a quarter less work for MobileNetV2's 24 ->
+    144 convs; the numerics test above runs the same kernels."""
+    stages, _ = split_before(default_stages("llvm"), "fuse")
+    lowered, _ = run_stages(import_onnx(_inverted_residual(channels=24, expanded=144,
+                                                           stem=True)).mod,
+                            stages, resolve("x86-64-avx512", num_cores=2).tvm_target())
+    weights = [[int(d) for d in call.args[1][1].ty.shape] for call in kernel_calls(lowered)
+               if re.fullmatch(r"conv2d_nchwc\d*", call.args[0].name_hint)]
+    assert weights == [[5, 1, 1, 1, 24, 32], [1, 1, 1, 1, 144, 32]]
 
 
 def _onnx_chain(channels: int = 32):
