@@ -94,3 +94,24 @@ def test_a_conv_reads_its_inputs_up_to_the_last_with_a_nonzero_weight():
     weight[3, 30, 1, 1] = 1.0
     assert used_inputs(weight, axis=1) == 31
     assert used_inputs(np.zeros((4, 6)), axis=-1) == 1
+
+
+def test_a_squeeze_excite_pool_reads_the_padded_channels():
+    """A mean over rows and columns (a squeeze-excite's pool) keeps the padding: its padded
+    channels' means meet the next conv's zero input weights, and no slice of the full-size
+    activation is made for it (PP-OCRv4 det's 24-channel blocks once changed layout there)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, 6, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, _const(24, 32, 1, 1))))
+            pooled = bb.emit(relax.op.mean(a, axis=[2, 3], keepdims=True))
+            scale = bb.emit(relax.op.sigmoid(relax.op.nn.conv2d(pooled, _const(24, 24, 1, 1))))
+            y = bb.emit_output(relax.Tuple([relax.op.multiply(a, scale)]))
+        bb.emit_func_output(y)
+    before = bb.get()
+    after = pad_channels(before, block=16)
+    assert _ops(after) == ["nn.conv2d", "nn.relu", "mean", "nn.conv2d", "sigmoid", "multiply",
+                           "strided_slice"]
+    x = RNG.standard_normal((1, 32, 6, 6)).astype("float32")
+    np.testing.assert_allclose(_run(after, x)[0], _run(before, x)[0], rtol=1e-5, atol=1e-6)

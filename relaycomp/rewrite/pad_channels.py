@@ -3,7 +3,8 @@
 A conv with 24 output channels cannot run on ``NCHW16c`` activations; given 32 (eight filters of
 zeros) it can, and so can the ops after it. :func:`pad_channels` gives such convs zero filters
 (and zero biases), carries the wider tensor through the ops that keep padded channels finite
-(bias and residual adds, ReLU/ReLU6, depthwise convs, which get zero filters too), gives the next
+(bias and residual adds, ReLU/ReLU6, depthwise convs, which get zero filters too, a
+squeeze-excite's mean over rows and columns), gives the next
 conv zero weights for the extra input channels, and slices the real channels back out before
 anything else reads them (pooling, reshapes, the function's outputs).
 
@@ -32,6 +33,7 @@ UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn
 # Divided by a scalar constant (a decomposed quantize's scale), a padded channel stays finite.
 DIVIDE = "relax.divide"
 PAD = "relax.nn.pad"
+MEAN = "relax.mean"  # over rows and columns (a squeeze-excite's pool): a channel's mean
 
 
 def used_inputs(weight: np.ndarray, axis: int) -> int:
@@ -111,7 +113,7 @@ class _ChannelPadder(relax.PyExprMutator):
             return self._binary(call)
         if _is_op(call, UNARY) and call.args and self.real.get(call.args[0]) is not None:
             return call, self.real[call.args[0]]
-        if (_is_op(call, {DIVIDE, PAD}) and self.real.get(call.args[0]) is not None
+        if (_is_op(call, {DIVIDE, PAD, MEAN}) and self.real.get(call.args[0]) is not None
                 and _keeps_channels(call)):
             return call, self.real[call.args[0]]
         return self._with_real_args(call), None
@@ -187,7 +189,11 @@ class _ChannelPadder(relax.PyExprMutator):
 
 
 def _keeps_channels(call: relax.Call) -> bool:
-    """A divide of a padded tensor by a scalar constant; a pad of its rows and columns only."""
+    """A divide of a padded tensor by a scalar constant; a pad of its rows and columns only; a
+    mean over its rows and columns that keeps them (as 1 x 1)."""
+    if call.op.name == MEAN:
+        axes = sorted(int(axis) % 4 for axis in (call.attrs.axis or []))
+        return axes == [2, 3] and bool(call.attrs.keepdims)
     if call.op.name == DIVIDE:
         divisor = call.args[1]
         return (isinstance(divisor, tvm.ir.expr.Constant) and divisor.value.numpy().size == 1
