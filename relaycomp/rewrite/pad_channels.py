@@ -6,7 +6,7 @@ zeros) it can, and so can the ops after it. :func:`pad_channels` gives such conv
 (bias and residual adds, ReLU/ReLU6, depthwise convs, which get zero filters too, a
 squeeze-excite's mean over rows and columns), gives the next
 conv zero weights for the extra input channels, and slices the real channels back out before
-anything else reads them (pooling, reshapes, the function's outputs).
+anything else reads them (other pooling, reshapes, the function's outputs).
 
 Guarantees: every tensor that leaves the padded region is the same as before, up to summation
 order. (A padded channel holds a finite value, multiplied by zero weights downstream; an input
