@@ -468,3 +468,38 @@ def test_every_heuristic_baseline_builds_as_the_tuner_builds_it(preset, net):
     assert len(tasks) > 3
     for task in tasks:
         build_kernel(heuristic_module(task.dispatched[0], stages, target), target, None)
+
+
+def test_bf16_kernels_build_in_the_tuners_worker_processes(model):
+    """A bf16 kernel for AVX-512 BF16 calls relaycomp's own TIR op (``bf16_round``); the build
+    workers do not import relaycomp, so they register it themselves - without it every such
+    candidate failed to unpickle there and its kernel could not be tuned."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from relaycomp.compiler.pipeline import (
+        Placement,
+        default_stages,
+        run_stages,
+        split_before,
+        with_passes,
+    )
+    from relaycomp.frontend.onnx_import import import_onnx
+    from relaycomp.passes.apply_tuning_database import with_layout_free_weights
+    from relaycomp.schedules.cpu.bf16_round import CONVERT_OP
+    from relaycomp.tune.check import heuristic_module
+    from relaycomp.tune.measure import make_builder
+
+    spec = resolve("x86-64-avx512-bf16")
+    target = spec.tvm_target()
+    stages = with_passes(default_stages("llvm"), [Placement("convert_to_bf16", "layout", "end")])
+    fused, _ = run_stages(import_onnx(model, {}).mod, split_before(stages, "schedule")[0], target)
+    tasks = ms.relax_integration.extract_tasks(with_layout_free_weights(fused), target)
+    kernels = [heuristic_module(task.dispatched[0], stages, target) for task in tasks]
+    rounding = [kernel for kernel in kernels if CONVERT_OP.removeprefix("tirx.") in kernel.script()]
+    assert rounding
+    builder = make_builder(spec)
+    try:
+        results = builder.build([ms.builder.BuilderInput(kernel, target) for kernel in rounding])
+    finally:
+        builder.close()
+    assert [result.error_msg for result in results] == [None] * len(rounding)

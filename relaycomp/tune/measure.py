@@ -22,7 +22,10 @@ from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
 from relaycomp import ir
 from relaycomp.errors import TuningError
+from relaycomp.rewrite import float_bits
 from relaycomp.runtime.tracker import Device, count_devices
+from relaycomp.schedules.cpu import bf16_round
+from relaycomp.schedules.cpu.bf16_round import register_op as register_bf16_rounding
 from relaycomp.tune.db import FAILED_SECONDS
 
 BUILD_TIMEOUT_SECONDS = 60
@@ -53,8 +56,10 @@ class PooledBuilder(ms.builder.PyBuilder):
         if self._pool is None or self._batches >= self.batches_per_pool:
             self.close()
             # The workers get this module's functions by value: importing it by name would
-            # import the relaycomp package, whose passes import tvm.s_tir.tensor_intrin.
-            cloudpickle.register_pickle_by_value(sys.modules[__name__])
+            # import the relaycomp package, whose passes import tvm.s_tir.tensor_intrin. So
+            # do the modules their initializer needs to register relaycomp's TIR op.
+            for module in (sys.modules[__name__], bf16_round, float_bits):
+                cloudpickle.register_pickle_by_value(module)
             self._pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_sec,
                                            initializer=_warm_up_builder)
         self._batches += 1
@@ -81,9 +86,13 @@ class PooledBuilder(ms.builder.PyBuilder):
 
 
 def _warm_up_builder() -> None:
-    """Pay a worker's imports before its first build (the initializer has no timeout)."""
+    """Pay a worker's imports before its first build (the initializer has no timeout), and
+    register the TIR op of relaycomp's own that bf16 kernels call (``bf16_round``): the
+    candidates sent to the worker are unpickled against it."""
     import tvm.driver
     import tvm.s_tir.transform  # noqa: F401
+
+    register_bf16_rounding()
 
 
 def build_kernel(mod: tvm.IRModule, target, _params) -> tvm.runtime.Module:

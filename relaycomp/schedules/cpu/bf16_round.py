@@ -15,7 +15,7 @@ the bf16 legalization - turns each 8- or 16-lane call into ``vcvtneps2bf16`` on 
 else (a scalar, 4 lanes, a non-LLVM target) back into :func:`round_bits`. The two agree on every
 input but two kinds: a NaN keeps its payload's top bits in the instruction (still a quiet NaN),
 and the instruction flushes fp32 denormals (below 1.2e-38) to zero, as OpenVINO's and oneDNN's
-bf16 kernels do. Importing this module registers the op.
+bf16 kernels do. Importing this module registers the op (:func:`register_op`).
 """
 
 from __future__ import annotations
@@ -87,8 +87,18 @@ def _lower_default(call: tirx.PrimExpr) -> tirx.PrimExpr:
     return round_bits(call.args[0])
 
 
-tvm.ir.register_op_attr(CONVERT_OP, "TCallEffectKind", _PURE)
-tvm.ir.register_op_attr(CONVERT_OP, "TVectorizable", True)
-tvm.ir.register_op_attr(CONVERT_OP, "TScriptPrinterName", CONVERT_OP.removeprefix("tirx."))
-tirx.register_intrin_lowering(CONVERT_OP, target="llvm", f=_lower_llvm, level=99)
-tirx.register_intrin_lowering(CONVERT_OP, target="default", f=_lower_default, level=99)
+def register_op() -> None:
+    """Register :data:`CONVERT_OP` and its lowering rules, once per process: at this module's
+    import, and in the auto-tuner's build workers (``relaycomp.tune.measure``), which get this
+    function by value and do not import relaycomp - a kernel that calls the op could not even be
+    unpickled there without it."""
+    if CONVERT_OP in tvm.ir.Op.list_op_names():
+        return
+    tvm.ir.register_op_attr(CONVERT_OP, "TCallEffectKind", _PURE)
+    tvm.ir.register_op_attr(CONVERT_OP, "TVectorizable", True)
+    tvm.ir.register_op_attr(CONVERT_OP, "TScriptPrinterName", CONVERT_OP.removeprefix("tirx."))
+    tirx.register_intrin_lowering(CONVERT_OP, target="llvm", f=_lower_llvm, level=99)
+    tirx.register_intrin_lowering(CONVERT_OP, target="default", f=_lower_default, level=99)
+
+
+register_op()
