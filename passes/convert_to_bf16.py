@@ -8,7 +8,9 @@ channel, in the rounded input and in the weight; a blocked conv's channels come 
 A squeeze-excite block's conv (one output pixel, a small weight: :func:`_excitation`) stays fp32.
 Produces: ``conv2d_bf16(round_to_bf16(x), W_bits)``, two kernels (``call_tir``):
 
-- ``round_to_bf16``: fp32 -> bf16 bits (``uint16``), rounded to nearest even, NaN kept NaN.
+- ``round_to_bf16``: fp32 -> bf16 bits (``uint16``), rounded to nearest even, NaN kept NaN
+  (``relaycomp.schedules.cpu.bf16_round``: on AVX-512 BF16 one ``vcvtneps2bf16``, which also
+  flushes fp32 denormals to zero).
   Elementwise, so FuseOps puts it in the producing kernel's epilogue where it can: activations
   cross memory as bf16, half the bytes.
 - ``conv2d_bf16`` (NCHW) or ``conv2d_nchwc_bf16`` (blocked, its weight laid out
