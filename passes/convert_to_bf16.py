@@ -63,7 +63,7 @@ from relaycomp.rewrite import winograd
 from relaycomp.rewrite.conv_window import SlidingWindow, pad_spatial
 from relaycomp.rewrite.matvec import call_matvec, pack_columns
 from relaycomp.rewrite.matvec import fits as matvec_fits
-from relaycomp.rewrite.pad_channels import used_inputs
+from relaycomp.rewrite.pad_channels import without_unused_inputs
 from relaycomp.schedules.cpu.bf16_round import rounding
 
 ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
@@ -277,25 +277,8 @@ def _blocked(builder, rounded, data, weight: np.ndarray, conv_args):
     pairs = weight.reshape(out_blocks, in_blocks, kernel_h, kernel_w, in_block // 2, 2,
                            out_block).transpose(0, 1, 2, 3, 4, 6, 5)
     bits = rounded(_channels(data))
-    return builder.call_te(_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(_used_pairs(pairs))),
+    return builder.call_te(_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(without_unused_inputs(pairs))),
                            *conv_args, primfunc_name_hint=BLOCKED_KERNEL)
-
-
-def _used_pairs(pairs: np.ndarray) -> np.ndarray:
-    """A blocked weight ``[O, I, kh, kw, pairs, o, 2]`` without its trailing input-channel
-    pairs whose weights are all zero - the zero filters ``pad_channels`` gave a 24-channel
-    input to fill a block of 32, a quarter of MobileNetV2's 24 -> 144 convs' multiply-adds -
-    as ``[O, 1, kh, kw, used pairs, o, 2]``, the pairs of all blocks along one axis (the kernel
-    reads ``data[pair // block pairs]``); ``pairs`` itself when none is all zero. A zero weight
-    adds nothing unless its input is inf or NaN, and the channels ``pad_channels`` adds hold
-    zeros: the sums are the same."""
-    out_blocks, in_blocks, kernel_h, kernel_w, block_pairs, out_block, _ = pairs.shape
-    flat = pairs.transpose(0, 2, 3, 1, 4, 5, 6).reshape(
-        out_blocks, kernel_h, kernel_w, in_blocks * block_pairs, out_block, 2)
-    used = used_inputs(flat, axis=3)
-    if used == in_blocks * block_pairs:
-        return pairs
-    return flat[:, :, :, :used][:, None]
 
 
 def _stem(builder, rounded, data, weight: np.ndarray, conv_args):

@@ -7,7 +7,7 @@ in), ``depthwise_conv2d_nchwc`` (one filter per channel), ``stem_conv2d_nchwc`` 
 the RGB stem) - the kernels of :mod:`relaycomp.passes.plan_conv_layout`, whose output channels
 are the innermost axis. A ``conv2d_nchwc`` whose trailing input channels have all-zero weights
 (the channels ``pad_channels`` added to fill a block) gets a weight without them
-(``used_channels_weight``) and does not read them.
+(``pad_channels.without_unused_inputs``) and does not read them.
 Keeps: the function signature; outputs equal to the planned convs'.
 Runs: at the start of stage ``legalize`` for CPU targets, so that passes between the layout
 stage and it (``convert_to_bf16``) still see the planned convs as ``conv2d`` ops. Reports:
@@ -30,9 +30,9 @@ from relaycomp.passes.plan_conv_layout import (
     conv2d_nchwc,
     depthwise_conv2d_nchwc,
     stem_conv2d_nchwc,
-    used_channels_weight,
 )
 from relaycomp.registry import register_pass
+from relaycomp.rewrite.pad_channels import without_unused_inputs
 
 _BLOCKED = re.compile(r"NCHW\d+c")
 
@@ -58,7 +58,7 @@ class _BlockedConvsToKernels(relax.PyExprMutator):
         elif int(attrs.groups) == 1:
             kernel, name = conv2d_nchwc, CONV_KERNEL
             if isinstance(weight, tvm.ir.expr.GenericConst):
-                weight = relax.const(used_channels_weight(weight.value.numpy()))
+                weight = relax.const(without_unused_inputs(weight.value.numpy()))
         else:
             kernel, name = depthwise_conv2d_nchwc, DEPTHWISE_KERNEL
         return self.builder_.call_te(

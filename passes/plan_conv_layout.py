@@ -29,7 +29,6 @@ targets. Reports: ``planned`` (convs given the blocked layout), ``block``, ``lay
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax, te
 
@@ -38,7 +37,7 @@ from relaycomp.ir import mutate_relax_functions
 from relaycomp.registry import register_pass
 from relaycomp.rewrite.conv_window import SlidingWindow
 from relaycomp.rewrite.int8_layout import layout_changes, plan_int8_layout
-from relaycomp.rewrite.pad_channels import pad_channels, used_inputs
+from relaycomp.rewrite.pad_channels import pad_channels
 from relaycomp.schedules.cpu.common import cpu_facts
 
 CONV_KERNEL = "conv2d_nchwc"
@@ -139,21 +138,6 @@ def conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding, dilation)
             data_channel(n, y, x) * weight[fo, co, window.ry, window.rx, ci, fi],
             axis=[co, window.ry, ci, window.rx]),
         name="conv2d_nchwc", tag="conv2d_nchwc")
-
-
-def used_channels_weight(weight: np.ndarray) -> np.ndarray:
-    """A blocked weight ``[O, I, kh, kw, i, o]`` without its trailing input channels whose
-    weights are all zero (``pad_channels``' zero channels, :func:`used_inputs`), as
-    ``[O, 1, kh, kw, used channels, o]`` - the channels of all blocks along one axis, which
-    :func:`conv2d_nchwc` reads as ``data[channel // block]`` - or ``weight`` itself when none
-    is all zero."""
-    out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
-    flat = weight.transpose(0, 2, 3, 1, 4, 5).reshape(
-        out_blocks, kernel_h, kernel_w, in_blocks * in_block, out_block)
-    used = used_inputs(flat, axis=3)
-    if used == in_blocks * in_block:
-        return weight
-    return flat[:, :, :, :used][:, None]
 
 
 def stem_conv2d_nchwc(data: te.Tensor, weight: te.Tensor, strides, padding,

@@ -46,6 +46,21 @@ def used_inputs(weight: np.ndarray, axis: int) -> int:
     return int(nonzero[-1]) + 1 if nonzero.size else 1
 
 
+def without_unused_inputs(weight: np.ndarray) -> np.ndarray:
+    """A blocked conv weight ``[O, I, kh, kw, i, ...]`` (input channels, or bf16 channel pairs,
+    in blocks of ``i``) without its trailing inputs whose weights are all zero
+    (:func:`used_inputs`), as ``[O, 1, kh, kw, used, ...]``: the inputs of all blocks along one
+    axis, which the kernel reads as ``data[input // i, ..., input % i]``; ``weight`` itself when
+    no input is left out."""
+    out_blocks, in_blocks, kernel_h, kernel_w, in_block, *rest = weight.shape
+    flat = weight.transpose(0, 2, 3, 1, *range(4, weight.ndim)).reshape(
+        out_blocks, kernel_h, kernel_w, in_blocks * in_block, *rest)
+    used = used_inputs(flat, axis=3)
+    if used == in_blocks * in_block:
+        return weight
+    return flat[:, :, :, :used][:, None]
+
+
 def padded_width(channels: int, block: int) -> int:
     """``channels`` rounded up to a multiple of ``block``, or ``channels`` when that would grow
     them by more than ``MAX_GROWTH``."""

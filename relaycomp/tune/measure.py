@@ -92,6 +92,8 @@ def _warm_up_builder() -> None:
     import tvm.driver
     import tvm.s_tir.transform  # noqa: F401
 
+    # the function itself, not ``bf16_round.register_op``: cloudpickle pickles a module by
+    # reference, and importing it here would import the relaycomp package
     register_bf16_rounding()
 
 
