@@ -258,15 +258,33 @@ def function_counts(mod: tvm.IRModule) -> dict[str, int]:
     return {"relax": len(mod.functions) - prim, "tir": prim}
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def request_threads(count: int) -> None:
-    """Ask TVM's CPU thread pool for ``count`` threads.
+    """Ask TVM's CPU thread pool for ``count`` threads, at most :func:`usable_cpus`.
 
     TVM sizes its pool from TVM_NUM_THREADS when the first parallel kernel runs (its default on
     x86 is half the logical CPUs: 1 thread on a 2-vCPU machine), and the target's ``num-cores``
     does not change that. A value the user exported is respected; once the pool has started in
     this process, the request has no effect.
+
+    A pool larger than the machine's CPUs cannot pin one thread per CPU: TVM then leaves its
+    threads unpinned and says so on stderr from C++, a line no caller can catch. With such a
+    count this sets TVM_BIND_THREADS=0 (unless the user set it), which asks TVM for the same
+    unpinned pool without the line, so that the CLI's stderr holds only its own messages.
     """
-    os.environ.setdefault("TVM_NUM_THREADS", str(count))
+    os.environ.setdefault("TVM_NUM_THREADS", str(max(1, min(count, usable_cpus()))))
+    try:
+        pool = int(os.environ["TVM_NUM_THREADS"])
+    except ValueError:
+        return  # TVM reads it with atoi; whatever it makes of it is the user's request
+    if pool > (os.cpu_count() or 1):
+        os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 
 def op_counts(mod: tvm.IRModule) -> dict[str, int]:

@@ -16,6 +16,7 @@ from test_distill import CLASSES, digits_split
 from tvm import relax
 
 from relaycomp import RelaycompError
+from relaycomp.distill import distiller
 from relaycomp.distill.distiller import DistillConfig, DistillError, distill
 from relaycomp.distill.loss import (
     distill_loss_function,
@@ -176,6 +177,22 @@ def test_bad_output_losses_are_named(digits, teacher, given, expected):
     with pytest.raises(RelaycompError, match=expected):
         choose_output_losses(["scores", "boxes"], [(32, CLASSES), (32, 4)],
                              [produced["scores"], produced["boxes"]], given)
+
+
+@pytest.mark.parametrize("given, expected", [
+    ((("nope", "mse", 1.0),), "the student has no output 'nope'"),
+    ((("boxes", "huber", 1.0),), "huber"),
+])
+def test_a_bad_output_loss_is_refused_before_the_teacher_runs(digits, monkeypatch, given,
+                                                              expected):
+    def teacher_outputs(*args, **kwargs):
+        raise AssertionError("the teacher ran")
+
+    monkeypatch.setattr(distiller, "teacher_outputs", teacher_outputs)
+    student = two_head_model(seed=7, hidden=16)
+    with pytest.raises(RelaycompError, match=expected):
+        distill(student, student, {"input": digits[0][:40]},
+                DistillConfig(epochs=1, lr=1e-2, output_losses=given))
 
 
 def test_kd_needs_class_scores():

@@ -203,6 +203,16 @@ def test_more_threads_than_cpus_warns_and_runs_on_the_cpus_present(mlp_artifact)
     assert "100000 threads" in warning
 
 
+def test_an_exported_thread_count_beyond_the_cpus_runs_without_a_word(mlp_artifact):
+    """TVM_NUM_THREADS is the user's; a pool larger than the machine makes TVM say on stderr
+    (from C++) that it cannot pin its threads, which relaycomp asks it not to."""
+    env = {"TVM_NUM_THREADS": str((os.cpu_count() or 1) + 1)}
+    result = run_cli("run", mlp_artifact, "--repeat", 3, env=env, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "probs" in result.stdout
+    assert result.stderr.splitlines() == ["note: no --inputs given; running on seeded random data"]
+
+
 @pytest.mark.parametrize("command", ["compile", "inspect"])
 def test_input_dims_beyond_any_integer_type_are_refused(command, tmp_path):
     model = tmp_path / "dynamic.onnx"

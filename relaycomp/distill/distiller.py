@@ -43,6 +43,7 @@ from relaycomp.distill.lr_find import find_lr
 from relaycomp.distill.optim import OPTIMIZERS, SCHEDULES
 from relaycomp.distill.outputs import (
     OUTPUT_LOSSES,
+    check_output_losses,
     check_teacher_shapes,
     choose_output_losses,
     label_output,
@@ -209,6 +210,7 @@ def _distill(teacher, student, data, config: DistillConfig, labels, progress,
     loaded, arrays = _load_student(student, data, config.batch_size, hinted)
     dataset = check_dataset(arrays, labels, loaded.inputs, None)
     names = loaded.output_names
+    check_output_losses(names, config.output_losses)  # before the teacher runs
     teachers = teacher_outputs(teacher, dataset, loaded.inputs, [t for t, _ in config.hints],
                                outputs=names)
     teachers, features = teachers[:len(names)], teachers[len(names):]

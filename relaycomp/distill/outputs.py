@@ -86,19 +86,25 @@ def _scale(kind: str, teacher: np.ndarray) -> float:
     return spread if spread > 1e-12 else 1.0  # a constant teacher output: plain distance
 
 
+def check_output_losses(names: Sequence[str], given: Sequence[tuple[str, str, float]]) -> None:
+    """Refuse a ``given`` ``(name, kind, weight)`` triple whose loss is unknown or whose output
+    the student does not have; needs only the output names, so a run checks it before it runs
+    the teacher."""
+    for name, kind, _ in given:
+        OUTPUT_LOSSES.get(kind)  # an unknown loss lists the known ones
+        if name not in names:
+            raise DistillError(f"--output-loss {name}: the student has no output {name!r}",
+                               hint=f"its outputs are {list(names)}")
+
+
 def choose_output_losses(names: Sequence[str], shapes: Sequence[tuple[int, ...]],
                          teachers: Sequence[np.ndarray],
                          given: Sequence[tuple[str, str, float]]) -> list[OutputLoss]:
     """Each output's :class:`OutputLoss`: the ``given`` ``(name, kind, weight)`` triples
     first, the defaults of the module doc for the rest. Refuses unknown names, a ``kd`` loss
     on an output that is not [batch, C], and a run without any ``kd`` output."""
-    chosen: dict[str, tuple[str, float]] = {}
-    for name, kind, weight in given:
-        OUTPUT_LOSSES.get(kind)  # an unknown loss lists the known ones
-        if name not in names:
-            raise DistillError(f"--output-loss {name}: the student has no output {name!r}",
-                               hint=f"its outputs are {list(names)}")
-        chosen[name] = (kind, weight)
+    check_output_losses(names, given)
+    chosen = {name: (kind, weight) for name, kind, weight in given}
     losses = []
     for name, shape, teacher in zip(names, shapes, teachers):
         if name in chosen:

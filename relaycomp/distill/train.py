@@ -12,7 +12,6 @@ an inference build's.
 
 from __future__ import annotations
 
-import os
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
@@ -141,7 +140,7 @@ def _compile(mod: tvm.IRModule) -> tuple[relax.VirtualMachine, dict]:
     from step to step). Returns the VM and the schedule report (kernels per rule)."""
     spec = resolve("host")
     target = spec.tvm_target()
-    ir.request_threads(int(target.attrs.get("num-cores") or os.cpu_count() or 1))
+    ir.request_threads(int(target.attrs.get("num-cores") or ir.usable_cpus()))
     with target:
         mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
                                        + cpu.legalize_passes(target)

@@ -154,17 +154,10 @@ class LoadedModel:
         return arrays
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
 def _thread_count(requested: int | None, num_cores: int | None) -> int:
     """Threads for TVM's pool: ``requested``, else the target's ``num_cores``, at most the
     usable CPUs; capping a requested count warns."""
-    cpus = usable_cpus()
+    cpus = ir.usable_cpus()
     if requested is not None and requested > cpus:
         warnings.warn(f"{requested} threads requested but this machine has {cpus} CPU(s); "
                       f"using {cpus}", stacklevel=3)

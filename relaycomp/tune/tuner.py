@@ -115,7 +115,7 @@ def tune_module(mod: tvm.IRModule, spec: TargetSpec, stages: Sequence[Stage],
     started = time.perf_counter()
     target = spec.tvm_target()
     if spec.kind == "llvm":
-        ir.request_threads(target.attrs.get("num-cores") or os.cpu_count())
+        ir.request_threads(int(target.attrs.get("num-cores") or ir.usable_cpus()))
     fused, _ = run_stages(mod, split_before(stages, "schedule")[0], target)
     tasks = [t for t in ms.relax_integration.extract_tasks(with_layout_free_weights(fused), target)
              if not t.dispatched[0].attrs or not t.dispatched[0].attrs.get("tirx.is_scheduled")]
