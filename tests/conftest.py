@@ -27,3 +27,15 @@ def scoped_features():
 
     with FEATURES.scoped():
         yield FEATURES
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use a module- or class-scoped fixture join their module's xdist group, so
+    that the fixture (a tuning session, a trained student, a booted device) is built by one
+    worker instead of each (``--dist loadgroup``); the other tests are spread one by one."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        scopes = {fixture.scope for chain in (defs.name2fixturedefs.values() if defs else ())
+                  for fixture in chain}
+        if scopes & {"module", "class"}:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
