@@ -49,6 +49,7 @@ and after.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import numpy as np
@@ -63,8 +64,10 @@ from relaycomp.rewrite import winograd
 from relaycomp.rewrite.conv_window import SlidingWindow, pad_spatial
 from relaycomp.rewrite.matvec import call_matvec, pack_columns
 from relaycomp.rewrite.matvec import fits as matvec_fits
-from relaycomp.rewrite.pad_channels import without_unused_inputs
+from relaycomp.rewrite.pad_channels import used_inputs, without_unused_inputs
+from relaycomp.schedules.cpu.bf16_nchwc import LANES_STAGE
 from relaycomp.schedules.cpu.bf16_round import rounding
+from relaycomp.schedules.cpu.int8_isa import bf16_output_lanes
 
 ROUND_KERNEL, CONV_KERNEL = "round_to_bf16", "conv2d_bf16"
 BLOCKED_KERNEL, DEPTHWISE_KERNEL = "conv2d_nchwc_bf16", "depthwise_conv2d_nchwc_bf16"
@@ -75,6 +78,9 @@ WINOGRAD_TILE = 2  # F(2x2, 3x3)
 # channels its traffic outweighs the saved multiply-adds (PP-OCRv4 det's 96 -> 32 convs at
 # 160x160 measured 2x slower than the direct bf16 conv; ResNet-18's 64 -> 64 at 56x56 faster).
 WINOGRAD_MIN_CHANNELS = 64
+# Blocks of narrower lanes a conv's output channels may take (:func:`narrowed_outputs`), at most:
+# one register tile holds them all.
+MAX_LANE_BLOCKS = 4
 # A one-pixel conv with a weight this small or smaller stays fp32 (:func:`_excitation`).
 EXCITATION_WEIGHT_BYTES = 1 << 20
 
@@ -140,6 +146,25 @@ def _conv2d_nchwc_bf16(data: te.Tensor, weight: te.Tensor, strides, padding,
             widen(data_pair(n, y, x)) * widen(weight[fo, co, window.ry, window.rx, p, fi, k]),
             axis=[co, window.ry, window.rx, p, k]),
         name="conv2d_nchwc_bf16", tag="conv2d_nchwc_bf16")
+
+
+def _lanes_conv2d_nchwc_bf16(data: te.Tensor, weight: te.Tensor, out_blocks: int, out_block: int,
+                             strides, padding, dilation) -> te.Tensor:
+    """:func:`_conv2d_nchwc_bf16` over ``weight``'s blocks of ``L`` output channels (the real
+    ones, :func:`narrowed_outputs`), read back as ``out_blocks`` blocks of ``out_block``: channel
+    ``c`` is lane ``c % L`` of block ``c // L``, and zero past the last block. The same values
+    as the whole blocks over zero filters, on fewer lanes (:data:`LANES_STAGE`)."""
+    narrow = _conv2d_nchwc_bf16(data, weight, strides, padding, dilation)
+    blocks, lanes = int(weight.shape[0]), int(weight.shape[5])
+
+    def channel(n, fo, y, x, fi):
+        block = (fo * out_block + fi) // lanes
+        return tirx.if_then_else(block < blocks,
+                                 narrow[n, block, y, x, (fo * out_block + fi) % lanes],
+                                 tirx.const(0.0, "float32"))
+
+    return te.compute((data.shape[0], out_blocks, *narrow.shape[2:4], out_block), channel,
+                      name=LANES_STAGE, tag=LANES_STAGE)
 
 
 def _stem_conv2d_bf16(data: te.Tensor, weight: te.Tensor, strides, padding,
@@ -271,13 +296,36 @@ def _nchw(builder, rounded, data, weight: np.ndarray, conv_args):
                            primfunc_name_hint=CONV_KERNEL)
 
 
-def _blocked(builder, rounded, data, weight: np.ndarray, conv_args):
-    """``OIHW[b]i[b]o`` -> ``OIHW[b/2]i[b]o2i``: each output channel's input pairs adjacent."""
+def narrowed_outputs(pairs: np.ndarray, lanes: int | None) -> np.ndarray | None:
+    """A blocked bf16 weight ``[O, I, kh, kw, p, b, 2]`` on blocks of ``lanes`` output channels
+    that stop at the last block with a nonzero weight, ``[B, I, kh, kw, p, lanes, 2]``: the
+    padded output channels of ``pad_channels`` left out. ``None`` when ``lanes`` is ``None`` (the
+    target computes whole blocks), when that leaves out fewer than ``lanes`` channels, or when
+    ``B`` exceeds :data:`MAX_LANE_BLOCKS`."""
+    if lanes is None:
+        return None
+    out_blocks, *middle, out_block, pair = pairs.shape
+    flat = np.moveaxis(pairs, 5, 1).reshape(out_blocks * out_block, *middle, pair)
+    blocks = -(-used_inputs(flat, axis=0) // lanes)
+    if blocks * lanes > out_blocks * out_block - lanes or blocks > MAX_LANE_BLOCKS:
+        return None
+    return np.moveaxis(flat[:blocks * lanes].reshape(blocks, lanes, *middle, pair), 1, 5)
+
+
+def _blocked(builder, rounded, data, weight: np.ndarray, conv_args, lanes: int | None = None):
+    """``OIHW[b]i[b]o`` -> ``OIHW[b/2]i[b]o2i``: each output channel's input pairs adjacent;
+    on blocks of ``lanes`` output channels where :func:`narrowed_outputs` leaves some out."""
     out_blocks, in_blocks, kernel_h, kernel_w, in_block, out_block = weight.shape
     pairs = weight.reshape(out_blocks, in_blocks, kernel_h, kernel_w, in_block // 2, 2,
                            out_block).transpose(0, 1, 2, 3, 4, 6, 5)
+    pairs = without_unused_inputs(pairs)
     bits = rounded(_channels(data))
-    return builder.call_te(_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(without_unused_inputs(pairs))),
+    narrowed = narrowed_outputs(pairs, lanes)
+    if narrowed is not None:
+        return builder.call_te(_lanes_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(narrowed)),
+                               out_blocks, out_block, *conv_args,
+                               primfunc_name_hint=BLOCKED_KERNEL)
+    return builder.call_te(_conv2d_nchwc_bf16, bits, relax.const(bf16_bits(pairs)),
                            *conv_args, primfunc_name_hint=BLOCKED_KERNEL)
 
 
@@ -385,9 +433,11 @@ class _ConvsToBf16(relax.PyExprMutator):
     readers (a residual add) read the rounded bits widened, so that the kernel making it writes
     bf16 only - half the bytes - and no fp32 copy is kept alive for them."""
 
-    def __init__(self, mod: tvm.IRModule, round_value):
+    def __init__(self, mod: tvm.IRModule, round_value, output_lanes: int | None = None):
         super().__init__(mod)
         self.round_value = round_value
+        self.converters = {**_CONVERTERS,
+                           "blocked": functools.partial(_blocked, lanes=output_lanes)}
         self.converted = Counter()
         self.bits: dict[relax.Var, relax.Var] = {}  # activation -> its bf16 bits, same shape
         self.pooled: set[relax.Var] = set()  # inputs of max pools whose output a conv rounds
@@ -425,7 +475,7 @@ class _ConvsToBf16(relax.PyExprMutator):
         conv_args = None if kind == "matmul" else (
             [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
             [int(d) for d in attrs.dilation])
-        converted = _CONVERTERS[kind](self.builder_, self._rounded(data), data,
+        converted = self.converters[kind](self.builder_, self._rounded(data), data,
                                       weight.value.numpy(), conv_args)
         if converted is None:
             return call
@@ -467,7 +517,7 @@ def convert_to_bf16(target: tvm.target.Target | None = None, report: dict | None
     @tvm.transform.module_pass(opt_level=0, name="convert_to_bf16")
     def _convert(mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         before = constant_bytes(mod)
-        mutator = _ConvsToBf16(mod, rounding(target))
+        mutator = _ConvsToBf16(mod, rounding(target), bf16_output_lanes(target))
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 mutator.builder_.update_func(gvar, mutator.convert(func))

@@ -17,6 +17,16 @@ whole, with the epilogue (bias, residual add, activation, the next conv's ``roun
 inlined into their write-back. The padding (with a ``round_to_bf16`` inlined into it) is a
 parallel stage of its own; a ``round_to_bf16`` that feeds the conv directly (a 1x1 conv's
 input) is one too. Nothing is copied or repacked per call.
+
+A conv that ``convert_to_bf16`` gave blocks of fewer lanes than its output's (only the real
+channels of a block that is part padding: :data:`LANES_STAGE`, the output's blocks read from
+them with zeros in the rest) is scheduled from its output instead::
+
+    parallel(n, y, x / U) / [tile: co, ry, rx, p / unroll(U) / unroll(R) / dot_Lx2]
+                          / unroll(U) / unroll(output blocks) / unroll(b / L) / vector(L)
+
+with all ``R`` blocks of the conv in one tile, so that each output vector reads one tile vector
+or is zero, known at compile time.
 """
 
 from __future__ import annotations
@@ -39,6 +49,9 @@ STACK_TILE_BYTES = 1024  # TVM puts a "global" buffer on the stack only below 1 
 MIN_ACCUMULATORS = 12  # independent sums that hide the dot product's latency on two pipes
 # lanes -> the intrinsic of :mod:`bf16_intrin` / :mod:`bf16_arm_intrin`
 _INTRINSICS = {16: DOT_16X2_BF16, 8: DOT_8X2_BF16, 4: DOT_4X2_BFDOT}
+# The stage of ``convert_to_bf16`` that reads a conv computed on narrower blocks back into the
+# output's blocks (zeros in the lanes it left out).
+LANES_STAGE = "conv2d_nchwc_bf16_lanes"
 _HAS_IF_THEN_ELSE = tvm.get_global_func("s_tir.schedule.HasIfThenElse")
 
 
@@ -66,8 +79,12 @@ def schedule_bf16_nchwc(func: tirx.PrimFunc, isa, facts: CpuFacts,
     if block % isa.lanes:
         return None
     vectors = block // isa.lanes
+    lanes_stage = bool(epilogue) and sch.get(epilogue[0]).name_hint.startswith(LANES_STAGE)
     rows, tile = register_tile(out_blocks, vectors, width, isa.lanes, isa.registers,
-                               isa.scratch, loads_operands=isa.lane_columns > 0)
+                               isa.scratch, loads_operands=isa.lane_columns > 0,
+                               row_choices=(out_blocks,) if lanes_stage else (4, 3, 2, 1))
+    if lanes_stage and (rows != out_blocks or vectors != 1):
+        return None  # one tile holds every block of the conv, a vector each
 
     for producer in prologue:  # elementwise producers inline into the padding, if any
         if not _is_padding(sch.get(producer)) and not _feeds_main(sch, producer, main):
@@ -75,6 +92,8 @@ def schedule_bf16_nchwc(func: tirx.PrimFunc, isa, facts: CpuFacts,
     for producer in prologue:
         if _still_there(sch, producer):
             schedule_spatial_block(sch, producer, facts)
+    if lanes_stage:
+        return _schedule_from_output(sch, main, epilogue, isa, tile, facts)
 
     # the loops of the TE compute, unit ones included: n, fo, y, x, fi / co, ry, rx, p, k
     n, fo, y, x, fi, *window, pair = sch.get_loops(main)
@@ -100,16 +119,51 @@ def schedule_bf16_nchwc(func: tirx.PrimFunc, isa, facts: CpuFacts,
     return sch
 
 
+def _schedule_from_output(sch: s_tir.Schedule, main, epilogue, isa, tile: int,
+                          facts: CpuFacts) -> s_tir.Schedule | None:
+    """The conv of a :data:`LANES_STAGE` (module docstring): the epilogue, the stage inlined,
+    tiled over the output's columns, and the conv's tile computed in it. The stage's blocks
+    read the tile through ``(block * b + lane) // L``, which no region analysis inverts, so the
+    output drives and the conv's region follows from it (``compute_at``)."""
+    for consumer in epilogue[:-1]:  # the lanes stage, bias, residual add, activation, rounding
+        sch.compute_inline(consumer)
+    loops = sch.get_loops(epilogue[-1])
+    if len(loops) != 5:
+        return None
+    n, blocks, y, x, lane = loops
+    x_outer, x_inner = sch.split(x, [None, tile])
+    vector_outer, vector = sch.split(lane, [None, isa.lanes])
+    sch.reorder(n, y, x_outer, x_inner, blocks, vector_outer, vector)
+    outer = sch.fuse(n, y, x_outer)
+    if facts.parallel:
+        sch.parallel(outer)
+    sch.annotate(outer, IMPORT_PRAGMA, isa.llvm_ir)
+    sch.vectorize(vector)
+    for loop in (x_inner, blocks, vector_outer):
+        sch.unroll(loop)
+    sch.compute_at(main, outer, preserve_unit_loops=True)
+    n, fo, y, x, fi, *window, pair = sch.get_loops(main)[1:]
+    sch.reorder(n, y, *window, x, fo, fi, pair)
+    init = sch.decompose_reduction(main, window[0])
+    sch.tensorize(fi, _INTRINSICS[isa.lanes])
+    for loop in (x, fo):
+        sch.unroll(loop)
+    vectorize_tiles(sch, (init,), isa.lanes)
+    return sch
+
+
 def register_tile(out_blocks: int, vectors: int, width: int, lanes: int, registers: int,
-                  scratch: int, loads_operands: bool = False) -> tuple[int, int]:
+                  scratch: int, loads_operands: bool = False,
+                  row_choices: tuple[int, ...] = (4, 3, 2, 1)) -> tuple[int, int]:
     """``(R, U)``: output blocks and columns of a register tile. Its ``U x R x V`` accumulators
     (``V`` vectors a block) with the ``R x V`` weight vectors and the scratch registers must fit
     the vector registers (on a load-store ISA the ``U`` broadcast inputs too) and, as a stack
     buffer, stay under :data:`STACK_TILE_BYTES`; of those, the fewest loads per multiply-add -
     ``1/(R V) + 1/U`` (a broadcast per column, a weight load per vector) - among tiles with at
-    least :data:`MIN_ACCUMULATORS` accumulators when there are any."""
+    least :data:`MIN_ACCUMULATORS` accumulators when there are any. ``row_choices``: the output
+    blocks a tile may span."""
     best = None
-    for rows in (4, 3, 2, 1):
+    for rows in row_choices:
         if out_blocks % rows or rows * vectors > 4:
             continue
         for tile in range(1, width + 1):

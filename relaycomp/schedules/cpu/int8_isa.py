@@ -115,6 +115,21 @@ def bf16_instructions(target: Target) -> Int8Instructions | None:
     return AVX512_BF16 if _cpu_has(target, "avx512bf16") else None
 
 
+# CPUs that run each 512-bit operation as two 256-bit halves (AMD Zen 4): a ymm ``vdpbf16ps``
+# costs them half a zmm one, where CPUs with a full 512-bit datapath (Zen 5, Intel) take the same.
+SPLIT_AVX512_CPUS = ("znver4",)
+
+
+def bf16_output_lanes(target: Target | None) -> int | None:
+    """The lanes a blocked bf16 conv may compute its output channels in, when its last block is
+    part padding: 8 (ymm ``vdpbf16ps``) on AVX-512 BF16 CPUs of :data:`SPLIT_AVX512_CPUS`,
+    where 8-lane blocks skip the padded lanes at no cost per real one; ``None`` elsewhere (whole
+    blocks: fewer instructions for the same lanes)."""
+    if target is None or bf16_instructions(target) is not AVX512_BF16:
+        return None
+    return 8 if str(target.attrs.get("mcpu", "")) in SPLIT_AVX512_CPUS else None
+
+
 def int8_instructions(target: Target) -> Int8Instructions | None:
     """The best int8 dot product of ``target``: x86 VNNI, then AVX2; AArch64 dotprod; else
     ``None``."""
