@@ -20,7 +20,11 @@ Produces: ``conv2d_bf16(round_to_bf16(x), W_bits)``, two kernels (``call_tir``):
   activation and residual adds stay fp32 in its epilogue, as before. Trailing input-channel
   pairs whose weights are all zero (the channels ``pad_channels`` added to fill a block) are
   not read: a zero weight adds nothing to the sum unless its input is inf or NaN, and those
-  channels hold zeros.
+  channels hold zeros. On CPUs that split 512-bit operations (Zen 4:
+  ``int8_isa.bf16_output_lanes``) a blocked conv whose last output block is part padding
+  computes its output channels on blocks of 8 up to the last real one (:func:`narrowed_outputs`)
+  and reads them back into the output's blocks, zeros in the lanes left out
+  (:func:`_lanes_conv2d_nchwc_bf16`): a ymm ``vdpbf16ps`` costs half a zmm one there.
 - A blocked 3x3 stride-1 conv that ``lower_convs_to_winograd.fits`` (14x14 outputs or more) over
   ``WINOGRAD_MIN_CHANNELS`` or more input and output channels as Winograd F(2x2, 3x3) instead:
   the input transform of the bf16 bits computed in fp32 and rounded to bf16
