@@ -157,7 +157,8 @@ def _lanes_conv2d_nchwc_bf16(data: te.Tensor, weight: te.Tensor, out_blocks: int
     """:func:`_conv2d_nchwc_bf16` over ``weight``'s blocks of ``L`` output channels (the real
     ones, :func:`narrowed_outputs`), read back as ``out_blocks`` blocks of ``out_block``: channel
     ``c`` is lane ``c % L`` of block ``c // L``, and zero past the last block. The same values
-    as the whole blocks over zero filters, on fewer lanes (:data:`LANES_STAGE`)."""
+    as the whole blocks over zero filters, on fewer lanes (:data:`LANES_STAGE`); past the last
+    block zeros even where an inf or NaN input would have made a zero filter's sum NaN."""
     narrow = _conv2d_nchwc_bf16(data, weight, strides, padding, dilation)
     blocks, lanes = int(weight.shape[0]), int(weight.shape[5])
 
