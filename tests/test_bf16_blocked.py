@@ -54,8 +54,9 @@ _BF16_STAGES = with_passes(default_stages("llvm"), [Placement("convert_to_bf16",
 _ZMM_DOT = re.compile(r"^\s*vdpbf16ps\s+[^\n]*%(zmm\d+)\s*$", re.MULTILINE)
 
 
-def _lowered(mod: tvm.IRModule, preset: str) -> tuple[tvm.IRModule, tvm.target.Target, dict]:
-    target = resolve(preset, num_cores=2).tvm_target()
+def _lowered(mod: tvm.IRModule, preset: str,
+             mcpu: str | None = None) -> tuple[tvm.IRModule, tvm.target.Target, dict]:
+    target = resolve(preset, mcpu=mcpu, num_cores=2).tvm_target()
     lowered, report = run_stages(mod, _BF16_STAGES, target)
     return lowered, target, report
 
@@ -100,15 +101,20 @@ def test_a_mobilenet_block_runs_bf16_from_its_rgb_stem_through_its_depthwise_con
     assert _count(kernels, "layout_transform") == 1
 
 
+def _blocked_weights(mod: tvm.IRModule, preset: str, mcpu: str | None = None) -> list[list[int]]:
+    """The weight shapes of the blocked bf16 convs ``main`` calls, before fusion."""
+    stages, _ = split_before(_BF16_STAGES, "fuse")
+    planned, _ = run_stages(mod, stages, resolve(preset, mcpu=mcpu, num_cores=2).tvm_target())
+    return [[int(d) for d in call.args[1][1].ty.shape] for call in kernel_calls(planned)
+            if re.fullmatch(r"conv2d_nchwc_bf16\d*", call.args[0].name_hint)]
+
+
 def test_a_conv_over_padded_channels_skips_their_zero_weights():
     """144 channels padded to 5 blocks of 32: the projection conv reads the 72 channel pairs
     that have weights (one weight block, the pairs of all input blocks along one axis), not the
     8 zero pairs ``pad_channels`` added; the sums are the same (the numerics test below)."""
-    stages, _ = split_before(_BF16_STAGES, "fuse")
-    planned, _ = run_stages(import_onnx(_inverted_residual(channels=24, expanded=144)).mod,
-                            stages, resolve("x86-64-avx512-bf16", num_cores=2).tvm_target())
-    weights = [[int(d) for d in call.args[1][1].ty.shape] for call in kernel_calls(planned)
-               if re.fullmatch(r"conv2d_nchwc_bf16\d*", call.args[0].name_hint)]
+    weights = _blocked_weights(import_onnx(_inverted_residual(channels=24, expanded=144)).mod,
+                               "x86-64-avx512-bf16")
     assert [1, 1, 1, 1, 72, 32, 2] in weights, weights
 
 
@@ -146,8 +152,8 @@ def _conv_chain(channels: int, size: int, kernel: int) -> tvm.IRModule:
     return bb.get()
 
 
-def _assembly(mod: tvm.IRModule, preset: str) -> str:
-    lowered, target, _ = _lowered(mod, preset)
+def _assembly(mod: tvm.IRModule, preset: str, mcpu: str | None = None) -> str:
+    lowered, target, _ = _lowered(mod, preset, mcpu)
     return tvm.compile(lowered, target, relax_pipeline=None).mod.imports[0].inspect_source("asm")
 
 

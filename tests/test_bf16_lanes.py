@@ -14,33 +14,23 @@ import onnxruntime as ort
 import pytest
 import tvm
 from test_bf16 import BF16_RTOL, _host_has_bf16
-from test_bf16_blocked import _BF16_STAGES
+from test_bf16_blocked import _assembly, _blocked_weights, _lowered
 from tvm import relax
 
-from relaycomp.compiler.pipeline import run_stages, split_before
 from relaycomp.frontend.onnx_import import import_onnx
-from relaycomp.ir import kernel_calls
 from relaycomp.passes.convert_to_bf16 import MAX_LANE_BLOCKS, narrowed_outputs
 from relaycomp.schedules.cpu.int8_isa import bf16_output_lanes
 from relaycomp.targets import resolve
 from tests.passes.test_plan_conv_layout import _inverted_residual
 
-ZEN4, SAPPHIRE_RAPIDS = "znver4", "sapphirerapids"
+PRESET, ZEN4, SAPPHIRE_RAPIDS = "x86-64-avx512-bf16", "znver4", "sapphirerapids"
 _YMM_DOT = re.compile(r"^\s*vdpbf16ps\s+[^\n]*%ymm\d+\s*$", re.MULTILINE)
 
 
-def _target(mcpu: str) -> tvm.target.Target:
-    return resolve("x86-64-avx512-bf16", mcpu=mcpu, num_cores=2).tvm_target()
-
-
-def _weights(mcpu: str) -> list[list[int]]:
-    """The blocked bf16 convs' weight shapes of a MobileNetV2 block with 24 channels (padded to
-    a block of 32) and 144 expanded (padded to 160), before fusion."""
-    stages, _ = split_before(_BF16_STAGES, "fuse")
-    planned, _ = run_stages(import_onnx(_inverted_residual(channels=24, expanded=144)).mod,
-                            stages, _target(mcpu))
-    return [[int(d) for d in call.args[1][1].ty.shape] for call in kernel_calls(planned)
-            if re.fullmatch(r"conv2d_nchwc_bf16\d*", call.args[0].name_hint)]
+def _mobilenet_block() -> tvm.IRModule:
+    """A MobileNetV2 block with 24 channels (padded to a block of 32) and 144 expanded (padded
+    to 160)."""
+    return import_onnx(_inverted_residual(channels=24, expanded=144)).mod
 
 
 def _pairs(out_channels: int, used: int, block: int = 16) -> np.ndarray:
@@ -95,30 +85,23 @@ def test_on_zen4_the_projection_conv_computes_its_24_real_channels_only():
     """The projection conv (144 -> 24, padded to 160 -> 32) takes three blocks of 8 output
     channels on Zen 4, its 72 used input pairs unchanged; the expand conv's 144 of 160 outputs
     would take 18 blocks, more than a tile holds, and stays. Sapphire Rapids keeps the block."""
-    zen4, sapphire_rapids = _weights(ZEN4), _weights(SAPPHIRE_RAPIDS)
+    zen4, sapphire_rapids = (_blocked_weights(_mobilenet_block(), PRESET, mcpu)
+                             for mcpu in (ZEN4, SAPPHIRE_RAPIDS))
     assert [3, 1, 1, 1, 72, 8, 2] in zen4, zen4
     assert [1, 1, 1, 1, 72, 32, 2] in sapphire_rapids, sapphire_rapids
     assert [shape for shape in zen4 if shape[5] == 32] == [
         shape for shape in sapphire_rapids if shape[0] == 5]
 
 
-def _assembly(mcpu: str) -> str:
-    target = _target(mcpu)
-    lowered, _ = run_stages(import_onnx(_inverted_residual(channels=24, expanded=144)).mod,
-                            _BF16_STAGES, target)
-    return tvm.compile(lowered, target, relax_pipeline=None).mod.imports[0].inspect_source("asm")
-
-
 def test_zen4_assembly_takes_the_narrow_lanes_on_ymm_registers():
-    zen4 = _assembly(ZEN4)
+    zen4 = _assembly(_mobilenet_block(), PRESET, ZEN4)
     assert len(set(re.findall(r"%ymm\d+", "\n".join(_YMM_DOT.findall(zen4))))) >= 12, \
         "a register tile of ymm accumulators"
-    assert not _YMM_DOT.findall(_assembly(SAPPHIRE_RAPIDS))
+    assert not _YMM_DOT.findall(_assembly(_mobilenet_block(), PRESET, SAPPHIRE_RAPIDS))
 
 
-def _run(model, mcpu: str, x: np.ndarray) -> np.ndarray:
-    target = _target(mcpu)
-    lowered, _ = run_stages(import_onnx(model).mod, _BF16_STAGES, target)
+def _run(mod: tvm.IRModule, mcpu: str, x: np.ndarray) -> np.ndarray:
+    lowered, target, _ = _lowered(mod, PRESET, mcpu)
     vm = relax.VirtualMachine(tvm.compile(lowered, target, relax_pipeline=None), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
@@ -130,7 +113,8 @@ def test_narrow_lanes_compute_what_the_whole_block_does(size):
     and onnxruntime's to bf16 rounding."""
     model = _inverted_residual(channels=24, expanded=144, size=size, stem=True)
     x = np.random.default_rng(3).standard_normal((1, 3, size, size)).astype("float32")
-    narrow, whole = _run(model, ZEN4, x), _run(model, SAPPHIRE_RAPIDS, x)
+    mod = import_onnx(model).mod
+    narrow, whole = _run(mod, ZEN4, x), _run(mod, SAPPHIRE_RAPIDS, x)
     np.testing.assert_array_equal(narrow, whole)
     expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     assert 0 < np.abs(narrow - expected).max() <= BF16_RTOL * np.abs(expected).max()
